@@ -1,0 +1,67 @@
+"""Typed configuration, validated once at the edge and passed down.
+
+Only the CLI (and the API server) read the environment; library code takes these objects.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum
+from pathlib import Path
+
+from pipeline.errors import InvalidInputError
+
+
+class Weights(str, Enum):
+    """Where the model's weights come from."""
+
+    OFFICIAL = "official"  # --checkpoint PATH, else the cached (downloaded once) release
+    RANDOM = "random"  # a seeded random model: a smoke test, every output says so
+
+
+class DeviceKind(str, Enum):
+    AUTO = "auto"
+    CPU = "cpu"
+    CUDA = "cuda"
+
+
+def _enum(enum: type[Enum], value: object, what: str) -> Enum:
+    try:
+        return enum(value)
+    except ValueError:
+        choices = ", ".join(str(m.value) for m in enum)  # type: ignore[var-annotated]
+        raise InvalidInputError(f"{what} must be one of {choices}, got {value!r}") from None
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """How to build the MobileSAM model.
+
+    Attributes:
+        image_size: encoder input side in pixels (a multiple of 16); SAM's is 1024.
+        device: ``auto`` picks CUDA when present, else CPU.
+        half: run the encoder in float16; ``None`` means "on CUDA only".
+        weights: ``official`` or ``random``.
+        checkpoint: a checkpoint file in the official layout; with ``official`` weights and no file,
+            the cached release is used (downloaded once).
+        cache_dir: where the release is cached (default ``~/.cache/samstream``).
+        seed: the seed of ``random`` weights.
+    """
+
+    image_size: int = 1024
+    device: DeviceKind = DeviceKind.AUTO
+    half: bool | None = None
+    weights: Weights = Weights.OFFICIAL
+    checkpoint: Path | None = None
+    cache_dir: Path | None = None
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "device", _enum(DeviceKind, self.device, "device"))
+        object.__setattr__(self, "weights", _enum(Weights, self.weights, "weights"))
+        if not isinstance(self.image_size, int) or self.image_size < 64 or self.image_size % 16:
+            raise InvalidInputError(f"image size must be a multiple of 16 and at least 64, got {self.image_size}")
+        if self.weights is Weights.RANDOM and self.checkpoint is not None:
+            raise InvalidInputError("give either --checkpoint or --weights random, not both")
+        if self.checkpoint is not None:
+            object.__setattr__(self, "checkpoint", Path(self.checkpoint).expanduser())

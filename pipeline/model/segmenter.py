@@ -1,0 +1,223 @@
+"""MobileSAM behind a split API: ``encode`` frames once, ``decode`` any number of tracks per frame."""
+
+from __future__ import annotations
+
+import contextlib
+from collections import defaultdict
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from pipeline.config import DeviceKind, ModelConfig, Weights
+from pipeline.errors import InvalidInputError
+from pipeline.model.architecture import build_mobile_sam
+from pipeline.model.transforms import (
+    check_frame,
+    input_size,
+    resize_longest,
+    scale_xy,
+    to_model_input,
+    upscale_logits,
+)
+from pipeline.model.types import DecodeRequest, Embedding, MaskBatch, Size
+from pipeline.model.weights import check_layout, load_state_dict, resolve_checkpoint
+
+if TYPE_CHECKING:
+    import torch
+    from kornia.models.sam import Sam
+
+RANDOM_WEIGHTS_NOTICE = "random weights (--weights random): a smoke test, the masks mean nothing"
+
+
+def pick_device(kind: DeviceKind) -> torch.device:
+    import torch
+
+    if kind is DeviceKind.CUDA:
+        if not torch.cuda.is_available():
+            raise InvalidInputError("--device cuda was asked for, but torch sees no CUDA device")
+        return torch.device("cuda")
+    if kind is DeviceKind.AUTO and torch.cuda.is_available():
+        return torch.device("cuda")
+    return torch.device("cpu")
+
+
+def load_sam(config: ModelConfig) -> Sam:
+    """Build MobileSAM at ``config.image_size`` with the configured weights (strict load)."""
+    import torch
+
+    if config.weights is Weights.RANDOM:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(config.seed)
+            return build_mobile_sam(config.image_size)
+    model = build_mobile_sam(config.image_size)
+    path = resolve_checkpoint(config.checkpoint, config.cache_dir)
+    state = load_state_dict(path)
+    check_layout(state, model.state_dict(), f"checkpoint {path}")
+    model.load_state_dict(state, strict=True)
+    return model.eval()
+
+
+class MobileSam:
+    """Encode frames and decode prompts with MobileSAM.
+
+    Args:
+        sam: a kornia ``Sam`` in the MobileSAM layout, built for ``image_size``.
+        image_size: encoder input side S.
+        device: where the model runs.
+        half: run the image encoder under float16 autocast (CUDA).
+        random_weights: the weights are random (reported by :attr:`notice`).
+    """
+
+    def __init__(
+        self, sam: Sam, image_size: int, device: torch.device, half: bool = False, random_weights: bool = False
+    ) -> None:
+        self.sam = sam.to(device).eval()
+        self.image_size = image_size
+        self.device = device
+        self.half = half
+        self.random_weights = random_weights
+        self.encoder: Any = self.sam.image_encoder
+
+    @classmethod
+    def from_config(cls, config: ModelConfig) -> MobileSam:
+        device = pick_device(config.device)
+        half = (device.type == "cuda") if config.half is None else config.half
+        return cls(
+            load_sam(config), config.image_size, device, half, random_weights=config.weights is Weights.RANDOM
+        )
+
+    @property
+    def notice(self) -> str | None:
+        """A line every output made with this model must carry, or None."""
+        return RANDOM_WEIGHTS_NOTICE if self.random_weights else None
+
+    @property
+    def low_res_size(self) -> int:
+        """Side of the low-resolution logits (S/4)."""
+        return self.image_size // 4
+
+    def prepare(self, image: np.ndarray) -> np.ndarray:
+        """HxWx3 uint8 RGB → the same resized so that its long side is S (CPU, PIL bilinear)."""
+        return resize_longest(image, self.image_size)
+
+    def _autocast(self) -> contextlib.AbstractContextManager[Any]:
+        import torch
+
+        if self.half:
+            return torch.autocast(self.device.type, dtype=torch.float16)
+        return contextlib.nullcontext()
+
+    def encode(self, frames: Sequence[np.ndarray], original_sizes: Sequence[Size] | None = None) -> list[Embedding]:
+        """Image embeddings of a batch of frames.
+
+        Args:
+            frames: HxWx3 uint8 RGB frames. Without ``original_sizes`` they are at their own
+                resolution and are resized here; with it, they were resized by :meth:`prepare`.
+            original_sizes: (H, W) of each frame before :meth:`prepare`.
+
+        Returns:
+            One :class:`Embedding` per frame, features on the CPU as float32.
+        """
+        import torch
+
+        if not frames:
+            return []
+        for f in frames:
+            check_frame(f)
+        if original_sizes is None:
+            originals = [(int(f.shape[0]), int(f.shape[1])) for f in frames]
+            resized = [self.prepare(f) for f in frames]
+        else:
+            if len(original_sizes) != len(frames):
+                raise InvalidInputError(f"got {len(frames)} frames but {len(original_sizes)} original sizes")
+            originals = [(int(h), int(w)) for h, w in original_sizes]
+            resized = list(frames)
+        sizes = [(int(r.shape[0]), int(r.shape[1])) for r in resized]
+        for i, (orig, size) in enumerate(zip(originals, sizes, strict=True)):
+            if input_size(orig, self.image_size) != size:
+                raise InvalidInputError(
+                    f"frame {i} is {size[1]}x{size[0]}, but a {orig[1]}x{orig[0]} frame resizes to "
+                    f"{input_size(orig, self.image_size)[::-1]} at image size {self.image_size}"
+                )
+        with torch.inference_mode(), self._autocast():
+            x = to_model_input(resized, self.image_size, self.device, torch.float32)
+            feats = self.encoder(x).float().cpu()
+        return [Embedding(feats[i], originals[i], sizes[i]) for i in range(len(resized))]
+
+    def decode(self, embedding: Embedding, requests: Sequence[DecodeRequest]) -> MaskBatch:
+        """Masks for K requests on one frame, batched.
+
+        Requests with the same shape of prompt (number of points, box or not, mask input or not,
+        multimask or not) go through the decoder together, so each mask equals what a single call
+        with that request alone gives.
+        """
+        import torch
+
+        k = len(requests)
+        h, w = embedding.original_size
+        low = self.low_res_size
+        if k == 0:
+            return MaskBatch(np.zeros((0, h, w), bool), np.zeros(0, np.float32), np.zeros((0, low, low), np.float32))
+        groups: dict[tuple[int, bool, bool, bool], list[int]] = defaultdict(list)
+        for i, r in enumerate(requests):
+            if r.mask_input is not None and r.mask_input.shape != (low, low):
+                raise InvalidInputError(f"mask_input must be {low}x{low}, got {r.mask_input.shape}")
+            key = (len(r.prompt.points), r.prompt.box is not None, r.mask_input is not None, r.use_multimask)
+            groups[key].append(i)
+
+        logits = torch.empty((k, 1, low, low), dtype=torch.float32)
+        scores = torch.empty(k, dtype=torch.float32)
+        with torch.inference_mode():
+            features = embedding.features.to(self.device, torch.float32)[None]
+            image_pe = self.sam.prompt_encoder.get_dense_pe()
+            for (n_points, has_box, has_mask, multimask), idx in groups.items():
+                group_logits, group_scores = self._decode_group(
+                    features, image_pe, [requests[i] for i in idx], embedding, n_points, has_box, has_mask, multimask
+                )
+                logits[idx] = group_logits.cpu()
+                scores[idx] = group_scores.cpu()
+            full = upscale_logits(logits.to(self.device), embedding.input_size, embedding.original_size, self.image_size)
+            masks = (full > self.sam.mask_threshold).cpu().numpy()
+        return MaskBatch(masks, scores.numpy(), logits[:, 0].numpy())
+
+    def _decode_group(
+        self,
+        features: torch.Tensor,
+        image_pe: torch.Tensor,
+        requests: list[DecodeRequest],
+        embedding: Embedding,
+        n_points: int,
+        has_box: bool,
+        has_mask: bool,
+        multimask: bool,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        import torch
+
+        dev = self.device
+        orig, resized = embedding.original_size, embedding.input_size
+        points = None
+        if n_points:
+            xy = scale_xy(np.array([r.prompt.points for r in requests], np.float32), orig, resized)
+            labels = np.array([r.prompt.labels for r in requests], np.float32)
+            points = (torch.from_numpy(xy).to(dev), torch.from_numpy(labels).to(dev))
+        boxes = None
+        if has_box:
+            corners = np.array([r.prompt.box for r in requests], np.float32).reshape(-1, 2, 2)
+            boxes = torch.from_numpy(scale_xy(corners, orig, resized).reshape(-1, 4)).to(dev)
+        masks = None
+        if has_mask:
+            masks = torch.from_numpy(np.stack([r.mask_input for r in requests]).astype(np.float32))[:, None].to(dev)
+        sparse, dense = self.sam.prompt_encoder(points=points, boxes=boxes, masks=masks)
+        low_res, iou = self.sam.mask_decoder(
+            image_embeddings=features,
+            image_pe=image_pe,
+            sparse_prompt_embeddings=sparse,
+            dense_prompt_embeddings=dense,
+            multimask_output=multimask,
+        )
+        if multimask:
+            best = iou.argmax(dim=1)
+            rows = torch.arange(len(requests), device=iou.device)
+            return low_res[rows, best][:, None], iou[rows, best]
+        return low_res[:, :1], iou[:, 0]

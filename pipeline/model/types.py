@@ -1,0 +1,68 @@
+"""Values that cross the model boundary (and process boundaries): plain, frozen, picklable."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from pipeline.prompts import Prompt
+
+if TYPE_CHECKING:
+    import torch
+
+Size = tuple[int, int]  # (height, width)
+
+
+@dataclass(frozen=True)
+class Embedding:
+    """The image embedding of one frame.
+
+    Attributes:
+        features: (256, S/16, S/16) float32 tensor, S the encoder input size.
+        original_size: (H, W) of the frame as decoded.
+        input_size: (h, w) of the frame resized so that its long side is S (before padding).
+    """
+
+    features: torch.Tensor
+    original_size: Size
+    input_size: Size
+
+
+@dataclass(frozen=True)
+class DecodeRequest:
+    """What to decode for one track on one frame.
+
+    Attributes:
+        prompt: points and/or box in original-frame pixels.
+        mask_input: (S/4, S/4) float32 low-resolution logits of a previous decode, or None.
+        multimask: pick the best of SAM's three masks by predicted IoU (``None``: when the prompt
+            is a single point, as SAM's predictor is meant to be used).
+    """
+
+    prompt: Prompt
+    mask_input: np.ndarray | None = None
+    multimask: bool | None = None
+
+    @property
+    def use_multimask(self) -> bool:
+        return self.prompt.multimask if self.multimask is None else self.multimask
+
+
+@dataclass(frozen=True)
+class MaskBatch:
+    """Decoded masks for K requests, in request order.
+
+    Attributes:
+        masks: (K, H, W) bool at the frame's original resolution.
+        scores: (K,) float32 predicted IoU of each mask.
+        logits: (K, S/4, S/4) float32 low-resolution logits (the next frame's mask input).
+    """
+
+    masks: np.ndarray
+    scores: np.ndarray
+    logits: np.ndarray
+
+    def __len__(self) -> int:
+        return int(self.scores.shape[0])
