@@ -29,7 +29,7 @@ def _enum(enum: type[Enum], value: object, what: str) -> Enum:
     try:
         return enum(value)
     except ValueError:
-        choices = ", ".join(str(m.value) for m in enum)  # type: ignore[var-annotated]
+        choices = ", ".join(str(m.value) for m in enum)
         raise InvalidInputError(f"{what} must be one of {choices}, got {value!r}") from None
 
 
@@ -60,7 +60,9 @@ class ModelConfig:
         object.__setattr__(self, "device", _enum(DeviceKind, self.device, "device"))
         object.__setattr__(self, "weights", _enum(Weights, self.weights, "weights"))
         if not isinstance(self.image_size, int) or self.image_size < 64 or self.image_size % 16:
-            raise InvalidInputError(f"image size must be a multiple of 16 and at least 64, got {self.image_size}")
+            raise InvalidInputError(
+                f"image size must be a multiple of 16 and at least 64, got {self.image_size}"
+            )
         if self.weights is Weights.RANDOM and self.checkpoint is not None:
             raise InvalidInputError("give either --checkpoint or --weights random, not both")
         if self.checkpoint is not None:

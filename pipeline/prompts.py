@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -46,7 +46,9 @@ class Prompt:
         object.__setattr__(self, "points", tuple((float(x), float(y)) for x, y in self.points))
         object.__setattr__(self, "labels", tuple(int(v) for v in self.labels))
         if len(self.points) != len(self.labels):
-            raise PromptError(f"expected one label per point, got {len(self.points)} points and {len(self.labels)} labels")
+            raise PromptError(
+                f"expected one label per point, got {len(self.points)} points and {len(self.labels)} labels"
+            )
         for p in self.points:
             _finite(p, "point coordinates")
         bad = [v for v in self.labels if v not in (POSITIVE, NEGATIVE)]
@@ -79,7 +81,7 @@ class Prompt:
                 )
         if self.box is not None:
             x0, y0, x1, y1 = self.box
-            if not (0 <= x0 and 0 <= y0 and x1 <= width and y1 <= height):
+            if not (x0 >= 0 and y0 >= 0 and x1 <= width and y1 <= height):
                 raise PromptError(f"box {_fmt(self.box)} lies outside the {width}x{height} image")
 
     def to_dict(self) -> dict[str, Any]:
@@ -95,7 +97,8 @@ class Prompt:
         if any(len(p) != 2 for p in points):
             raise PromptError(f"each point needs 2 numbers [x, y], got {data.get('points')}")
         labels = data.get("labels", [POSITIVE] * len(points))
-        return cls(points=tuple(points), labels=tuple(labels), box=data.get("box"))  # type: ignore[arg-type]
+        box = data.get("box")
+        return cls(points=tuple(points), labels=tuple(labels), box=None if box is None else tuple(box))
 
 
 @dataclass(frozen=True)
@@ -164,13 +167,6 @@ def tracks_from_cli(points: Sequence[str], boxes: Sequence[str]) -> list[TrackSp
     prompts = [single_prompt(points=[parse_point(p)]) for p in points]
     prompts += [single_prompt(box=parse_box(b)) for b in boxes]
     return [TrackSpec(i + 1, p) for i, p in enumerate(prompts)]
-
-
-@dataclass(frozen=True)
-class PromptsFile:
-    """A parsed prompts file (YAML or JSON)."""
-
-    tracks: tuple[TrackSpec, ...] = field(default_factory=tuple)
 
 
 def load_prompts_file(path: str | Path) -> list[TrackSpec]:

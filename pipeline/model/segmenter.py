@@ -70,7 +70,12 @@ class MobileSam:
     """
 
     def __init__(
-        self, sam: Sam, image_size: int, device: torch.device, half: bool = False, random_weights: bool = False
+        self,
+        sam: Sam,
+        image_size: int,
+        device: torch.device,
+        half: bool = False,
+        random_weights: bool = False,
     ) -> None:
         self.sam = sam.to(device).eval()
         self.image_size = image_size
@@ -108,7 +113,9 @@ class MobileSam:
             return torch.autocast(self.device.type, dtype=torch.float16)
         return contextlib.nullcontext()
 
-    def encode(self, frames: Sequence[np.ndarray], original_sizes: Sequence[Size] | None = None) -> list[Embedding]:
+    def encode(
+        self, frames: Sequence[np.ndarray], original_sizes: Sequence[Size] | None = None
+    ) -> list[Embedding]:
         """Image embeddings of a batch of frames.
 
         Args:
@@ -158,7 +165,9 @@ class MobileSam:
         h, w = embedding.original_size
         low = self.low_res_size
         if k == 0:
-            return MaskBatch(np.zeros((0, h, w), bool), np.zeros(0, np.float32), np.zeros((0, low, low), np.float32))
+            return MaskBatch(
+                np.zeros((0, h, w), bool), np.zeros(0, np.float32), np.zeros((0, low, low), np.float32)
+            )
         groups: dict[tuple[int, bool, bool, bool], list[int]] = defaultdict(list)
         for i, r in enumerate(requests):
             if r.mask_input is not None and r.mask_input.shape != (low, low):
@@ -173,11 +182,20 @@ class MobileSam:
             image_pe = self.sam.prompt_encoder.get_dense_pe()
             for (n_points, has_box, has_mask, multimask), idx in groups.items():
                 group_logits, group_scores = self._decode_group(
-                    features, image_pe, [requests[i] for i in idx], embedding, n_points, has_box, has_mask, multimask
+                    features,
+                    image_pe,
+                    [requests[i] for i in idx],
+                    embedding,
+                    n_points,
+                    has_box,
+                    has_mask,
+                    multimask,
                 )
                 logits[idx] = group_logits.cpu()
                 scores[idx] = group_scores.cpu()
-            full = upscale_logits(logits.to(self.device), embedding.input_size, embedding.original_size, self.image_size)
+            full = upscale_logits(
+                logits.to(self.device), embedding.input_size, embedding.original_size, self.image_size
+            )
             masks = (full > self.sam.mask_threshold).cpu().numpy()
         return MaskBatch(masks, scores.numpy(), logits[:, 0].numpy())
 
@@ -207,7 +225,8 @@ class MobileSam:
             boxes = torch.from_numpy(scale_xy(corners, orig, resized).reshape(-1, 4)).to(dev)
         masks = None
         if has_mask:
-            masks = torch.from_numpy(np.stack([r.mask_input for r in requests]).astype(np.float32))[:, None].to(dev)
+            stacked = np.stack([np.asarray(r.mask_input, np.float32) for r in requests])
+            masks = torch.from_numpy(stacked)[:, None].to(dev)
         sparse, dense = self.sam.prompt_encoder(points=points, boxes=boxes, masks=masks)
         low_res, iou = self.sam.mask_decoder(
             image_embeddings=features,

@@ -49,7 +49,7 @@ def resize_longest(image: np.ndarray, image_size: int) -> np.ndarray:
     h, w = input_size(image.shape[:2], image_size)
     if (h, w) == image.shape[:2]:
         return image
-    return np.asarray(Image.fromarray(image).resize((w, h), Image.BILINEAR))
+    return np.asarray(Image.fromarray(image).resize((w, h), Image.Resampling.BILINEAR))
 
 
 def to_model_input(
@@ -67,7 +67,9 @@ def to_model_input(
     for i, img in enumerate(images):
         h, w = img.shape[:2]
         if max(h, w) != image_size:
-            raise InvalidInputError(f"frame {i} is {w}x{h}; its long side must be {image_size} (resize first)")
+            raise InvalidInputError(
+                f"frame {i} is {w}x{h}; its long side must be {image_size} (resize first)"
+            )
         if not img.flags.writeable:  # torch refuses read-only arrays (e.g. from Ray's object store)
             img = img.copy()
         pixels = torch.from_numpy(np.ascontiguousarray(img)).to(device, non_blocking=True)

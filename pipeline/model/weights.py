@@ -55,14 +55,25 @@ def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     try:
         data = torch.load(p, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for a bad file
-        raise CheckpointError(f"cannot load checkpoint {p}: {_first_line(exc)}") from None
+        reason = _first_line(exc)
+        if "Weights only load failed" in reason or "invalid load key" in reason:
+            reason = "not a PyTorch file of tensors (a state dict is expected)"
+        raise CheckpointError(f"cannot load checkpoint {p}: {reason}") from None
     if isinstance(data, Mapping):
         for wrapper in ("model", "state_dict"):
             inner = data.get(wrapper)
-            if isinstance(inner, Mapping) and inner and all(isinstance(v, torch.Tensor) for v in inner.values()):
+            if (
+                isinstance(inner, Mapping)
+                and inner
+                and all(isinstance(v, torch.Tensor) for v in inner.values())
+            ):
                 data = inner
                 break
-    if not isinstance(data, Mapping) or not data or not all(isinstance(v, torch.Tensor) for v in data.values()):
+    if (
+        not isinstance(data, Mapping)
+        or not data
+        or not all(isinstance(v, torch.Tensor) for v in data.values())
+    ):
         raise CheckpointError(f"checkpoint {p} is not a state dict of tensors (got {type(data).__name__})")
     return dict(data)
 
@@ -72,7 +83,9 @@ def _listed(keys: Sequence[str], limit: int = 8) -> str:
     return f"{shown}, … ({len(keys)} in all)" if len(keys) > limit else shown
 
 
-def check_layout(state_dict: Mapping[str, Any], expected: Mapping[str, Any], source: str = "checkpoint") -> None:
+def check_layout(
+    state_dict: Mapping[str, Any], expected: Mapping[str, Any], source: str = "checkpoint"
+) -> None:
     """Raise :class:`CheckpointError` unless keys and shapes equal those of ``expected`` exactly.
 
     The message lists the missing keys, the unexpected keys and the shape mismatches.
@@ -119,7 +132,7 @@ def download(
     for url in urls:
         fd, tmp = tempfile.mkstemp(prefix=dest.name + ".", suffix=".part", dir=dest.parent)
         try:
-            with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as resp:  # noqa: S310
+            with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as resp:
                 total = int(resp.headers.get("Content-Length") or 0)
                 done = 0
                 if not quiet:

@@ -1,0 +1,1 @@
+"""The ``samstream`` command. Sub-command modules are imported only when their command runs."""

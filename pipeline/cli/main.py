@@ -1,0 +1,94 @@
+"""Entry point of the ``samstream`` command.
+
+Only argparse and the standard library are imported here: ``samstream --help`` must be instant.
+Each sub-command names a handler ``module:function`` that is imported when the command runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+from collections.abc import Sequence
+
+from pipeline import __version__
+from pipeline.errors import SamstreamError
+
+
+def _add_model_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("model")
+    w = g.add_mutually_exclusive_group()
+    w.add_argument(
+        "--checkpoint", metavar="PATH", help="MobileSAM checkpoint (official layout, e.g. mobile_sam.pt)"
+    )
+    w.add_argument(
+        "--weights",
+        choices=["official", "random"],
+        default="official",
+        help="'official': --checkpoint, else the cached release (downloaded once); "
+        "'random': seeded random weights, a smoke test (default: official)",
+    )
+    g.add_argument(
+        "--image-size", type=int, default=1024, metavar="N", help="encoder input size (default 1024)"
+    )
+    g.add_argument(
+        "--device", choices=["auto", "cpu", "cuda"], default="auto", help="default: CUDA if present"
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="samstream",
+        description="Streaming video segmentation on MobileSAM: masks for every object on every frame, "
+        "published to Redis streams.",
+    )
+    parser.add_argument("--version", action="version", version=f"samstream {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    seg = sub.add_parser("segment", help="segment one image with point/box prompts, write a PNG mask")
+    seg.add_argument("image", metavar="IMAGE", help="image file (PNG, JPEG, …)")
+    seg.add_argument(
+        "--point", action="append", default=[], metavar="X,Y", help="a point on the object (repeatable)"
+    )
+    seg.add_argument(
+        "--neg", action="append", default=[], metavar="X,Y", help="a point not on the object (repeatable)"
+    )
+    seg.add_argument("--box", metavar="X0,Y0,X1,Y1", help="a box around the object")
+    seg.add_argument("--out", metavar="MASK.png", help="output mask (default: IMAGE's name + .mask.png)")
+    _add_model_options(seg)
+    seg.set_defaults(handler="pipeline.cli.segment:run")
+
+    wts = sub.add_parser("weights", help="download (once) and verify the released MobileSAM weights")
+    wts.add_argument(
+        "action", choices=["fetch", "path"], help="fetch: download if not cached; path: print the path"
+    )
+    wts.add_argument("--url", action="append", metavar="URL", help="download from here instead (repeatable)")
+    wts.set_defaults(handler="pipeline.cli.weights:run")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "handler", None):
+        parser.print_help()
+        return 2
+    module, func = args.handler.split(":")
+    try:
+        handler = getattr(importlib.import_module(module), func)
+        return int(handler(args) or 0)
+    except SamstreamError as exc:
+        print(f"samstream: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("samstream: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        # `samstream watch JOB | head`: the reader went away; not an error.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,48 @@
+"""Shared fixtures: generated checkpoints in the official layout, sample images."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+
+def make_random_checkpoint(path: Path, seed: int = 0) -> Path:
+    """A MobileSAM checkpoint in the official layout with seeded random weights.
+
+    BatchNorm running statistics are randomised too, so that no layer is an identity.
+    """
+    import torch
+
+    from pipeline.model.architecture import build_mobile_sam
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = build_mobile_sam(1024)
+        state = model.state_dict()
+        for key, value in state.items():
+            if key.endswith("running_mean"):
+                value.copy_(torch.randn_like(value) * 0.1)
+            elif key.endswith("running_var"):
+                value.copy_(torch.rand_like(value) + 0.5)
+    torch.save(state, path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Path of a random-weights checkpoint in the official layout (same for the whole session)."""
+    return make_random_checkpoint(tmp_path_factory.mktemp("weights") / "mobile_sam.pt")
+
+
+def sample_rgb(height: int, width: int, seed: int = 0) -> np.ndarray:
+    """An HxWx3 uint8 RGB image: smooth gradient background, noise and two solid shapes."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:height, 0:width]
+    img = np.stack([xx * 255 // max(width - 1, 1), yy * 255 // max(height - 1, 1), (xx + yy) % 256], -1)
+    img = img + rng.integers(-20, 20, img.shape)
+    cy, cx, r = height // 2, width // 3, min(height, width) // 5
+    img[(yy - cy) ** 2 + (xx - cx) ** 2 < r * r] = (220, 30, 40)
+    img[height // 5 : height // 5 + r, 2 * width // 3 : 2 * width // 3 + r] = (30, 40, 220)
+    return np.clip(img, 0, 255).astype(np.uint8)

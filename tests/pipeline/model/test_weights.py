@@ -1,0 +1,161 @@
+"""Weights: the official layout, strict loading, the cache and the download path."""
+
+from __future__ import annotations
+
+import http.server
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+
+from pipeline.config import ModelConfig
+from pipeline.errors import CheckpointError, WeightsUnavailableError
+from pipeline.model.architecture import build_mobile_sam
+from pipeline.model.segmenter import load_sam
+from pipeline.model.weights import (
+    RELEASE_URLS,
+    check_layout,
+    download,
+    load_state_dict,
+    resolve_checkpoint,
+)
+
+# A copy of ../shared/mobile_sam_state_dict.tsv: every tensor of the released checkpoint.
+TSV = Path(__file__).resolve().parents[2] / "fixtures" / "mobile_sam_state_dict.tsv"
+
+
+def _official_rows() -> list[tuple[str, tuple[int, ...], str]]:
+    rows = []
+    for line in TSV.read_text().splitlines():
+        if line.startswith("#") or not line.strip():
+            continue
+        key, shape, dtype = line.split("\t")
+        dims = tuple(int(d) for d in shape.strip("()").split(",") if d.strip())
+        rows.append((key, dims, dtype))
+    return rows
+
+
+def test_state_dict_matches_official_listing_key_for_key() -> None:
+    rows = _official_rows()
+    state = build_mobile_sam(1024).state_dict()
+    assert len(rows) == 439
+    assert sorted(state) == sorted(k for k, _, _ in rows)
+    for key, shape, dtype in rows:
+        assert tuple(state[key].shape) == shape, key
+        assert str(state[key].dtype).removeprefix("torch.") == dtype, key
+
+
+@pytest.mark.parametrize("size", [256, 512, 1024])
+def test_every_image_size_takes_the_same_checkpoint(size: int) -> None:
+    ref = build_mobile_sam(1024).state_dict()
+    check_layout(build_mobile_sam(size).state_dict(), ref)
+
+
+def test_checkpoint_loads_strictly_and_reproduces_weights(checkpoint: Path) -> None:
+    model = load_sam(ModelConfig(checkpoint=checkpoint, image_size=256))
+    saved = torch.load(checkpoint, weights_only=True)
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, saved[key]), key
+
+
+def test_wrong_layout_lists_missing_and_unexpected_keys(tmp_path: Path, checkpoint: Path) -> None:
+    state = torch.load(checkpoint, weights_only=True)
+    del state["mask_decoder.iou_token.weight"]
+    state["extra.weight"] = torch.zeros(3)
+    state["image_encoder.patch_embed.seq.0.c.weight"] = torch.zeros(1, 2, 3)
+    bad = tmp_path / "bad.pt"
+    torch.save(state, bad)
+    with pytest.raises(CheckpointError) as err:
+        load_sam(ModelConfig(checkpoint=bad, image_size=256))
+    msg = str(err.value)
+    assert "missing keys: mask_decoder.iou_token.weight" in msg
+    assert "unexpected keys: extra.weight" in msg
+    assert "image_encoder.patch_embed.seq.0.c.weight (1, 2, 3) != (32, 3, 3, 3)" in msg
+
+
+def test_wrapped_state_dict_is_accepted(tmp_path: Path, checkpoint: Path) -> None:
+    wrapped = tmp_path / "wrapped.pt"
+    torch.save({"model": torch.load(checkpoint, weights_only=True)}, wrapped)
+    assert len(load_state_dict(wrapped)) == 439
+
+
+@pytest.mark.parametrize("content", [b"", b"hello, not a checkpoint", b"\x80\x04K\x01."])
+def test_unreadable_checkpoint_is_one_clear_error(tmp_path: Path, content: bytes) -> None:
+    f = tmp_path / "x.pt"
+    f.write_bytes(content)
+    with pytest.raises(CheckpointError, match=r"cannot load checkpoint|not a state dict"):
+        load_state_dict(f)
+
+
+def test_pickled_objects_are_refused(tmp_path: Path) -> None:
+    f = tmp_path / "evil.pt"
+    torch.save({"x": torch.nn.Linear(2, 2)}, f)  # a module, not tensors: weights_only refuses it
+    with pytest.raises(CheckpointError, match="not a PyTorch file of tensors"):
+        load_state_dict(f)
+
+
+def test_cached_release_is_used_without_network(tmp_path: Path, checkpoint: Path) -> None:
+    (tmp_path / "mobile_sam.pt").write_bytes(checkpoint.read_bytes())
+    got = resolve_checkpoint(None, tmp_path, urls=["http://127.0.0.1:9/never-asked"])
+    assert got == tmp_path / "mobile_sam.pt"
+
+
+def test_offline_without_file_names_both_ways_out(tmp_path: Path) -> None:
+    with pytest.raises(WeightsUnavailableError) as err:
+        resolve_checkpoint(None, tmp_path, allow_download=False)
+    assert "--checkpoint" in str(err.value) and "--weights random" in str(err.value)
+
+
+def test_release_urls_point_at_the_official_file() -> None:
+    assert all(u.startswith("https://") and u.endswith("/mobile_sam.pt") for u in RELEASE_URLS)
+
+
+@pytest.fixture()
+def http_dir(tmp_path: Path) -> Iterator[tuple[str, Path]]:
+    root = tmp_path / "www"
+    root.mkdir()
+
+    class Handler(http.server.SimpleHTTPRequestHandler):
+        def __init__(self, *a, **kw):  # type: ignore[no-untyped-def]
+            super().__init__(*a, directory=str(root), **kw)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}", root
+    server.shutdown()
+    server.server_close()
+
+
+def test_download_verifies_and_caches(http_dir: tuple[str, Path], tmp_path: Path, checkpoint: Path) -> None:
+    base, root = http_dir
+    (root / "mobile_sam.pt").write_bytes(checkpoint.read_bytes())
+    (root / "small.pt").write_bytes(b"x" * 1000)
+    cache = tmp_path / "cache"
+    # The first URL gives a file of the wrong size, the second one is missing, the third one is good.
+    got = resolve_checkpoint(
+        None, cache, urls=[f"{base}/small.pt", f"{base}/missing.pt", f"{base}/mobile_sam.pt"]
+    )
+    assert got == cache / "mobile_sam.pt"
+    assert got.read_bytes() == checkpoint.read_bytes()
+    assert not list(cache.glob("*.part"))  # no partial file left behind
+
+
+def test_download_rejects_a_file_of_the_wrong_layout(http_dir: tuple[str, Path], tmp_path: Path) -> None:
+    base, root = http_dir
+    torch.save({"w": torch.zeros(10_300_000)}, root / "other.pt")  # release-sized, wrong tensors
+    with pytest.raises(WeightsUnavailableError, match="not in the MobileSAM"):
+        download([f"{base}/other.pt"], tmp_path / "mobile_sam.pt", quiet=True)
+    assert not (tmp_path / "mobile_sam.pt").exists()
+
+
+def test_failed_download_says_what_to_do(tmp_path: Path) -> None:
+    with pytest.raises(WeightsUnavailableError) as err:
+        resolve_checkpoint(None, tmp_path, urls=["http://127.0.0.1:9/mobile_sam.pt"])
+    msg = str(err.value)
+    assert "127.0.0.1:9" in msg and "--checkpoint" in msg and "--weights random" in msg
