@@ -1,0 +1,238 @@
+"""COCO run-length encoding (RLE) of binary masks, byte-for-byte compatible with pycocotools.
+
+An RLE is ``{"size": [H, W], "counts": ...}``. The mask is flattened in column-major (Fortran)
+order, i.e. down the first column, then down the second, and cut into runs of equal value. Runs
+alternate background / foreground and always start with background, so a mask whose first pixel
+is foreground starts with a run of length 0. The run lengths sum to ``H * W``.
+
+``counts`` is either the list of run lengths ("uncompressed", as accepted by pycocotools'
+``frPyObjects``) or COCO's compressed string (``rleToString`` in ``maskApi.c``): each run length,
+from the fourth on replaced by its difference to the run two places before it (same value, so the
+difference is small), is written as a signed little-endian number in 5-bit groups, one ASCII
+character per group: bit 0x20 says that another group follows, bit 0x10 of the last group is the
+sign, and 48 (``"0"``) is added so every character lies in ``"0"`` to ``"o"``.
+
+Everything here works on whole numpy arrays; no Python loop runs over pixels, runs or characters.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from numbers import Integral
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from pipeline.errors import InvalidInputError
+
+_OFFSET = 48  # ord("0"): the compressed string's characters are 48 + a 6-bit group
+_MORE = 0x20  # continuation bit of a group
+_SIGN = 0x10  # sign bit of the last group of a number
+_BITS = 5  # payload bits per group
+# Counts are uint32 in pycocotools, so a difference needs at most 33 signed bits = 7 groups. Decoding
+# rejects longer numbers, which also keeps the running sums far from int64 overflow.
+_MAX_GROUPS = 7
+# A non-negative y fits in n groups (as a signed number) iff y < 2**(5n - 1); encoding goes up to 12
+# groups (60 bits) so that even counts beyond uint32 are written correctly.
+_GROUP_LIMITS = np.array([1 << (_BITS * n - 1) for n in range(1, 13)], dtype=np.int64)
+
+
+def encode_rle(mask: npt.NDArray[Any]) -> dict[str, Any]:
+    """Encode a binary mask as a compressed COCO RLE.
+
+    Args:
+        mask: (H, W) bool or integer array, any memory order; nonzero is foreground.
+
+    Returns:
+        ``{"size": [H, W], "counts": str}``, equal to ``pycocotools.mask.encode`` of the same mask
+        (as a Fortran-ordered uint8 array) with ``counts`` decoded from ASCII bytes to ``str``.
+        pycocotools starts a new run at every change of value, so it agrees only for masks with
+        one foreground value; a mask mixing, say, 1 and 255 is read here as all foreground.
+
+    Raises:
+        InvalidInputError: ``mask`` is not a 2-D bool or integer array.
+    """
+    if not isinstance(mask, np.ndarray) or mask.ndim != 2:
+        shape = getattr(mask, "shape", None)
+        raise InvalidInputError(
+            f"expected a 2-D (H, W) mask array, got {type(mask).__name__} of shape {shape}"
+        )
+    if mask.dtype != np.bool_ and not np.issubdtype(mask.dtype, np.integer):
+        raise InvalidInputError(f"expected a bool or integer mask, got dtype {mask.dtype}")
+    h, w = mask.shape
+    counts = _runs(mask)
+    return {"size": [int(h), int(w)], "counts": _counts_to_string(counts)}
+
+
+def decode_rle(rle: Mapping[str, Any]) -> npt.NDArray[np.bool_]:
+    """Decode a COCO RLE into a binary mask.
+
+    Args:
+        rle: ``{"size": [H, W], "counts": c}`` where ``c`` is the compressed string (``str`` or
+            ``bytes``) or the uncompressed list of run lengths.
+
+    Returns:
+        (H, W) bool array, C-contiguous.
+
+    Raises:
+        InvalidInputError: the size is not two non-negative integers, the counts string holds a
+            character outside ``"0"``-``"o"`` or ends mid-number, a run length is negative, or the
+            run lengths do not sum to ``H * W``.
+    """
+    (h, w), counts = _parse(rle)
+    values = np.zeros(counts.size, dtype=np.bool_)
+    values[1::2] = True
+    flat = np.repeat(values, counts)
+    # The flat array is column-major: reshape to (W, H) and transpose; copy to C order for callers.
+    return np.ascontiguousarray(flat.reshape(w, h).T)
+
+
+def rle_area(rle: Mapping[str, Any]) -> int:
+    """Count the foreground pixels of a COCO RLE from its run lengths, without decoding the mask.
+
+    Args:
+        rle: as for :func:`decode_rle`.
+
+    Returns:
+        The number of foreground pixels, equal to ``pycocotools.mask.area``.
+
+    Raises:
+        InvalidInputError: as for :func:`decode_rle`.
+    """
+    _, counts = _parse(rle)
+    return int(counts[1::2].sum())
+
+
+def mask_bbox(mask: npt.NDArray[Any]) -> tuple[int, int, int, int] | None:
+    """The tight bounding box of a mask's foreground.
+
+    Args:
+        mask: (H, W) array; nonzero is foreground.
+
+    Returns:
+        (x0, y0, x1, y1) in pixels, XYXY with x1 and y1 exclusive, or None if the mask is empty.
+
+    Raises:
+        InvalidInputError: ``mask`` is not 2-D.
+    """
+    if not isinstance(mask, np.ndarray) or mask.ndim != 2:
+        shape = getattr(mask, "shape", None)
+        raise InvalidInputError(
+            f"expected a 2-D (H, W) mask array, got {type(mask).__name__} of shape {shape}"
+        )
+    rows = np.flatnonzero(np.any(mask, axis=1))
+    if rows.size == 0:
+        return None
+    cols = np.flatnonzero(np.any(mask, axis=0))
+    return int(cols[0]), int(rows[0]), int(cols[-1]) + 1, int(rows[-1]) + 1
+
+
+def _runs(mask: npt.NDArray[Any]) -> npt.NDArray[np.int64]:
+    """Run lengths of an (H, W) mask in column-major order, starting with background; int64."""
+    binary = mask if mask.dtype == np.bool_ else mask != 0
+    flat = binary.ravel(order="F")
+    n = flat.size
+    # np.diff of a bool array is a bool "value changed" array; flatnonzero has a fast path for bool.
+    changes = np.flatnonzero(np.diff(flat)) + 1
+    bounds = np.concatenate(([0], changes, [n]))
+    counts = np.diff(bounds)
+    if n and flat[0]:
+        counts = np.concatenate(([0], counts))
+    return counts.astype(np.int64, copy=False)
+
+
+def _counts_to_string(counts: npt.NDArray[np.int64]) -> str:
+    """COCO's ``rleToString``: run lengths (1-D int64) to the compressed ASCII string."""
+    x = counts.copy()
+    x[3:] -= counts[1:-2]  # COCO differences from the fourth count on (``i > 2``), not the third
+    # Groups per number: the fewest that hold x as a signed number (~x maps negatives to >= 0).
+    groups = np.searchsorted(_GROUP_LIMITS, np.where(x < 0, ~x, x), side="right") + 1
+    owner = np.repeat(np.arange(x.size), groups)
+    first = np.cumsum(groups) - groups
+    k = np.arange(owner.size) - first[owner]  # index of each group within its number
+    chars = (x[owner] >> (_BITS * k)) & 0x1F
+    chars |= np.where(k < groups[owner] - 1, _MORE, 0)
+    return (chars + _OFFSET).astype(np.uint8).tobytes().decode("ascii")
+
+
+def _string_to_counts(s: str | bytes) -> npt.NDArray[np.int64]:
+    """COCO's ``rleFrString``: the compressed string to run lengths (1-D int64, not yet validated)."""
+    if isinstance(s, str):
+        try:
+            s = s.encode("ascii")
+        except UnicodeEncodeError as e:
+            raise InvalidInputError(
+                f"RLE counts string must be ASCII, got non-ASCII character at {e.start}"
+            ) from e
+    c = np.frombuffer(s, dtype=np.uint8).astype(np.int64) - _OFFSET
+    bad = np.flatnonzero((c < 0) | (c > 0x3F))
+    if bad.size:
+        i = int(bad[0])
+        raise InvalidInputError(
+            f"RLE counts string may only hold characters '0' to 'o', got {chr(s[i])!r} at position {i}"
+        )
+    if c.size == 0:
+        return np.zeros(0, dtype=np.int64)
+    last = (c & _MORE) == 0  # the last group of each number
+    if not last[-1]:
+        raise InvalidInputError(
+            "RLE counts string ends in the middle of a number (last character has bit 0x20)"
+        )
+    ends = np.flatnonzero(last)
+    starts = np.concatenate(([0], ends[:-1] + 1))
+    groups = ends - starts + 1
+    if groups.max() > _MAX_GROUPS:
+        raise InvalidInputError(f"RLE counts string holds a number longer than {_MAX_GROUPS} characters")
+    owner = np.repeat(np.arange(ends.size), groups)
+    k = np.arange(c.size) - starts[owner]
+    x = np.add.reduceat((c & 0x1F) << (_BITS * k), starts)
+    negative = (c[ends] & _SIGN) != 0
+    x[negative] -= np.left_shift(1, _BITS * groups[negative], dtype=np.int64)  # sign-extend
+    # Undo the differencing: odd and even positions from 1 and 2 on are separate running sums.
+    counts = x.copy()
+    counts[1::2] = np.cumsum(x[1::2])
+    counts[2::2] = np.cumsum(x[2::2])
+    return counts
+
+
+def _parse(rle: Mapping[str, Any]) -> tuple[tuple[int, int], npt.NDArray[np.int64]]:
+    """Validate an RLE mapping; return ((H, W), run lengths as 1-D int64 summing to H * W)."""
+    if not isinstance(rle, Mapping) or "size" not in rle or "counts" not in rle:
+        raise InvalidInputError(f"expected an RLE mapping with 'size' and 'counts', got {rle!r:.100}")
+    h, w = _parse_size(rle["size"])
+    raw = rle["counts"]
+    if isinstance(raw, str | bytes):
+        counts = _string_to_counts(raw)
+    elif isinstance(raw, Sequence | np.ndarray):
+        try:
+            arr = np.asarray(raw)
+        except ValueError as e:  # a ragged nested list
+            raise InvalidInputError(f"uncompressed RLE counts must be a flat list of ints: {e}") from e
+        if arr.ndim != 1 or (arr.size and not np.issubdtype(arr.dtype, np.integer)):
+            raise InvalidInputError(
+                f"uncompressed RLE counts must be a flat list of ints, got {arr.dtype} of shape {arr.shape}"
+            )
+        counts = arr.astype(np.int64)
+    else:
+        raise InvalidInputError(
+            f"RLE counts must be a str, bytes or a list of ints, got {type(raw).__name__}"
+        )
+    negative = np.flatnonzero(counts < 0)
+    if negative.size:
+        i = int(negative[0])
+        raise InvalidInputError(f"RLE run lengths must be non-negative, got {int(counts[i])} at run {i}")
+    total = int(counts.sum())
+    if total != h * w:
+        raise InvalidInputError(f"RLE run lengths sum to {total}, expected H * W = {h} * {w} = {h * w}")
+    return (h, w), counts
+
+
+def _parse_size(size: Any) -> tuple[int, int]:
+    """Validate an RLE's ``size``; return (H, W)."""
+    is_pair = isinstance(size, Sequence | np.ndarray) and not isinstance(size, str | bytes) and len(size) == 2
+    if is_pair and all(isinstance(v, Integral) and not isinstance(v, bool) for v in size):
+        h, w = int(size[0]), int(size[1])
+        if h >= 0 and w >= 0:
+            return h, w
+    raise InvalidInputError(f"RLE size must be [H, W], two non-negative integers, got {size!r:.100}")
