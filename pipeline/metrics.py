@@ -1,0 +1,101 @@
+"""Prometheus metrics behind a small interface with a no-op default.
+
+Library code records through :class:`Metrics`; :class:`NullMetrics` is the default, so nothing
+needs a registry to run. Stage timings are measured where the work happens (in whichever process)
+and travel back with the results; the driver records them into one Prometheus registry and serves
+``/metrics``. No label takes unbounded values (no per-frame or per-track labels).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from prometheus_client import CollectorRegistry
+
+STAGES = ("decode", "preprocess", "encode", "mask_decode", "postprocess", "publish")
+# Latency buckets from 1 ms to 30 s: a GPU stage takes milliseconds, a CPU encoder seconds.
+BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
+
+class Metrics:
+    """The no-op base: every method accepts the observation and does nothing."""
+
+    def observe_stage(self, stage: str, seconds: float) -> None:
+        """One stage's latency for one frame (or one batch, for ``encode``)."""
+
+    def observe_end_to_end(self, seconds: float) -> None:
+        """Capture (decode) time to published, for one frame."""
+
+    def frame_published(self) -> None: ...
+
+    def frame_failed(self) -> None: ...
+
+    def frames_dropped(self, count: int = 1) -> None: ...
+
+    def encoder_batch(self, size: int) -> None: ...
+
+    def set_queue_depth(self, queue: str, depth: int) -> None: ...
+
+    def set_active(self, jobs: int, tracks: int) -> None: ...
+
+
+NullMetrics = Metrics
+
+
+class PrometheusMetrics(Metrics):
+    """Metrics in a ``prometheus_client`` registry (a fresh one unless given)."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.stage = Histogram(
+            "samstream_stage_seconds", "Latency of one pipeline stage", ["stage"], buckets=BUCKETS, registry=r
+        )
+        for s in STAGES:
+            self.stage.labels(stage=s)
+        self.e2e = Histogram(
+            "samstream_end_to_end_seconds", "Capture to published latency of a frame", buckets=BUCKETS, registry=r
+        )
+        self.published = Counter("samstream_frames_published", "Frames published", registry=r)
+        self.failed = Counter("samstream_frames_failed", "Frames that failed", registry=r)
+        self.dropped = Counter("samstream_frames_dropped", "Live frames dropped to keep latency bounded", registry=r)
+        self.batch = Histogram(
+            "samstream_encoder_batch_size", "Frames per encoder call", buckets=(1, 2, 4, 8, 16, 32, 64), registry=r
+        )
+        self.queue = Gauge("samstream_queue_depth", "Items waiting in a bounded queue", ["queue"], registry=r)
+        self.jobs = Gauge("samstream_active_jobs", "Jobs running", registry=r)
+        self.tracks = Gauge("samstream_active_tracks", "Tracks followed", registry=r)
+
+    def observe_stage(self, stage: str, seconds: float) -> None:
+        self.stage.labels(stage=stage).observe(seconds)
+
+    def observe_end_to_end(self, seconds: float) -> None:
+        self.e2e.observe(seconds)
+
+    def frame_published(self) -> None:
+        self.published.inc()
+
+    def frame_failed(self) -> None:
+        self.failed.inc()
+
+    def frames_dropped(self, count: int = 1) -> None:
+        self.dropped.inc(count)
+
+    def encoder_batch(self, size: int) -> None:
+        self.batch.observe(size)
+
+    def set_queue_depth(self, queue: str, depth: int) -> None:
+        self.queue.labels(queue=queue).set(depth)
+
+    def set_active(self, jobs: int, tracks: int) -> None:
+        self.jobs.set(jobs)
+        self.tracks.set(tracks)
+
+    def serve(self, port: int, addr: str = "127.0.0.1") -> None:
+        """Serve ``/metrics`` over HTTP in a daemon thread."""
+        from prometheus_client import start_http_server
+
+        start_http_server(port, addr=addr, registry=self.registry)
