@@ -21,6 +21,7 @@ class Frame:
         capture_time: wall-clock epoch seconds when the frame was decoded (live: received).
         image: (h, w, 3) uint8 RGB, resized so that max(h, w) is the encoder size.
         original_size: (H, W) of the frame as decoded, after display rotation.
+        timings: seconds spent per stage so far (``decode``, ``preprocess``).
     """
 
     index: int
@@ -28,6 +29,25 @@ class Frame:
     capture_time: float
     image: np.ndarray
     original_size: Size
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class EncodedFrame:
+    """A frame after the encoder: its metadata and image embedding (no pixels).
+
+    Attributes:
+        index, pts, capture_time, original_size: as in :class:`Frame`.
+        embedding: the frame's :class:`~pipeline.model.types.Embedding`.
+        timings: seconds spent per stage so far (``decode``, ``preprocess``, ``encode``).
+    """
+
+    index: int
+    pts: float | None
+    capture_time: float
+    original_size: Size
+    embedding: Any
+    timings: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

@@ -37,6 +37,19 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_redis_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("redis")
+    g.add_argument(
+        "--redis-url",
+        metavar="URL",
+        help="redis://[:password@]host:port/db or rediss://… (default: an embedded server, data under --out)",
+    )
+    g.add_argument(
+        "--out", default="samstream-out", metavar="DIR", help="output folder (default samstream-out)"
+    )
+    g.add_argument("--prefix", default="samstream:", help="Redis key prefix (default samstream:)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="samstream",
@@ -58,6 +71,27 @@ def build_parser() -> argparse.ArgumentParser:
     seg.add_argument("--out", metavar="MASK.png", help="output mask (default: IMAGE's name + .mask.png)")
     _add_model_options(seg)
     seg.set_defaults(handler="pipeline.cli.segment:run")
+
+    run = sub.add_parser("run", help="segment every frame of a video file or URL, publish masks to Redis")
+    run.add_argument("source", metavar="SOURCE", help="video file or http(s) URL")
+    run.add_argument("--point", action="append", default=[], metavar="X,Y", help="start a track at a point")
+    run.add_argument(
+        "--box", action="append", default=[], metavar="X0,Y0,X1,Y1", help="start a track with a box"
+    )
+    run.add_argument(
+        "--prompts", metavar="FILE", help="tracks from a YAML file (several points, negatives, start frame)"
+    )
+    run.add_argument(
+        "--job-id", metavar="ID", help="job id; an existing id resumes that job (default: a new id)"
+    )
+    run.add_argument(
+        "--stride", type=int, default=1, metavar="N", help="process every N-th frame (default 1)"
+    )
+    _add_redis_options(run)
+    run.add_argument("--metrics-port", type=int, metavar="PORT", help="serve Prometheus metrics on this port")
+    run.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _add_model_options(run)
+    run.set_defaults(handler="pipeline.cli.run:run")
 
     wts = sub.add_parser("weights", help="download (once) and verify the released MobileSAM weights")
     wts.add_argument(

@@ -1,0 +1,48 @@
+"""``samstream run``: a video job on this machine (local Ray, embedded Redis unless --redis-url)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from pipeline.cli.options import model_config
+from pipeline.errors import InvalidInputError
+from pipeline.prompts import load_prompts_file, tracks_from_cli
+from pipeline.spec import JobSpec
+from pipeline.streams.keys import validate_job_id
+
+
+def build_spec(args: argparse.Namespace) -> JobSpec:
+    tracks = tracks_from_cli(args.point, args.box)
+    if args.prompts:
+        if tracks:
+            raise InvalidInputError("give tracks either with --point/--box or with --prompts, not both")
+        tracks = load_prompts_file(args.prompts)
+    return JobSpec(
+        source=args.source,
+        tracks=tuple(tracks),
+        stride=args.stride,
+        image_size=args.image_size,
+        weights=args.weights if not args.checkpoint else "official",
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    spec = build_spec(args)
+    model = model_config(args)
+    if args.job_id is not None:
+        validate_job_id(args.job_id)
+    if args.metrics_port is not None and not 0 < args.metrics_port < 65536:
+        raise InvalidInputError(f"--metrics-port must be a TCP port (1-65535), got {args.metrics_port}")
+
+    from workers.local import LocalRun, run_local
+
+    options = LocalRun(
+        job_id=args.job_id,
+        redis_url=args.redis_url,
+        out_dir=Path(args.out),
+        prefix=args.prefix,
+        metrics_port=args.metrics_port,
+        progress=not args.no_progress,
+    )
+    return run_local(spec, model, options)

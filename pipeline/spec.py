@@ -1,0 +1,73 @@
+"""The job spec: everything that defines a job's output, stored with the job in Redis."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from pipeline.errors import InvalidInputError
+from pipeline.prompts import TrackSpec, check_unique_ids
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    """A video job.
+
+    Attributes:
+        source: a file path or URL.
+        tracks: the objects to follow.
+        stride: process every n-th frame.
+        image_size: encoder input size.
+        weights: ``official`` (a checkpoint) or ``random``.
+        live: a live feed (drop stale frames) rather than a file (process every frame).
+        maxlen: keep about this many masks entries (None: all).
+    """
+
+    source: str
+    tracks: tuple[TrackSpec, ...]
+    stride: int = 1
+    image_size: int = 1024
+    weights: str = "official"
+    live: bool = False
+    maxlen: int | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not self.source:
+            raise InvalidInputError("a job needs a source (a file path or URL)")
+        if not self.tracks:
+            raise InvalidInputError("a job needs at least one track: give --point, --box or --prompts")
+        check_unique_ids(self.tracks)
+        if self.stride < 1:
+            raise InvalidInputError(f"stride must be >= 1, got {self.stride}")
+        if self.maxlen is not None and self.maxlen < 1:
+            raise InvalidInputError(f"maxlen must be >= 1, got {self.maxlen}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "source": self.source,
+            "tracks": [t.to_dict() for t in self.tracks],
+            "stride": self.stride,
+            "image_size": self.image_size,
+            "weights": self.weights,
+            "live": self.live,
+            "maxlen": self.maxlen,
+            **({"extra": self.extra} if self.extra else {}),
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> JobSpec:
+        try:
+            return cls(
+                source=str(data["source"]),
+                tracks=tuple(TrackSpec.from_dict(t) for t in data["tracks"]),
+                stride=int(data.get("stride", 1)),
+                image_size=int(data.get("image_size", 1024)),
+                weights=str(data.get("weights", "official")),
+                live=bool(data.get("live", False)),
+                maxlen=None if data.get("maxlen") is None else int(data["maxlen"]),
+                extra=dict(data.get("extra") or {}),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise InvalidInputError(f"invalid job spec: {exc}") from None

@@ -1,0 +1,66 @@
+"""Redis key names of samstream, all under one configurable prefix."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from pipeline.errors import InvalidInputError
+
+JOB_ID_PATTERN = re.compile(r"[A-Za-z0-9_.-]{1,128}")
+
+
+def validate_job_id(job_id: object) -> str:
+    """Return ``job_id`` if it is a valid job id, else raise.
+
+    A job id is 1 to 128 characters from ``A-Z a-z 0-9 _ . -``; no ``:``, so one job's keys can never
+    collide with another's.
+
+    Raises:
+        InvalidInputError: naming the expected pattern and the value that came.
+    """
+    if not isinstance(job_id, str) or JOB_ID_PATTERN.fullmatch(job_id) is None:
+        raise InvalidInputError(
+            f"job id must be 1 to 128 characters from A-Z, a-z, 0-9, '_', '.', '-'; got {job_id!r}"
+        )
+    return job_id
+
+
+@dataclass(frozen=True)
+class Keys:
+    """The names of every Redis key samstream uses.
+
+    Attributes:
+        prefix: namespace put before every key (default ``samstream:``), so several deployments or
+            test runs can share one Redis database.
+    """
+
+    prefix: str = "samstream:"
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.prefix, str):
+            raise InvalidInputError(f"key prefix must be a string, got {type(self.prefix).__name__}")
+
+    def job(self, job_id: str) -> str:
+        """Hash with the job's spec, status, progress and timestamps: ``{prefix}job:{id}``."""
+        return f"{self.prefix}job:{validate_job_id(job_id)}"
+
+    def masks(self, job_id: str) -> str:
+        """Stream with one entry per processed frame: ``{prefix}job:{id}:masks``."""
+        return f"{self.job(job_id)}:masks"
+
+    def events(self, job_id: str) -> str:
+        """Stream of status changes, track lost/found, reconnects, errors: ``{prefix}job:{id}:events``."""
+        return f"{self.job(job_id)}:events"
+
+    def control(self, job_id: str) -> str:
+        """Stream of live commands (add/remove/update track, stop): ``{prefix}job:{id}:control``."""
+        return f"{self.job(job_id)}:control"
+
+    def state(self, job_id: str) -> str:
+        """String with the tracker state after the last published frame (JSON; internal): ``{prefix}job:{id}:state``."""
+        return f"{self.job(job_id)}:state"
+
+    def jobs_index(self) -> str:
+        """Sorted set of every job id, scored by creation time (epoch s): ``{prefix}jobs``."""
+        return f"{self.prefix}jobs"

@@ -1,0 +1,86 @@
+"""Publishing to a real Redis: exactly once per frame, in order, resumable, trimmed, with events."""
+
+from __future__ import annotations
+
+import pytest
+import redis
+
+from pipeline.errors import InvalidInputError
+from pipeline.streams import EmbeddedRedis, Keys, MaskReader, Publisher, read_events
+from tests.pipeline.streams.conftest import make_result
+
+pytestmark = pytest.mark.integration
+
+
+def test_a_frame_is_published_exactly_once(redis_client: redis.Redis, keys: Keys) -> None:
+    pub = Publisher(redis_client, keys, "job1")
+    assert pub.last_published_frame() is None
+    assert pub.publish(make_result(5)) is True
+    assert pub.publish(make_result(5)) is False  # replayed: Redis refuses the ID
+    assert pub.publish(make_result(3)) is False  # at or below the top: counted as published
+    assert pub.last_published_frame() == 5
+    entries = list(MaskReader(redis_client, keys, "job1").read())
+    assert [eid for eid, _ in entries] == ["5-1"]
+    assert entries[0][1] == make_result(5)
+
+
+def test_frame_zero_and_order_and_resume(redis_client: redis.Redis, keys: Keys) -> None:
+    pub = Publisher(redis_client, keys, "job2")
+    frames = [0, 1, 2, 4, 7, 8, 9]  # a stride or dropped frames leave gaps
+    for f in frames:
+        assert pub.publish(make_result(f))
+    reader = MaskReader(redis_client, keys, "job2")
+    assert reader.count() == len(frames)
+    seen = list(reader.read(count=2))  # several round trips
+    assert [eid for eid, _ in seen] == [f"{f}-1" for f in frames]
+    assert [r.frame_index for _, r in seen] == frames
+    assert all(r == make_result(f) for f, (_, r) in zip(frames, seen, strict=True))
+    rest = list(reader.read(start_after="4-1"))
+    assert [r.frame_index for _, r in rest] == [7, 8, 9]
+    assert list(reader.read(start_after="9-1")) == []
+    with pytest.raises(InvalidInputError, match="start_after"):
+        list(reader.read(start_after="frame 4"))
+
+
+def test_notice_reaches_the_reader(redis_client: redis.Redis, keys: Keys) -> None:
+    pub = Publisher(redis_client, keys, "job3")
+    pub.publish(make_result(0), notice="random weights")
+    pub.publish(make_result(1))
+    entries = list(MaskReader(redis_client, keys, "job3").read_entries())
+    assert [e.notice for e in entries] == ["random weights", None]
+    assert all(e.publish_time > 1.7e9 for e in entries)
+
+
+def test_maxlen_trims_approximately(redis_client: redis.Redis, keys: Keys) -> None:
+    pub = Publisher(redis_client, keys, "live", maxlen=10)
+    pipe_frames = 600
+    for f in range(pipe_frames):
+        pub.publish(make_result(f, n_tracks=0))
+    reader = MaskReader(redis_client, keys, "live")
+    n = reader.count()
+    assert 10 <= n <= 10 + 200, n  # MAXLEN ~ trims whole macro-nodes (100 entries by default)
+    frames = [r.frame_index for _, r in reader.read()]
+    assert frames == list(range(pipe_frames - n, pipe_frames))
+    assert pub.publish(make_result(0, n_tracks=0)) is False  # trimmed, yet still refused
+    with pytest.raises(InvalidInputError, match="maxlen"):
+        Publisher(redis_client, keys, "live", maxlen=0)
+
+
+def test_events(redis_client: redis.Redis, keys: Keys) -> None:
+    pub = Publisher(redis_client, keys, "job4")
+    first = pub.event("track_lost", frame=12, track=2, detail="iou below 0.5", data={"iou": 0.25})
+    pub.event("reconnect", detail="rtsp://cam/1")
+    events = list(read_events(redis_client, keys, "job4"))
+    assert [e.type for e in events] == ["track_lost", "reconnect"]
+    assert events[0].entry_id == first
+    assert (events[0].frame, events[0].track, events[0].data) == (12, 2, {"iou": 0.25})
+    assert [e.type for e in read_events(redis_client, keys, "job4", start_after=first)] == ["reconnect"]
+
+
+def test_works_with_a_bytes_client(redis_server: EmbeddedRedis, keys: Keys) -> None:
+    client = redis.Redis.from_url(redis_server.url)
+    pub = Publisher(client, keys, "job5")
+    assert pub.publish(make_result(2))
+    assert pub.last_published_frame() == 2
+    assert list(MaskReader(client, keys, "job5").read()) == [("2-1", make_result(2))]
+    client.close()

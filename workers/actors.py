@@ -1,0 +1,100 @@
+"""Thin ``@ray.remote`` shells: each builds a plain pipeline class in ``__init__`` and forwards calls.
+
+Restart policy: the encoder is stateless and the others rebuild their state on restart (the source
+reopens by position, the decoder restores the tracker from Redis), so Ray may restart any of them
+and retry the call that was in flight.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import ray
+
+from pipeline.config import ModelConfig
+from pipeline.frames import EncodedFrame, Frame
+from pipeline.prompts import TrackSpec
+from pipeline.tracking import TrackingConfig
+
+RESTARTS = 3
+
+
+def _threads(n: int | None) -> None:
+    if n:
+        import torch
+
+        torch.set_num_threads(n)
+
+
+class _SourceWorker:
+    """Decodes one job's video (CPU)."""
+
+    def __init__(self, uri: str, image_size: int, stride: int) -> None:
+        from pipeline.sources.reader import FrameReader
+
+        self.reader = FrameReader(uri, image_size, stride)
+
+    def info(self) -> Any:
+        return self.reader.info
+
+    @ray.method(num_returns=2)
+    def read(self, after: int | None, count: int) -> tuple[Any, list[Frame]]:
+        return self.reader.read(after, count)
+
+    def close(self) -> None:
+        self.reader.close()
+
+
+class _EncoderWorker:
+    """Runs MobileSAM's image encoder on batches of frames (GPU when the actor was given one)."""
+
+    def __init__(self, model: ModelConfig, threads: int | None = None) -> None:
+        from pipeline.encoding import FrameEncoder
+        from pipeline.model import MobileSam
+
+        _threads(threads)
+        self.encoder = FrameEncoder(MobileSam.from_config(model))
+
+    def encode(self, frames: Sequence[Frame]) -> list[EncodedFrame]:
+        return self.encoder.encode(frames)
+
+    def ready(self) -> bool:
+        return True
+
+
+class _DecoderWorker:
+    """Follows one job's tracks and publishes its masks to Redis (light: prompt encoder + mask decoder)."""
+
+    def __init__(
+        self,
+        job_id: str,
+        tracks: Sequence[TrackSpec],
+        model: ModelConfig,
+        redis_url: str,
+        prefix: str,
+        tracking: TrackingConfig | None = None,
+        maxlen: int | None = None,
+        threads: int | None = 1,
+    ) -> None:
+        from pipeline.decoding import TrackDecoder
+        from pipeline.model import MobileSam
+        from pipeline.streams import Keys, connect
+        from pipeline.streams.sink import RedisSink
+
+        _threads(threads)
+        segmenter = MobileSam.from_config(model)
+        sink = RedisSink(connect(redis_url), Keys(prefix), job_id, maxlen, segmenter.notice)
+        self.decoder = TrackDecoder(tracks, segmenter, sink, tracking)
+
+    def process(self, frames: Sequence[EncodedFrame]) -> list[Any]:
+        return self.decoder.process(frames)
+
+    def ready(self) -> bool:
+        return True
+
+
+# The Ray actor classes (typed Any: Ray's decorators are opaque to type checkers).
+SourceWorker: Any = ray.remote(max_restarts=RESTARTS, max_task_retries=RESTARTS)(_SourceWorker)
+EncoderWorker: Any = ray.remote(max_restarts=RESTARTS, max_task_retries=RESTARTS)(_EncoderWorker)
+DecoderWorker: Any = ray.remote(max_restarts=RESTARTS, max_task_retries=RESTARTS)(_DecoderWorker)

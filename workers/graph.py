@@ -1,0 +1,187 @@
+"""The job graph: source → encoder pool → track decoder, with a bounded window of frames in flight.
+
+The driver only moves object references and small summaries: frames go from the source worker to
+an encoder, embeddings from the encoder to the decoder, without passing through the driver. Calls
+to the decoder are submitted in frame order, and Ray runs one caller's calls to an actor in the
+order they were submitted, so the decoder sees frames in order however the encoders finish.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import ray
+from ray.exceptions import RayActorError, RayTaskError
+
+from pipeline.config import ModelConfig
+from pipeline.decoding import FrameSummary
+from pipeline.errors import JobError, SamstreamError
+from pipeline.metrics import Metrics, NullMetrics
+from pipeline.spec import JobSpec
+from pipeline.tracking import TrackingConfig
+from workers.actors import DecoderWorker, EncoderWorker, SourceWorker
+
+
+@dataclass(frozen=True)
+class GraphOptions:
+    """How a job is laid out on Ray.
+
+    Attributes:
+        batch_size: frames per encoder call.
+        in_flight: batches submitted and not yet published (bounds memory; backpressure).
+        encoders: encoder workers for this job.
+        encoder_gpus: GPUs per encoder worker (fractions allowed); 0 runs on the CPU.
+        encoder_threads: torch threads per CPU encoder (None: torch's default, all cores).
+    """
+
+    batch_size: int = 1
+    in_flight: int = 3
+    encoders: int = 1
+    encoder_gpus: float = 0.0
+    encoder_threads: int | None = None
+
+    @staticmethod
+    def auto() -> GraphOptions:
+        """GPU encoders when the cluster has GPUs, else one CPU encoder."""
+        gpus = float(ray.cluster_resources().get("GPU", 0))
+        if gpus >= 1:
+            return GraphOptions(batch_size=4, in_flight=4, encoders=int(gpus), encoder_gpus=1.0)
+        return GraphOptions()
+
+
+def unwrap(exc: BaseException) -> BaseException:
+    """The user-facing error inside a Ray error (a :class:`SamstreamError` raised in a worker)."""
+    if isinstance(exc, RayTaskError):
+        cause = getattr(exc, "cause", None)
+        if isinstance(cause, BaseException):
+            return unwrap(cause)
+    return exc
+
+
+class JobGraph:
+    """Runs one job's frames through the actors and reports progress.
+
+    Args:
+        job_id: the job.
+        spec: what to run.
+        model: model config for the encoder and decoder workers (weights resolved already).
+        redis_url: where the decoder publishes.
+        prefix: Redis key prefix.
+        options: layout on Ray.
+        tracking: tracking thresholds.
+        metrics: where per-stage timings go (measured in the workers, recorded here).
+        on_frames: called with each published batch's summaries (progress bars).
+    """
+
+    def __init__(
+        self,
+        job_id: str,
+        spec: JobSpec,
+        model: ModelConfig,
+        redis_url: str,
+        prefix: str,
+        options: GraphOptions,
+        tracking: TrackingConfig | None = None,
+        metrics: Metrics | None = None,
+        on_frames: Callable[[Sequence[FrameSummary]], None] | None = None,
+    ) -> None:
+        self.job_id = job_id
+        self.spec = spec
+        self.model = model
+        self.redis_url = redis_url
+        self.prefix = prefix
+        self.options = options
+        self.tracking = tracking
+        self.metrics = metrics or NullMetrics()
+        self.on_frames = on_frames
+        self.actors: list[Any] = []
+
+    def run(self, after: int | None) -> int:
+        """Process every frame after frame ``after`` (None: from the start). Returns frames published.
+
+        Raises:
+            SamstreamError: a worker raised one (a bad source, Redis gone, …), unwrapped.
+            JobError: a worker died more often than it may be restarted.
+        """
+        opts = self.options
+        source = SourceWorker.options(name=f"samstream-source-{self.job_id}").remote(
+            self.spec.source, self.spec.image_size, self.spec.stride
+        )
+        encoders = [
+            EncoderWorker.options(
+                num_gpus=opts.encoder_gpus, name=f"samstream-encoder-{self.job_id}-{i}"
+            ).remote(self.model, opts.encoder_threads)
+            for i in range(opts.encoders)
+        ]
+        decoder = DecoderWorker.options(name=f"samstream-decoder-{self.job_id}").remote(
+            self.job_id,
+            self.spec.tracks,
+            self.model,
+            self.redis_url,
+            self.prefix,
+            self.tracking,
+            self.spec.maxlen,
+        )
+        self.actors = [source, *encoders, decoder]
+        try:
+            return self._loop(source, encoders, decoder, after)
+        except (RayTaskError, RayActorError) as exc:
+            inner = unwrap(exc)
+            if isinstance(inner, SamstreamError):
+                raise inner from None
+            if isinstance(inner, RayActorError):
+                raise JobError(f"a worker of job {self.job_id!r} died and could not be restarted") from None
+            raise
+        finally:
+            self.shutdown()
+
+    def _loop(self, source: Any, encoders: list[Any], decoder: Any, after: int | None) -> int:
+        opts = self.options
+        window: deque[Any] = deque()
+        published = 0
+        last = after
+        end = False
+        turn = 0
+        while not end or window:
+            if not end and len(window) < opts.in_flight:
+                batch_ref, frames_ref = source.read.remote(last, opts.batch_size)
+                batch = ray.get(batch_ref)
+                end = batch.end
+                if batch.indices:
+                    last = batch.indices[-1]
+                    encoded = encoders[turn % len(encoders)].encode.remote(frames_ref)
+                    turn += 1
+                    window.append(decoder.process.remote(encoded))
+                    self.metrics.encoder_batch(len(batch.indices))
+                self.metrics.set_queue_depth("frames_in_flight", len(window))
+                continue
+            summaries: list[FrameSummary] = ray.get(window.popleft())
+            self.metrics.set_queue_depth("frames_in_flight", len(window))
+            published += self._record(summaries)
+        return published
+
+    def _record(self, summaries: Sequence[FrameSummary]) -> int:
+        count = 0
+        for s in summaries:
+            if not s.published:
+                continue
+            count += 1
+            self.metrics.frame_published()
+            for stage, seconds in s.timings.items():
+                self.metrics.observe_stage(stage, seconds)
+            self.metrics.observe_end_to_end(s.publish_time - s.capture_time)
+        if summaries:
+            self.metrics.set_active(1, summaries[-1].active_tracks)
+        if self.on_frames is not None:
+            self.on_frames(summaries)
+        return count
+
+    def shutdown(self) -> None:
+        for actor in self.actors:
+            with contextlib.suppress(Exception):  # already gone
+                ray.kill(actor, no_restart=True)
+        self.actors = []

@@ -1,0 +1,196 @@
+"""One job on one machine: an embedded (or given) Redis, Ray started in-process, a progress bar.
+
+This is what ``samstream run`` does. A job that stops anywhere (a worker killed, the driver killed,
+Ctrl-C) is resumed by running it again with the same job id: the masks stream tells where it got to,
+and the tracker state stored with each frame lets it go on exactly as if it had never stopped.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import time
+import uuid
+from collections.abc import Sequence
+from contextlib import ExitStack
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import TextIO
+
+from pipeline.config import ModelConfig, Weights
+from pipeline.decoding import FrameSummary
+from pipeline.errors import JobError, SamstreamError
+from pipeline.metrics import PrometheusMetrics
+from pipeline.model.weights import resolve_checkpoint
+from pipeline.spec import JobSpec
+from pipeline.streams import EmbeddedRedis, JobStatus, JobStore, Keys, Publisher, connect, redact
+
+
+@dataclass(frozen=True)
+class LocalRun:
+    """Options of a local run.
+
+    Attributes:
+        job_id: the job's id; None makes a new one. An existing id resumes that job.
+        redis_url: use this Redis; None starts an embedded server with its data under ``out_dir``.
+        out_dir: the output folder (embedded Redis data).
+        prefix: Redis key prefix.
+        metrics_port: serve Prometheus metrics on this port (None: no server).
+        progress: show a progress bar on stderr.
+    """
+
+    job_id: str | None = None
+    redis_url: str | None = None
+    out_dir: Path = Path("samstream-out")
+    prefix: str = "samstream:"
+    metrics_port: int | None = None
+    progress: bool = True
+
+
+def new_job_id() -> str:
+    return time.strftime("job-%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
+
+
+def open_redis(stack: ExitStack, redis_url: str | None, out_dir: Path) -> str:
+    """The Redis URL to use; with none given, an embedded server stopped when ``stack`` closes."""
+    if redis_url:
+        return redis_url
+    server = EmbeddedRedis(out_dir / "redis")
+    url = server.start()
+    stack.callback(server.stop)
+    return url
+
+
+def _resolve_weights(model: ModelConfig) -> ModelConfig:
+    """Download (once) in the driver, so workers only ever load a file."""
+    if model.weights is Weights.RANDOM:
+        return model
+    return replace(model, checkpoint=resolve_checkpoint(model.checkpoint, model.cache_dir))
+
+
+class _Progress:
+    def __init__(self, total: int | None, initial: int, enabled: bool, stream: TextIO) -> None:
+        self.bar = None
+        if enabled:
+            from tqdm import tqdm
+
+            self.bar = tqdm(
+                total=total, initial=initial, unit="frame", file=stream, dynamic_ncols=True, mininterval=0.5
+            )
+
+    def __call__(self, summaries: Sequence[FrameSummary]) -> None:
+        if self.bar is not None:
+            self.bar.update(sum(1 for s in summaries if s.published))
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def run_local(spec: JobSpec, model: ModelConfig, run: LocalRun, out: TextIO = sys.stdout) -> int:
+    """Run (or resume) a job end to end. Returns the process exit code; the job hash says why."""
+    from pipeline.sources.video import VideoSource
+
+    job_id = run.job_id or new_job_id()
+    err = sys.stderr
+    with ExitStack() as stack:
+        url = open_redis(stack, run.redis_url, run.out_dir)
+        client = connect(url)
+        keys = Keys(run.prefix)
+        store = JobStore(client, keys)
+        resuming = store.exists(job_id)
+        if resuming:
+            info = store.get(job_id)
+            if info.spec != spec.to_dict():
+                raise JobError(
+                    f"job {job_id!r} exists with another spec (source {info.spec.get('source')!r}); "
+                    "use another --job-id to start a new job"
+                )
+            if info.status is JobStatus.SUCCEEDED:
+                print(
+                    f"job {job_id} finished already: {info.frames_done} frames in {keys.masks(job_id)}",
+                    file=out,
+                )
+                return 0
+        try:
+            with VideoSource(spec.source) as probe:
+                info_src = probe.info
+        except SamstreamError as exc:
+            if not resuming:
+                store.create(job_id, spec.to_dict())
+            store.set_status(job_id, JobStatus.FAILED, str(exc))
+            print(f"samstream: error: job {job_id} failed: {exc}", file=err)
+            return 1
+        total = None
+        if info_src.frame_count:
+            total = (info_src.frame_count + spec.stride - 1) // spec.stride
+        if not resuming:
+            store.create(job_id, spec.to_dict(), total_frames=total)
+        last = Publisher(client, keys, job_id).last_published_frame()
+        done = store.get(job_id).frames_done
+
+        metrics = PrometheusMetrics()
+        if run.metrics_port is not None:
+            metrics.serve(run.metrics_port)
+        if model.weights is Weights.RANDOM:
+            print(
+                "samstream: WARNING: random weights (--weights random): a smoke test, the masks mean nothing",
+                file=err,
+            )
+        print(
+            f"job {job_id}: {spec.source} ({info_src.width}x{info_src.height}, "
+            f"{total if total is not None else '?'} frames, {len(spec.tracks)} tracks)"
+            + (f", resuming after frame {last}" if last is not None else ""),
+            file=err,
+        )
+        try:
+            model = _resolve_weights(model)
+            _ray_init(stack)
+            from workers.graph import GraphOptions, JobGraph
+
+            progress = _Progress(total, done, run.progress, err)
+            stack.callback(progress.close)
+            store.set_status(job_id, JobStatus.RUNNING)
+            graph = JobGraph(
+                job_id, spec, model, url, run.prefix, GraphOptions.auto(), metrics=metrics, on_frames=progress
+            )
+            graph.run(last)
+            progress.close()
+        except SamstreamError as exc:
+            store.set_status(job_id, JobStatus.FAILED, str(exc))
+            print(f"samstream: error: job {job_id} failed: {exc}", file=err)
+            return 1
+        except KeyboardInterrupt:
+            store.set_status(
+                job_id, JobStatus.CANCELLED, "interrupted; run again with the same --job-id to resume"
+            )
+            print(f"samstream: interrupted; resume with --job-id {job_id}", file=err)
+            return 130
+        store.set_status(job_id, JobStatus.SUCCEEDED)
+        final = store.get(job_id)
+        where = (
+            f"Redis {redact(url)}" if run.redis_url else f"{run.out_dir / 'redis'} (embedded Redis, stopped)"
+        )
+        print(
+            f"job {job_id} succeeded: {final.frames_done} frames, masks in stream {keys.masks(job_id)} of {where}",
+            file=out,
+        )
+        return 0
+
+
+def _ray_init(stack: ExitStack) -> None:
+    import ray
+
+    if ray.is_initialized():
+        return
+    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    ray.init(
+        address="local",
+        num_cpus=max(os.cpu_count() or 1, 4),
+        include_dashboard=False,
+        log_to_driver=False,
+        logging_level=logging.ERROR,
+        configure_logging=True,
+    )
+    stack.callback(ray.shutdown)
