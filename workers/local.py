@@ -24,7 +24,8 @@ from pipeline.errors import JobError, SamstreamError
 from pipeline.metrics import PrometheusMetrics
 from pipeline.model.weights import resolve_checkpoint
 from pipeline.spec import JobSpec
-from pipeline.streams import EmbeddedRedis, JobStatus, JobStore, Keys, Publisher, connect, redact
+from pipeline.streams import JobStatus, JobStore, Keys, Publisher, connect, redact
+from pipeline.streams.server import open_redis
 
 
 @dataclass(frozen=True)
@@ -50,16 +51,6 @@ class LocalRun:
 
 def new_job_id() -> str:
     return time.strftime("job-%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
-
-
-def open_redis(stack: ExitStack, redis_url: str | None, out_dir: Path) -> str:
-    """The Redis URL to use; with none given, an embedded server stopped when ``stack`` closes."""
-    if redis_url:
-        return redis_url
-    server = EmbeddedRedis(out_dir / "redis")
-    url = server.start()
-    stack.callback(server.stop)
-    return url
 
 
 def _resolve_weights(model: ModelConfig) -> ModelConfig:
@@ -95,7 +86,7 @@ def run_local(spec: JobSpec, model: ModelConfig, run: LocalRun, out: TextIO = sy
     job_id = run.job_id or new_job_id()
     err = sys.stderr
     with ExitStack() as stack:
-        url = open_redis(stack, run.redis_url, run.out_dir)
+        url = open_redis(stack, run.redis_url, run.out_dir / "redis")
         client = connect(url)
         keys = Keys(run.prefix)
         store = JobStore(client, keys)

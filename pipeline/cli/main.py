@@ -42,10 +42,13 @@ def _add_redis_options(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--redis-url",
         metavar="URL",
-        help="redis://[:password@]host:port/db or rediss://… (default: an embedded server, data under --out)",
+        help="redis://[:password@]host:port/db or rediss://… (default: an embedded server, data under --data-dir)",
     )
     g.add_argument(
-        "--out", default="samstream-out", metavar="DIR", help="output folder (default samstream-out)"
+        "--data-dir",
+        default="samstream-out",
+        metavar="DIR",
+        help="folder of the embedded Redis server's data (default samstream-out)",
     )
     g.add_argument("--prefix", default="samstream:", help="Redis key prefix (default samstream:)")
 
@@ -92,6 +95,28 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
     _add_model_options(run)
     run.set_defaults(handler="pipeline.cli.run:run")
+
+    st = sub.add_parser("status", help="a job's status and progress")
+    st.add_argument("job", metavar="JOB", help="job id")
+    st.add_argument("--json", action="store_true", help="one JSON object")
+    _add_redis_options(st)
+    st.set_defaults(handler="pipeline.cli.jobs:status")
+
+    wa = sub.add_parser("watch", help="print a job's masks stream, one line per frame, following it live")
+    wa.add_argument("job", metavar="JOB", help="job id")
+    wa.add_argument("--json", action="store_true", help="one JSON object per frame")
+    wa.add_argument("--no-follow", dest="follow", action="store_false", help="print what is there and stop")
+    _add_redis_options(wa)
+    wa.set_defaults(handler="pipeline.cli.jobs:watch")
+
+    rd = sub.add_parser(
+        "render", help="write the job's video with each track's mask overlaid in its own colour"
+    )
+    rd.add_argument("job", metavar="JOB", help="job id")
+    rd.add_argument("--out", "-o", required=True, metavar="VIDEO.mp4", help="output video (.mp4, .mkv, .mov)")
+    rd.add_argument("--source", metavar="SOURCE", help="the video (default: the job's source)")
+    _add_redis_options(rd)
+    rd.set_defaults(handler="pipeline.cli.jobs:render")
 
     wts = sub.add_parser("weights", help="download (once) and verify the released MobileSAM weights")
     wts.add_argument(

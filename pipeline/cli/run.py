@@ -40,7 +40,7 @@ def run(args: argparse.Namespace) -> int:
     options = LocalRun(
         job_id=args.job_id,
         redis_url=args.redis_url,
-        out_dir=Path(args.out),
+        out_dir=Path(args.data_dir),
         prefix=args.prefix,
         metrics_port=args.metrics_port,
         progress=not args.no_progress,

@@ -372,3 +372,17 @@ def _log_tail(path: Path) -> str:
     except OSError:
         return "(no log)"
     return lines[-1] if lines else "(empty log)"
+
+
+def open_redis(stack: contextlib.ExitStack, redis_url: str | None, data_dir: Path) -> str:
+    """The Redis URL to use: ``redis_url`` if given, else an embedded server on ``data_dir``.
+
+    The embedded server (one started here, or one left running by an earlier run on the same
+    folder) is stopped when ``stack`` closes.
+    """
+    if redis_url:
+        return redis_url
+    server = EmbeddedRedis(data_dir)
+    url = server.start()
+    stack.callback(server.stop)
+    return url

@@ -1,0 +1,112 @@
+"""``samstream status | watch | render``: read a job's results from Redis."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+from pipeline.errors import InvalidInputError, JobError
+from pipeline.frames import FrameResult
+from pipeline.masks import rle_area
+from pipeline.streams import JobInfo, JobStore, Keys, MaskReader, connect
+from pipeline.streams.server import open_redis
+
+
+@contextlib.contextmanager
+def _store(args: argparse.Namespace) -> Iterator[tuple[JobStore, MaskReader, JobInfo]]:
+    with contextlib.ExitStack() as stack:
+        data = Path(args.data_dir) / "redis"
+        if not args.redis_url and not data.is_dir():
+            raise InvalidInputError(
+                f"no local results under {args.data_dir}: pass --redis-url URL, or the run's --data-dir DIR"
+            )
+        client = connect(open_redis(stack, args.redis_url, data))
+        keys = Keys(args.prefix)
+        store = JobStore(client, keys)
+        info = store.get(args.job)
+        yield store, MaskReader(client, keys, args.job), info
+
+
+def _when(t: float | None) -> str:
+    return "-" if t is None else time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t))
+
+
+def status(args: argparse.Namespace) -> int:
+    with _store(args) as (_, reader, info):
+        if args.json:
+            print(
+                json.dumps(
+                    {**info.__dict__, "status": info.status.value, "entries": reader.count()}, default=str
+                )
+            )
+            return 0
+        total = "?" if info.frames_total is None else str(info.frames_total)
+        print(f"job       {info.job_id}")
+        print(f"status    {info.status.value}")
+        print(f"source    {info.spec.get('source')}")
+        print(f"tracks    {len(info.spec.get('tracks', []))}")
+        print(f"frames    {info.frames_done} / {total} (last published: {info.last_frame})")
+        print(
+            f"created   {_when(info.created)}; started {_when(info.started)}; finished {_when(info.finished)}"
+        )
+        if info.error:
+            print(f"error     {info.error}")
+    return 0
+
+
+def _line(result: FrameResult) -> str:
+    parts = [f"frame {result.frame_index}"]
+    if result.pts is not None:
+        parts.append(f"t={result.pts:.3f}s")
+    for t in result.tracks:
+        parts.append(
+            f"track {t.track_id} {t.state} score={t.score:.3f} area={rle_area(t.rle)} bbox={list(t.bbox or [])}"
+        )
+    return "  ".join(parts)
+
+
+def watch(args: argparse.Namespace) -> int:
+    with _store(args) as (store, reader, _):
+        entries = reader.follow() if args.follow else reader.read()
+        for entry_id, result in entries:
+            if args.json:
+                print(
+                    json.dumps(
+                        {
+                            "id": entry_id,
+                            "frame": result.frame_index,
+                            "pts": result.pts,
+                            "capture_time": result.capture_time,
+                            "tracks": [t.__dict__ for t in result.tracks],
+                        }
+                    )
+                )
+            else:
+                print(_line(result))
+            sys.stdout.flush()
+        final = store.get(args.job)
+        print(
+            f"job {final.job_id} {final.status.value}: {final.frames_done} frames"
+            + (f" ({final.error})" if final.error else ""),
+            file=sys.stderr,
+        )
+    return 0
+
+
+def render(args: argparse.Namespace) -> int:
+    from pipeline.render import render_video
+
+    out = Path(args.out)
+    with _store(args) as (_, reader, info):
+        results = (r for _, r in reader.read())
+        source = args.source or info.spec.get("source")
+        if not source:
+            raise JobError(f"job {info.job_id} has no source in its spec; give --source")
+        count = render_video(str(source), results, out, stride=int(info.spec.get("stride", 1)))
+    print(f"wrote {out} ({count} frames, masks of job {info.job_id})")
+    return 0
