@@ -57,13 +57,21 @@ class PrometheusMetrics(Metrics):
         for s in STAGES:
             self.stage.labels(stage=s)
         self.e2e = Histogram(
-            "samstream_end_to_end_seconds", "Capture to published latency of a frame", buckets=BUCKETS, registry=r
+            "samstream_end_to_end_seconds",
+            "Capture to published latency of a frame",
+            buckets=BUCKETS,
+            registry=r,
         )
         self.published = Counter("samstream_frames_published", "Frames published", registry=r)
         self.failed = Counter("samstream_frames_failed", "Frames that failed", registry=r)
-        self.dropped = Counter("samstream_frames_dropped", "Live frames dropped to keep latency bounded", registry=r)
+        self.dropped = Counter(
+            "samstream_frames_dropped", "Live frames dropped to keep latency bounded", registry=r
+        )
         self.batch = Histogram(
-            "samstream_encoder_batch_size", "Frames per encoder call", buckets=(1, 2, 4, 8, 16, 32, 64), registry=r
+            "samstream_encoder_batch_size",
+            "Frames per encoder call",
+            buckets=(1, 2, 4, 8, 16, 32, 64),
+            registry=r,
         )
         self.queue = Gauge("samstream_queue_depth", "Items waiting in a bounded queue", ["queue"], registry=r)
         self.jobs = Gauge("samstream_active_jobs", "Jobs running", registry=r)

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from pipeline.errors import InvalidInputError
 from pipeline.prompts import TrackSpec, check_unique_ids
+from pipeline.tracking import TrackingConfig
 
 
 @dataclass(frozen=True)
@@ -22,6 +23,8 @@ class JobSpec:
         weights: ``official`` (a checkpoint) or ``random``.
         live: a live feed (drop stale frames) rather than a file (process every frame).
         maxlen: keep about this many masks entries (None: all).
+        tracking: overrides of :class:`~pipeline.tracking.TrackingConfig` fields.
+        extra: free data kept with the spec.
     """
 
     source: str
@@ -31,6 +34,7 @@ class JobSpec:
     weights: str = "official"
     live: bool = False
     maxlen: int | None = None
+    tracking: dict[str, Any] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -43,6 +47,14 @@ class JobSpec:
             raise InvalidInputError(f"stride must be >= 1, got {self.stride}")
         if self.maxlen is not None and self.maxlen < 1:
             raise InvalidInputError(f"maxlen must be >= 1, got {self.maxlen}")
+        self.tracking_config()  # validates
+
+    def tracking_config(self) -> TrackingConfig:
+        known = {f.name for f in fields(TrackingConfig)}
+        unknown = sorted(set(self.tracking) - known)
+        if unknown:
+            raise InvalidInputError(f"unknown tracking settings {unknown}; known: {sorted(known)}")
+        return TrackingConfig(**self.tracking)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -53,6 +65,7 @@ class JobSpec:
             "weights": self.weights,
             "live": self.live,
             "maxlen": self.maxlen,
+            **({"tracking": self.tracking} if self.tracking else {}),
             **({"extra": self.extra} if self.extra else {}),
         }
 
@@ -67,6 +80,7 @@ class JobSpec:
                 weights=str(data.get("weights", "official")),
                 live=bool(data.get("live", False)),
                 maxlen=None if data.get("maxlen") is None else int(data["maxlen"]),
+                tracking=dict(data.get("tracking") or {}),
                 extra=dict(data.get("extra") or {}),
             )
         except (KeyError, TypeError, ValueError) as exc:

@@ -27,7 +27,7 @@ def _threads(n: int | None) -> None:
         torch.set_num_threads(n)
 
 
-class _SourceWorker:
+class SourceWorker:
     """Decodes one job's video (CPU)."""
 
     def __init__(self, uri: str, image_size: int, stride: int) -> None:
@@ -46,7 +46,7 @@ class _SourceWorker:
         self.reader.close()
 
 
-class _EncoderWorker:
+class EncoderWorker:
     """Runs MobileSAM's image encoder on batches of frames (GPU when the actor was given one)."""
 
     def __init__(self, model: ModelConfig, threads: int | None = None) -> None:
@@ -63,7 +63,7 @@ class _EncoderWorker:
         return True
 
 
-class _DecoderWorker:
+class DecoderWorker:
     """Follows one job's tracks and publishes its masks to Redis (light: prompt encoder + mask decoder)."""
 
     def __init__(
@@ -94,7 +94,8 @@ class _DecoderWorker:
         return True
 
 
-# The Ray actor classes (typed Any: Ray's decorators are opaque to type checkers).
-SourceWorker: Any = ray.remote(max_restarts=RESTARTS, max_task_retries=RESTARTS)(_SourceWorker)
-EncoderWorker: Any = ray.remote(max_restarts=RESTARTS, max_task_retries=RESTARTS)(_EncoderWorker)
-DecoderWorker: Any = ray.remote(max_restarts=RESTARTS, max_task_retries=RESTARTS)(_DecoderWorker)
+# The Ray actors (typed Any: Ray's decorators are opaque to type checkers). A worker process is
+# titled after its class (``ray::EncoderWorker.encode``).
+SourceActor: Any = ray.remote(max_restarts=RESTARTS, max_task_retries=RESTARTS)(SourceWorker)
+EncoderActor: Any = ray.remote(max_restarts=RESTARTS, max_task_retries=RESTARTS)(EncoderWorker)
+DecoderActor: Any = ray.remote(max_restarts=RESTARTS, max_task_retries=RESTARTS)(DecoderWorker)

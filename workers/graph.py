@@ -22,8 +22,7 @@ from pipeline.decoding import FrameSummary
 from pipeline.errors import JobError, SamstreamError
 from pipeline.metrics import Metrics, NullMetrics
 from pipeline.spec import JobSpec
-from pipeline.tracking import TrackingConfig
-from workers.actors import DecoderWorker, EncoderWorker, SourceWorker
+from workers.actors import DecoderActor, EncoderActor, SourceActor
 
 
 @dataclass(frozen=True)
@@ -72,7 +71,6 @@ class JobGraph:
         redis_url: where the decoder publishes.
         prefix: Redis key prefix.
         options: layout on Ray.
-        tracking: tracking thresholds.
         metrics: where per-stage timings go (measured in the workers, recorded here).
         on_frames: called with each published batch's summaries (progress bars).
     """
@@ -85,7 +83,6 @@ class JobGraph:
         redis_url: str,
         prefix: str,
         options: GraphOptions,
-        tracking: TrackingConfig | None = None,
         metrics: Metrics | None = None,
         on_frames: Callable[[Sequence[FrameSummary]], None] | None = None,
     ) -> None:
@@ -95,7 +92,6 @@ class JobGraph:
         self.redis_url = redis_url
         self.prefix = prefix
         self.options = options
-        self.tracking = tracking
         self.metrics = metrics or NullMetrics()
         self.on_frames = on_frames
         self.actors: list[Any] = []
@@ -108,22 +104,22 @@ class JobGraph:
             JobError: a worker died more often than it may be restarted.
         """
         opts = self.options
-        source = SourceWorker.options(name=f"samstream-source-{self.job_id}").remote(
+        source = SourceActor.options(name=f"samstream-source-{self.job_id}").remote(
             self.spec.source, self.spec.image_size, self.spec.stride
         )
         encoders = [
-            EncoderWorker.options(
+            EncoderActor.options(
                 num_gpus=opts.encoder_gpus, name=f"samstream-encoder-{self.job_id}-{i}"
             ).remote(self.model, opts.encoder_threads)
             for i in range(opts.encoders)
         ]
-        decoder = DecoderWorker.options(name=f"samstream-decoder-{self.job_id}").remote(
+        decoder = DecoderActor.options(name=f"samstream-decoder-{self.job_id}").remote(
             self.job_id,
             self.spec.tracks,
             self.model,
             self.redis_url,
             self.prefix,
-            self.tracking,
+            self.spec.tracking_config(),
             self.spec.maxlen,
         )
         self.actors = [source, *encoders, decoder]

@@ -152,12 +152,16 @@ def run_local(spec: JobSpec, model: ModelConfig, run: LocalRun, out: TextIO = sy
             store.set_status(job_id, JobStatus.FAILED, str(exc))
             print(f"samstream: error: job {job_id} failed: {exc}", file=err)
             return 1
-        except KeyboardInterrupt:
-            store.set_status(
-                job_id, JobStatus.CANCELLED, "interrupted; run again with the same --job-id to resume"
-            )
-            print(f"samstream: interrupted; resume with --job-id {job_id}", file=err)
-            return 130
+        except BaseException as exc:
+            if isinstance(exc, KeyboardInterrupt):
+                store.set_status(
+                    job_id, JobStatus.CANCELLED, "interrupted; run again with the same --job-id to resume"
+                )
+                print(f"samstream: interrupted; resume with --job-id {job_id}", file=err)
+                return 130
+            # A bug, not a user mistake: the job is marked failed, the traceback goes on.
+            store.set_status(job_id, JobStatus.FAILED, f"internal error: {type(exc).__name__}: {exc}")
+            raise
         store.set_status(job_id, JobStatus.SUCCEEDED)
         final = store.get(job_id)
         where = (

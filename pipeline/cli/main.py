@@ -90,6 +90,16 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--stride", type=int, default=1, metavar="N", help="process every N-th frame (default 1)"
     )
+    tr = run.add_argument_group("tracking")
+    tr.add_argument(
+        "--min-score", type=float, metavar="S", help="predicted IoU below which a frame is poor (0.5)"
+    )
+    tr.add_argument(
+        "--lost-after", type=int, metavar="N", help="a track is lost after N poor frames in a row (5)"
+    )
+    tr.add_argument(
+        "--box-margin", type=float, metavar="F", help="grow the previous box by this fraction (0.1)"
+    )
     _add_redis_options(run)
     run.add_argument("--metrics-port", type=int, metavar="PORT", help="serve Prometheus metrics on this port")
     run.add_argument("--no-progress", action="store_true", help="no progress bar")

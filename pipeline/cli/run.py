@@ -24,6 +24,15 @@ def build_spec(args: argparse.Namespace) -> JobSpec:
         stride=args.stride,
         image_size=args.image_size,
         weights=args.weights if not args.checkpoint else "official",
+        tracking={
+            k: v
+            for k, v in (
+                ("min_score", args.min_score),
+                ("lost_after", args.lost_after),
+                ("box_margin", args.box_margin),
+            )
+            if v is not None
+        },
     )
 
 

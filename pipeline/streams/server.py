@@ -25,6 +25,7 @@ from pipeline.errors import RedisUnavailableError
 
 STATE_FILE = "samstream-redis.json"
 LOCK_FILE = "samstream-redis.lock"
+USERS_FILE = "samstream-redis.users"
 LOG_FILE = "redis.log"
 _HOST = "127.0.0.1"
 _PORT_ATTEMPTS = 3
@@ -64,8 +65,9 @@ class EmbeddedRedis:
     stopping it (SIGKILL), the next :meth:`start` on the same folder finds it alive and reuses it,
     data and all; if it is gone, a new server reloads the data from the folder.
 
-    Use it as a context manager, or call :meth:`start` and :meth:`stop`; :meth:`stop` shuts the
-    server down whether this object started it or reused it.
+    Use it as a context manager, or call :meth:`start` and :meth:`stop`. Every process that starts
+    or reuses the server is recorded (``samstream-redis.users``); :meth:`stop` shuts the server down
+    unless another live process still uses it (a `samstream watch` beside a run, say).
 
     Args:
         data_dir: folder for the server's data, log (``redis.log``) and state file; created if missing.
@@ -131,6 +133,7 @@ class EmbeddedRedis:
         with self._locked():
             if not self._reuse():
                 self._launch()
+            self._write_users(sorted({*self._live_users(), os.getpid()}))
         return self.url
 
     def stop(self) -> None:
@@ -143,6 +146,12 @@ class EmbeddedRedis:
             return
         port, pid = self._port, self._pid
         with self._locked():
+            users = [u for u in self._live_users() if u != os.getpid()]
+            self._write_users(users)
+            if users:  # another live process (a concurrent `samstream watch`, say) still uses it
+                log.info("leaving the embedded Redis for %s running for processes %s", self.data_dir, users)
+                self._proc = self._port = self._pid = None
+                return
             client = _client(port, connect_timeout_s=2.0, timeout_s=self._stop_timeout_s)
             try:
                 client.shutdown(save=True)
@@ -254,6 +263,20 @@ class EmbeddedRedis:
             if time.monotonic() >= deadline:
                 return False
             time.sleep(0.02)
+
+    def _live_users(self) -> list[int]:
+        """Pids of the processes that started or reused the server and have not stopped it (live ones)."""
+        try:
+            users = [int(u) for u in json.loads((self.data_dir / USERS_FILE).read_text())]
+        except (OSError, ValueError, TypeError):
+            return []
+        return [u for u in users if _pid_alive(u)]
+
+    def _write_users(self, users: list[int]) -> None:
+        path = self.data_dir / USERS_FILE
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(users) + "\n")
+        tmp.replace(path)
 
     def _read_state(self) -> tuple[int, int] | None:
         try:
