@@ -617,10 +617,15 @@ class _Reader:
                 self._put(self._END)
 
     def _convert(self, number: int, av_frame: VideoFrame, t0: float) -> Frame:
-        """RGB, rotated, resized; ``timings["decode"]`` counts from ``t0`` (skipped frames included)."""
+        """RGB, rotated, resized.
+
+        ``timings["decode"]`` counts from ``t0`` (skipped frames included) to the rotated RGB image;
+        ``timings["preprocess"]`` is the resize to the encoder's size.
+        """
         capture_time = time.time()
         image = self.source._orientation.apply(av_frame.to_ndarray(format="rgb24"))
         original_size: Size = (image.shape[0], image.shape[1])
+        t1 = time.perf_counter()
         if self.image_size is not None:
             image = resize_longest(np.ascontiguousarray(image), self.image_size)
         return Frame(
@@ -629,5 +634,5 @@ class _Reader:
             capture_time=capture_time,
             image=np.ascontiguousarray(image),
             original_size=original_size,
-            timings={"decode": time.perf_counter() - t0},
+            timings={"decode": t1 - t0, "preprocess": time.perf_counter() - t1},
         )
