@@ -19,6 +19,14 @@ class Weights(str, Enum):
     RANDOM = "random"  # a seeded random model: a smoke test, every output says so
 
 
+class Compile(str, Enum):
+    """Whether the model is compiled (``torch.compile``): ``auto`` compiles, ``eager`` does not."""
+
+    AUTO = "auto"
+    COMPILED = "compiled"
+    EAGER = "eager"
+
+
 class DeviceKind(str, Enum):
     AUTO = "auto"
     CPU = "cpu"
@@ -46,6 +54,8 @@ class ModelConfig:
             the cached release is used (downloaded once).
         cache_dir: where the release is cached (default ``~/.cache/samstream``).
         seed: the seed of ``random`` weights.
+        compile: ``auto``/``compiled`` compile encoder and decoder (fast after a one-time compile
+            cached on disk); ``eager`` runs kornia's modules as they are.
     """
 
     image_size: int = 1024
@@ -55,8 +65,10 @@ class ModelConfig:
     checkpoint: Path | None = None
     cache_dir: Path | None = None
     seed: int = 0
+    compile: Compile = Compile.AUTO
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "compile", _enum(Compile, self.compile, "compile"))
         object.__setattr__(self, "device", _enum(DeviceKind, self.device, "device"))
         object.__setattr__(self, "weights", _enum(Weights, self.weights, "weights"))
         if not isinstance(self.image_size, int) or self.image_size < 64 or self.image_size % 16:

@@ -35,6 +35,13 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--device", choices=["auto", "cpu", "cuda"], default="auto", help="default: CUDA if present"
     )
+    g.add_argument(
+        "--compile",
+        choices=["auto", "compiled", "eager"],
+        default="auto",
+        help="compile the model (fast after a one-time compile, cached on disk); "
+        "auto: for videos yes, for a single image no",
+    )
 
 
 def _add_redis_options(p: argparse.ArgumentParser) -> None:

@@ -15,8 +15,13 @@ def cache_dir() -> Path | None:
     return Path(value) if value else None
 
 
-def model_config(args: argparse.Namespace) -> ModelConfig:
+def model_config(args: argparse.Namespace, single_image: bool = False) -> ModelConfig:
+    compile_mode = args.compile
+    if compile_mode == "auto":
+        # Compiling takes a minute once (then it is cached); it pays off over a video, not one image.
+        compile_mode = "eager" if single_image else "compiled"
     return ModelConfig(
+        compile=compile_mode,
         image_size=args.image_size,
         device=args.device,
         weights=args.weights,

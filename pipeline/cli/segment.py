@@ -19,7 +19,7 @@ def run(args: argparse.Namespace) -> int:
     if not points and box is None:
         raise PromptError("give at least one --point X,Y or a --box X0,Y0,X1,Y1")
     prompt = single_prompt(points, negatives, box)
-    config = model_config(args)  # validate every option before the slow work
+    config = model_config(args, single_image=True)  # validate every option before the slow work
     image = read_image(args.image)
     height, width = image.shape[:2]
     prompt.check_inside(width, height)

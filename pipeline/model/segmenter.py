@@ -5,11 +5,12 @@ from __future__ import annotations
 import contextlib
 from collections import defaultdict
 from collections.abc import Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from pipeline.config import DeviceKind, ModelConfig, Weights
+from pipeline.config import Compile, DeviceKind, ModelConfig, Weights
 from pipeline.errors import InvalidInputError
 from pipeline.model.architecture import build_mobile_sam
 from pipeline.model.transforms import (
@@ -67,6 +68,8 @@ class MobileSam:
         device: where the model runs.
         half: run the image encoder under float16 autocast (CUDA).
         random_weights: the weights are random (reported by :attr:`notice`).
+        compiled: compile encoder and decoder (see :mod:`pipeline.model.accelerate`).
+        cache_dir: the samstream cache (compiled artefacts live under it).
     """
 
     def __init__(
@@ -76,20 +79,39 @@ class MobileSam:
         device: torch.device,
         half: bool = False,
         random_weights: bool = False,
+        compiled: bool = False,
+        cache_dir: Path | None = None,
     ) -> None:
         self.sam = sam.to(device).eval()
         self.image_size = image_size
         self.device = device
         self.half = half
         self.random_weights = random_weights
+        self.compiled = compiled
         self.encoder: Any = self.sam.image_encoder
+        self.mask_decoder: Any = self.sam.mask_decoder
+        if compiled:
+            from pipeline.model.accelerate import FastEncoder, FastMaskDecoder, use_compile_cache
+
+            use_compile_cache(cache_dir)
+            self.encoder = FastEncoder(self.sam.image_encoder, device)
+            # One prompt per call keeps a CPU's decoder in cache; a GPU takes them all at once.
+            self.mask_decoder = FastMaskDecoder(
+                self.sam.mask_decoder, chunk=None if device.type == "cuda" else 1
+            )
 
     @classmethod
     def from_config(cls, config: ModelConfig) -> MobileSam:
         device = pick_device(config.device)
         half = (device.type == "cuda") if config.half is None else config.half
         return cls(
-            load_sam(config), config.image_size, device, half, random_weights=config.weights is Weights.RANDOM
+            load_sam(config),
+            config.image_size,
+            device,
+            half,
+            random_weights=config.weights is Weights.RANDOM,
+            compiled=config.compile is not Compile.EAGER,
+            cache_dir=config.cache_dir,
         )
 
     @property
@@ -228,7 +250,7 @@ class MobileSam:
             stacked = np.stack([np.asarray(r.mask_input, np.float32) for r in requests])
             masks = torch.from_numpy(stacked)[:, None].to(dev)
         sparse, dense = self.sam.prompt_encoder(points=points, boxes=boxes, masks=masks)
-        low_res, iou = self.sam.mask_decoder(
+        low_res, iou = self.mask_decoder(
             image_embeddings=features,
             image_pe=image_pe,
             sparse_prompt_embeddings=sparse,

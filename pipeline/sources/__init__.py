@@ -1,8 +1,10 @@
-"""Video sources: PyAV readers that turn files and URLs into :class:`~pipeline.frames.Frame` s.
+"""Video sources: PyAV readers that turn files, URLs and live feeds into :class:`~pipeline.frames.Frame` s.
 
 PyAV is imported when a source is opened, not when this package is imported.
 """
 
-from pipeline.sources.video import Orientation, SourceInfo, VideoSource
+from pipeline.sources.live import LiveSource
+from pipeline.sources.orientation import Orientation
+from pipeline.sources.video import SourceInfo, VideoSource
 
-__all__ = ["Orientation", "SourceInfo", "VideoSource"]
+__all__ = ["LiveSource", "Orientation", "SourceInfo", "VideoSource"]

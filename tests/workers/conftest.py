@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,12 +16,18 @@ from pipeline.samples import write_clip
 from pipeline.streams import EmbeddedRedis, Keys, MaskReader, connect
 
 EXE = str(Path(sys.executable).with_name("samstream"))
+# An empty samstream cache for the whole session: no weights in it (nothing is downloaded), and
+# compiled artefacts made by one test are reused by the next, as on a user's machine.
+CACHE = Path(tempfile.mkdtemp(prefix="samstream-test-cache-"))
+
+
+def _env() -> dict[str, str]:
+    return {**os.environ, "SAMSTREAM_CACHE_DIR": str(CACHE), "PYTHONUNBUFFERED": "1"}
 
 
 def cli(*args: str, timeout: float = 240) -> subprocess.CompletedProcess[str]:
     """Run ``samstream`` as a user would (no weights cache, so nothing is downloaded)."""
-    env = {**os.environ, "SAMSTREAM_CACHE_DIR": "/nonexistent-samstream-cache", "PYTHONUNBUFFERED": "1"}
-    return subprocess.run([EXE, *args], capture_output=True, text=True, timeout=timeout, env=env)
+    return subprocess.run([EXE, *args], capture_output=True, text=True, timeout=timeout, env=_env())
 
 
 def popen(*args: str) -> subprocess.Popen[str]:

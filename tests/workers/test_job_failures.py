@@ -25,7 +25,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 def _run_args(clip: Path, prompts: Path, checkpoint: Path, data: Path, job: str) -> list[str]:
     return [
         "run", str(clip), "--prompts", str(prompts), "--checkpoint", str(checkpoint), "--image-size", "256",
-        "--job-id", job, "--data-dir", str(data), "--min-score", "0", "--no-progress",
+        "--job-id", job, "--data-dir", str(data), "--min-score", "0", "--no-progress", "--compile", "eager",
     ]  # fmt: skip
 
 
@@ -144,7 +144,7 @@ def test_bad_inputs_fail_the_job_with_one_line(kind: str, tmp_path: Path, result
     data = tmp_path / "out"
     start = time.monotonic()
     res = cli("run", source, "--point", "10,10", "--weights", "random", "--image-size", "256",
-              "--job-id", "bad", "--data-dir", str(data), "--no-progress", timeout=60)  # fmt: skip
+              "--job-id", "bad", "--data-dir", str(data), "--no-progress", "--compile", "eager", timeout=60)  # fmt: skip
     assert time.monotonic() - start < 60
     assert res.returncode != 0
     assert "Traceback" not in res.stderr

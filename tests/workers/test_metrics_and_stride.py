@@ -37,7 +37,7 @@ def test_scrape_during_a_run_shows_every_stage(clip60: Path, tmp_path: Path, res
     data = tmp_path / "out"
     proc = popen(
         "run", str(clip60), "--point", "60,120", "--weights", "random", "--image-size", "256", "--stride", "2",
-        "--job-id", "m", "--data-dir", str(data), "--metrics-port", str(port), "--no-progress",
+        "--job-id", "m", "--data-dir", str(data), "--metrics-port", str(port), "--no-progress", "--compile", "eager",
     )  # fmt: skip
     seen: dict[str, float] = {}
     deadline = time.monotonic() + 180

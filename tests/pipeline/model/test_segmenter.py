@@ -26,12 +26,12 @@ PROMPTS = [
 
 @pytest.fixture(scope="module")
 def model_1024(checkpoint: Path) -> MobileSam:
-    return MobileSam.from_config(ModelConfig(checkpoint=checkpoint, image_size=1024, device="cpu"))
+    return MobileSam.from_config(ModelConfig(checkpoint=checkpoint, image_size=1024, device="cpu", compile="eager"))
 
 
 @pytest.fixture(scope="module")
 def model_256(checkpoint: Path) -> MobileSam:
-    return MobileSam.from_config(ModelConfig(checkpoint=checkpoint, image_size=256, device="cpu"))
+    return MobileSam.from_config(ModelConfig(checkpoint=checkpoint, image_size=256, device="cpu", compile="eager"))
 
 
 @pytest.mark.parametrize(("h", "w"), [(240, 320), (1080, 1920), (333, 250), (1024, 1024), (17, 9)])
@@ -171,8 +171,8 @@ def test_bad_frames_are_clear_errors(model_256: MobileSam) -> None:
 
 
 def test_random_weights_are_seeded_and_announced() -> None:
-    a = MobileSam.from_config(ModelConfig(weights="random", image_size=256, device="cpu"))
-    b = MobileSam.from_config(ModelConfig(weights="random", image_size=256, device="cpu"))
+    a = MobileSam.from_config(ModelConfig(weights="random", image_size=256, device="cpu", compile="eager"))
+    b = MobileSam.from_config(ModelConfig(weights="random", image_size=256, device="cpu", compile="eager"))
     assert a.notice and "random weights" in a.notice
     for (k, x), y in zip(a.sam.state_dict().items(), b.sam.state_dict().values(), strict=True):
         assert torch.equal(x, y), k

@@ -1,0 +1,100 @@
+"""Making MobileSAM fast: memory layout, compilation, chunking, half precision — chosen per device.
+
+Measured with ``samstream bench`` (the numbers live in its output, not here):
+
+* Encoder (78 GFLOP per 1024² frame). The plain eager encoder spends much of its time outside its
+  matrix products: exact GELU, unfused BatchNorm, layout copies. ``torch.compile`` with freezing
+  folds the BatchNorms into the convolutions, pre-packs the weights for oneDNN and fuses the
+  element-wise work; channels-last keeps the convolutions in oneDNN's native layout. On CUDA the
+  encoder runs under float16 autocast.
+* Mask decoder. Batching K prompts naively is *slower* per prompt than K single calls on a CPU:
+  the decoder copies the 64×64×256 image embedding once per prompt and every intermediate grows
+  K-fold out of cache. Compiled (dynamic batch) and fed in small chunks, it stays in cache; on a
+  GPU the whole batch goes at once.
+
+Compiled artefacts are cached on disk (Inductor's caches under the samstream cache folder), so a
+restarted worker is warm in seconds rather than compiling again.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+
+def compile_cache_dir(cache_dir: Path | None) -> Path:
+    from pipeline.model.weights import default_cache_dir
+
+    return (cache_dir or default_cache_dir()) / "inductor"
+
+
+def use_compile_cache(cache_dir: Path | None) -> None:
+    """Point Inductor's on-disk caches at the samstream cache (unless the user chose a folder)."""
+    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(compile_cache_dir(cache_dir)))
+
+
+class FastEncoder(nn.Module):
+    """The TinyViT encoder fed channels-last, compiled with frozen weights.
+
+    Args:
+        encoder: kornia's TinyViT image encoder, in eval mode (it must not be trained afterwards).
+        device: where it runs; on CUDA the compiled graph uses CUDA graphs.
+    """
+
+    def __init__(self, encoder: nn.Module, device: torch.device) -> None:
+        super().__init__()
+        self.encoder = encoder.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+        mode = "max-autotune-no-cudagraphs" if device.type == "cuda" else None
+        self._fn: Any = torch.compile(self.encoder, dynamic=False, mode=mode)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        import torch._inductor.config as inductor_config
+
+        x = x.contiguous(memory_format=torch.channels_last)
+        # Freezing turns the weights into constants: BatchNorm folded, weights pre-packed.
+        with inductor_config.patch(freezing=True):
+            return self._fn(x)
+
+
+class FastMaskDecoder(nn.Module):
+    """SAM's mask decoder compiled for any number of prompts, run in chunks of ``chunk`` prompts.
+
+    Args:
+        decoder: kornia's ``MaskDecoder``.
+        chunk: prompts per call (None: all at once). Each prompt's result does not depend on the
+            others, so chunking changes nothing but speed.
+    """
+
+    def __init__(self, decoder: nn.Module, chunk: int | None) -> None:
+        super().__init__()
+        self.decoder = decoder
+        self.chunk = chunk
+        self._fn: Any = torch.compile(decoder, dynamic=True)
+
+    def forward(
+        self,
+        image_embeddings: torch.Tensor,
+        image_pe: torch.Tensor,
+        sparse_prompt_embeddings: torch.Tensor,
+        dense_prompt_embeddings: torch.Tensor,
+        multimask_output: bool,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        k = sparse_prompt_embeddings.shape[0]
+        step = self.chunk or k
+        outs = [
+            self._fn(
+                image_embeddings,
+                image_pe,
+                sparse_prompt_embeddings[i : i + step],
+                dense_prompt_embeddings[i : i + step],
+                multimask_output,
+            )
+            for i in range(0, k, step)
+        ]
+        if len(outs) == 1:
+            return outs[0]
+        return torch.cat([o[0] for o in outs]), torch.cat([o[1] for o in outs])

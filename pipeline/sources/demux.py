@@ -1,0 +1,109 @@
+"""Reading an opened PyAV input frame by frame, and telling a cut file from a complete one."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+from pipeline.sources.opening import error_reason
+
+if TYPE_CHECKING:
+    from av.container import InputContainer
+    from av.video.frame import VideoFrame
+    from av.video.stream import VideoStream
+
+
+class DecodeFailure(Exception):
+    """Reading stopped before the end of the video; ``reason`` says why (the source words the error)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class OpenedVideo:
+    """An open container, its video stream and decode iterator; owned by one thread at a time.
+
+    Args:
+        container, stream: the input and its video stream.
+        timeouts: (open, read) seconds the input was opened with, None for a local file.
+        path: the local file read (for the truncation check), None for a URL.
+    """
+
+    def __init__(
+        self,
+        container: InputContainer,
+        stream: VideoStream,
+        timeouts: tuple[float, float] | None,
+        path: str | None,
+    ) -> None:
+        self.timeouts = timeouts
+        self.path = path
+        self.container = container
+        self.stream = stream
+        self.first: VideoFrame | None = None  # decoded at open, not yet handed out
+        self._decoded = self._decode()
+
+    def next_frame(self) -> VideoFrame | None:
+        """The next decoded frame, or None at the end; raises DecodeFailure when reading fails."""
+        import av
+
+        if self.first is not None:
+            frame, self.first = self.first, None
+            return frame
+        try:
+            return next(self._decoded)
+        except StopIteration:
+            return None
+        except av.FFmpegError as exc:
+            reason = error_reason(exc, self.timeouts)
+            if isinstance(exc, av.error.InvalidDataError):
+                reason = "truncated or corrupt data (FFmpeg: invalid data)"
+            raise DecodeFailure(reason) from exc
+
+    def _decode(self) -> Iterator[VideoFrame]:
+        """Every frame of the stream, then a check that the data did not end early.
+
+        A cut file shows in one of three ways: the demuxer raises (a sample lies past the end),
+        the last packet comes back short and flagged corrupt, or the index lists data past the
+        end of the file. The decoder's own reaction to a short packet depends on its threading
+        (frame threads swallow the error), so it is not relied on.
+        """
+        import av
+
+        last_corrupt = False
+        for packet in self.container.demux(self.stream):
+            if packet.size:  # the final empty packet only flushes the decoder
+                last_corrupt = packet.is_corrupt
+            try:
+                frames = packet.decode()
+            except av.error.InvalidDataError:
+                if not (packet.is_corrupt or last_corrupt):
+                    raise
+                continue  # a partial packet (or the flush after it): the check below reports it
+            yield from frames
+        if last_corrupt:
+            raise DecodeFailure("truncated: the data ends inside a frame (file cut short?)")
+        missing = self._missing_bytes()
+        if missing:
+            raise DecodeFailure(
+                f"truncated: {missing} bytes of indexed video data are missing (file cut short?)"
+            )
+
+    def _missing_bytes(self) -> int:
+        """For a local file: how far its index points past the end of the file (0 if not)."""
+        if self.path is None:
+            return 0
+        try:
+            size = os.path.getsize(self.path)
+        except OSError:
+            return 0
+        end = max((e.pos + e.size for e in self.stream.index_entries if e.pos >= 0), default=0)
+        return max(end - size, 0)
+
+    def close(self) -> None:
+        close = getattr(self._decoded, "close", None)
+        if close is not None:
+            close()
+        self.container.close()

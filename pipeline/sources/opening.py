@@ -1,0 +1,90 @@
+"""What every source needs to open an input with PyAV: URL schemes, names safe to print, one-line
+reasons for FFmpeg's errors, and the choice of the video stream.
+"""
+
+from __future__ import annotations
+
+import errno
+import re
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from av.container import InputContainer
+    from av.video.stream import VideoStream
+
+_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.\-]*)://")
+
+
+def scheme_of(uri: str) -> str | None:
+    """The URL scheme in lower case (``file`` for ``file:…``), or None for a plain path."""
+    match = _SCHEME.match(uri)
+    if match:
+        return match.group(1).lower()
+    return "file" if uri.lower().startswith("file:") else None
+
+
+def redact(uri: str) -> str:
+    """The URL for messages: password and query (signed URLs carry secrets there) hidden."""
+    uri = re.sub(r"^([A-Za-z][A-Za-z0-9+.\-]*://[^/@:]*):[^/@]*@", r"\1:***@", uri)
+    return re.sub(r"\?.*$", "?…", uri)
+
+
+def scrubbed(exc: BaseException) -> BaseException:
+    """PyAV's error with the URL it names redacted, to chain to our own (tracebacks get logged).
+
+    FFmpeg errors carry the URL as given, password included; this returns a copy of the same
+    type with :func:`redact` applied (or ``exc`` itself when there is nothing to hide).
+    """
+    import av
+
+    filename = exc.filename if isinstance(exc, av.FFmpegError) else None
+    if not isinstance(filename, str) or redact(filename) == filename:
+        return exc
+    try:
+        clean = type(exc)(exc.errno, exc.strerror, redact(filename))  # type: ignore[attr-defined]
+    except Exception:  # an error type with another constructor: hide it all
+        return RuntimeError(f"{type(exc).__name__} (details hidden: they name a secret URL)")
+    return clean.with_traceback(exc.__traceback__)
+
+
+def error_reason(exc: BaseException, timeouts: tuple[float, float] | None) -> str:
+    """One short phrase for a PyAV/FFmpeg error.
+
+    Args:
+        exc: the error PyAV raised.
+        timeouts: (open, read) seconds the input was opened with, None for a local file.
+    """
+    import av
+
+    if isinstance(exc, av.error.ExitError) and timeouts is not None:
+        return f"timed out (no answer within {timeouts[0]:g} s to open, {timeouts[1]:g} s per read)"
+    if isinstance(exc, av.error.FileNotFoundError):
+        return "no such file"
+    if isinstance(exc, av.error.PermissionError):
+        return "permission denied"
+    if isinstance(exc, av.error.IsADirectoryError):
+        return "is a directory, not a video file"
+    if isinstance(exc, av.error.ConnectionRefusedError):
+        return "connection refused (is the server running, and the port right?)"
+    if isinstance(exc, av.error.TimeoutError):
+        return "timed out connecting"
+    if isinstance(exc, av.error.OSError) and exc.errno == errno.EIO and timeouts is not None:
+        return "input/output error (host name not found, or network unreachable?)"
+    text = exc.strerror if isinstance(exc, av.FFmpegError) and exc.strerror else str(exc)
+    lines = text.strip().splitlines()
+    return lines[0] if lines else type(exc).__name__
+
+
+def video_stream(container: InputContainer) -> VideoStream | None:
+    """The first video stream that is a real video (not an attached cover picture)."""
+    from av.stream import Disposition
+
+    for stream in container.streams.video:
+        if not stream.disposition & Disposition.attached_pic:
+            return stream
+    return None
+
+
+def stream_kinds(container: InputContainer) -> str:
+    """The kinds of the container's streams, for a message: ``audio, data`` (``none`` if empty)."""
+    return ", ".join(s.type for s in container.streams) or "none"
