@@ -142,7 +142,7 @@ def test_frames_arrive_in_order_fresh_and_resized(protocol: str, kind: str, code
     assert (info.width, info.height, info.codec, info.frame_count, info.rotation) == (W, H, codec, None, 0)
     assert info.fps is not None and info.fps > 0
     indices = [f.index for f in frames]
-    assert indices[0] == 0 and indices == sorted(set(indices))
+    assert indices == sorted(set(indices))  # increasing; frames may drop in the burst at open
     times = [f.capture_time for f in frames]
     assert times == sorted(times) and before <= times[0] <= time.time()
     for f in frames:
@@ -156,9 +156,9 @@ def test_frames_arrive_in_order_fresh_and_resized(protocol: str, kind: str, code
 def test_the_picture_is_the_senders_in_rgb() -> None:
     with StreamSender("tcp") as sender, LiveSource(sender.url, image_size=None, **FAST) as src:
         frame = _take(src, 1)[0]
-    # The tcp sender waits for its receiver, so the first frame received is its frame 0.
-    assert frame.index == 0 and frame.image.shape == (H, W, 3)
-    drawn = samples.render_frame(0, W, H)
+    # The tcp sender starts with its receiver and TCP loses nothing: frame k is the sender's k.
+    assert frame.image.shape == (H, W, 3)
+    drawn = samples.render_frame(frame.index, W, H)
     assert _mae(frame.image, drawn) < 4
     assert _mae(frame.image, drawn[..., ::-1]) > 8  # not BGR
 
@@ -356,7 +356,7 @@ def test_close_is_prompt_while_streaming_and_while_reconnecting() -> None:
 @pytest.mark.integration
 @pytest.mark.timeout(30)
 def test_a_reader_blocked_in_latest_is_woken_by_close() -> None:
-    with StreamSender("tcp", fps=1) as sender, LiveSource(sender.url, image_size=None, **FAST) as src:
+    with StreamSender("tcp", fps=10) as sender, LiveSource(sender.url, image_size=None, **FAST) as src:
         _take(src, 1)
         errors: list[BaseException] = []
 
