@@ -44,7 +44,9 @@ def _prompts_file(path: Path) -> Path:
 
 def _reference_masks(clip: Path, checkpoint: Path) -> dict[int, dict[int, np.ndarray]]:
     """The model layer called directly, frame after frame, with the same tracking settings."""
-    model = MobileSam.from_config(ModelConfig(checkpoint=checkpoint, image_size=256, device="cpu", compile="eager"))
+    model = MobileSam.from_config(
+        ModelConfig(checkpoint=checkpoint, image_size=256, device="cpu", compile="eager")
+    )
     spec = JobSpec(str(clip), tuple(_tracks()), image_size=256, tracking={"min_score": 0.0})
     tracker = Tracker(model, spec.tracking_config())
     for t in spec.tracks:

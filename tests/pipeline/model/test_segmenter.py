@@ -26,12 +26,16 @@ PROMPTS = [
 
 @pytest.fixture(scope="module")
 def model_1024(checkpoint: Path) -> MobileSam:
-    return MobileSam.from_config(ModelConfig(checkpoint=checkpoint, image_size=1024, device="cpu", compile="eager"))
+    return MobileSam.from_config(
+        ModelConfig(checkpoint=checkpoint, image_size=1024, device="cpu", compile="eager")
+    )
 
 
 @pytest.fixture(scope="module")
 def model_256(checkpoint: Path) -> MobileSam:
-    return MobileSam.from_config(ModelConfig(checkpoint=checkpoint, image_size=256, device="cpu", compile="eager"))
+    return MobileSam.from_config(
+        ModelConfig(checkpoint=checkpoint, image_size=256, device="cpu", compile="eager")
+    )
 
 
 @pytest.mark.parametrize(("h", "w"), [(240, 320), (1080, 1920), (333, 250), (1024, 1024), (17, 9)])
