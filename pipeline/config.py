@@ -17,6 +17,7 @@ class Weights(str, Enum):
 
     OFFICIAL = "official"  # --checkpoint PATH, else the cached (downloaded once) release
     RANDOM = "random"  # a seeded random model: a smoke test, every output says so
+    NULL = "null"  # no model at all (benchmarks of the machinery): a fixed ellipse per track
 
 
 class Compile(str, Enum):
@@ -75,7 +76,7 @@ class ModelConfig:
             raise InvalidInputError(
                 f"image size must be a multiple of 16 and at least 64, got {self.image_size}"
             )
-        if self.weights is Weights.RANDOM and self.checkpoint is not None:
-            raise InvalidInputError("give either --checkpoint or --weights random, not both")
+        if self.weights is not Weights.OFFICIAL and self.checkpoint is not None:
+            raise InvalidInputError(f"give either --checkpoint or --weights {self.weights.value}, not both")
         if self.checkpoint is not None:
             object.__setattr__(self, "checkpoint", Path(self.checkpoint).expanduser())

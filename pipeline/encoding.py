@@ -4,9 +4,20 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from typing import Protocol
+
+import numpy as np
 
 from pipeline.frames import EncodedFrame, Frame
-from pipeline.model.segmenter import MobileSam
+from pipeline.model.types import Embedding, Size
+
+
+class ImageEncoder(Protocol):
+    """What the encoder stage needs of a model (``MobileSam``, or the benchmark's null model)."""
+
+    def encode(
+        self, frames: Sequence[np.ndarray], original_sizes: Sequence[Size] | None = None
+    ) -> list[Embedding]: ...
 
 
 class FrameEncoder:
@@ -16,7 +27,7 @@ class FrameEncoder:
         model: the model; only its image encoder is used.
     """
 
-    def __init__(self, model: MobileSam) -> None:
+    def __init__(self, model: ImageEncoder) -> None:
         self.model = model
 
     def encode(self, frames: Sequence[Frame]) -> list[EncodedFrame]:

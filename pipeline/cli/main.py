@@ -24,7 +24,7 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
     )
     w.add_argument(
         "--weights",
-        choices=["official", "random"],
+        choices=["official", "random", "null"],
         default="official",
         help="'official': --checkpoint, else the cached release (downloaded once); "
         "'random': seeded random weights, a smoke test (default: official)",
@@ -134,6 +134,33 @@ def build_parser() -> argparse.ArgumentParser:
     rd.add_argument("--source", metavar="SOURCE", help="the video (default: the job's source)")
     _add_redis_options(rd)
     rd.set_defaults(handler="pipeline.cli.jobs:render")
+
+    bn = sub.add_parser("bench", help="measure speed: ratios against baselines measured in the same run")
+    bn.add_argument(
+        "--suite",
+        choices=["encoder", "decoder", "pipeline", "machinery", "all"],
+        default="all",
+        help="default all",
+    )
+    bn.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="default cpu")
+    bn.add_argument(
+        "--image-size", type=int, default=1024, metavar="N", help="encoder input size (default 1024)"
+    )
+    bn.add_argument(
+        "--runs", type=int, default=5, metavar="N", help="timed runs per measurement (median; default 5)"
+    )
+    bn.add_argument("--batch", type=int, default=1, metavar="N", help="frames per encoder call (default 1)")
+    bn.add_argument(
+        "--frames", type=int, default=60, metavar="N", help="frames of the pipeline clip (default 60)"
+    )
+    bn.add_argument(
+        "--machinery-frames",
+        type=int,
+        default=300,
+        metavar="N",
+        help="frames of the machinery clip (default 300)",
+    )
+    bn.set_defaults(handler="pipeline.cli.bench:run")
 
     wts = sub.add_parser("weights", help="download (once) and verify the released MobileSAM weights")
     wts.add_argument(

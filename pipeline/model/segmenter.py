@@ -262,3 +262,12 @@ class MobileSam:
             rows = torch.arange(len(requests), device=iou.device)
             return low_res[rows, best][:, None], iou[rows, best]
         return low_res[:, :1], iou[:, 0]
+
+
+def load_model(config: ModelConfig) -> Any:
+    """The model a worker runs: :class:`MobileSam`, or the benchmark's null model."""
+    if config.weights is Weights.NULL:
+        from pipeline.model.null import NullModel
+
+        return NullModel(config.image_size)
+    return MobileSam.from_config(config)

@@ -1,0 +1,146 @@
+"""Pipeline and machinery suites: the whole ``samstream run`` command against what a user would write."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from pipeline.bench.report import Result, median, rate_result, timed
+from pipeline.errors import SamstreamError
+
+
+def _clip(folder: Path, frames: int, width: int = 1280, height: int = 720) -> Path:
+    from pipeline.samples import write_clip
+
+    return write_clip(
+        folder / f"bench-{width}x{height}-{frames}.mp4", frames=frames, width=width, height=height
+    )
+
+
+def _prompts(width: int, height: int) -> tuple[tuple[float, float], tuple[float, float, float, float]]:
+    from pipeline.samples import object_boxes, object_centres
+
+    x, y = object_centres(0, width, height)[0]
+    box = object_boxes(0, width, height)[1]
+    return (float(x), float(y)), (float(box[0]), float(box[1]), float(box[2]), float(box[3]))
+
+
+def _samstream_run(clip: Path, data: Path, extra: list[str]) -> tuple[float, list[float]]:
+    """Wall time of a ``samstream run`` and the publish times of its entries."""
+    from pipeline.streams import EmbeddedRedis, Keys, MaskReader, connect
+
+    point, box = _prompts(1280, 720)
+    exe = str(Path(sys.executable).with_name("samstream"))
+    cmd = [
+        exe, "run", str(clip), "--point", f"{point[0]},{point[1]}", "--box", ",".join(map(str, box)),
+        "--data-dir", str(data), "--job-id", "bench", "--no-progress", *extra,
+    ]  # fmt: skip
+    start = time.perf_counter()
+    res = subprocess.run(cmd, capture_output=True, text=True, env=os.environ.copy())
+    wall = time.perf_counter() - start
+    if res.returncode != 0:
+        raise SamstreamError(f"samstream run failed in the benchmark: {res.stderr.strip().splitlines()[-1:]}")
+    with EmbeddedRedis(data / "redis") as server:
+        reader = MaskReader(connect(server.url), Keys(), "bench")
+        published = [e.publish_time for e in reader.read_entries()]
+    return wall, published
+
+
+def _steady(published: list[float]) -> float:
+    """Seconds per frame once running (first to last publish, the first frame excluded)."""
+    return (published[-1] - published[0]) / max(1, len(published) - 1)
+
+
+def run_pipeline(frames: int, image_size: int, weights: list[str], device: str) -> list[Result]:
+    """``samstream run`` (its defaults) against the seed loop: decode → set_image → predict per track."""
+    import av
+    import torch
+    from kornia.contrib.visual_prompter import VisualPrompter
+    from kornia.models.sam import SamConfig
+
+    with tempfile.TemporaryDirectory(prefix="samstream-bench-") as tmp:
+        folder = Path(tmp)
+        clip = _clip(folder, frames)
+        wall, published = _samstream_run(clip, folder / "run", [*weights, "--device", device])
+
+        point, box = _prompts(1280, 720)
+        dev = torch.device("cuda" if device == "cuda" else "cpu")
+        prompter = VisualPrompter(SamConfig("mobile_sam"), device=dev)
+
+        def seed_loop() -> None:
+            with av.open(str(clip)) as container, torch.inference_mode():
+                for frame in container.decode(video=0):
+                    image = torch.from_numpy(frame.to_ndarray(format="rgb24")).permute(2, 0, 1).float() / 255
+                    prompter.set_image(image.to(dev))
+                    a = prompter.predict(
+                        keypoints=torch.tensor([[point]], device=dev),
+                        keypoints_labels=torch.tensor([[1]], device=dev),
+                        multimask_output=True,
+                    )
+                    b = prompter.predict(boxes=torch.tensor([box], device=dev), multimask_output=False)
+                    (a.logits > 0).cpu(), (b.logits > 0).cpu()
+
+        base_wall = median(timed(seed_loop, 1, warmup=0))
+    n = len(published)
+    return [
+        rate_result(
+            "pipeline",
+            f"frames/s, whole command, {n} frames 720p",
+            wall / n,
+            base_wall / frames,
+            target=2.0,
+            goal=3.0,
+            detail={"samstream_wall_s": wall, "seed_wall_s": base_wall},
+        ),
+        rate_result("pipeline", "frames/s, once running", _steady(published), base_wall / frames),
+    ]
+
+
+def run_machinery(frames: int, image_size: int) -> list[Result]:
+    """Source → encoder → decoder → Redis with the null model, against raw PyAV decoding."""
+    import av
+
+    with tempfile.TemporaryDirectory(prefix="samstream-bench-") as tmp:
+        folder = Path(tmp)
+        clip = _clip(folder, frames)
+
+        def raw() -> None:
+            with av.open(str(clip)) as container:
+                for frame in container.decode(video=0):
+                    frame.to_ndarray(format="rgb24")
+
+        raw_s = median(timed(raw, 3)) / frames
+        wall, published = _samstream_run(
+            clip, folder / "run", ["--weights", "null", "--image-size", str(image_size)]
+        )
+    steady = _steady(published)
+    return [
+        rate_result(
+            "machinery",
+            f"frames/s once running, {frames} frames 720p",
+            steady,
+            raw_s,
+            target=0.5,
+            goal=0.8,
+            detail={"whole_command_s": wall, "frames": len(published)},
+        )
+    ]
+
+
+def describe_machine() -> dict[str, Any]:
+    import platform
+
+    import torch
+
+    return {
+        "cpu": platform.processor() or platform.machine(),
+        "cores": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+    }
