@@ -51,10 +51,10 @@ class EncoderWorker:
 
     def __init__(self, model: ModelConfig, threads: int | None = None) -> None:
         from pipeline.encoding import FrameEncoder
-        from pipeline.model import MobileSam
+        from pipeline.model.segmenter import load_model
 
         _threads(threads)
-        self.encoder = FrameEncoder(MobileSam.from_config(model))
+        self.encoder = FrameEncoder(load_model(model))
 
     def encode(self, frames: Sequence[Frame]) -> list[EncodedFrame]:
         return self.encoder.encode(frames)
@@ -78,12 +78,12 @@ class DecoderWorker:
         threads: int | None = 1,
     ) -> None:
         from pipeline.decoding import TrackDecoder
-        from pipeline.model import MobileSam
+        from pipeline.model.segmenter import load_model
         from pipeline.streams import Keys, connect
         from pipeline.streams.sink import RedisSink
 
         _threads(threads)
-        segmenter = MobileSam.from_config(model)
+        segmenter = load_model(model)
         sink = RedisSink(connect(redis_url), Keys(prefix), job_id, maxlen, segmenter.notice)
         self.decoder = TrackDecoder(tracks, segmenter, sink, tracking)
 

@@ -9,6 +9,7 @@ order they were submitted, so the decoder sees frames in order however the encod
 from __future__ import annotations
 
 import contextlib
+import os
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -49,7 +50,8 @@ class GraphOptions:
         gpus = float(ray.cluster_resources().get("GPU", 0))
         if gpus >= 1:
             return GraphOptions(batch_size=4, in_flight=4, encoders=int(gpus), encoder_gpus=1.0)
-        return GraphOptions()
+        # Ray limits a worker to one thread by default; the CPU encoder is the heavy stage: all cores.
+        return GraphOptions(encoder_threads=os.cpu_count())
 
 
 def unwrap(exc: BaseException) -> BaseException:

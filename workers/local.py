@@ -55,7 +55,7 @@ def new_job_id() -> str:
 
 def _resolve_weights(model: ModelConfig) -> ModelConfig:
     """Download (once) in the driver, so workers only ever load a file."""
-    if model.weights is Weights.RANDOM:
+    if model.weights is not Weights.OFFICIAL:
         return model
     return replace(model, checkpoint=resolve_checkpoint(model.checkpoint, model.cache_dir))
 
@@ -124,11 +124,8 @@ def run_local(spec: JobSpec, model: ModelConfig, run: LocalRun, out: TextIO = sy
         metrics = PrometheusMetrics()
         if run.metrics_port is not None:
             metrics.serve(run.metrics_port)
-        if model.weights is Weights.RANDOM:
-            print(
-                "samstream: WARNING: random weights (--weights random): a smoke test, the masks mean nothing",
-                file=err,
-            )
+        if model.weights is not Weights.OFFICIAL:
+            print(f"samstream: WARNING: {_notice(model)}", file=err)
         print(
             f"job {job_id}: {spec.source} ({info_src.width}x{info_src.height}, "
             f"{total if total is not None else '?'} frames, {len(spec.tracks)} tracks)"
@@ -172,6 +169,13 @@ def run_local(spec: JobSpec, model: ModelConfig, run: LocalRun, out: TextIO = sy
             file=out,
         )
         return 0
+
+
+def _notice(model: ModelConfig) -> str:
+    from pipeline.model.null import NULL_NOTICE
+    from pipeline.model.segmenter import RANDOM_WEIGHTS_NOTICE
+
+    return NULL_NOTICE if model.weights is Weights.NULL else RANDOM_WEIGHTS_NOTICE
 
 
 def _ray_init(stack: ExitStack) -> None:

@@ -81,29 +81,110 @@ def tile_conv_stage(encoder: nn.Module, rows: int = TILE_ROWS) -> nn.Module:
     return tiled
 
 
+def fold_batchnorm(encoder: nn.Module) -> nn.Module:
+    """Fold every Conv+BatchNorm pair (eval statistics) into the convolution, in place."""
+    from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+    for module in encoder.modules():
+        conv, bn = getattr(module, "c", None), getattr(module, "bn", None)
+        if isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d):
+            module.c = fuse_conv_bn_eval(conv, bn)
+            module.bn = nn.Identity()
+    return encoder
+
+
+def prepare_encoder(encoder: nn.Module, tile: bool) -> nn.Module:
+    """A copy of the encoder ready to compile: tiled first stage, BatchNorm folded, channels-last."""
+    prepared = tile_conv_stage(encoder) if tile else copy.deepcopy(encoder)
+    fold_batchnorm(prepared)
+    return prepared.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+
+
+def _artifact_key(encoder: nn.Module, image_size: int, batch: int) -> str:
+    """Identifies a compiled encoder: versions, shapes and a digest of the weights it embeds."""
+    import hashlib
+
+    import kornia
+
+    from pipeline import __version__
+
+    h = hashlib.sha256()
+    h.update(
+        f"{__version__}|{torch.__version__}|{kornia.__version__}|{image_size}|{batch}|{TILE_ROWS}".encode()
+    )
+    for name, value in sorted(encoder.state_dict().items()):
+        h.update(name.encode())
+        h.update(value.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:20]
+
+
+def load_or_build_package(prepared: nn.Module, example: torch.Tensor, path: Path) -> Any:
+    """The AOTInductor package at ``path``, exported and compiled (frozen weights) if not there yet."""
+    import logging
+    import tempfile
+
+    log = logging.getLogger(__name__)
+    if not path.is_file():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        log.warning("compiling the image encoder for this machine (once; cached at %s)", path)
+        fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".part.pt2", dir=path.parent)
+        os.close(fd)
+        try:
+            with torch.inference_mode():
+                exported = torch.export.export(prepared, (example,))
+                torch._inductor.aoti_compile_and_package(
+                    exported, package_path=tmp, inductor_configs={"freezing": True}
+                )
+            os.replace(tmp, path)  # atomic: a concurrent worker sees the whole file or none
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+    return torch._inductor.aoti_load_package(str(path))
+
+
 class FastEncoder(nn.Module):
-    """The TinyViT encoder fed channels-last, compiled with frozen weights.
+    """The TinyViT encoder, prepared (:func:`prepare_encoder`) and compiled.
+
+    On a CPU: an AOTInductor package with frozen weights (BatchNorm folded, weights pre-packed for
+    oneDNN), built once per machine, weights and image size and kept under the samstream cache: a
+    restarted worker loads it in milliseconds. It runs one frame per call (measured fastest on a
+    CPU). On CUDA: ``torch.compile`` (Inductor's own disk caches make restarts fast).
 
     Args:
-        encoder: kornia's TinyViT image encoder, in eval mode (it must not be trained afterwards).
-        device: where it runs. On a CPU the first stage is tiled (:class:`TiledMBConv`).
+        encoder: kornia's TinyViT image encoder, in eval mode.
+        device: where it runs.
+        image_size: the encoder's input side.
+        cache_dir: the samstream cache folder (default ``~/.cache/samstream``).
     """
 
-    def __init__(self, encoder: nn.Module, device: torch.device) -> None:
+    def __init__(
+        self, encoder: nn.Module, device: torch.device, image_size: int, cache_dir: Path | None
+    ) -> None:
         super().__init__()
+        self.device = device
+        self.image_size = image_size
+        self.prepared = prepare_encoder(encoder, tile=device.type == "cpu")
+        self._package: Any = None
+        self._compiled: Any = None
         if device.type == "cpu":
-            encoder = tile_conv_stage(encoder)
-        self.encoder = encoder.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
-        mode = "max-autotune-no-cudagraphs" if device.type == "cuda" else None
-        self._fn: Any = torch.compile(self.encoder, dynamic=False, mode=mode)
+            key = _artifact_key(encoder, image_size, 1)
+            self.path = (cache_dir or _default_cache()) / "compiled" / f"encoder-{image_size}-{key}.pt2"
+        else:
+            self._compiled = torch.compile(self.prepared, dynamic=False, mode="max-autotune-no-cudagraphs")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        import torch._inductor.config as inductor_config
-
         x = x.contiguous(memory_format=torch.channels_last)
-        # Freezing turns the weights into constants: BatchNorm folded, weights pre-packed.
-        with inductor_config.patch(freezing=True):
-            return self._fn(x)
+        if self._compiled is not None:
+            return self._compiled(x)
+        if self._package is None:
+            self._package = load_or_build_package(self.prepared, x[:1], self.path)
+        return torch.cat([self._package(x[i : i + 1]) for i in range(x.shape[0])])
+
+
+def _default_cache() -> Path:
+    from pipeline.model.weights import default_cache_dir
+
+    return default_cache_dir()
 
 
 class FastMaskDecoder(nn.Module):

@@ -94,7 +94,7 @@ class MobileSam:
             from pipeline.model.accelerate import FastEncoder, FastMaskDecoder, use_compile_cache
 
             use_compile_cache(cache_dir)
-            self.encoder = FastEncoder(self.sam.image_encoder, device)
+            self.encoder = FastEncoder(self.sam.image_encoder, device, image_size, cache_dir)
             # One prompt per call keeps a CPU's decoder in cache; a GPU takes them all at once.
             self.mask_decoder = FastMaskDecoder(
                 self.sam.mask_decoder, chunk=None if device.type == "cuda" else 1
