@@ -29,6 +29,8 @@ from torch import nn
 
 # Rows of the 256×256 feature map one tile of the convolutional stage covers (measured best of 4-64).
 TILE_ROWS = 8
+# Part of a compiled package's cache key: bump whenever prepare_encoder's graph changes.
+PACKAGE_FORMAT = 2
 
 
 def compile_cache_dir(cache_dir: Path | None) -> Path:
@@ -67,7 +69,7 @@ class TiledMBConv(nn.Module):
             h = b.conv1(x[:, :, max(0, r0 - 1) : min(height, r1 + 1)])
             # The zero padding of the depth-wise convolution, where the strip meets the map's edge.
             h = F.pad(h, (0, 0, 1 if r0 == 0 else 0, 1 if r1 == height else 0))
-            h = dw.act(dw.bn(F.conv2d(h, dw.c.weight, None, 1, (0, 1), 1, dw.c.groups)))
+            h = dw.act(dw.bn(F.conv2d(h, dw.c.weight, dw.c.bias, 1, (0, 1), 1, dw.c.groups)))
             strips.append(b.act(x[:, :, r0:r1] + b.conv3(h)))
         return torch.cat(strips, dim=2)
 

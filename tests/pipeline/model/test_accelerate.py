@@ -10,7 +10,7 @@ import torch
 
 from pipeline.config import ModelConfig
 from pipeline.model import DecodeRequest, MobileSam
-from pipeline.model.accelerate import tile_conv_stage
+from pipeline.model.accelerate import prepare_encoder, tile_conv_stage
 from pipeline.model.architecture import build_mobile_sam
 from pipeline.prompts import Prompt
 from tests.conftest import sample_rgb
@@ -21,13 +21,18 @@ DECODER_LOGIT_TOL = 1e-3
 
 
 @pytest.mark.parametrize("rows", [3, 8, 64])
-def test_tiled_conv_stage_equals_the_plain_encoder(rows: int) -> None:
-    torch.manual_seed(0)
-    encoder = build_mobile_sam(256).image_encoder
-    tiled = tile_conv_stage(encoder, rows)
+def test_tiled_conv_stage_equals_the_plain_encoder(rows: int, checkpoint: Path) -> None:
+    model = build_mobile_sam(256)
+    model.load_state_dict(torch.load(checkpoint, weights_only=True))
+    encoder = model.eval().image_encoder
     x = torch.randn(1, 3, 256, 256)
     with torch.inference_mode():
-        assert (tiled(x) - encoder(x)).abs().max().item() <= 1e-5
+        expected = encoder(x)
+        assert (tile_conv_stage(encoder, rows)(x) - expected).abs().max().item() <= 1e-5
+        # As compiled: tiled, BatchNorm folded into the convolutions, channels-last.
+        prepared = prepare_encoder(encoder, tile=True)
+        got = prepared(x.contiguous(memory_format=torch.channels_last))
+        assert (got - expected).abs().max().item() <= 1e-4
     # The original is untouched, and the state dict keeps the official keys' values.
     assert type(encoder.layers[0].blocks[0]).__name__ == "MBConv"
 
