@@ -83,7 +83,7 @@ class DecoderWorker:
         from pipeline.streams.sink import RedisSink
 
         _threads(threads)
-        segmenter = load_model(model)
+        segmenter = load_model(model, tracks=len(tracks))
         sink = RedisSink(connect(redis_url), Keys(prefix), job_id, maxlen, segmenter.notice)
         self.decoder = TrackDecoder(tracks, segmenter, sink, tracking)
 

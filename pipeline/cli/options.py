@@ -17,9 +17,9 @@ def cache_dir() -> Path | None:
 
 def model_config(args: argparse.Namespace, single_image: bool = False) -> ModelConfig:
     compile_mode = args.compile
-    if compile_mode == "auto":
+    if compile_mode == "auto" and single_image:
         # Compiling takes a minute once (then it is cached); it pays off over a video, not one image.
-        compile_mode = "eager" if single_image else "compiled"
+        compile_mode = "eager"
     return ModelConfig(
         compile=compile_mode,
         image_size=args.image_size,

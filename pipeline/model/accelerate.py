@@ -163,24 +163,26 @@ class FastEncoder(nn.Module):
         self, encoder: nn.Module, device: torch.device, image_size: int, cache_dir: Path | None
     ) -> None:
         super().__init__()
+        self.encoder = encoder
         self.device = device
         self.image_size = image_size
-        self.prepared = prepare_encoder(encoder, tile=device.type == "cpu")
-        self._package: Any = None
-        self._compiled: Any = None
-        if device.type == "cpu":
-            key = _artifact_key(encoder, image_size, 1)
-            self.path = (cache_dir or _default_cache()) / "compiled" / f"encoder-{image_size}-{key}.pt2"
-        else:
-            self._compiled = torch.compile(self.prepared, dynamic=False, mode="max-autotune-no-cudagraphs")
+        self.cache_dir = cache_dir
+        self._fn: Any = None  # prepared and compiled on first use: a decoder-only worker never pays
+
+    def _build(self, example: torch.Tensor) -> Any:
+        prepared = prepare_encoder(self.encoder, tile=self.device.type == "cpu")
+        if self.device.type != "cpu":
+            return torch.compile(prepared, dynamic=False, mode="max-autotune-no-cudagraphs")
+        key = _artifact_key(self.encoder, self.image_size, 1)
+        path = (self.cache_dir or _default_cache()) / "compiled" / f"encoder-{self.image_size}-{key}.pt2"
+        package = load_or_build_package(prepared, example[:1], path)
+        return lambda x: torch.cat([package(x[i : i + 1]) for i in range(x.shape[0])])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x.contiguous(memory_format=torch.channels_last)
-        if self._compiled is not None:
-            return self._compiled(x)
-        if self._package is None:
-            self._package = load_or_build_package(self.prepared, x[:1], self.path)
-        return torch.cat([self._package(x[i : i + 1]) for i in range(x.shape[0])])
+        if self._fn is None:
+            self._fn = self._build(x)
+        return self._fn(x)
 
 
 def _default_cache() -> Path:

@@ -81,6 +81,7 @@ class MobileSam:
         random_weights: bool = False,
         compiled: bool = False,
         cache_dir: Path | None = None,
+        compile_decoder: bool | None = None,
     ) -> None:
         self.sam = sam.to(device).eval()
         self.image_size = image_size
@@ -91,17 +92,29 @@ class MobileSam:
         self.encoder: Any = self.sam.image_encoder
         self.mask_decoder: Any = self.sam.mask_decoder
         if compiled:
-            from pipeline.model.accelerate import FastEncoder, FastMaskDecoder, use_compile_cache
+            from pipeline.model.accelerate import FastEncoder, use_compile_cache
 
             use_compile_cache(cache_dir)
             self.encoder = FastEncoder(self.sam.image_encoder, device, image_size, cache_dir)
+        if compiled if compile_decoder is None else compile_decoder:
+            from pipeline.model.accelerate import FastMaskDecoder, use_compile_cache
+
+            use_compile_cache(cache_dir)
             # One prompt per call keeps a CPU's decoder in cache; a GPU takes them all at once.
             self.mask_decoder = FastMaskDecoder(
                 self.sam.mask_decoder, chunk=None if device.type == "cuda" else 1
             )
 
     @classmethod
-    def from_config(cls, config: ModelConfig) -> MobileSam:
+    def from_config(cls, config: ModelConfig, tracks: int | None = None) -> MobileSam:
+        """Build the configured model.
+
+        Args:
+            config: the model config.
+            tracks: how many tracks this instance will decode per frame, if known. On a CPU the
+                compiled decoder (about ten seconds to set up, even from the cache) pays off only
+                with several tracks; with fewer it stays eager. None: as ``config.compile`` says.
+        """
         device = pick_device(config.device)
         half = (device.type == "cuda") if config.half is None else config.half
         return cls(
@@ -112,6 +125,7 @@ class MobileSam:
             random_weights=config.weights is Weights.RANDOM,
             compiled=config.compile is not Compile.EAGER,
             cache_dir=config.cache_dir,
+            compile_decoder=_compile_decoder(config, device, tracks),
         )
 
     @property
@@ -264,10 +278,23 @@ class MobileSam:
         return low_res[:, :1], iou[:, 0]
 
 
-def load_model(config: ModelConfig) -> Any:
+# Tracks per frame from which compiling the decoder on a CPU pays back its set-up time within a
+# short clip (measured with `samstream bench --suite decoder` and the pipeline suite).
+COMPILED_DECODER_MIN_TRACKS = 4
+
+
+def _compile_decoder(config: ModelConfig, device: torch.device, tracks: int | None) -> bool:
+    if config.compile is not Compile.AUTO:
+        return config.compile is Compile.COMPILED
+    if tracks is None or device.type == "cuda":
+        return True
+    return tracks >= COMPILED_DECODER_MIN_TRACKS
+
+
+def load_model(config: ModelConfig, tracks: int | None = None) -> Any:
     """The model a worker runs: :class:`MobileSam`, or the benchmark's null model."""
     if config.weights is Weights.NULL:
         from pipeline.model.null import NullModel
 
         return NullModel(config.image_size)
-    return MobileSam.from_config(config)
+    return MobileSam.from_config(config, tracks)
