@@ -45,9 +45,14 @@ class GraphOptions:
     encoder_threads: int | None = None
 
     @staticmethod
-    def auto() -> GraphOptions:
-        """GPU encoders when the cluster has GPUs, else one CPU encoder."""
+    def auto(null_model: bool = False) -> GraphOptions:
+        """GPU encoders when the cluster has GPUs, else one CPU encoder.
+
+        The benchmark's null model stands in for a GPU encoder, and is laid out like one.
+        """
         gpus = float(ray.cluster_resources().get("GPU", 0))
+        if null_model:
+            return GraphOptions(batch_size=4, in_flight=4)
         if gpus >= 1:
             return GraphOptions(batch_size=4, in_flight=4, encoders=int(gpus), encoder_gpus=1.0)
         # Ray limits a worker to one thread by default; the CPU encoder is the heavy stage: all cores.

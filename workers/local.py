@@ -141,7 +141,14 @@ def run_local(spec: JobSpec, model: ModelConfig, run: LocalRun, out: TextIO = sy
             stack.callback(progress.close)
             store.set_status(job_id, JobStatus.RUNNING)
             graph = JobGraph(
-                job_id, spec, model, url, run.prefix, GraphOptions.auto(), metrics=metrics, on_frames=progress
+                job_id,
+                spec,
+                model,
+                url,
+                run.prefix,
+                GraphOptions.auto(null_model=model.weights is Weights.NULL),
+                metrics=metrics,
+                on_frames=progress,
             )
             graph.run(last)
             progress.close()
