@@ -46,3 +46,15 @@ def sample_rgb(height: int, width: int, seed: int = 0) -> np.ndarray:
     img[(yy - cy) ** 2 + (xx - cx) ** 2 < r * r] = (220, 30, 40)
     img[height // 5 : height // 5 + r, 2 * width // 3 : 2 * width // 3 + r] = (30, 40, 220)
     return np.clip(img, 0, 255).astype(np.uint8)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests marked ``gpu`` run where torch sees a CUDA device and are skipped elsewhere."""
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)

@@ -229,10 +229,16 @@ class MobileSam:
                 )
                 logits[idx] = group_logits.cpu()
                 scores[idx] = group_scores.cpu()
-            full = upscale_logits(
-                logits.to(self.device), embedding.input_size, embedding.original_size, self.image_size
-            )
-            masks = (full > self.sam.mask_threshold).cpu().numpy()
+            masks = np.empty((k, h, w), dtype=bool)
+            on_device = logits.to(self.device)
+            # One mask at a time on a CPU: two full-size bilinear passes over K masks at once fall
+            # out of cache (measured 2.5x slower at K=16, 720p); a GPU takes them all at once.
+            step = k if self.device.type == "cuda" else 1
+            for i in range(0, k, step):
+                full = upscale_logits(
+                    on_device[i : i + step], embedding.input_size, embedding.original_size, self.image_size
+                )
+                masks[i : i + step] = (full > self.sam.mask_threshold).cpu().numpy()
         return MaskBatch(masks, scores.numpy(), logits[:, 0].numpy())
 
     def _decode_group(
