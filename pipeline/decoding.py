@@ -13,11 +13,12 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from pipeline.errors import InvalidInputError
 from pipeline.frames import EncodedFrame, FrameResult, TrackMask
 from pipeline.masks import encode_rle
-from pipeline.prompts import TrackSpec
+from pipeline.prompts import Prompt, TrackSpec
 from pipeline.tracking import Tracker, TrackEvent, TrackingConfig
-from pipeline.tracking.tracker import Segmenter
+from pipeline.tracking.tracker import Segmenter, TrackPromptError
 
 
 class ResultSink(Protocol):
@@ -73,6 +74,24 @@ class TrackDecoder:
                 self.tracker.add(spec)
         self.last_published = last
 
+    def control(self, cmd: str, track: int, prompt: Prompt | None = None) -> None:
+        """Add, remove or re-prompt a track from the next processed frame on (live jobs).
+
+        A command that cannot apply (an unknown id, an id taken) is reported as an ``error`` event,
+        not raised: a live job goes on.
+        """
+        try:
+            if cmd == "add" and prompt is not None:
+                self.tracker.add(track, prompt, start_frame=0)
+            elif cmd == "remove":
+                self.tracker.remove(track)
+            elif cmd == "reprompt" and prompt is not None:
+                self.tracker.reprompt(track, prompt)
+            else:
+                raise InvalidInputError(f"unknown track command {cmd!r}")
+        except InvalidInputError as exc:
+            self.sink.event("error", frame=None, track=track, detail=str(exc))
+
     def process(self, frames: Sequence[EncodedFrame]) -> list[FrameSummary]:
         """Decode, encode to RLE and publish each frame (in the given order, which must be increasing)."""
         return [self._one(f) for f in frames]
@@ -83,7 +102,15 @@ class TrackDecoder:
             return FrameSummary(frame.index, False, frame.capture_time, now, 0, dict(frame.timings))
         timings = dict(frame.timings)
         start = time.perf_counter()
-        results, events = self.tracker.step(frame.index, frame.embedding)
+        while True:
+            try:
+                results, events = self.tracker.step(frame.index, frame.embedding)
+                break
+            except TrackPromptError as exc:
+                # A prompt that does not fit the frame (given while the job runs): drop that track,
+                # say why, and go on with the others.
+                self.tracker.remove(exc.track_id)
+                self.sink.event("error", frame=frame.index, track=exc.track_id, detail=str(exc))
         timings["mask_decode"] = time.perf_counter() - start
 
         start = time.perf_counter()

@@ -23,6 +23,7 @@ class JobSpec:
         weights: ``official`` (a checkpoint) or ``random``.
         live: a live feed (drop stale frames) rather than a file (process every frame).
         maxlen: keep about this many masks entries (None: all).
+        give_up_s: live feeds: fail after this long without a frame (reconnecting meanwhile).
         tracking: overrides of :class:`~pipeline.tracking.TrackingConfig` fields.
         extra: free data kept with the spec.
     """
@@ -34,6 +35,7 @@ class JobSpec:
     weights: str = "official"
     live: bool = False
     maxlen: int | None = None
+    give_up_s: float = 30.0
     tracking: dict[str, Any] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -47,6 +49,8 @@ class JobSpec:
             raise InvalidInputError(f"stride must be >= 1, got {self.stride}")
         if self.maxlen is not None and self.maxlen < 1:
             raise InvalidInputError(f"maxlen must be >= 1, got {self.maxlen}")
+        if not self.give_up_s > 0:
+            raise InvalidInputError(f"give-up time must be > 0 seconds, got {self.give_up_s}")
         self.tracking_config()  # validates
 
     def tracking_config(self) -> TrackingConfig:
@@ -65,6 +69,7 @@ class JobSpec:
             "weights": self.weights,
             "live": self.live,
             "maxlen": self.maxlen,
+            "give_up_s": self.give_up_s,
             **({"tracking": self.tracking} if self.tracking else {}),
             **({"extra": self.extra} if self.extra else {}),
         }
@@ -80,6 +85,7 @@ class JobSpec:
                 weights=str(data.get("weights", "official")),
                 live=bool(data.get("live", False)),
                 maxlen=None if data.get("maxlen") is None else int(data["maxlen"]),
+                give_up_s=float(data.get("give_up_s", 30.0)),
                 tracking=dict(data.get("tracking") or {}),
                 extra=dict(data.get("extra") or {}),
             )

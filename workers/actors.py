@@ -30,10 +30,28 @@ def _threads(n: int | None) -> None:
 class SourceWorker:
     """Decodes one job's video (CPU)."""
 
-    def __init__(self, uri: str, image_size: int, stride: int) -> None:
-        from pipeline.sources.reader import FrameReader
+    def __init__(
+        self, uri: str, image_size: int, stride: int, live: bool = False, give_up_s: float = 30.0
+    ) -> None:
+        self.uri, self.image_size, self.stride, self.live, self.give_up_s = (
+            uri,
+            image_size,
+            stride,
+            live,
+            give_up_s,
+        )
+        self._reader: Any = None  # opened by the first call, so that a bad source fails that call clearly
 
-        self.reader = FrameReader(uri, image_size, stride)
+    @property
+    def reader(self) -> Any:
+        if self._reader is None:
+            from pipeline.sources.reader import FrameReader, LiveReader
+
+            if self.live:
+                self._reader = LiveReader(self.uri, self.image_size, self.give_up_s)
+            else:
+                self._reader = FrameReader(self.uri, self.image_size, self.stride)
+        return self._reader
 
     def info(self) -> Any:
         return self.reader.info
@@ -43,7 +61,8 @@ class SourceWorker:
         return self.reader.read(after, count)
 
     def close(self) -> None:
-        self.reader.close()
+        if self._reader is not None:
+            self._reader.close()
 
 
 class EncoderWorker:
@@ -89,6 +108,9 @@ class DecoderWorker:
 
     def process(self, frames: Sequence[EncodedFrame]) -> list[Any]:
         return self.decoder.process(frames)
+
+    def control(self, cmd: str, track: int, prompt: Any = None) -> None:
+        self.decoder.control(cmd, track, prompt)
 
     def ready(self) -> bool:
         return True

@@ -112,7 +112,7 @@ class JobGraph:
         """
         opts = self.options
         source = SourceActor.options(name=f"samstream-source-{self.job_id}").remote(
-            self.spec.source, self.spec.image_size, self.spec.stride
+            self.spec.source, self.spec.image_size, self.spec.stride, self.spec.live, self.spec.give_up_s
         )
         encoders = [
             EncoderActor.options(
@@ -131,6 +131,10 @@ class JobGraph:
         )
         self.actors = [source, *encoders, decoder]
         try:
+            if self.spec.live:  # a live feed is opened once, here (a file was probed by the driver)
+                info = ray.get(source.info.remote())
+                for track in self.spec.tracks:
+                    track.prompt.check_inside(info.width, info.height)
             return self._loop(source, encoders, decoder, after)
         except (RayTaskError, RayActorError) as exc:
             inner = unwrap(exc)
@@ -144,16 +148,26 @@ class JobGraph:
 
     def _loop(self, source: Any, encoders: list[Any], decoder: Any, after: int | None) -> int:
         opts = self.options
+        # A live job keeps one frame in flight: the next frame taken is the newest when the pipeline
+        # has room, so capture-to-publish latency stays about one service time.
+        in_flight = 1 if self.spec.live else opts.in_flight
+        live = (
+            _LiveControl(self.job_id, self.redis_url, self.prefix, self.metrics) if self.spec.live else None
+        )
         window: deque[Any] = deque()
         published = 0
         last = after
-        end = False
+        end = stopping = False
         turn = 0
-        while not end or window:
-            if not end and len(window) < opts.in_flight:
+        while (not end and not stopping) or window:
+            if live is not None and not stopping:
+                stopping = live.apply_commands(decoder)
+            if not end and not stopping and len(window) < in_flight:
                 batch_ref, frames_ref = source.read.remote(last, opts.batch_size)
                 batch = ray.get(batch_ref)
                 end = batch.end
+                if live is not None:
+                    live.record(batch)
                 if batch.indices:
                     last = batch.indices[-1]
                     encoded = encoders[turn % len(encoders)].encode.remote(frames_ref)
@@ -162,9 +176,10 @@ class JobGraph:
                     self.metrics.encoder_batch(len(batch.indices))
                 self.metrics.set_queue_depth("frames_in_flight", len(window))
                 continue
-            summaries: list[FrameSummary] = ray.get(window.popleft())
-            self.metrics.set_queue_depth("frames_in_flight", len(window))
-            published += self._record(summaries)
+            if window:
+                summaries: list[FrameSummary] = ray.get(window.popleft())
+                self.metrics.set_queue_depth("frames_in_flight", len(window))
+                published += self._record(summaries)
         return published
 
     def _record(self, summaries: Sequence[FrameSummary]) -> int:
@@ -188,3 +203,42 @@ class JobGraph:
             with contextlib.suppress(Exception):  # already gone
                 ray.kill(actor, no_restart=True)
         self.actors = []
+
+
+class _LiveControl:
+    """The driver's side of a live job: control commands in, source events and drop counts out."""
+
+    def __init__(self, job_id: str, redis_url: str, prefix: str, metrics: Metrics) -> None:
+        from pipeline.streams import JobStore, Keys, Publisher, connect
+        from pipeline.streams.control import ControlReader
+
+        client = connect(redis_url)
+        keys = Keys(prefix)
+        self.job_id = job_id
+        self.commands = ControlReader(client, keys, job_id)
+        self.publisher = Publisher(client, keys, job_id)
+        self.store = JobStore(client, keys)
+        self.metrics = metrics
+        self.dropped = 0
+
+    def apply_commands(self, decoder: Any) -> bool:
+        """Forward new track commands to the decoder (ordered before the next frame); True on stop."""
+        from pipeline.errors import InvalidInputError
+
+        for command in self.commands.poll():
+            if isinstance(command, InvalidInputError):
+                self.publisher.event("error", detail=str(command))
+            elif command.cmd == "stop":
+                self.publisher.event("stop_requested")
+                return True
+            else:
+                decoder.control.remote(command.cmd, command.track, command.prompt)
+        return False
+
+    def record(self, batch: Any) -> None:
+        for kind, detail, _ in batch.events:
+            self.publisher.event(kind, detail=detail)
+        if batch.dropped > self.dropped:
+            self.metrics.frames_dropped(batch.dropped - self.dropped)
+            self.dropped = batch.dropped
+            self.store.record_dropped(self.job_id, self.dropped)

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
 from pipeline.config import ModelConfig, Weights
 from pipeline.decoding import FrameSummary
@@ -81,8 +81,6 @@ class _Progress:
 
 def run_local(spec: JobSpec, model: ModelConfig, run: LocalRun, out: TextIO = sys.stdout) -> int:
     """Run (or resume) a job end to end. Returns the process exit code; the job hash says why."""
-    from pipeline.sources.video import VideoSource
-
     job_id = run.job_id or new_job_id()
     err = sys.stderr
     with ExitStack() as stack:
@@ -105,8 +103,12 @@ def run_local(spec: JobSpec, model: ModelConfig, run: LocalRun, out: TextIO = sy
                 )
                 return 0
         try:
-            with VideoSource(spec.source) as probe:
-                info_src = probe.info
+            # A file is probed here, to fail fast and clearly; a live feed is opened once, by its
+            # worker (some servers take one client only).
+            info_src = None if spec.live else _probe(spec)
+            if info_src is not None:
+                for track in spec.tracks:  # a prompt outside the frame is the user's mistake: say so now
+                    track.prompt.check_inside(info_src.width, info_src.height)
         except SamstreamError as exc:
             if not resuming:
                 store.create(job_id, spec.to_dict())
@@ -114,10 +116,12 @@ def run_local(spec: JobSpec, model: ModelConfig, run: LocalRun, out: TextIO = sy
             print(f"samstream: error: job {job_id} failed: {exc}", file=err)
             return 1
         total = None
-        if info_src.frame_count:
+        if info_src is not None and info_src.frame_count:
             total = (info_src.frame_count + spec.stride - 1) // spec.stride
         if not resuming:
             store.create(job_id, spec.to_dict(), total_frames=total)
+        # A file job goes on after its last published frame; a live one from the feed's present,
+        # numbering its frames after the last published one.
         last = Publisher(client, keys, job_id).last_published_frame()
         done = store.get(job_id).frames_done
 
@@ -126,10 +130,10 @@ def run_local(spec: JobSpec, model: ModelConfig, run: LocalRun, out: TextIO = sy
             metrics.serve(run.metrics_port)
         if model.weights is not Weights.OFFICIAL:
             print(f"samstream: WARNING: {_notice(model)}", file=err)
+        size = f"{info_src.width}x{info_src.height}, " if info_src is not None else "live, "
         print(
-            f"job {job_id}: {spec.source} ({info_src.width}x{info_src.height}, "
-            f"{total if total is not None else '?'} frames, {len(spec.tracks)} tracks)"
-            + (f", resuming after frame {last}" if last is not None else ""),
+            f"job {job_id}: {spec.source} ({size}{total if total is not None else '?'} frames, "
+            f"{len(spec.tracks)} tracks)" + (f", resuming after frame {last}" if last is not None else ""),
             file=err,
         )
         try:
@@ -176,6 +180,14 @@ def run_local(spec: JobSpec, model: ModelConfig, run: LocalRun, out: TextIO = sy
             file=out,
         )
         return 0
+
+
+def _probe(spec: JobSpec) -> Any:
+    """Open a video once, to fail fast and clearly on bad input; its SourceInfo."""
+    from pipeline.sources.video import VideoSource
+
+    with VideoSource(spec.source) as video:
+        return video.info
 
 
 def _notice(model: ModelConfig) -> str:

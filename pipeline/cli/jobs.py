@@ -9,6 +9,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from pipeline.errors import InvalidInputError, JobError
 from pipeline.frames import FrameResult
@@ -109,4 +110,37 @@ def render(args: argparse.Namespace) -> int:
             raise JobError(f"job {info.job_id} has no source in its spec; give --source")
         count = render_video(str(source), results, out, stride=int(info.spec.get("stride", 1)))
     print(f"wrote {out} ({count} frames, masks of job {info.job_id})")
+    return 0
+
+
+def _send(args: argparse.Namespace, command: Any) -> None:
+    from pipeline.streams.control import send
+
+    with _store(args) as (store, _, info):
+        if info.status.terminal:
+            raise JobError(f"job {info.job_id} is {info.status.value}: nothing to control")
+        if not info.spec.get("live"):
+            raise JobError(f"job {info.job_id} is not a live job: its tracks are fixed")
+        send(store.client, Keys(args.prefix), info.job_id, command)
+
+
+def track(args: argparse.Namespace) -> int:
+    from pipeline.prompts import parse_box, parse_point, single_prompt
+    from pipeline.streams.control import Command
+
+    prompt = None
+    if args.action != "remove":
+        points = [parse_point(p) for p in args.point]
+        negatives = [parse_point(p) for p in args.neg]
+        prompt = single_prompt(points, negatives, parse_box(args.box) if args.box else None)
+    _send(args, Command(args.action, args.track, prompt))
+    print(f"sent: {args.action} track {args.track} to job {args.job} (applies from its next frame)")
+    return 0
+
+
+def stop(args: argparse.Namespace) -> int:
+    from pipeline.streams.control import Command
+
+    _send(args, Command("stop"))
+    print(f"sent: stop to job {args.job}")
     return 0

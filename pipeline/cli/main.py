@@ -97,6 +97,21 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--stride", type=int, default=1, metavar="N", help="process every N-th frame (default 1)"
     )
+    run.add_argument(
+        "--live",
+        action="store_true",
+        help="a live feed: take the newest frame, drop the rest (implied by rtsp/udp/tcp and /dev/videoN)",
+    )
+    run.add_argument(
+        "--give-up",
+        type=float,
+        default=30.0,
+        metavar="S",
+        help="live: fail after S seconds without a frame (30)",
+    )
+    run.add_argument(
+        "--maxlen", type=int, metavar="N", help="keep about N masks entries (live default 10000; files: all)"
+    )
     tr = run.add_argument_group("tracking")
     tr.add_argument(
         "--min-score", type=float, metavar="S", help="predicted IoU below which a frame is poor (0.5)"
@@ -134,6 +149,21 @@ def build_parser() -> argparse.ArgumentParser:
     rd.add_argument("--source", metavar="SOURCE", help="the video (default: the job's source)")
     _add_redis_options(rd)
     rd.set_defaults(handler="pipeline.cli.jobs:render")
+
+    tk = sub.add_parser("track", help="add, remove or re-prompt a track of a running live job")
+    tk.add_argument("action", choices=["add", "remove", "reprompt"])
+    tk.add_argument("job", metavar="JOB", help="job id")
+    tk.add_argument("track", type=int, metavar="ID", help="track id")
+    tk.add_argument("--point", action="append", default=[], metavar="X,Y", help="a point on the object")
+    tk.add_argument("--neg", action="append", default=[], metavar="X,Y", help="a point not on the object")
+    tk.add_argument("--box", metavar="X0,Y0,X1,Y1", help="a box around the object")
+    _add_redis_options(tk)
+    tk.set_defaults(handler="pipeline.cli.jobs:track")
+
+    sp = sub.add_parser("stop", help="end a running live job cleanly (its results stay in Redis)")
+    sp.add_argument("job", metavar="JOB", help="job id")
+    _add_redis_options(sp)
+    sp.set_defaults(handler="pipeline.cli.jobs:stop")
 
     bn = sub.add_parser("bench", help="measure speed: ratios against baselines measured in the same run")
     bn.add_argument(

@@ -11,6 +11,16 @@ from pipeline.prompts import load_prompts_file, tracks_from_cli
 from pipeline.spec import JobSpec
 from pipeline.streams.keys import validate_job_id
 
+# Live jobs keep about this many masks entries unless told otherwise (MAXLEN ~).
+LIVE_MAXLEN = 10_000
+
+
+def is_live_uri(source: str) -> bool:
+    """rtsp(s)://, udp://, tcp:// and /dev/videoN are live; http(s) is live only with --live."""
+    return source.split("://", 1)[0].lower() in ("rtsp", "rtsps", "udp", "tcp") or source.startswith(
+        "/dev/video"
+    )
+
 
 def build_spec(args: argparse.Namespace) -> JobSpec:
     tracks = tracks_from_cli(args.point, args.box)
@@ -18,8 +28,12 @@ def build_spec(args: argparse.Namespace) -> JobSpec:
         if tracks:
             raise InvalidInputError("give tracks either with --point/--box or with --prompts, not both")
         tracks = load_prompts_file(args.prompts)
+    live = args.live or is_live_uri(args.source)
     return JobSpec(
         source=args.source,
+        live=live,
+        give_up_s=args.give_up,
+        maxlen=args.maxlen if args.maxlen is not None else (LIVE_MAXLEN if live else None),
         tracks=tuple(tracks),
         stride=args.stride,
         image_size=args.image_size,

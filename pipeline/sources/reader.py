@@ -6,6 +6,7 @@ or a call to a restarted worker, returns the right frames (the reader reopens an
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -16,10 +17,20 @@ from pipeline.sources.video import SourceInfo, VideoSource
 
 @dataclass(frozen=True)
 class Batch:
-    """What a read returns besides the pixels: small, so the driver can fetch it cheaply."""
+    """What a read returns besides the pixels: small, so the driver can fetch it cheaply.
+
+    Attributes:
+        indices: the frames' numbers.
+        end: no frame comes after these.
+        dropped: live sources: frames dropped so far (newer ones came before they were taken).
+        events: live sources: ``(kind, detail, epoch seconds)`` since the last read
+            (``source_lost``, ``source_restored``).
+    """
 
     indices: tuple[int, ...]
-    end: bool  # no frame after these
+    end: bool
+    dropped: int = 0
+    events: tuple[tuple[str, str, float], ...] = ()
 
 
 class FrameReader:
@@ -119,3 +130,51 @@ class FrameReader:
         if self._source is not None:
             self._source.close()
             self._source = None
+
+
+class LiveReader:
+    """The newest frame of a live feed at each read; older ones are dropped (and counted).
+
+    Args:
+        uri: a live URI (rtsp, udp, tcp, http(s), /dev/videoN).
+        image_size: encoder input size.
+        give_up_s: fail when no frame came for this long, reconnecting meanwhile.
+        wait_s: how long one read waits for a new frame before returning none.
+    """
+
+    def __init__(self, uri: str, image_size: int, give_up_s: float = 30.0, wait_s: float = 1.0) -> None:
+        from collections import deque
+
+        from pipeline.sources.live import LiveSource
+
+        self._events: deque[tuple[str, str, float]] = deque(maxlen=1000)
+        self.wait_s = wait_s
+        self._offset: int | None = None  # a resumed job numbers its frames after the last published
+        self.source = LiveSource(uri, image_size=image_size, give_up_s=give_up_s, on_event=self._on_event)
+
+    def _on_event(self, kind: str, detail: str) -> None:
+        self._events.append((kind, detail, time.time()))
+
+    @property
+    def info(self) -> SourceInfo:
+        return self.source.info
+
+    def read(self, after: int | None, count: int) -> tuple[Batch, list[Frame]]:
+        """The newest frame not read before.
+
+        ``count`` does not apply to a live feed; the first ``after`` (the last frame a resumed job
+        published) shifts the numbering so that frame numbers keep increasing.
+        """
+        if self._offset is None:
+            self._offset = 0 if after is None else after + 1
+        frame = self.source.latest(timeout_s=self.wait_s)
+        if frame is not None and self._offset:
+            frame = dataclasses.replace(frame, index=frame.index + self._offset)
+        events = []
+        while self._events:
+            events.append(self._events.popleft())
+        frames = [] if frame is None else [frame]
+        return Batch(tuple(f.index for f in frames), False, self.source.dropped, tuple(events)), frames
+
+    def close(self) -> None:
+        self.source.close()

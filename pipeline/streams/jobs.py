@@ -107,6 +107,11 @@ class JobStore:
         self._create = client.register_script(_CREATE)
         self._update = client.register_script(_UPDATE)
 
+    @property
+    def client(self) -> redis.Redis:
+        """The Redis client this store uses."""
+        return self._client
+
     def create(self, job_id: str, spec: Mapping[str, Any], total_frames: int | None = None) -> JobInfo:
         """Create a ``queued`` job.
 
@@ -221,6 +226,16 @@ class JobStore:
                 pipe.hgetall(self._keys.job(job_id))
             hashes = pipe.execute()
         return [_job_info(job_id, raw) for job_id, raw in zip(ids, hashes, strict=True) if raw]
+
+    def record_dropped(self, job_id: str, dropped: int) -> None:
+        """Record how many frames a live job has dropped so far (hash field ``dropped``)."""
+        _check_count(dropped, "dropped frames")
+        self._write(
+            job_id,
+            {"dropped": str(dropped), "updated": repr(time.time())},
+            None,
+            f"recording drops of {job_id!r}",
+        )
 
     def _write(self, job_id: str, fields: dict[str, str], event: dict[str, str] | None, what: str) -> None:
         keys = [self._keys.job(job_id)]

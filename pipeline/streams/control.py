@@ -1,0 +1,93 @@
+"""The control stream of a live job (``{prefix}job:{id}:control``): add, remove, re-prompt, stop.
+
+Each entry has a ``cmd`` field (``add``, ``remove``, ``reprompt``, ``stop``) and, for the track
+commands, ``track`` (the id) and ``prompt`` (JSON ``{"points": [[x, y], ...], "labels": [1, ...],
+"box": [x0, y0, x1, y1]}``). A command applies from the next frame the job processes, and is
+answered by an event (``track_added``, ``track_removed``, ``track_reprompted``, ``error``).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+
+from pipeline.errors import InvalidInputError
+from pipeline.prompts import Prompt
+from pipeline.streams.connection import redis_errors
+from pipeline.streams.keys import Keys
+from pipeline.streams.wire import as_text
+
+COMMANDS = ("add", "remove", "reprompt", "stop")
+
+
+@dataclass(frozen=True)
+class Command:
+    """One control command."""
+
+    cmd: str
+    track: int | None = None
+    prompt: Prompt | None = None
+
+    def __post_init__(self) -> None:
+        if self.cmd not in COMMANDS:
+            raise InvalidInputError(f"control command must be one of {COMMANDS}, got {self.cmd!r}")
+        if self.cmd != "stop" and (self.track is None or self.track < 1):
+            raise InvalidInputError(f"'{self.cmd}' needs a track id >= 1, got {self.track!r}")
+        if self.cmd in ("add", "reprompt") and self.prompt is None:
+            raise InvalidInputError(f"'{self.cmd}' needs a prompt")
+
+    def fields(self) -> dict[str, str]:
+        out = {"cmd": self.cmd}
+        if self.track is not None:
+            out["track"] = str(self.track)
+        if self.prompt is not None:
+            out["prompt"] = json.dumps(self.prompt.to_dict())
+        return out
+
+    @classmethod
+    def from_fields(cls, fields: dict[Any, Any]) -> Command:
+        data = {as_text(k): as_text(v) for k, v in fields.items()}
+        try:
+            prompt = Prompt.from_dict(json.loads(data["prompt"])) if "prompt" in data else None
+            track = int(data["track"]) if "track" in data else None
+            return cls(data.get("cmd", ""), track, prompt)
+        except (ValueError, TypeError, KeyError) as exc:
+            raise InvalidInputError(f"malformed control command {data}: {exc}") from None
+
+
+def send(client: redis.Redis, keys: Keys, job_id: str, command: Command) -> str:
+    """Append a command to the job's control stream; returns its entry id."""
+    with redis_errors(f"sending {command.cmd!r} to job {job_id!r}"):
+        eid: Any = client.xadd(keys.control(job_id), command.fields())  # type: ignore[arg-type]
+    return as_text(eid)
+
+
+class ControlReader:
+    """Reads a job's control stream without blocking, each command once, from where it is now."""
+
+    def __init__(self, client: redis.Redis, keys: Keys, job_id: str) -> None:
+        self.client = client
+        self.key = keys.control(job_id)
+        self.last = "$"  # only commands sent from now on
+        with redis_errors(f"reading the control stream of job {job_id!r}"):
+            newest: Any = client.xrevrange(self.key, count=1)
+        if newest:
+            self.last = as_text(newest[0][0])
+        elif self.last == "$":
+            self.last = "0-0"
+
+    def poll(self) -> Iterator[Command | InvalidInputError]:
+        """New commands (or the error of a malformed one, so the job can report it and go on)."""
+        with redis_errors("reading a control stream"):
+            entries: Any = self.client.xread({self.key: self.last}, count=100)
+        for _, items in entries or []:
+            for eid, fields in items:
+                self.last = as_text(eid)
+                try:
+                    yield Command.from_fields(fields)
+                except InvalidInputError as exc:
+                    yield exc
