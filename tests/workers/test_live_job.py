@@ -3,6 +3,8 @@ a clean stop, reconnects. Real Ray, a real Redis server, PyAV on both ends."""
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 import time
 from pathlib import Path
 
@@ -125,3 +127,41 @@ def test_bad_live_sources_fail_the_job_clearly(kind: str, tmp_path: Path, result
     assert len(errors) == 1, res.stderr
     job = results(data).job("bad")
     assert job["status"] == "failed" and job["error"] in errors[0]
+
+
+def _tree_rss(pid: int) -> int:
+    import psutil
+
+    root = psutil.Process(pid)
+    total = 0
+    for p in [root, *root.children(recursive=True)]:
+        with contextlib.suppress(psutil.Error):
+            total += p.memory_info().rss
+    return total
+
+
+@pytest.mark.timeout(240)
+def test_latency_stays_bounded_and_memory_flat_for_a_minute(tmp_path: Path, results) -> None:
+    data = tmp_path / "out"
+    with StreamSender("udp", fps=30) as sender:
+        proc = _start(sender.url, data, "soak", "--image-size", "512")  # slower than 30 fps here
+        r = _wait(results, data, "soak", 1, proc)
+        t0 = time.monotonic()
+        time.sleep(10)
+        rss_10 = _tree_rss(proc.pid)
+        time.sleep(50)
+        rss_60 = _tree_rss(proc.pid)
+        assert cli("stop", "soak", "--data-dir", str(data)).returncode == 0
+        proc.communicate(timeout=60)
+    assert time.monotonic() - t0 >= 60
+    entries = [e for _, e in r.client.xrange(r.keys.masks("soak"))]
+    publish = [float(f["publish_time"]) for f in entries]
+    capture = [float(f["capture_time"]) for f in entries]
+    latency = sorted(p - c for p, c in zip(publish, capture, strict=True))
+    # One frame in flight: the service time is the time between two publications.
+    service = sorted(b - a for a, b in itertools.pairwise(publish))
+    median_service = service[len(service) // 2]
+    p99 = latency[int(0.99 * (len(latency) - 1))]
+    assert p99 <= 2 * median_service, (p99, median_service)
+    assert int(r.job("soak").get("dropped") or 0) > 0
+    assert rss_60 - rss_10 <= 50 * 2**20, (rss_10, rss_60)
