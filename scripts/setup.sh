@@ -14,6 +14,17 @@ fi
 [ -n "$py" ] || { echo "setup: no python3 found" >&2; exit 1; }
 
 [ -x .venv/bin/python ] || "$py" -m venv .venv
+
+# Test-only system packages: GStreamer's RTSP server, which the live-feed tests start as a real
+# RTSP peer. Installed when we may (root, apt); without them those few tests are skipped.
+if [ "${SAMSTREAM_SKIP_APT:-0}" != 1 ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 \
+   && ! /usr/bin/python3 -c 'import gi; gi.require_version("GstRtspServer", "1.0")' >/dev/null 2>&1; then
+  echo "setup: installing GStreamer's RTSP server for the live-feed tests (apt)" >&2
+  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+      python3-gi gir1.2-gst-rtsp-server-1.0 gstreamer1.0-plugins-base gstreamer1.0-plugins-good \
+      gstreamer1.0-plugins-ugly gstreamer1.0-plugins-bad >/dev/null) \
+    || echo "setup: could not install the RTSP test server; RTSP tests will be skipped" >&2
+fi
 stamp=.venv/.samstream-installed
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   echo "setup: installing samstream into .venv (first run takes a minute)" >&2

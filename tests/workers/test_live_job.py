@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.fixtures.streams import StreamSender
+from tests.fixtures.streams import RtspServer, StreamSender, rtsp_server_available
 from tests.workers.conftest import cli, popen
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -165,3 +165,17 @@ def test_latency_stays_bounded_and_memory_flat_for_a_minute(tmp_path: Path, resu
     assert p99 <= 2 * median_service, (p99, median_service)
     assert int(r.job("soak").get("dropped") or 0) > 0
     assert rss_60 - rss_10 <= 50 * 2**20, (rss_10, rss_60)
+
+
+@pytest.mark.skipif(not rtsp_server_available(), reason="needs gir1.2-gst-rtsp-server-1.0 and python3-gi")
+def test_an_rtsp_feed(tmp_path: Path, results) -> None:
+    data = tmp_path / "out"
+    with RtspServer() as server:
+        proc = _start(server.url, data, "rtsp")
+        r = _wait(results, data, "rtsp", 5, proc)
+        assert cli("stop", "rtsp", "--data-dir", str(data)).returncode == 0
+        _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    frames = [e.frame_index for _, e in r.entries("rtsp")]
+    assert len(frames) >= 5 and frames == sorted(set(frames))
+    assert r.job("rtsp")["status"] == "succeeded"
