@@ -81,3 +81,20 @@ def results() -> Iterator[type[Results]]:
     yield Opened
     for r in opened:
         r.close()
+
+
+def wait_for_entries(results: type[Results], data: Path, job: str, count: int, proc, timeout: float = 120):  # type: ignore[no-untyped-def]
+    """Wait until a running job (``proc``) has published ``count`` entries; its :class:`Results`."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not (data / "redis" / "samstream-redis.json").exists():
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline, "no Redis server came up"
+        time.sleep(0.2)
+    r = results(data)
+    while len(r.raw_ids(job)) < count:
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline, "no progress"
+        time.sleep(0.1)
+    return r

@@ -16,7 +16,7 @@ from pycocotools import mask as coco
 
 from pipeline.samples import write_clip
 from tests.fixtures.media import truncate_file, write_audio_only, write_text_as_mp4
-from tests.workers.conftest import cli, popen
+from tests.workers.conftest import cli, popen, wait_for_entries
 from tests.workers.test_video_job import _prompts_file, _reference_masks
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -27,20 +27,6 @@ def _run_args(clip: Path, prompts: Path, checkpoint: Path, data: Path, job: str)
         "run", str(clip), "--prompts", str(prompts), "--checkpoint", str(checkpoint), "--image-size", "256",
         "--job-id", job, "--data-dir", str(data), "--min-score", "0", "--no-progress", "--compile", "eager",
     ]  # fmt: skip
-
-
-def _wait_for_entries(results, data: Path, job: str, count: int, proc, timeout: float = 120):  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while not (data / "redis" / "samstream-redis.json").exists():
-        assert proc.poll() is None, proc.communicate()
-        assert time.monotonic() < deadline
-        time.sleep(0.2)
-    r = results(data)
-    while len(r.raw_ids(job)) < count:
-        assert proc.poll() is None, proc.communicate()
-        assert time.monotonic() < deadline, "no progress"
-        time.sleep(0.1)
-    return r
 
 
 def _check_complete(r, job: str, clip: Path, checkpoint: Path) -> None:  # type: ignore[no-untyped-def]
@@ -66,7 +52,7 @@ def _encoder_processes() -> list[psutil.Process]:
 def test_encoder_killed_mid_job(clip60: Path, checkpoint: Path, tmp_path: Path, results) -> None:
     prompts, data = _prompts_file(tmp_path / "t.yaml"), tmp_path / "out"
     proc = popen(*_run_args(clip60, prompts, checkpoint, data, "enc-kill"))
-    r = _wait_for_entries(results, data, "enc-kill", 10, proc)
+    r = wait_for_entries(results, data, "enc-kill", 10, proc)
     victims = _encoder_processes()
     assert victims, "no encoder worker process found"
     for v in victims:
@@ -96,7 +82,7 @@ def test_driver_killed_mid_job_resumes_exactly(
     prompts, data = _prompts_file(tmp_path / "t.yaml"), tmp_path / "out"
     existing = _ray_processes()
     proc = popen(*_run_args(clip60, prompts, checkpoint, data, "drv-kill"))
-    r = _wait_for_entries(results, data, "drv-kill", 25, proc)  # past frame 20: both tracks running
+    r = wait_for_entries(results, data, "drv-kill", 25, proc)  # past frame 20: both tracks running
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait(timeout=30)
     # Ray's node processes go with the driver; a few agents outlive it for a while: end them so

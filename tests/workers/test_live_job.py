@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from tests.fixtures.streams import RtspServer, StreamSender, rtsp_server_available
-from tests.workers.conftest import cli, popen
+from tests.workers.conftest import cli, popen, wait_for_entries
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -23,20 +23,6 @@ def _start(url: str, data: Path, job: str, *extra: str):  # type: ignore[no-unty
     )  # fmt: skip
 
 
-def _wait(results, data: Path, job: str, count: int, proc, timeout: float = 90):  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while not (data / "redis" / "samstream-redis.json").exists():
-        assert proc.poll() is None, proc.communicate()
-        assert time.monotonic() < deadline
-        time.sleep(0.2)
-    r = results(data)
-    while len(r.raw_ids(job)) < count:
-        assert proc.poll() is None, proc.communicate()
-        assert time.monotonic() < deadline, "no progress"
-        time.sleep(0.1)
-    return r
-
-
 def _events(r, job: str) -> list[dict[str, str]]:  # type: ignore[no-untyped-def]
     return [fields for _, fields in r.client.xrange(r.keys.events(job))]
 
@@ -45,7 +31,7 @@ def test_tracks_added_and_removed_while_running_then_stopped(tmp_path: Path, res
     data = tmp_path / "out"
     with StreamSender("udp", fps=30) as sender:
         proc = _start(sender.url, data, "live")
-        r = _wait(results, data, "live", 5, proc)
+        r = wait_for_entries(results, data, "live", 5, proc)
         add = cli("track", "add", "live", "2", "--box", "200,60,300,180", "--data-dir", str(data))
         assert add.returncode == 0, add.stderr
         added_at = len(r.raw_ids("live"))
@@ -84,7 +70,7 @@ def test_a_sender_restarted_is_reconnected_and_one_that_never_returns_fails(tmp_
     sender = StreamSender("tcp", fps=30).start()
     try:
         proc = _start(sender.url, data, "rc", "--give-up", "6")
-        r = _wait(results, data, "rc", 5, proc)
+        r = wait_for_entries(results, data, "rc", 5, proc)
         sender.kill()
         time.sleep(2)
         sender = StreamSender("tcp", port=sender.port, fps=30).start()
@@ -145,7 +131,7 @@ def test_latency_stays_bounded_and_memory_flat_for_a_minute(tmp_path: Path, resu
     data = tmp_path / "out"
     with StreamSender("udp", fps=30) as sender:
         proc = _start(sender.url, data, "soak", "--image-size", "512")  # slower than 30 fps here
-        r = _wait(results, data, "soak", 1, proc)
+        r = wait_for_entries(results, data, "soak", 1, proc)
         t0 = time.monotonic()
         time.sleep(10)
         rss_10 = _tree_rss(proc.pid)
@@ -172,7 +158,7 @@ def test_an_rtsp_feed(tmp_path: Path, results) -> None:
     data = tmp_path / "out"
     with RtspServer() as server:
         proc = _start(server.url, data, "rtsp")
-        r = _wait(results, data, "rtsp", 5, proc)
+        r = wait_for_entries(results, data, "rtsp", 5, proc)
         assert cli("stop", "rtsp", "--data-dir", str(data)).returncode == 0
         _, err = proc.communicate(timeout=60)
     assert proc.returncode == 0, err

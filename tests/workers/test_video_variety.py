@@ -6,9 +6,7 @@ Ray session, with the null model: what is checked here is the video handling, no
 
 from __future__ import annotations
 
-import http.server
 import io
-import threading
 from collections.abc import Iterator
 from contextlib import redirect_stderr
 from pathlib import Path
@@ -20,6 +18,7 @@ from pipeline.prompts import Prompt, TrackSpec
 from pipeline.samples import write_clip
 from pipeline.spec import JobSpec
 from pipeline.streams import EmbeddedRedis, Keys, MaskReader, connect
+from tests.fixtures.http import serve_directory
 from workers.local import LocalRun, run_local
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -89,19 +88,6 @@ def test_an_http_url(tmp_path: Path, ray_session: None) -> None:
     root.mkdir()
     write_clip(root / "clip.mp4", frames=10, width=320, height=240)
 
-    class Handler(http.server.SimpleHTTPRequestHandler):
-        def __init__(self, *a, **kw):  # type: ignore[no-untyped-def]
-            super().__init__(*a, directory=str(root), **kw)
-
-        def log_message(self, *args: object) -> None:
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        url = f"http://127.0.0.1:{server.server_address[1]}/clip.mp4"
-        results = _run(url, 320, 240, tmp_path / "out", "url")
-    finally:
-        server.shutdown()
-        server.server_close()
+    with serve_directory(root) as base:
+        results = _run(f"{base}/clip.mp4", 320, 240, tmp_path / "out", "url")
     assert [r.frame_index for r in results] == list(range(10))

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import http.server
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,6 +19,7 @@ from pipeline.model.weights import (
     load_state_dict,
     resolve_checkpoint,
 )
+from tests.fixtures.http import serve_directory
 
 # A copy of ../shared/mobile_sam_state_dict.tsv: every tensor of the released checkpoint.
 TSV = Path(__file__).resolve().parents[2] / "fixtures" / "mobile_sam_state_dict.tsv"
@@ -116,20 +115,8 @@ def test_release_urls_point_at_the_official_file() -> None:
 def http_dir(tmp_path: Path) -> Iterator[tuple[str, Path]]:
     root = tmp_path / "www"
     root.mkdir()
-
-    class Handler(http.server.SimpleHTTPRequestHandler):
-        def __init__(self, *a, **kw):  # type: ignore[no-untyped-def]
-            super().__init__(*a, directory=str(root), **kw)
-
-        def log_message(self, *args: object) -> None:
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}", root
-    server.shutdown()
-    server.server_close()
+    with serve_directory(root) as base:
+        yield base, root
 
 
 def test_download_verifies_and_caches(http_dir: tuple[str, Path], tmp_path: Path, checkpoint: Path) -> None:
