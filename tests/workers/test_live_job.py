@@ -93,13 +93,23 @@ def test_a_sender_restarted_is_reconnected_and_one_that_never_returns_fails(tmp_
 
 
 @pytest.mark.timeout(120)
-@pytest.mark.parametrize("kind", ["refused", "not-video"])
+@pytest.mark.parametrize("kind", ["refused", "not-video", "silent-host"])
 def test_bad_live_sources_fail_the_job_clearly(kind: str, tmp_path: Path, results) -> None:
+    import socket
+
     from tests.fixtures.streams import free_port
 
     data = tmp_path / "out"
     sender = StreamSender("tcp", kind="garbage").start() if kind == "not-video" else None
-    url = sender.url if sender is not None else f"tcp://127.0.0.1:{free_port()}"
+    # A host that takes the connection and never answers: what an unreachable camera looks like
+    # to a client, within loopback.
+    silent = socket.create_server(("127.0.0.1", 0)) if kind == "silent-host" else None
+    if sender is not None:
+        url = sender.url
+    elif silent is not None:
+        url = f"tcp://127.0.0.1:{silent.getsockname()[1]}"
+    else:
+        url = f"tcp://127.0.0.1:{free_port()}"
     try:
         start = time.monotonic()
         res = cli("run", url, "--point", "10,10", "--weights", "random", "--image-size", "256", "--compile", "eager",
@@ -108,6 +118,8 @@ def test_bad_live_sources_fail_the_job_clearly(kind: str, tmp_path: Path, result
     finally:
         if sender is not None:
             sender.kill()
+        if silent is not None:
+            silent.close()
     assert res.returncode != 0 and "Traceback" not in res.stderr
     errors = [line for line in res.stderr.splitlines() if line.startswith("samstream: error:")]
     assert len(errors) == 1, res.stderr
