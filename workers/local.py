@@ -141,6 +141,12 @@ def run_local(spec: JobSpec, model: ModelConfig, run: LocalRun, out: TextIO = sy
             _ray_init(stack)
             from workers.graph import GraphOptions, JobGraph
 
+            if _first_compile(model):
+                print(
+                    "samstream: first run at this image size here: compiling the image encoder "
+                    "(about a minute, cached for later runs)",
+                    file=err,
+                )
             progress = _Progress(total, done, run.progress, err)
             stack.callback(progress.close)
             store.set_status(job_id, JobStatus.RUNNING)
@@ -188,6 +194,17 @@ def _probe(spec: JobSpec) -> Any:
 
     with VideoSource(spec.source) as video:
         return video.info
+
+
+def _first_compile(model: ModelConfig) -> bool:
+    """Whether no compiled encoder of this size is cached yet (the first frame will wait for one)."""
+    from pipeline.config import Compile
+    from pipeline.model.weights import default_cache_dir
+
+    if model.compile is Compile.EAGER or model.weights is Weights.NULL:
+        return False
+    folder = (model.cache_dir or default_cache_dir()) / "compiled"
+    return not any(folder.glob(f"encoder-{model.image_size}-*.pt2"))
 
 
 def _notice(model: ModelConfig) -> str:
