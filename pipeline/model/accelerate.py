@@ -27,6 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pipeline.model.weights import default_cache_dir
+
 # Rows of the 256×256 feature map one tile of the convolutional stage covers (measured best of 4-64).
 TILE_ROWS = 8
 # Part of a compiled package's cache key: bump whenever prepare_encoder's graph changes.
@@ -34,8 +36,6 @@ PACKAGE_FORMAT = 2
 
 
 def compile_cache_dir(cache_dir: Path | None) -> Path:
-    from pipeline.model.weights import default_cache_dir
-
     return (cache_dir or default_cache_dir()) / "inductor"
 
 
@@ -174,7 +174,7 @@ class FastEncoder(nn.Module):
         if self.device.type != "cpu":
             return torch.compile(prepared, dynamic=False, mode="max-autotune-no-cudagraphs")
         key = _artifact_key(self.encoder, self.image_size, 1)
-        path = (self.cache_dir or _default_cache()) / "compiled" / f"encoder-{self.image_size}-{key}.pt2"
+        path = (self.cache_dir or default_cache_dir()) / "compiled" / f"encoder-{self.image_size}-{key}.pt2"
         package = load_or_build_package(prepared, example[:1], path)
         return lambda x: torch.cat([package(x[i : i + 1]) for i in range(x.shape[0])])
 
@@ -183,12 +183,6 @@ class FastEncoder(nn.Module):
         if self._fn is None:
             self._fn = self._build(x)
         return self._fn(x)
-
-
-def _default_cache() -> Path:
-    from pipeline.model.weights import default_cache_dir
-
-    return default_cache_dir()
 
 
 class FastMaskDecoder(nn.Module):

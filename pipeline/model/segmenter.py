@@ -91,19 +91,18 @@ class MobileSam:
         self.compiled = compiled
         self.encoder: Any = self.sam.image_encoder
         self.mask_decoder: Any = self.sam.mask_decoder
-        if compiled:
-            from pipeline.model.accelerate import FastEncoder, use_compile_cache
+        compile_decoder = compiled if compile_decoder is None else compile_decoder
+        if compiled or compile_decoder:
+            from pipeline.model.accelerate import FastEncoder, FastMaskDecoder, use_compile_cache
 
             use_compile_cache(cache_dir)
-            self.encoder = FastEncoder(self.sam.image_encoder, device, image_size, cache_dir)
-        if compiled if compile_decoder is None else compile_decoder:
-            from pipeline.model.accelerate import FastMaskDecoder, use_compile_cache
-
-            use_compile_cache(cache_dir)
-            # One prompt per call keeps a CPU's decoder in cache; a GPU takes them all at once.
-            self.mask_decoder = FastMaskDecoder(
-                self.sam.mask_decoder, chunk=None if device.type == "cuda" else 1
-            )
+            if compiled:
+                self.encoder = FastEncoder(self.sam.image_encoder, device, image_size, cache_dir)
+            if compile_decoder:
+                # One prompt per call keeps a CPU's decoder in cache; a GPU takes them all at once.
+                self.mask_decoder = FastMaskDecoder(
+                    self.sam.mask_decoder, chunk=None if device.type == "cuda" else 1
+                )
 
     @classmethod
     def from_config(cls, config: ModelConfig, tracks: int | None = None) -> MobileSam:
