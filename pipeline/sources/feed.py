@@ -16,7 +16,15 @@ from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 from pipeline.errors import InvalidInputError
-from pipeline.sources.opening import error_reason, redact, scheme_of, scrubbed, stream_kinds, video_stream
+from pipeline.sources.opening import (
+    error_reason,
+    protocol_options,
+    redact,
+    scheme_of,
+    scrubbed,
+    stream_kinds,
+    video_stream,
+)
 from pipeline.sources.orientation import orientation_of
 from pipeline.sources.video import SourceInfo
 
@@ -87,7 +95,12 @@ class FeedSettings:
         for label, value in (("open_timeout_s", open_timeout_s), ("stall_timeout_s", stall_timeout_s)):
             if not isinstance(value, (int, float)) or isinstance(value, bool) or not value > 0:
                 raise InvalidInputError(f"{label} must be > 0 seconds, got {value!r}")
-        defaults = {} if is_device else {**_NETWORK_OPTIONS, **_SCHEME_OPTIONS.get(scheme_of(text) or "", {})}
+        scheme = scheme_of(text) or ""
+        defaults = (
+            {}
+            if is_device
+            else {**_NETWORK_OPTIONS, **_SCHEME_OPTIONS.get(scheme, {}), **protocol_options(scheme)}
+        )
         merged = {**defaults, **(dict(options) if options else {})}
         return cls(text, is_device, float(open_timeout_s), float(stall_timeout_s), merged)
 

@@ -88,3 +88,24 @@ def video_stream(container: InputContainer) -> VideoStream | None:
 def stream_kinds(container: InputContainer) -> str:
     """The kinds of the container's streams, for a message: ``audio, data`` (``none`` if empty)."""
     return ", ".join(s.type for s in container.streams) or "none"
+
+
+# FFmpeg protocols an input may use, by the scheme it was given with. An input is opened with its
+# ``protocol_whitelist``, which FFmpeg also applies to everything the input opens in turn (HLS
+# segments and keys, DASH fragments, RTP sessions): a remote playlist cannot make FFmpeg read a
+# local file (``file:``, ``concat:``, ``subfile:``), and a local file cannot reach the network.
+PROTOCOLS: dict[str, str] = {
+    "file": "file",
+    "http": "http,https,tls,tcp,crypto,httpproxy",
+    "https": "http,https,tls,tcp,crypto,httpproxy",
+    "rtsp": "rtsp,rtsps,rtp,srtp,udp,tcp,tls,http,https",
+    "rtsps": "rtsp,rtsps,rtp,srtp,udp,tcp,tls,http,https",
+    "udp": "udp,rtp",
+    "tcp": "tcp",
+}
+
+
+def protocol_options(scheme: str | None) -> dict[str, str]:
+    """The FFmpeg ``protocol_whitelist`` option for an input given with ``scheme`` (None: a path)."""
+    name = scheme or "file"
+    return {"protocol_whitelist": PROTOCOLS[name]} if name in PROTOCOLS else {}

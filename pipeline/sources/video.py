@@ -34,7 +34,14 @@ from pipeline.frames import Frame, Size
 from pipeline.model.transforms import resize_longest
 from pipeline.sources.decode_thread import DecodeThread, Emit, reraise
 from pipeline.sources.demux import DecodeFailure, OpenedVideo
-from pipeline.sources.opening import error_reason, redact, scheme_of, stream_kinds, video_stream
+from pipeline.sources.opening import (
+    error_reason,
+    protocol_options,
+    redact,
+    scheme_of,
+    stream_kinds,
+    video_stream,
+)
 from pipeline.sources.orientation import Orientation, orientation_of
 
 if TYPE_CHECKING:
@@ -261,7 +268,9 @@ class VideoSource:
         # "file:" stops FFmpeg from reading a path like "a:b.mp4" as protocol "a".
         target = self.uri if self.is_url else "file:" + os.path.abspath(self.uri)
         try:
-            container = av.open(target, mode="r", timeout=self._timeouts)
+            container = av.open(
+                target, mode="r", timeout=self._timeouts, options=protocol_options(scheme_of(target))
+            )
         except av.FFmpegError as exc:
             reason = error_reason(exc, self._timeouts)
             if isinstance(exc, av.error.InvalidDataError):

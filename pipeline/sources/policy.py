@@ -1,0 +1,71 @@
+"""Which sources a job submitted through the API may read.
+
+``samstream run`` reads whatever its user names; a service reads what *other* people name, on the
+cluster's network and disks. The API therefore takes only URLs of allowed schemes (http, https,
+rtsp, rtsps by default). Local files and camera devices are refused unless the service was started
+with them allowed; FFmpeg's local protocols (``file``, ``concat``, ``subfile``, ``pipe``, …) can
+never be allowed by scheme. Once opened, an input is confined to its scheme's FFmpeg protocols
+(:data:`pipeline.sources.opening.PROTOCOLS`), so a remote HLS playlist cannot read local files.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+from pipeline.errors import InvalidInputError
+from pipeline.sources.opening import redact, scheme_of
+
+# Network schemes samstream reads (files and URLs: http, https; live feeds: all of them).
+NETWORK_SCHEMES = ("http", "https", "rtsp", "rtsps", "udp", "tcp")
+DEFAULT_SCHEMES = ("http", "https", "rtsp", "rtsps")
+
+
+@dataclass(frozen=True)
+class SourcePolicy:
+    """The sources a service accepts.
+
+    Attributes:
+        schemes: URL schemes accepted (a subset of :data:`NETWORK_SCHEMES`).
+        allow_local_files: accept paths on the service's machines (files, ``/dev/videoN``).
+    """
+
+    schemes: frozenset[str] = frozenset(DEFAULT_SCHEMES)
+    allow_local_files: bool = False
+
+    @classmethod
+    def parse(cls, schemes: Iterable[str] | str, allow_local_files: bool = False) -> SourcePolicy:
+        """From a comma-separated list (or an iterable) of schemes; refuses schemes it cannot confine."""
+        items = schemes.split(",") if isinstance(schemes, str) else list(schemes)
+        names = frozenset(s.strip().lower().removesuffix("://") for s in items if s.strip())
+        unknown = sorted(names - set(NETWORK_SCHEMES))
+        if unknown:
+            raise InvalidInputError(
+                f"cannot allow source schemes {unknown}: allowed schemes are chosen from "
+                f"{', '.join(NETWORK_SCHEMES)} (local files: --allow-local-files)"
+            )
+        return cls(names, allow_local_files)
+
+    def check(self, source: str) -> str:
+        """``source`` if it is allowed; raises InvalidInputError saying why not."""
+        if not isinstance(source, str) or not source.strip():
+            raise InvalidInputError("source must be a URL")
+        if any(ord(c) < 32 for c in source):
+            raise InvalidInputError("source must not contain control characters")
+        scheme = scheme_of(source)
+        allowed = ", ".join(sorted(self.schemes)) or "none"
+        if scheme is None or scheme == "file":
+            if self.allow_local_files:
+                return source
+            raise InvalidInputError(
+                f"local files are not accepted by this service (source {source!r}); "
+                f"give a URL with one of the schemes: {allowed}"
+            )
+        if scheme not in self.schemes:
+            raise InvalidInputError(
+                f"source scheme {scheme!r} is not allowed (source {redact(source)}); allowed: {allowed}"
+            )
+        if not urlsplit(source).hostname:
+            raise InvalidInputError(f"source URL {redact(source)} has no host")
+        return source
