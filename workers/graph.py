@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import contextlib
 import os
+import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import ray
 from ray.exceptions import RayActorError, RayTaskError
@@ -59,6 +60,27 @@ class GraphOptions:
         return GraphOptions(encoder_threads=os.cpu_count())
 
 
+class Encoders(Protocol):
+    """Where a job's frames are encoded: its own encoder actors, or the service's shared pool."""
+
+    def submit(self, frames: Any) -> Any:
+        """Encode a batch (an object reference to a list of frames); an object reference to the result."""
+        ...
+
+
+class _OwnEncoders:
+    """A job's own encoder actors, taking batches in turn."""
+
+    def __init__(self, actors: list[Any]) -> None:
+        self.actors = actors
+        self.turn = 0
+
+    def submit(self, frames: Any) -> Any:
+        actor = self.actors[self.turn % len(self.actors)]
+        self.turn += 1
+        return actor.encode.remote(frames)
+
+
 def unwrap(exc: BaseException) -> BaseException:
     """The user-facing error inside a Ray error (a :class:`SamstreamError` raised in a worker)."""
     if isinstance(exc, RayTaskError):
@@ -80,6 +102,10 @@ class JobGraph:
         options: layout on Ray.
         metrics: where per-stage timings go (measured in the workers, recorded here).
         on_frames: called with each published batch's summaries (progress bars).
+        encoders: a shared encoder pool; None starts ``options.encoders`` encoder actors for this job.
+        first_run: the job starts for the first time: commands sent while it was queued apply.
+
+    After :meth:`run`, ``stopped`` tells whether a ``stop`` command ended the job early.
     """
 
     def __init__(
@@ -92,6 +118,8 @@ class JobGraph:
         options: GraphOptions,
         metrics: Metrics | None = None,
         on_frames: Callable[[Sequence[FrameSummary]], None] | None = None,
+        encoders: Encoders | None = None,
+        first_run: bool = False,
     ) -> None:
         self.job_id = job_id
         self.spec = spec
@@ -102,6 +130,9 @@ class JobGraph:
         self.metrics = metrics or NullMetrics()
         self.on_frames = on_frames
         self.actors: list[Any] = []
+        self.pool = encoders
+        self.stopped = False
+        self.first_run = first_run
 
     def run(self, after: int | None) -> int:
         """Process every frame after frame ``after`` (None: from the start). Returns frames published.
@@ -114,12 +145,17 @@ class JobGraph:
         source = SourceActor.options(name=f"samstream-source-{self.job_id}").remote(
             self.spec.source, self.spec.image_size, self.spec.stride, self.spec.live, self.spec.give_up_s
         )
-        encoders = [
-            EncoderActor.options(
-                num_gpus=opts.encoder_gpus, name=f"samstream-encoder-{self.job_id}-{i}"
-            ).remote(self.model, opts.encoder_threads)
-            for i in range(opts.encoders)
-        ]
+        own = (
+            []
+            if self.pool is not None
+            else [
+                EncoderActor.options(
+                    num_gpus=opts.encoder_gpus, name=f"samstream-encoder-{self.job_id}-{i}"
+                ).remote(self.model, opts.encoder_threads)
+                for i in range(opts.encoders)
+            ]
+        )
+        encoders = self.pool if self.pool is not None else _OwnEncoders(own)
         decoder = DecoderActor.options(name=f"samstream-decoder-{self.job_id}").remote(
             self.job_id,
             self.spec.tracks,
@@ -129,7 +165,7 @@ class JobGraph:
             self.spec.tracking_config(),
             self.spec.maxlen,
         )
-        self.actors = [source, *encoders, decoder]
+        self.actors = [source, *own, decoder]
         try:
             if self.spec.live:  # a live feed is opened once, here (a file was probed by the driver)
                 info = ray.get(source.info.remote())
@@ -146,33 +182,27 @@ class JobGraph:
         finally:
             self.shutdown()
 
-    def _loop(self, source: Any, encoders: list[Any], decoder: Any, after: int | None) -> int:
+    def _loop(self, source: Any, encoders: Encoders, decoder: Any, after: int | None) -> int:
         opts = self.options
         # A live job keeps one frame in flight: the next frame taken is the newest when the pipeline
         # has room, so capture-to-publish latency stays about one service time.
         in_flight = 1 if self.spec.live else opts.in_flight
-        live = (
-            _LiveControl(self.job_id, self.redis_url, self.prefix, self.metrics) if self.spec.live else None
-        )
+        control = _Control(self.job_id, self.redis_url, self.prefix, self.metrics, self.first_run)
         window: deque[Any] = deque()
         published = 0
         last = after
         end = stopping = False
-        turn = 0
         while (not end and not stopping) or window:
-            if live is not None and not stopping:
-                stopping = live.apply_commands(decoder)
+            if not stopping:
+                stopping = self.stopped = control.apply_commands(decoder)
             if not end and not stopping and len(window) < in_flight:
                 batch_ref, frames_ref = source.read.remote(last, opts.batch_size)
                 batch = ray.get(batch_ref)
                 end = batch.end
-                if live is not None:
-                    live.record(batch)
+                control.record(batch)
                 if batch.indices:
                     last = batch.indices[-1]
-                    encoded = encoders[turn % len(encoders)].encode.remote(frames_ref)
-                    turn += 1
-                    window.append(decoder.process.remote(encoded))
+                    window.append(decoder.process.remote(encoders.submit(frames_ref)))
                     self.metrics.encoder_batch(len(batch.indices))
                 self.metrics.set_queue_depth("frames_in_flight", len(window))
                 continue
@@ -205,26 +235,37 @@ class JobGraph:
         self.actors = []
 
 
-class _LiveControl:
-    """The driver's side of a live job: control commands in, source events and drop counts out."""
+POLL_S = 0.05  # how often a job reads its control stream
 
-    def __init__(self, job_id: str, redis_url: str, prefix: str, metrics: Metrics) -> None:
+
+class _Control:
+    """The driver's side of a job: control commands in; a live job's source events and drops out."""
+
+    def __init__(self, job_id: str, redis_url: str, prefix: str, metrics: Metrics, everything: bool) -> None:
         from pipeline.streams import JobStore, Keys, Publisher, connect
         from pipeline.streams.control import ControlReader
 
         client = connect(redis_url)
         keys = Keys(prefix)
         self.job_id = job_id
-        self.commands = ControlReader(client, keys, job_id)
+        self.commands = ControlReader(client, keys, job_id, everything)
         self.publisher = Publisher(client, keys, job_id)
         self.store = JobStore(client, keys)
         self.metrics = metrics
         self.dropped = 0
+        self.polled = -POLL_S
 
     def apply_commands(self, decoder: Any) -> bool:
-        """Forward new track commands to the decoder (ordered before the next frame); True on stop."""
+        """Forward new track commands to the decoder (ordered before the next frame); True on stop.
+
+        The stream is read at most every :data:`POLL_S` seconds: a command waits that long at most.
+        """
         from pipeline.errors import InvalidInputError
 
+        now = time.monotonic()
+        if now - self.polled < POLL_S:
+            return False
+        self.polled = now
         for command in self.commands.poll():
             if isinstance(command, InvalidInputError):
                 self.publisher.event("error", detail=str(command))

@@ -10,8 +10,6 @@ from __future__ import annotations
 import logging
 import os
 import sys
-import time
-import uuid
 from collections.abc import Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass, replace
@@ -25,6 +23,7 @@ from pipeline.metrics import PrometheusMetrics
 from pipeline.model.weights import resolve_checkpoint
 from pipeline.spec import JobSpec
 from pipeline.streams import JobStatus, JobStore, Keys, Publisher, connect, redact
+from pipeline.streams.keys import new_job_id
 from pipeline.streams.server import open_redis
 
 
@@ -47,10 +46,6 @@ class LocalRun:
     prefix: str = "samstream:"
     metrics_port: int | None = None
     progress: bool = True
-
-
-def new_job_id() -> str:
-    return time.strftime("job-%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
 
 
 def _resolve_weights(model: ModelConfig) -> ModelConfig:
@@ -162,6 +157,10 @@ def run_local(spec: JobSpec, model: ModelConfig, run: LocalRun, out: TextIO = sy
             )
             graph.run(last)
             progress.close()
+            if graph.stopped and not spec.live:
+                store.set_status(job_id, JobStatus.CANCELLED, "stopped on request")
+                print(f"job {job_id} stopped on request", file=out)
+                return 0
         except SamstreamError as exc:
             store.set_status(job_id, JobStatus.FAILED, str(exc))
             print(f"samstream: error: job {job_id} failed: {exc}", file=err)

@@ -119,8 +119,6 @@ def _send(args: argparse.Namespace, command: Any) -> None:
     with _store(args) as (store, _, info):
         if info.status.terminal:
             raise JobError(f"job {info.job_id} is {info.status.value}: nothing to control")
-        if not info.spec.get("live"):
-            raise JobError(f"job {info.job_id} is not a live job: its tracks are fixed")
         send(store.client, Keys(args.prefix), info.job_id, command)
 
 

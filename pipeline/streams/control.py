@@ -67,12 +67,20 @@ def send(client: redis.Redis, keys: Keys, job_id: str, command: Command) -> str:
 
 
 class ControlReader:
-    """Reads a job's control stream without blocking, each command once, from where it is now."""
+    """Reads a job's control stream without blocking, each command once.
 
-    def __init__(self, client: redis.Redis, keys: Keys, job_id: str) -> None:
+    Args:
+        everything: read the stream from its start (a job starting for the first time: commands
+            sent while it was queued apply); by default only commands sent from now on.
+    """
+
+    def __init__(self, client: redis.Redis, keys: Keys, job_id: str, everything: bool = False) -> None:
         self.client = client
         self.key = keys.control(job_id)
         self.last = "$"  # only commands sent from now on
+        if everything:
+            self.last = "0-0"
+            return
         with redis_errors(f"reading the control stream of job {job_id!r}"):
             newest: Any = client.xrevrange(self.key, count=1)
         if newest:

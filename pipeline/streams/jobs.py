@@ -198,6 +198,13 @@ class JobStore:
         }
         self._write(job_id, fields, None, f"recording progress of job {job_id!r}")
 
+    def set_total(self, job_id: str, total_frames: int | None) -> None:
+        """Record how many frames the job will process (learnt once its source is open)."""
+        if total_frames is not None:
+            _check_count(total_frames, "total frames")
+        fields = {"frames_total": "" if total_frames is None else str(total_frames)}
+        self._write(job_id, fields, None, f"recording the length of job {job_id!r}")
+
     def get(self, job_id: str) -> JobInfo:
         """The job's current state.
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import re
+import time
+import uuid
 from dataclasses import dataclass
 
 from pipeline.errors import InvalidInputError
@@ -64,3 +66,8 @@ class Keys:
     def jobs_index(self) -> str:
         """Sorted set of every job id, scored by creation time (epoch s): ``{prefix}jobs``."""
         return f"{self.prefix}jobs"
+
+
+def new_job_id() -> str:
+    """A fresh job id: ``job-YYYYmmdd-HHMMSS-`` and six random hex digits."""
+    return time.strftime("job-%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]

@@ -1,0 +1,203 @@
+"""The REST API's request and response bodies (pydantic models: they make the OpenAPI spec).
+
+Requests are checked twice: by these models (types, ranges: a 422 names the field), then by the
+library's own constructors (:class:`~pipeline.spec.JobSpec`, :class:`~pipeline.prompts.Prompt`),
+whose :class:`~pipeline.errors.InvalidInputError` is turned into a 422 naming the same field.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from pipeline.errors import InvalidInputError
+from pipeline.prompts import Prompt, TrackSpec
+from pipeline.streams import JobInfo
+
+Coordinate = float
+MAX_TRACKS = 64
+
+
+def _finite(values: list[float]) -> list[float]:
+    if not all(math.isfinite(v) for v in values):
+        raise ValueError("coordinates must be finite numbers")
+    return values
+
+
+class PromptBody(BaseModel):
+    """Points (with labels: 1 object, 0 background) and/or a box, in pixels of the source frame."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    points: list[list[Coordinate]] = Field(
+        default_factory=list, max_length=64, description="[[x, y], ...]", examples=[[[320, 240]]]
+    )
+    labels: list[Literal[0, 1]] | None = Field(
+        default=None, max_length=64, description="one per point; default all 1"
+    )
+    box: list[Coordinate] | None = Field(
+        default=None,
+        min_length=4,
+        max_length=4,
+        description="[x0, y0, x1, y1]",
+        examples=[[10, 20, 200, 180]],
+    )
+
+    @field_validator("points")
+    @classmethod
+    def _points(cls, points: list[list[float]]) -> list[list[float]]:
+        for p in points:
+            if len(p) != 2:
+                raise ValueError(f"a point is [x, y], got {p}")
+            _finite(p)
+        return points
+
+    @field_validator("box")
+    @classmethod
+    def _box(cls, box: list[float] | None) -> list[float] | None:
+        return None if box is None else _finite(box)
+
+    def to_prompt(self) -> Prompt:
+        data: dict[str, Any] = {"points": self.points}
+        if self.labels is not None:
+            data["labels"] = self.labels
+        if self.box is not None:
+            data["box"] = self.box
+        return Prompt.from_dict(data)
+
+
+class TrackBody(PromptBody):
+    """One object to follow: an id and its prompt (applied at ``start_frame``)."""
+
+    id: int = Field(ge=1, le=2**31 - 1)
+    start_frame: int = Field(default=0, ge=0, le=2**31 - 1)
+
+    def to_track(self) -> TrackSpec:
+        return TrackSpec(self.id, self.to_prompt(), self.start_frame)
+
+
+class JobBody(BaseModel):
+    """A job (a video file or URL: every frame) or a live stream (a feed: the newest frames)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    source: str = Field(min_length=1, max_length=4096, examples=["https://example.com/clip.mp4"])
+    tracks: list[TrackBody] = Field(min_length=1, max_length=MAX_TRACKS)
+    job_id: str | None = Field(
+        default=None, pattern=r"^[A-Za-z0-9_.-]{1,128}$", description="default: a new id is made"
+    )
+    stride: int = Field(default=1, ge=1, le=10_000, description="process every n-th frame (jobs)")
+    image_size: int | None = Field(
+        default=None, ge=64, le=4096, multiple_of=16, description="encoder input size; default the service's"
+    )
+    maxlen: int | None = Field(default=None, ge=1, le=10**9, description="keep about this many entries")
+    give_up_s: float = Field(
+        default=30.0, gt=0, le=86_400, description="live: fail after this long without frames"
+    )
+
+
+class TrackCommandBody(PromptBody):
+    """A track to add (a new id) or re-prompt (an existing id)."""
+
+    id: int = Field(ge=1, le=2**31 - 1)
+    action: Literal["add", "reprompt"] = "add"
+
+
+class JobView(BaseModel):
+    """A job or live stream as stored: its spec, status and progress."""
+
+    id: str
+    kind: Literal["job", "stream"]
+    status: Literal["queued", "running", "succeeded", "failed", "cancelled"]
+    source: str
+    tracks: list[dict[str, Any]]
+    frames_done: int
+    frames_total: int | None
+    last_frame: int | None
+    error: str | None
+    created: float
+    started: float | None
+    finished: float | None
+    masks_stream: str
+    events_stream: str
+
+    @classmethod
+    def of(cls, info: JobInfo, masks: str, events: str) -> JobView:
+        return cls(
+            id=info.job_id,
+            kind="stream" if info.spec.get("live") else "job",
+            status=info.status.value,
+            source=str(info.spec.get("source", "")),
+            tracks=list(info.spec.get("tracks", [])),
+            frames_done=info.frames_done,
+            frames_total=info.frames_total,
+            last_frame=info.last_frame,
+            error=info.error,
+            created=info.created,
+            started=info.started,
+            finished=info.finished,
+            masks_stream=masks,
+            events_stream=events,
+        )
+
+
+class JobList(BaseModel):
+    items: list[JobView]
+
+
+class Accepted(BaseModel):
+    """A command was queued for the job; it applies from the job's next frame."""
+
+    id: str
+    command: str
+    track: int | None = None
+
+
+class MaskEntryView(BaseModel):
+    id: str
+    frame: int
+    pts: float | None
+    capture_time: float | None
+    publish_time: float
+    tracks: list[dict[str, Any]]
+
+
+class MaskPage(BaseModel):
+    """Mask entries after ``after``; ask again with ``after=next`` for the following ones."""
+
+    entries: list[MaskEntryView]
+    next: str | None
+    status: str
+
+
+class EventView(BaseModel):
+    id: str
+    type: str
+    time: float
+    frame: int | None
+    track: int | None
+    detail: str | None
+    data: dict[str, Any]
+
+
+class EventPage(BaseModel):
+    events: list[EventView]
+    next: str | None
+
+
+class Health(BaseModel):
+    status: Literal["ok"]
+    redis: bool
+
+
+class Problem(BaseModel):
+    """An error: ``detail`` says what is wrong (for 422: a list of ``{loc, msg}``)."""
+
+    detail: Any
+
+
+def invalid(where: list[str | int], exc: InvalidInputError | str) -> dict[str, Any]:
+    """One item of a 422 ``detail`` list, in FastAPI's own shape."""
+    return {"loc": ["body", *where], "msg": str(exc), "type": "value_error"}

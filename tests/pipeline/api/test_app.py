@@ -1,0 +1,299 @@
+"""Every endpoint of the REST API: auth, validation (422 naming the field), jobs, streams, tracks."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import redis
+from fastapi.testclient import TestClient
+
+from pipeline.api import ApiSettings, create_app, recover
+from pipeline.frames import FrameResult, TrackMask
+from pipeline.streams import JobStatus, JobStore, Keys, Publisher
+from pipeline.streams.control import ControlReader
+from tests.pipeline.api.conftest import AUTH, TOKEN, RecordingBackend
+
+JOB = {"source": "https://videos.example/clip.mp4", "tracks": [{"id": 1, "points": [[10, 20]]}]}
+STREAM = {"source": "rtsp://cam.example:8554/live", "tracks": [{"id": 1, "box": [0, 0, 50, 40]}]}
+
+
+def _paths(api: TestClient) -> list[tuple[str, str]]:
+    spec = api.get("/openapi.json").json()
+    return [(m.upper(), p) for p, item in spec["paths"].items() for m in item]
+
+
+# -- auth -------------------------------------------------------------------------------------------
+
+
+def test_every_endpoint_refuses_requests_without_the_token(
+    settings: ApiSettings, redis_client: redis.Redis, backend: RecordingBackend, api: TestClient
+) -> None:
+    paths = _paths(api)
+    assert len(paths) >= 17
+    bare = TestClient(create_app(settings, redis_client, backend))
+    for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": TOKEN}, {"X-Token": TOKEN}):
+        for method, path in [*paths, ("GET", "/openapi.json"), ("GET", "/docs"), ("GET", "/nowhere")]:
+            url = path.replace("{job_id}", "j1").replace("{track_id}", "1")
+            r = bare.request(method, url, headers=headers, json=JOB)
+            assert r.status_code == 401, (method, url, headers, r.status_code)
+            assert r.headers["www-authenticate"] == "Bearer"
+    assert backend.submitted == []
+
+
+def test_openapi_spec_needs_and_declares_the_token(api: TestClient) -> None:
+    spec = api.get("/openapi.json").json()
+    assert spec["openapi"].startswith("3.")
+    assert spec["components"]["securitySchemes"]["HTTPBearer"]["scheme"] == "bearer"
+    for item in spec["paths"].values():
+        for op in item.values():
+            assert op["security"] == [{"HTTPBearer": []}]
+            assert "401" in op["responses"] and "422" in op["responses"]
+
+
+def test_an_empty_token_is_refused() -> None:
+    with pytest.raises(ValueError, match="needs a token"):
+        ApiSettings(token="")
+
+
+# -- jobs -------------------------------------------------------------------------------------------
+
+
+def test_create_get_list_a_job(api: TestClient, backend: RecordingBackend, prefix: str) -> None:
+    r = api.post("/jobs", json=JOB)
+    assert r.status_code == 201, r.text
+    job = r.json()
+    assert job["kind"] == "job" and job["status"] == "queued"
+    assert job["source"] == JOB["source"]
+    assert job["tracks"][0]["points"] == [[10.0, 20.0]]
+    assert job["masks_stream"] == f"{prefix}job:{job['id']}:masks"
+    assert backend.submitted == [job["id"]]
+
+    assert api.get(f"/jobs/{job['id']}").json() == job
+    assert [j["id"] for j in api.get("/jobs").json()["items"]] == [job["id"]]
+    assert api.get("/jobs", params={"status": "running"}).json()["items"] == []
+    assert api.get("/streams").json()["items"] == []
+
+
+def test_job_spec_carries_the_services_defaults(api: TestClient, redis_client: redis.Redis, prefix: str) -> None:
+    job = api.post("/jobs", json={**JOB, "job_id": "mine", "stride": 3}).json()
+    spec = JobStore(redis_client, Keys(prefix)).get(job["id"]).spec
+    assert job["id"] == "mine"
+    assert spec["image_size"] == 512 and spec["weights"] == "random" and spec["stride"] == 3
+    assert spec["live"] is False
+
+
+def test_a_taken_job_id_is_a_conflict(api: TestClient) -> None:
+    assert api.post("/jobs", json={**JOB, "job_id": "same"}).status_code == 201
+    r = api.post("/jobs", json={**JOB, "job_id": "same"})
+    assert r.status_code == 409 and "exists already" in r.json()["detail"]
+
+
+def test_a_job_the_cluster_cannot_start_fails_with_503(
+    api: TestClient, backend: RecordingBackend, redis_client: redis.Redis, prefix: str
+) -> None:
+    backend.fail_next = True
+    r = api.post("/jobs", json={**JOB, "job_id": "nope"})
+    assert r.status_code == 503 and "could not be started" in r.json()["detail"]
+    info = JobStore(redis_client, Keys(prefix)).get("nope")
+    assert info.status is JobStatus.FAILED and "cluster unreachable" in (info.error or "")
+
+
+def test_unknown_jobs_are_404_and_kinds_do_not_mix(api: TestClient) -> None:
+    assert api.get("/jobs/ghost").status_code == 404
+    assert api.delete("/jobs/ghost").status_code == 404
+    assert api.get("/jobs/ghost/masks").status_code == 404
+    assert api.post("/jobs/ghost/tracks", json={"id": 2, "points": [[1, 1]]}).status_code == 404
+    stream = api.post("/streams", json=STREAM).json()
+    r = api.get(f"/jobs/{stream['id']}")
+    assert r.status_code == 404 and "/streams" in r.json()["detail"]
+    assert api.get(f"/streams/{stream['id']}").status_code == 200
+
+
+# -- validation: 422 naming the field ---------------------------------------------------------------
+
+
+def _loc(r: Any) -> list[Any]:
+    assert r.status_code == 422, r.text
+    return r.json()["detail"][0]["loc"]
+
+
+@pytest.mark.parametrize(
+    ("body", "loc"),
+    [
+        ({"tracks": JOB["tracks"]}, ["body", "source"]),
+        ({**JOB, "source": ""}, ["body", "source"]),
+        ({**JOB, "tracks": []}, ["body", "tracks"]),
+        ({"source": JOB["source"]}, ["body", "tracks"]),
+        ({**JOB, "stride": 0}, ["body", "stride"]),
+        ({**JOB, "stride": "two"}, ["body", "stride"]),
+        ({**JOB, "image_size": 1000}, ["body", "image_size"]),
+        ({**JOB, "maxlen": 0}, ["body", "maxlen"]),
+        ({**JOB, "job_id": "a:b"}, ["body", "job_id"]),
+        ({**JOB, "colour": "red"}, ["body", "colour"]),
+        ({**JOB, "tracks": [{"points": [[1, 2]]}]}, ["body", "tracks", 0, "id"]),
+        ({**JOB, "tracks": [{"id": 0, "points": [[1, 2]]}]}, ["body", "tracks", 0, "id"]),
+        ({**JOB, "tracks": [{"id": 1, "points": [[1, 2, 3]]}]}, ["body", "tracks", 0, "points"]),
+        ({**JOB, "tracks": [{"id": 1, "box": [1, 2, 3]}]}, ["body", "tracks", 0, "box"]),
+        ({**JOB, "tracks": [{"id": 1, "points": [[1, 2]], "labels": [2]}]}, ["body", "tracks", 0, "labels", 0]),
+        # the library's own checks, reported at the same place
+        ({**JOB, "tracks": [{"id": 1}]}, ["body", "tracks", 0]),
+        ({**JOB, "tracks": [{"id": 1, "box": [50, 50, 10, 10]}]}, ["body", "tracks", 0]),
+        ({**JOB, "tracks": [{"id": 1, "points": [[1, 2]], "labels": [1, 0]}]}, ["body", "tracks", 0]),
+        ({**JOB, "tracks": [{"id": 1, "points": [[1, 2]]}, {"id": 1, "points": [[3, 4]]}]}, ["body", "tracks"]),
+    ],
+)
+def test_invalid_specs_are_422_naming_the_field(
+    api: TestClient, backend: RecordingBackend, body: dict[str, Any], loc: list[Any]
+) -> None:
+    assert _loc(api.post("/jobs", json=body)) == loc
+    assert backend.submitted == []
+
+
+def test_a_body_that_is_not_json_is_422(api: TestClient) -> None:
+    r = api.post("/jobs", content=b"source=x", headers={"Content-Type": "application/json"})
+    assert r.status_code == 422
+
+
+@pytest.mark.parametrize(
+    ("kind", "source", "says"),
+    [
+        ("jobs", "/etc/passwd", "local files are not accepted"),
+        ("jobs", "file:///data/clip.mp4", "local files are not accepted"),
+        ("jobs", "concat:/a.mp4|/b.mp4", "local files are not accepted"),
+        ("jobs", "ftp://h/clip.mp4", "'ftp' is not allowed"),
+        ("jobs", "rtsp://cam/live", "POST it to /streams"),
+        ("streams", "/dev/video0", "local files are not accepted"),
+        ("streams", "udp://0.0.0.0:5000", "'udp' is not allowed"),
+    ],
+)
+def test_sources_outside_the_allowlist_are_422(
+    api: TestClient, backend: RecordingBackend, kind: str, source: str, says: str
+) -> None:
+    r = api.post(f"/{kind}", json={**JOB, "source": source})
+    assert _loc(r) == ["body", "source"]
+    assert says in r.json()["detail"][0]["msg"]
+    assert backend.submitted == []
+
+
+def test_local_files_when_the_service_allows_them(
+    redis_client: redis.Redis, backend: RecordingBackend, prefix: str
+) -> None:
+    from pipeline.sources.policy import SourcePolicy
+
+    settings = ApiSettings(token=TOKEN, policy=SourcePolicy.parse("https", True), prefix=prefix)
+    api = TestClient(create_app(settings, redis_client, backend), headers=AUTH)
+    assert api.post("/jobs", json={**JOB, "source": "/data/clip.mp4"}).status_code == 201
+    assert api.post("/jobs", json={**JOB, "source": "http://h/a.mp4"}).status_code == 422  # not allowed
+
+
+# -- cancel -----------------------------------------------------------------------------------------
+
+
+def test_cancel_a_running_job_sends_stop(
+    api: TestClient, backend: RecordingBackend, redis_client: redis.Redis, prefix: str
+) -> None:
+    job = api.post("/jobs", json=JOB).json()
+    store = JobStore(redis_client, Keys(prefix))
+    store.set_status(job["id"], JobStatus.RUNNING)
+    control = ControlReader(redis_client, Keys(prefix), job["id"], everything=True)
+    r = api.delete(f"/jobs/{job['id']}")
+    assert r.status_code == 202 and r.json()["status"] == "running"  # the runner ends it
+    assert [c.cmd for c in control.poll()] == ["stop"]  # type: ignore[union-attr]
+
+
+def test_cancel_a_queued_or_orphaned_job_ends_it_at_once(
+    api: TestClient, backend: RecordingBackend, redis_client: redis.Redis, prefix: str
+) -> None:
+    queued = api.post("/jobs", json=JOB).json()
+    assert api.delete(f"/jobs/{queued['id']}").json()["status"] == "cancelled"
+    orphan = api.post("/jobs", json=JOB).json()
+    JobStore(redis_client, Keys(prefix)).set_status(orphan["id"], JobStatus.RUNNING)
+    backend.alive.discard(orphan["id"])
+    r = api.delete(f"/jobs/{orphan['id']}")
+    assert r.json()["status"] == "cancelled" and r.json()["error"] == "cancelled on request"
+    r = api.delete(f"/jobs/{orphan['id']}")
+    assert r.status_code == 409 and "cancelled already" in r.json()["detail"]
+
+
+# -- tracks -----------------------------------------------------------------------------------------
+
+
+def test_add_reprompt_and_remove_tracks(api: TestClient, redis_client: redis.Redis, prefix: str) -> None:
+    stream = api.post("/streams", json=STREAM).json()
+    control = ControlReader(redis_client, Keys(prefix), stream["id"], everything=True)
+    r = api.post(f"/streams/{stream['id']}/tracks", json={"id": 2, "points": [[5, 5]], "labels": [1]})
+    assert r.status_code == 202 and r.json() == {"id": stream["id"], "command": "add", "track": 2}
+    r = api.post(f"/streams/{stream['id']}/tracks", json={"id": 2, "box": [1, 1, 9, 9], "action": "reprompt"})
+    assert r.status_code == 202
+    assert api.delete(f"/streams/{stream['id']}/tracks/2").status_code == 202
+    commands = [c for c in control.poll() if not isinstance(c, Exception)]
+    assert [(c.cmd, c.track) for c in commands] == [("add", 2), ("reprompt", 2), ("remove", 2)]
+    assert commands[1].prompt is not None and commands[1].prompt.box == (1, 1, 9, 9)
+
+
+def test_track_commands_are_validated_and_refused_on_finished_jobs(
+    api: TestClient, redis_client: redis.Redis, prefix: str
+) -> None:
+    job = api.post("/jobs", json=JOB).json()
+    url = f"/jobs/{job['id']}/tracks"
+    assert _loc(api.post(url, json={"id": 2})) == ["body"]  # no prompt at all
+    assert _loc(api.post(url, json={"id": 2, "points": [[1, 2]], "action": "swap"})) == ["body", "action"]
+    assert api.delete(f"{url}/0").status_code == 422
+    JobStore(redis_client, Keys(prefix)).set_status(job["id"], JobStatus.SUCCEEDED)
+    assert api.post(url, json={"id": 2, "points": [[1, 2]]}).status_code == 409
+    assert api.delete(f"{url}/1").status_code == 409
+
+
+# -- masks and events -------------------------------------------------------------------------------
+
+
+def _publish(redis_client: redis.Redis, prefix: str, job_id: str, frames: int) -> None:
+    publisher = Publisher(redis_client, Keys(prefix), job_id)
+    rle = {"size": [4, 6], "counts": "0O0O0O"}
+    for i in range(frames):
+        track = TrackMask(1, "active", 0.9, (0, 0, 2, 2), rle)
+        publisher.publish(FrameResult(i, i / 30, 1000.0 + i, 6, 4, (track,)))
+
+
+def test_masks_are_paged_in_frame_order(api: TestClient, redis_client: redis.Redis, prefix: str) -> None:
+    job = api.post("/jobs", json=JOB).json()
+    _publish(redis_client, prefix, job["id"], 5)
+    first = api.get(f"/jobs/{job['id']}/masks", params={"count": 3}).json()
+    assert [e["frame"] for e in first["entries"]] == [0, 1, 2]
+    assert first["next"] == "2-1" and first["status"] == "queued"
+    assert first["entries"][0]["tracks"][0]["rle"]["size"] == [4, 6]
+    rest = api.get(f"/jobs/{job['id']}/masks", params={"after": first["next"]}).json()
+    assert [e["frame"] for e in rest["entries"]] == [3, 4]
+    empty = api.get(f"/jobs/{job['id']}/masks", params={"after": "4-1"}).json()
+    assert empty == {"entries": [], "next": "4-1", "status": "queued"}
+    assert api.get(f"/jobs/{job['id']}/masks", params={"after": "x"}).status_code == 422
+    assert api.get(f"/jobs/{job['id']}/masks", params={"count": 0}).status_code == 422
+
+
+def test_events_tell_the_story(api: TestClient, redis_client: redis.Redis, prefix: str) -> None:
+    job = api.post("/jobs", json=JOB).json()
+    api.delete(f"/jobs/{job['id']}")
+    page = api.get(f"/jobs/{job['id']}/events").json()
+    assert [(e["type"], e["detail"]) for e in page["events"]] == [("status", "queued"), ("status", "cancelled")]
+    assert api.get(f"/jobs/{job['id']}/events", params={"after": page["next"]}).json()["events"] == []
+
+
+def test_health(api: TestClient) -> None:
+    assert api.get("/healthz").json() == {"status": "ok", "redis": True}
+
+
+# -- restart ------------------------------------------------------------------------------------------
+
+
+def test_a_new_api_resumes_unfinished_jobs_nothing_runs(
+    api: TestClient, backend: RecordingBackend, redis_client: redis.Redis, prefix: str
+) -> None:
+    running = api.post("/jobs", json=JOB).json()["id"]
+    orphan = api.post("/jobs", json=JOB).json()["id"]
+    done = api.post("/jobs", json=JOB).json()["id"]
+    store = JobStore(redis_client, Keys(prefix))
+    store.set_status(done, JobStatus.SUCCEEDED)
+    backend.alive = {running}
+    assert recover(store, backend) == [orphan]
+    assert backend.submitted[-1] == orphan

@@ -1,0 +1,153 @@
+"""The shared encoder pool of ``samstream serve``: one Ray Serve deployment for every job.
+
+Each replica holds MobileSAM's image encoder (one per image size it is asked for) and asks Ray for
+``gpus`` GPUs (fractions allowed). Requests are one job's batch of frames; Serve's dynamic batching
+joins the requests of several jobs into one encoder call. Serve's autoscaler keeps between
+``min_replicas`` and ``max_replicas`` replicas, following the requests in flight; a replica that
+cannot be placed is a pending resource demand, which the Ray autoscaler (cluster launcher or
+KubeRay) answers by adding a GPU node, and removes again once idle.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from typing import Any
+
+from ray import serve
+
+from pipeline.config import ModelConfig
+from pipeline.errors import InvalidInputError
+from pipeline.frames import EncodedFrame, Frame
+
+APP = "samstream-encoders"
+
+
+@dataclass(frozen=True)
+class PoolConfig:
+    """Size and behaviour of the encoder pool.
+
+    Attributes:
+        min_replicas: replicas kept when idle (0: no GPU held while there is no work).
+        max_replicas: the most replicas (the most GPU nodes the pool will make the cluster add).
+        gpus: GPUs per replica; fractions share a GPU between replicas.
+        cpus: CPUs per replica (its torch threads on a CPU-only node).
+        max_batch: most requests (job batches) joined into one encoder call.
+        batch_wait_s: how long a replica waits for more requests to fill a batch.
+        target_ongoing: requests in flight per replica the autoscaler aims at.
+        downscale_delay_s: idle time before a replica is removed.
+    """
+
+    min_replicas: int = 0
+    max_replicas: int = 4
+    gpus: float = 1.0
+    cpus: float = 1.0
+    max_batch: int = 8
+    batch_wait_s: float = 0.01
+    target_ongoing: float = 2.0
+    downscale_delay_s: float = 30.0
+
+    def __post_init__(self) -> None:
+        if self.min_replicas < 0 or self.max_replicas < 1 or self.min_replicas > self.max_replicas:
+            raise InvalidInputError(
+                f"encoder replicas: need 0 <= min <= max and max >= 1, got min {self.min_replicas}, "
+                f"max {self.max_replicas}"
+            )
+        if self.gpus < 0 or self.cpus < 0:
+            raise InvalidInputError(f"GPUs and CPUs per encoder must be >= 0, got {self.gpus}, {self.cpus}")
+        if self.max_batch < 1 or self.batch_wait_s < 0 or self.target_ongoing <= 0:
+            raise InvalidInputError("encoder batching: max_batch >= 1, batch_wait_s >= 0, target_ongoing > 0")
+
+    def deployment_options(self) -> dict[str, Any]:
+        """The Serve deployment options that carry this config."""
+        return {
+            "name": "encoder",
+            "max_ongoing_requests": max(2 * self.max_batch, 4),
+            "autoscaling_config": {
+                "min_replicas": self.min_replicas,
+                "initial_replicas": self.min_replicas,
+                "max_replicas": self.max_replicas,
+                "target_ongoing_requests": self.target_ongoing,
+                "upscale_delay_s": 0.0,
+                "downscale_delay_s": self.downscale_delay_s,
+                "metrics_interval_s": 1.0,
+                "look_back_period_s": 5.0,
+            },
+            "ray_actor_options": {"num_gpus": self.gpus, "num_cpus": self.cpus},
+        }
+
+
+class EncoderReplica:
+    """One replica: encodes batches of frames from any job, at whatever image size each job uses."""
+
+    def __init__(self, model: ModelConfig, max_batch: int = 8, batch_wait_s: float = 0.01) -> None:
+        self.model = model
+        self.encoders: dict[int, Any] = {}
+        threads = int(float(os.environ.get("OMP_NUM_THREADS", "0") or 0))
+        if threads > 0:
+            import torch
+
+            torch.set_num_threads(threads)
+        batcher: Any = self.encode_batch  # serve.batch's wrapper (typed as the plain method)
+        batcher.set_max_batch_size(max_batch)
+        batcher.set_batch_wait_timeout_s(batch_wait_s)
+
+    def _encoder(self, size: int) -> Any:
+        if size not in self.encoders:
+            from pipeline.encoding import FrameEncoder
+            from pipeline.model.segmenter import load_model
+
+            self.encoders[size] = FrameEncoder(load_model(replace(self.model, image_size=size)))
+        return self.encoders[size]
+
+    async def encode(self, frames: list[Frame]) -> list[EncodedFrame]:
+        """One job's batch; joined with other jobs' batches into one encoder call."""
+        result: list[EncodedFrame] = await self.encode_batch(frames)
+        return result
+
+    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.01)
+    async def encode_batch(self, requests: list[list[Frame]]) -> list[list[EncodedFrame]]:
+        return await asyncio.to_thread(self._encode_requests, requests)
+
+    def _encode_requests(self, requests: Sequence[Sequence[Frame]]) -> list[list[EncodedFrame]]:
+        by_size: dict[int, list[Frame]] = {}
+        for frames in requests:
+            for f in frames:
+                by_size.setdefault(max(f.image.shape[:2]), []).append(f)
+        encoded: dict[int, EncodedFrame] = {}
+        for size, frames in by_size.items():
+            for f, e in zip(frames, self._encoder(size).encode(frames), strict=True):
+                encoded[id(f)] = e
+        return [[encoded[id(f)] for f in frames] for frames in requests]  # in request order
+
+    def ready(self) -> bool:
+        return True
+
+
+EncoderDeployment: Any = serve.deployment(EncoderReplica)
+
+
+def start_pool(model: ModelConfig, config: PoolConfig) -> Any:
+    """Deploy (or update in place) the pool on the connected Ray cluster; its handle."""
+    serve.start(proxy_location="Disabled")
+    app = EncoderDeployment.options(**config.deployment_options()).bind(
+        model, config.max_batch, config.batch_wait_s
+    )
+    return serve.run(app, name=APP, route_prefix=None, blocking=False)
+
+
+def pool_handle() -> Any:
+    """The running pool's handle (from any process connected to the cluster)."""
+    return serve.get_app_handle(APP)
+
+
+class PoolEncoders:
+    """:class:`~workers.graph.Encoders` over the pool: a job's batches become pool requests."""
+
+    def __init__(self, handle: Any | None = None) -> None:
+        self.handle = handle if handle is not None else pool_handle()
+
+    def submit(self, frames: Any) -> Any:
+        return self.handle.encode.remote(frames)._to_object_ref_sync()
