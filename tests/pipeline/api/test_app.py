@@ -75,7 +75,9 @@ def test_create_get_list_a_job(api: TestClient, backend: RecordingBackend, prefi
     assert api.get("/streams").json()["items"] == []
 
 
-def test_job_spec_carries_the_services_defaults(api: TestClient, redis_client: redis.Redis, prefix: str) -> None:
+def test_job_spec_carries_the_services_defaults(
+    api: TestClient, redis_client: redis.Redis, prefix: str
+) -> None:
     job = api.post("/jobs", json={**JOB, "job_id": "mine", "stride": 3}).json()
     spec = JobStore(redis_client, Keys(prefix)).get(job["id"]).spec
     assert job["id"] == "mine"
@@ -135,12 +137,18 @@ def _loc(r: Any) -> list[Any]:
         ({**JOB, "tracks": [{"id": 0, "points": [[1, 2]]}]}, ["body", "tracks", 0, "id"]),
         ({**JOB, "tracks": [{"id": 1, "points": [[1, 2, 3]]}]}, ["body", "tracks", 0, "points"]),
         ({**JOB, "tracks": [{"id": 1, "box": [1, 2, 3]}]}, ["body", "tracks", 0, "box"]),
-        ({**JOB, "tracks": [{"id": 1, "points": [[1, 2]], "labels": [2]}]}, ["body", "tracks", 0, "labels", 0]),
+        (
+            {**JOB, "tracks": [{"id": 1, "points": [[1, 2]], "labels": [2]}]},
+            ["body", "tracks", 0, "labels", 0],
+        ),
         # the library's own checks, reported at the same place
         ({**JOB, "tracks": [{"id": 1}]}, ["body", "tracks", 0]),
         ({**JOB, "tracks": [{"id": 1, "box": [50, 50, 10, 10]}]}, ["body", "tracks", 0]),
         ({**JOB, "tracks": [{"id": 1, "points": [[1, 2]], "labels": [1, 0]}]}, ["body", "tracks", 0]),
-        ({**JOB, "tracks": [{"id": 1, "points": [[1, 2]]}, {"id": 1, "points": [[3, 4]]}]}, ["body", "tracks"]),
+        (
+            {**JOB, "tracks": [{"id": 1, "points": [[1, 2]]}, {"id": 1, "points": [[3, 4]]}]},
+            ["body", "tracks"],
+        ),
     ],
 )
 def test_invalid_specs_are_422_naming_the_field(
@@ -275,7 +283,10 @@ def test_events_tell_the_story(api: TestClient, redis_client: redis.Redis, prefi
     job = api.post("/jobs", json=JOB).json()
     api.delete(f"/jobs/{job['id']}")
     page = api.get(f"/jobs/{job['id']}/events").json()
-    assert [(e["type"], e["detail"]) for e in page["events"]] == [("status", "queued"), ("status", "cancelled")]
+    assert [(e["type"], e["detail"]) for e in page["events"]] == [
+        ("status", "queued"),
+        ("status", "cancelled"),
+    ]
     assert api.get(f"/jobs/{job['id']}/events", params={"after": page["next"]}).json()["events"] == []
 
 

@@ -3,10 +3,10 @@ every response conforms to the spec (status code, content type, body schema)."""
 
 from __future__ import annotations
 
+import hypothesis
 import pytest
 import redis
 import schemathesis
-import hypothesis
 from hypothesis import HealthCheck
 from hypothesis import strategies as st
 from schemathesis.checks import not_a_server_error
