@@ -129,13 +129,20 @@ class EncoderReplica:
 EncoderDeployment: Any = serve.deployment(EncoderReplica)
 
 
-def start_pool(model: ModelConfig, config: PoolConfig) -> Any:
-    """Deploy (or update in place) the pool on the connected Ray cluster; its handle."""
+def start_pool(model: ModelConfig, config: PoolConfig) -> tuple[Any, bool]:
+    """Deploy the pool on the connected Ray cluster, unless it runs already; (its handle, deployed).
+
+    A running pool is kept as it is (a restarted API must not replace the replicas its jobs use);
+    ``serve.delete("samstream-encoders")`` first to change its settings. Serve's own HTTP proxy is
+    not started: the API is samstream's, and Serve's proxy would take port 8000.
+    """
     serve.start(proxy_location="Disabled")
+    if APP in serve.status().applications:
+        return serve.get_app_handle(APP), False
     app = EncoderDeployment.options(**config.deployment_options()).bind(
         model, config.max_batch, config.batch_wait_s
     )
-    return serve.run(app, name=APP, route_prefix=None, blocking=False)
+    return serve.run(app, name=APP, route_prefix=None, blocking=False), True
 
 
 def pool_handle() -> Any:

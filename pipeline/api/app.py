@@ -180,10 +180,12 @@ def create_app(settings: ApiSettings, client: redis.Redis, backend: Backend) -> 
                 live=live,
                 maxlen=body.maxlen,
                 give_up_s=body.give_up_s,
+                tracking=dict(body.tracking),
             )
         except InvalidInputError as exc:
-            where = "tracks" if "track" in str(exc) else "body"
-            raise ApiError(422, [invalid([where] if where != "body" else [], exc)]) from None
+            text = str(exc)
+            where = ["tracking"] if "tracking" in text else ["tracks"] if "track" in text else []
+            raise ApiError(422, [invalid(where, exc)]) from None
 
     def add_routes(kind: str, live: bool) -> None:
         one = "stream" if live else "job"
@@ -329,6 +331,8 @@ def create_app(settings: ApiSettings, client: redis.Redis, backend: Backend) -> 
                     pts=e.result.pts,
                     capture_time=e.result.capture_time,
                     publish_time=e.publish_time,
+                    width=e.result.width,
+                    height=e.result.height,
                     tracks=[dict(t.__dict__) for t in e.result.tracks],
                 )
                 for e in entries

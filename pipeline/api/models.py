@@ -8,6 +8,7 @@ whose :class:`~pipeline.errors.InvalidInputError` is turned into a 422 naming th
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -96,6 +97,12 @@ class JobBody(BaseModel):
     give_up_s: float = Field(
         default=30.0, gt=0, le=86_400, description="live: fail after this long without frames"
     )
+    tracking: dict[str, bool | int | float] = Field(
+        default_factory=dict,
+        max_length=16,
+        description="tracking settings: min_score, lost_after, box_margin, …",
+        examples=[{"min_score": 0.5}],
+    )
 
 
 class TrackCommandBody(PromptBody):
@@ -161,6 +168,8 @@ class MaskEntryView(BaseModel):
     pts: float | None
     capture_time: float | None
     publish_time: float
+    width: int
+    height: int
     tracks: list[dict[str, Any]]
 
 
@@ -198,6 +207,6 @@ class Problem(BaseModel):
     detail: Any
 
 
-def invalid(where: list[str | int], exc: InvalidInputError | str) -> dict[str, Any]:
+def invalid(where: Sequence[str | int], exc: InvalidInputError | str) -> dict[str, Any]:
     """One item of a 422 ``detail`` list, in FastAPI's own shape."""
     return {"loc": ["body", *where], "msg": str(exc), "type": "value_error"}

@@ -37,7 +37,15 @@ def _when(t: float | None) -> str:
     return "-" if t is None else time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t))
 
 
+def _remote(args: argparse.Namespace) -> bool:
+    return bool(getattr(args, "api", None))
+
+
 def status(args: argparse.Namespace) -> int:
+    if _remote(args):
+        from pipeline.cli import remote
+
+        return remote.status(args)
     with _store(args) as (_, reader, info):
         if args.json:
             print(
@@ -72,6 +80,10 @@ def _line(result: FrameResult) -> str:
 
 
 def watch(args: argparse.Namespace) -> int:
+    if _remote(args):
+        from pipeline.cli import remote
+
+        return remote.watch(args)
     with _store(args) as (store, reader, _):
         entries = reader.follow() if args.follow else reader.read()
         for entry_id, result in entries:
@@ -131,9 +143,22 @@ def track(args: argparse.Namespace) -> int:
         points = [parse_point(p) for p in args.point]
         negatives = [parse_point(p) for p in args.neg]
         prompt = single_prompt(points, negatives, parse_box(args.box) if args.box else None)
+    if _remote(args):
+        from pipeline.cli import remote
+
+        return remote.track(args, prompt)
     _send(args, Command(args.action, args.track, prompt))
     print(f"sent: {args.action} track {args.track} to job {args.job} (applies from its next frame)")
     return 0
+
+
+def cancel(args: argparse.Namespace) -> int:
+    """Through the API when given one; else a ``stop`` command in Redis (the job marks itself)."""
+    if _remote(args):
+        from pipeline.cli import remote
+
+        return remote.cancel(args)
+    return stop(args)
 
 
 def stop(args: argparse.Namespace) -> int:

@@ -60,6 +60,57 @@ def _add_redis_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--prefix", default="samstream:", help="Redis key prefix (default samstream:)")
 
 
+def _add_job_options(p: argparse.ArgumentParser) -> None:
+    """Tracks, stride, live and tracking options: what a job spec holds (``run`` and ``submit``)."""
+    p.add_argument("--point", action="append", default=[], metavar="X,Y", help="start a track at a point")
+    p.add_argument(
+        "--box", action="append", default=[], metavar="X0,Y0,X1,Y1", help="start a track with a box"
+    )
+    p.add_argument(
+        "--prompts", metavar="FILE", help="tracks from a YAML file (several points, negatives, start frame)"
+    )
+    p.add_argument("--stride", type=int, default=1, metavar="N", help="process every N-th frame (default 1)")
+    p.add_argument(
+        "--live",
+        action="store_true",
+        help="a live feed: take the newest frame, drop the rest (implied by rtsp/udp/tcp and /dev/videoN)",
+    )
+    p.add_argument(
+        "--give-up",
+        type=float,
+        default=30.0,
+        metavar="S",
+        help="live: fail after S seconds without a frame (30)",
+    )
+    p.add_argument(
+        "--maxlen", type=int, metavar="N", help="keep about N masks entries (live default 10000; files: all)"
+    )
+    tr = p.add_argument_group("tracking")
+    tr.add_argument(
+        "--min-score", type=float, metavar="S", help="predicted IoU below which a frame is poor (0.5)"
+    )
+    tr.add_argument(
+        "--lost-after", type=int, metavar="N", help="a track is lost after N poor frames in a row (5)"
+    )
+    tr.add_argument(
+        "--box-margin", type=float, metavar="F", help="grow the previous box by this fraction (0.1)"
+    )
+
+
+def _add_api_options(p: argparse.ArgumentParser, required: bool = False) -> None:
+    g = p.add_argument_group("API (samstream serve)")
+    g.add_argument(
+        "--api",
+        metavar="URL",
+        default=os.environ.get("SAMSTREAM_API_URL"),
+        help="talk to the REST API at URL (default $SAMSTREAM_API_URL)"
+        + ("" if required else "; without it, to Redis directly"),
+    )
+    g.add_argument(
+        "--token", metavar="T", default=None, help="the API's bearer token (default $SAMSTREAM_API_TOKEN)"
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="samstream",
@@ -84,44 +135,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="segment every frame of a video file or URL, publish masks to Redis")
     run.add_argument("source", metavar="SOURCE", help="video file or http(s) URL")
-    run.add_argument("--point", action="append", default=[], metavar="X,Y", help="start a track at a point")
-    run.add_argument(
-        "--box", action="append", default=[], metavar="X0,Y0,X1,Y1", help="start a track with a box"
-    )
-    run.add_argument(
-        "--prompts", metavar="FILE", help="tracks from a YAML file (several points, negatives, start frame)"
-    )
     run.add_argument(
         "--job-id", metavar="ID", help="job id; an existing id resumes that job (default: a new id)"
     )
-    run.add_argument(
-        "--stride", type=int, default=1, metavar="N", help="process every N-th frame (default 1)"
-    )
-    run.add_argument(
-        "--live",
-        action="store_true",
-        help="a live feed: take the newest frame, drop the rest (implied by rtsp/udp/tcp and /dev/videoN)",
-    )
-    run.add_argument(
-        "--give-up",
-        type=float,
-        default=30.0,
-        metavar="S",
-        help="live: fail after S seconds without a frame (30)",
-    )
-    run.add_argument(
-        "--maxlen", type=int, metavar="N", help="keep about N masks entries (live default 10000; files: all)"
-    )
-    tr = run.add_argument_group("tracking")
-    tr.add_argument(
-        "--min-score", type=float, metavar="S", help="predicted IoU below which a frame is poor (0.5)"
-    )
-    tr.add_argument(
-        "--lost-after", type=int, metavar="N", help="a track is lost after N poor frames in a row (5)"
-    )
-    tr.add_argument(
-        "--box-margin", type=float, metavar="F", help="grow the previous box by this fraction (0.1)"
-    )
+    _add_job_options(run)
     _add_redis_options(run)
     run.add_argument("--metrics-port", type=int, metavar="PORT", help="serve Prometheus metrics on this port")
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -132,6 +149,7 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("job", metavar="JOB", help="job id")
     st.add_argument("--json", action="store_true", help="one JSON object")
     _add_redis_options(st)
+    _add_api_options(st)
     st.set_defaults(handler="pipeline.cli.jobs:status")
 
     wa = sub.add_parser("watch", help="print a job's masks stream, one line per frame, following it live")
@@ -139,6 +157,7 @@ def build_parser() -> argparse.ArgumentParser:
     wa.add_argument("--json", action="store_true", help="one JSON object per frame")
     wa.add_argument("--no-follow", dest="follow", action="store_false", help="print what is there and stop")
     _add_redis_options(wa)
+    _add_api_options(wa)
     wa.set_defaults(handler="pipeline.cli.jobs:watch")
 
     rd = sub.add_parser(
@@ -150,7 +169,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_redis_options(rd)
     rd.set_defaults(handler="pipeline.cli.jobs:render")
 
-    tk = sub.add_parser("track", help="add, remove or re-prompt a track of a running live job")
+    tk = sub.add_parser("track", help="add, remove or re-prompt a track of a running job")
     tk.add_argument("action", choices=["add", "remove", "reprompt"])
     tk.add_argument("job", metavar="JOB", help="job id")
     tk.add_argument("track", type=int, metavar="ID", help="track id")
@@ -158,12 +177,75 @@ def build_parser() -> argparse.ArgumentParser:
     tk.add_argument("--neg", action="append", default=[], metavar="X,Y", help="a point not on the object")
     tk.add_argument("--box", metavar="X0,Y0,X1,Y1", help="a box around the object")
     _add_redis_options(tk)
+    _add_api_options(tk)
     tk.set_defaults(handler="pipeline.cli.jobs:track")
 
-    sp = sub.add_parser("stop", help="end a running live job cleanly (its results stay in Redis)")
+    sp = sub.add_parser("stop", help="end a running job cleanly before its next frame (results stay)")
     sp.add_argument("job", metavar="JOB", help="job id")
     _add_redis_options(sp)
     sp.set_defaults(handler="pipeline.cli.jobs:stop")
+
+    cn = sub.add_parser("cancel", help="cancel a job or live stream (through the API, or Redis)")
+    cn.add_argument("job", metavar="JOB", help="job id")
+    _add_redis_options(cn)
+    _add_api_options(cn)
+    cn.set_defaults(handler="pipeline.cli.jobs:cancel")
+
+    sb = sub.add_parser("submit", help="submit a job or live stream to a samstream service (its REST API)")
+    sb.add_argument("source", metavar="SOURCE", help="video URL (or a file on the service's machines)")
+    sb.add_argument("--job-id", metavar="ID", help="job id (default: the service makes one)")
+    _add_job_options(sb)
+    sb.add_argument("--image-size", type=int, metavar="N", help="encoder input size (default: the service's)")
+    sb.add_argument("--wait", action="store_true", help="wait for the job to end, showing its progress")
+    _add_api_options(sb, required=True)
+    sb.set_defaults(handler="pipeline.cli.remote:submit")
+
+    sv = sub.add_parser(
+        "serve", help="run the service: REST API, job runners and the autoscaled encoder pool on Ray"
+    )
+    g = sv.add_argument_group("service")
+    g.add_argument(
+        "--address",
+        metavar="RAY_ADDRESS",
+        default=os.environ.get("RAY_ADDRESS"),
+        help="Ray cluster to join ('auto': this node's); default $RAY_ADDRESS, else a local Ray",
+    )
+    g.add_argument("--host", default="127.0.0.1", help="address the API listens on (default 127.0.0.1)")
+    g.add_argument("--port", type=int, default=8000, help="API port (default 8000)")
+    g.add_argument(
+        "--token",
+        metavar="T",
+        help="bearer token every request must carry (default $SAMSTREAM_API_TOKEN, else a new one, printed)",
+    )
+    g.add_argument(
+        "--metrics-port",
+        type=int,
+        default=9400,
+        metavar="PORT",
+        help="Prometheus /metrics (default 9400; 0: off)",
+    )
+    g.add_argument(
+        "--allow-schemes",
+        default="http,https,rtsp,rtsps",
+        metavar="LIST",
+        help="source URL schemes accepted (default http,https,rtsp,rtsps; also udp,tcp)",
+    )
+    g.add_argument(
+        "--allow-local-files", action="store_true", help="accept paths on the service's machines as sources"
+    )
+    pool = sv.add_argument_group("encoder pool (Ray Serve, autoscaled)")
+    pool.add_argument("--min-encoders", type=int, default=0, metavar="N", help="replicas kept when idle (0)")
+    pool.add_argument("--max-encoders", type=int, default=4, metavar="N", help="most replicas (4)")
+    pool.add_argument(
+        "--encoder-gpus", type=float, default=1.0, metavar="G", help="GPUs per replica, fractions allowed (1)"
+    )
+    pool.add_argument("--encoder-cpus", type=float, default=1.0, metavar="C", help="CPUs per replica (1)")
+    pool.add_argument(
+        "--idle-s", type=float, default=60.0, metavar="S", help="idle seconds before a replica goes (60)"
+    )
+    _add_redis_options(sv)
+    _add_model_options(sv)
+    sv.set_defaults(handler="pipeline.cli.serve:serve")
 
     bn = sub.add_parser("bench", help="measure speed: ratios against baselines measured in the same run")
     bn.add_argument(

@@ -78,11 +78,13 @@ def test_create_get_list_a_job(api: TestClient, backend: RecordingBackend, prefi
 def test_job_spec_carries_the_services_defaults(
     api: TestClient, redis_client: redis.Redis, prefix: str
 ) -> None:
-    job = api.post("/jobs", json={**JOB, "job_id": "mine", "stride": 3}).json()
+    body = {**JOB, "job_id": "mine", "stride": 3, "tracking": {"lost_after": 7, "use_mask_input": False}}
+    job = api.post("/jobs", json=body).json()
     spec = JobStore(redis_client, Keys(prefix)).get(job["id"]).spec
     assert job["id"] == "mine"
     assert spec["image_size"] == 512 and spec["weights"] == "random" and spec["stride"] == 3
     assert spec["live"] is False
+    assert spec["tracking"] == {"lost_after": 7, "use_mask_input": False}
 
 
 def test_a_taken_job_id_is_a_conflict(api: TestClient) -> None:
@@ -133,6 +135,10 @@ def _loc(r: Any) -> list[Any]:
         ({**JOB, "maxlen": 0}, ["body", "maxlen"]),
         ({**JOB, "job_id": "a:b"}, ["body", "job_id"]),
         ({**JOB, "colour": "red"}, ["body", "colour"]),
+        ({**JOB, "tracking": {"min_score": "high"}}, ["body", "tracking", "min_score", "bool"]),
+        ({**JOB, "tracking": {"min_score": 2}}, ["body", "tracking"]),
+        ({**JOB, "tracking": {"lost_after": 0.5}}, ["body", "tracking"]),
+        ({**JOB, "tracking": {"colour": 1}}, ["body", "tracking"]),
         ({**JOB, "tracks": [{"points": [[1, 2]]}]}, ["body", "tracks", 0, "id"]),
         ({**JOB, "tracks": [{"id": 0, "points": [[1, 2]]}]}, ["body", "tracks", 0, "id"]),
         ({**JOB, "tracks": [{"id": 1, "points": [[1, 2, 3]]}]}, ["body", "tracks", 0, "points"]),

@@ -1,0 +1,122 @@
+"""``samstream serve``: the REST API, job runners and the autoscaled encoder pool, on Ray."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import secrets
+import sys
+from pathlib import Path
+from typing import Any
+
+from pipeline.cli.options import model_config
+from pipeline.errors import InvalidInputError
+
+
+def _port(value: int, what: str, zero_ok: bool = False) -> int:
+    if not (0 if zero_ok else 1) <= value < 65536:
+        raise InvalidInputError(f"{what} must be a TCP port (1-65535), got {value}")
+    return value
+
+
+def serve(args: argparse.Namespace) -> int:
+    from pipeline.api import ApiSettings
+    from pipeline.sources.policy import SourcePolicy
+
+    _port(args.port, "--port")
+    _port(args.metrics_port, "--metrics-port", zero_ok=True)
+    token = args.token or os.environ.get("SAMSTREAM_API_TOKEN")
+    made_token = not token
+    token = token or secrets.token_urlsafe(24)
+    policy = SourcePolicy.parse(args.allow_schemes, args.allow_local_files)
+    model = model_config(args)
+    settings = ApiSettings(
+        token=token,
+        policy=policy,
+        prefix=args.prefix,
+        image_size=model.image_size,
+        weights=model.weights.value,
+    )
+    from workers.pool import PoolConfig
+
+    pool = PoolConfig(
+        min_replicas=args.min_encoders,
+        max_replicas=args.max_encoders,
+        gpus=args.encoder_gpus,
+        cpus=args.encoder_cpus,
+        downscale_delay_s=args.idle_s,
+    )
+    redis_url = args.redis_url or os.environ.get("SAMSTREAM_REDIS_URL")
+    if model.weights.value == "official":
+        from pipeline.model.weights import resolve_checkpoint
+
+        resolve_checkpoint(model.checkpoint, model.cache_dir)  # fail now, not in every worker
+
+    import uvicorn
+
+    from pipeline.api import create_app, recover
+    from pipeline.streams import JobStore, Keys, connect, redact
+    from pipeline.streams.server import open_redis
+    from workers.pool import start_pool
+    from workers.service import RayBackend, ServiceConfig, connect_ray
+
+    err = sys.stderr
+    with contextlib.ExitStack() as stack:
+        url = open_redis(stack, redis_url, Path(args.data_dir) / "redis")
+        client = connect(url)
+        connect_ray(args.address)
+        print(f"samstream serve: Ray {'at ' + args.address if args.address else 'started here'}", file=err)
+        _, deployed = start_pool(model, pool)
+        print(
+            f"samstream serve: encoder pool of {pool.min_replicas}-{pool.max_replicas} replicas "
+            f"({pool.gpus:g} GPU each)"
+            if deployed
+            else "samstream serve: the encoder pool runs already; kept as it is",
+            file=err,
+        )
+        backend = RayBackend(ServiceConfig(model, url, args.prefix, pool))
+        store = JobStore(client, Keys(args.prefix))
+        resumed = recover(store, backend)
+        if resumed:
+            print(f"samstream serve: resumed {len(resumed)} unfinished jobs: {', '.join(resumed)}", file=err)
+        if args.metrics_port:
+            _serve_metrics(store, args.metrics_port)
+        app = create_app(settings, client, backend)
+        print(
+            f"samstream serve: API on http://{args.host}:{args.port} (OpenAPI at /openapi.json), "
+            f"Redis {redact(url)}"
+            + (f", metrics on :{args.metrics_port}/metrics" if args.metrics_port else ""),
+            file=err,
+        )
+        if made_token:
+            print(f"samstream serve: no --token given; this run's token is: {token}", file=err)
+        err.flush()
+        uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    return 0
+
+
+def _serve_metrics(store: Any, port: int) -> None:
+    """The service's own gauges (jobs by status) on every interface; stage metrics come from Ray's agents."""
+    from prometheus_client import CollectorRegistry, start_http_server
+    from prometheus_client.core import GaugeMetricFamily
+
+    from pipeline.streams import JobStatus
+
+    class Jobs:
+        def collect(self) -> Any:
+            counts = dict.fromkeys(JobStatus, 0)
+            with contextlib.suppress(Exception):  # Redis away: report nothing rather than fail the scrape
+                for info in store.list():
+                    counts[info.status] += 1
+            by_status = GaugeMetricFamily("samstream_jobs", "Jobs by status", labels=["status"])
+            for status, n in counts.items():
+                by_status.add_metric([status.value], n)
+            yield by_status
+            active = GaugeMetricFamily("samstream_active_jobs", "Jobs running")
+            active.add_metric([], counts[JobStatus.RUNNING])
+            yield active
+
+    registry = CollectorRegistry()
+    registry.register(Jobs())
+    start_http_server(port, addr="0.0.0.0", registry=registry)

@@ -1,0 +1,248 @@
+"""Cluster mode end to end on Ray's simulated autoscaling cluster.
+
+``ray.cluster_utils.AutoscalingCluster`` runs the real Ray autoscaler with a provider that starts
+worker "nodes" as processes on this machine; each declares a GPU. ``samstream serve`` (the real
+command, a real Redis server, real PyAV) joins it with an encoder pool of 0..3 replicas, one GPU
+each. From zero worker nodes, three submitted jobs make Serve want replicas, the replicas'
+GPU demand makes the autoscaler add nodes, every job ends with exactly its frames, the API
+process is killed and started again meanwhile (the jobs go on), and once idle the replicas and
+then the nodes go away again.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from pipeline.samples import object_centres, write_clip
+from pipeline.streams import EmbeddedRedis, Keys, MaskReader, connect
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(900)]
+
+EXE = str(Path(sys.executable).with_name("samstream"))
+TOKEN = "cluster-test-token"
+IDLE_TIMEOUT_MIN = 0.25  # the autoscaler removes a node idle this long
+REPLICA_IDLE_S = 4  # Serve removes a replica idle this long
+FRAMES = 24
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _cluster_config(idle_minutes: float) -> dict[str, Any]:
+    """The fake-multinode base config (the PyPI wheel lacks Ray's example file; built here instead)."""
+    return {
+        "cluster_name": "samstream-test",
+        "max_workers": 3,
+        "upscaling_speed": 1.0,
+        "idle_timeout_minutes": idle_minutes,
+        "provider": {
+            "type": "fake_multinode",
+            "use_node_id_as_ip": True,
+            "disable_node_updaters": True,
+            "disable_launch_config_check": True,
+        },
+        "head_node_type": "ray.head.default",
+        "available_node_types": {},
+        "auth": {"ssh_user": "ubuntu"},
+        "docker": {},
+        "file_mounts": {},
+        "cluster_synced_files": [],
+        "file_mounts_sync_continuously": False,
+        "rsync_exclude": [],
+        "rsync_filter": [],
+        "initialization_commands": [],
+        "setup_commands": [],
+        "head_setup_commands": [],
+        "worker_setup_commands": [],
+        "head_start_ray_commands": [],
+        "worker_start_ray_commands": [],
+    }
+
+
+@pytest.fixture
+def cluster(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    from ray.cluster_utils import AutoscalingCluster
+
+    class SimulatedCluster(AutoscalingCluster):  # type: ignore[misc]
+        def _generate_config(self, head_resources: dict, worker_node_types: dict, **_: Any) -> dict:
+            config = _cluster_config(IDLE_TIMEOUT_MIN)
+            config["available_node_types"] = {
+                **worker_node_types,
+                "ray.head.default": {"resources": dict(head_resources), "node_config": {}, "max_workers": 0},
+            }
+            return config
+
+    # `ray start` / `ray stop` are run from PATH: this interpreter's.
+    monkeypatch.setenv("PATH", f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+    sim = SimulatedCluster(
+        head_resources={"CPU": 4},
+        worker_node_types={
+            "gpu_node": {
+                "resources": {"CPU": 1, "GPU": 1},
+                "node_config": {},
+                "min_workers": 0,
+                "max_workers": 3,
+            }
+        },
+    )
+    sim.start()
+    try:
+        yield
+    finally:
+        import ray
+
+        ray.shutdown()
+        sim.shutdown()
+
+
+class Service:
+    """``samstream serve`` as a process (started, killed, started again)."""
+
+    def __init__(self, redis_url: str, log_dir: Path) -> None:
+        self.port = _free_port()
+        self.redis_url = redis_url
+        self.log_dir = log_dir
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.starts = 0
+
+    def start(self) -> None:
+        self.starts += 1
+        log = open(self.log_dir / f"serve-{self.starts}.log", "wb")  # noqa: SIM115 (kept for the process)
+        args = [
+            EXE, "serve", "--address", "auto", "--port", str(self.port), "--redis-url", self.redis_url,
+            "--weights", "random", "--image-size", "256", "--compile", "eager", "--allow-local-files",
+            "--min-encoders", "0", "--max-encoders", "3", "--encoder-gpus", "1", "--encoder-cpus", "1",
+            "--idle-s", str(REPLICA_IDLE_S), "--metrics-port", "0",
+        ]  # fmt: skip
+        env = {**os.environ, "SAMSTREAM_API_TOKEN": TOKEN, "PYTHONUNBUFFERED": "1"}
+        self.proc = subprocess.Popen(
+            args, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
+        )
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline:
+            assert self.proc.poll() is None, self.log()
+            try:
+                if self.api().get("/healthz").status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.5)
+        raise AssertionError(f"samstream serve did not answer within 180 s:\n{self.log()}")
+
+    def kill(self) -> None:
+        assert self.proc is not None
+        os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(30)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+    def api(self) -> httpx.Client:
+        return httpx.Client(
+            base_url=f"http://127.0.0.1:{self.port}", headers={"Authorization": f"Bearer {TOKEN}"}, timeout=30
+        )
+
+    def log(self) -> str:
+        return "\n".join(
+            p.read_text(errors="replace")[-4000:] for p in sorted(self.log_dir.glob("serve-*.log"))
+        )
+
+
+def _gpu_nodes() -> int:
+    import ray
+
+    return sum(1 for n in ray.nodes() if n["Alive"] and n["Resources"].get("GPU", 0) > 0)
+
+
+def _replicas() -> int:
+    from ray import serve
+
+    apps = serve.status().applications
+    if "samstream-encoders" not in apps:
+        return 0
+    states = apps["samstream-encoders"].deployments["encoder"].replica_states
+    return sum(n for state, n in states.items() if state in ("RUNNING", "STARTING", "PENDING_ALLOCATION"))
+
+
+def test_jobs_scale_gpu_nodes_up_and_back_down(cluster: None, tmp_path: Path) -> None:
+    import ray
+
+    clip = write_clip(tmp_path / "clip.mp4", frames=FRAMES, width=160, height=120)
+    with EmbeddedRedis(tmp_path / "redis") as redis_server:
+        service = Service(redis_server.url, tmp_path)
+        try:
+            service.start()
+            ray.init(address="auto", namespace="samstream-test", logging_level="ERROR")
+            assert _gpu_nodes() == 0  # nothing held while idle
+
+            x, y = object_centres(0, 160, 120)[0]
+            jobs = []
+            with service.api() as api:
+                for i in range(3):
+                    tracks = [{"id": 1, "points": [[x, y]]}] + (
+                        [{"id": 2, "box": [4, 4, 60, 50]}] if i else []
+                    )
+                    r = api.post(
+                        "/jobs", json={"source": str(clip), "tracks": tracks, "job_id": f"cluster-{i}"}
+                    )
+                    assert r.status_code == 201, r.text
+                    jobs.append(r.json()["id"])
+
+            # Demand: replicas are wanted, cannot be placed on the GPU-less head, nodes are added.
+            most_nodes = most_replicas = 0
+            deadline = time.monotonic() + 420
+            restarted = False
+            statuses: dict[str, str] = {}
+            while time.monotonic() < deadline:
+                most_nodes = max(most_nodes, _gpu_nodes())
+                most_replicas = max(most_replicas, _replicas())
+                with service.api() as api:
+                    statuses = {j: api.get(f"/jobs/{j}").json()["status"] for j in jobs}
+                if not restarted and "running" in statuses.values() and most_nodes >= 1:
+                    service.kill()  # the API dies mid-run; the jobs must not notice
+                    service.start()
+                    restarted = True
+                if all(s in ("succeeded", "failed", "cancelled") for s in statuses.values()):
+                    break
+                time.sleep(1)
+            assert statuses == dict.fromkeys(jobs, "succeeded"), (statuses, service.log())
+            assert restarted
+            assert most_nodes >= 1 and most_replicas >= 1, (most_nodes, most_replicas)
+
+            # Exactly the right entries: one per frame, in order, each with the job's tracks.
+            client = connect(redis_server.url)
+            for i, job_id in enumerate(jobs):
+                entries = list(MaskReader(client, Keys(), job_id).read())
+                assert [eid for eid, _ in entries] == [f"{n}-1" for n in range(FRAMES)], job_id
+                assert all(len(r.tracks) == (2 if i else 1) for _, r in entries)
+                assert all(r.width == 160 and r.height == 120 for _, r in entries)
+                info = client.hgetall(Keys().job(job_id))
+                assert info[b"frames_done"] == str(FRAMES).encode()
+
+            # Idle: replicas go (Serve), then the nodes they held (the autoscaler's idle timeout).
+            idle_deadline = time.monotonic() + REPLICA_IDLE_S + IDLE_TIMEOUT_MIN * 60 + 120
+            while time.monotonic() < idle_deadline and (_replicas() > 0 or _gpu_nodes() > 0):
+                time.sleep(2)
+            assert _replicas() == 0, "encoder replicas did not scale back to 0"
+            assert _gpu_nodes() == 0, "GPU nodes were not removed once idle"
+        finally:
+            service.stop()
