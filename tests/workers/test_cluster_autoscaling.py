@@ -194,7 +194,7 @@ def test_jobs_scale_gpu_nodes_up_and_back_down(cluster: None, tmp_path: Path) ->
             ray.init(address="auto", namespace="samstream-test", logging_level="ERROR")
             assert _gpu_nodes() == 0  # nothing held while idle
 
-            x, y = object_centres(0, 160, 120)[0]
+            x, y = (float(v) for v in object_centres(0, 160, 120)[0])
             jobs = []
             with service.api() as api:
                 for i in range(3):
@@ -236,13 +236,17 @@ def test_jobs_scale_gpu_nodes_up_and_back_down(cluster: None, tmp_path: Path) ->
                 assert all(len(r.tracks) == (2 if i else 1) for _, r in entries)
                 assert all(r.width == 160 and r.height == 120 for _, r in entries)
                 info = client.hgetall(Keys().job(job_id))
-                assert info[b"frames_done"] == str(FRAMES).encode()
+                assert info["frames_done"] == str(FRAMES)
 
             # Idle: replicas go (Serve), then the nodes they held (the autoscaler's idle timeout).
+            idle_since = time.monotonic()
             idle_deadline = time.monotonic() + REPLICA_IDLE_S + IDLE_TIMEOUT_MIN * 60 + 120
             while time.monotonic() < idle_deadline and (_replicas() > 0 or _gpu_nodes() > 0):
                 time.sleep(2)
             assert _replicas() == 0, "encoder replicas did not scale back to 0"
             assert _gpu_nodes() == 0, "GPU nodes were not removed once idle"
+            print(
+                f"at most {most_nodes} GPU nodes, {most_replicas} replicas; back to 0 after {time.monotonic() - idle_since:.0f} s"
+            )
         finally:
             service.stop()
