@@ -8,7 +8,6 @@ import os
 import secrets
 import sys
 from pathlib import Path
-from typing import Any
 
 from pipeline.cli.options import model_config
 from pipeline.errors import InvalidInputError
@@ -56,6 +55,7 @@ def serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from pipeline.api import create_app, recover
+    from pipeline.api.metrics import serve_metrics
     from pipeline.streams import JobStore, Keys, connect, redact
     from pipeline.streams.server import open_redis
     from workers.pool import start_pool
@@ -81,7 +81,7 @@ def serve(args: argparse.Namespace) -> int:
         if resumed:
             print(f"samstream serve: resumed {len(resumed)} unfinished jobs: {', '.join(resumed)}", file=err)
         if args.metrics_port:
-            _serve_metrics(store, args.metrics_port)
+            serve_metrics(store, args.metrics_port)
         app = create_app(settings, client, backend)
         print(
             f"samstream serve: API on http://{args.host}:{args.port} (OpenAPI at /openapi.json), "
@@ -94,29 +94,3 @@ def serve(args: argparse.Namespace) -> int:
         err.flush()
         uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
     return 0
-
-
-def _serve_metrics(store: Any, port: int) -> None:
-    """The service's own gauges (jobs by status) on every interface; stage metrics come from Ray's agents."""
-    from prometheus_client import CollectorRegistry, start_http_server
-    from prometheus_client.core import GaugeMetricFamily
-
-    from pipeline.streams import JobStatus
-
-    class Jobs:
-        def collect(self) -> Any:
-            counts = dict.fromkeys(JobStatus, 0)
-            with contextlib.suppress(Exception):  # Redis away: report nothing rather than fail the scrape
-                for info in store.list():
-                    counts[info.status] += 1
-            by_status = GaugeMetricFamily("samstream_jobs", "Jobs by status", labels=["status"])
-            for status, n in counts.items():
-                by_status.add_metric([status.value], n)
-            yield by_status
-            active = GaugeMetricFamily("samstream_active_jobs", "Jobs running")
-            active.add_metric([], counts[JobStatus.RUNNING])
-            yield active
-
-    registry = CollectorRegistry()
-    registry.register(Jobs())
-    start_http_server(port, addr="0.0.0.0", registry=registry)
