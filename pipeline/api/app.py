@@ -12,8 +12,9 @@ from __future__ import annotations
 import hmac
 import itertools
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import redis
 from fastapi import FastAPI, Path, Query, Request, Security
@@ -43,6 +44,7 @@ from pipeline.streams.control import Command, send
 from pipeline.streams.keys import new_job_id
 
 VERSION = "1"
+T = TypeVar("T")
 JOB_ID = r"^[A-Za-z0-9_.-]{1,128}$"
 
 
@@ -311,19 +313,9 @@ def create_app(settings: ApiSettings, client: redis.Redis, backend: Backend) -> 
             dependencies=secured,
             tags=[kind],
         )
-        def masks(
-            job_id: str = path_id,
-            after: str | None = Query(default=None, pattern=r"^\d{1,19}-\d{1,19}$", description="entry id"),
-            count: int = Query(default=100, ge=1, le=1000),
-        ) -> MaskPage:
+        def masks(job_id: str = path_id, after: str | None = AFTER, count: int = COUNT) -> MaskPage:
             info = job(job_id, live)
-            reader = MaskReader(client, keys, job_id)
-            try:
-                entries = list(itertools.islice(reader.read_entries(after, None, count), count))
-            except InvalidInputError as exc:
-                raise ApiError(
-                    422, [{"loc": ["query", "after"], "msg": str(exc), "type": "value_error"}]
-                ) from None
+            entries = _page(MaskReader(client, keys, job_id).read_entries(after, None, count), count)
             page = [
                 MaskEntryView(
                     id=e.entry_id,
@@ -348,18 +340,9 @@ def create_app(settings: ApiSettings, client: redis.Redis, backend: Backend) -> 
             dependencies=secured,
             tags=[kind],
         )
-        def events(
-            job_id: str = path_id,
-            after: str | None = Query(default=None, pattern=r"^\d{1,19}-\d{1,19}$", description="entry id"),
-            count: int = Query(default=100, ge=1, le=1000),
-        ) -> EventPage:
+        def events(job_id: str = path_id, after: str | None = AFTER, count: int = COUNT) -> EventPage:
             job(job_id, live)
-            try:
-                found = list(itertools.islice(read_events(client, keys, job_id, after, count), count))
-            except InvalidInputError as exc:
-                raise ApiError(
-                    422, [{"loc": ["query", "after"], "msg": str(exc), "type": "value_error"}]
-                ) from None
+            found = _page(read_events(client, keys, job_id, after, count), count)
             page = [
                 EventView(
                     id=e.entry_id,
@@ -386,6 +369,18 @@ def create_app(settings: ApiSettings, client: redis.Redis, backend: Backend) -> 
         return Health(status="ok", redis=True)
 
     return app
+
+
+AFTER = Query(default=None, pattern=r"^\d{1,19}-\d{1,19}$", description="the last entry id seen")
+COUNT = Query(default=100, ge=1, le=1000, description="most entries to return")
+
+
+def _page(entries: Iterator[T], count: int) -> list[T]:
+    """Up to ``count`` entries of a stream reader; a bad ``after`` id is a 422 naming it."""
+    try:
+        return list(itertools.islice(entries, count))
+    except InvalidInputError as exc:
+        raise ApiError(422, [{"loc": ["query", "after"], "msg": str(exc), "type": "value_error"}]) from None
 
 
 def _check_kind(source: str, live: bool) -> None:

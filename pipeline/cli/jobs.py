@@ -158,10 +158,6 @@ def cancel(args: argparse.Namespace) -> int:
         from pipeline.cli import remote
 
         return remote.cancel(args)
-    return stop(args)
-
-
-def stop(args: argparse.Namespace) -> int:
     from pipeline.streams.control import Command
 
     _send(args, Command("stop"))

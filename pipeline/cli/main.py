@@ -180,16 +180,15 @@ def build_parser() -> argparse.ArgumentParser:
     _add_api_options(tk)
     tk.set_defaults(handler="pipeline.cli.jobs:track")
 
-    sp = sub.add_parser("stop", help="end a running job cleanly before its next frame (results stay)")
+    sp = sub.add_parser(
+        "cancel",
+        aliases=["stop"],
+        help="end a running job or live stream before its next frame (results stay)",
+    )
     sp.add_argument("job", metavar="JOB", help="job id")
     _add_redis_options(sp)
-    sp.set_defaults(handler="pipeline.cli.jobs:stop")
-
-    cn = sub.add_parser("cancel", help="cancel a job or live stream (through the API, or Redis)")
-    cn.add_argument("job", metavar="JOB", help="job id")
-    _add_redis_options(cn)
-    _add_api_options(cn)
-    cn.set_defaults(handler="pipeline.cli.jobs:cancel")
+    _add_api_options(sp)
+    sp.set_defaults(handler="pipeline.cli.jobs:cancel")
 
     sb = sub.add_parser("submit", help="submit a job or live stream to a samstream service (its REST API)")
     sb.add_argument("source", metavar="SOURCE", help="video URL (or a file on the service's machines)")
