@@ -78,9 +78,10 @@ def script_of(container: dict[str, Any]) -> str:
 
 
 def serve_argv(script: str) -> list[str]:
-    """The arguments after ``samstream serve`` in a shell script (continuation lines joined)."""
+    """The arguments of the one ``samstream serve`` command in a shell script (continuation lines
+    joined; lines that only name it in quotes, like ``pkill -f "samstream serve"``, are not it)."""
     joined = script.replace("\\\n", " ")
-    lines = [ln.strip() for ln in joined.splitlines() if "samstream serve" in ln]
+    lines = [ln.strip() for ln in joined.splitlines() if re.search(r"(^|\s)samstream serve\s", ln)]
     assert len(lines) == 1, f"expected one `samstream serve` line, found {len(lines)}"
     words = shlex.split(lines[0], comments=True)
     words = words[words.index("samstream") + 2 :]
