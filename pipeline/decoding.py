@@ -25,7 +25,10 @@ class ResultSink(Protocol):
     """Where a job's results go."""
 
     def publish(self, result: FrameResult, snapshot: Mapping[str, Any]) -> bool:
-        """Publish one frame's result with the tracker state after it; False if it was published before."""
+        """Publish one frame's result with the tracker state after it; False if it was published before.
+
+        The snapshot is the tracker's with ``binary=True``: the logits are raw bytes.
+        """
         ...
 
     def resume_point(self) -> tuple[int | None, Mapping[str, Any] | None]:
@@ -122,7 +125,7 @@ class TrackDecoder:
         timings["postprocess"] = time.perf_counter() - start
 
         start = time.perf_counter()
-        published = self.sink.publish(result, self.tracker.snapshot())
+        published = self.sink.publish(result, self.tracker.snapshot(binary=True))
         for e in events:
             self._event(e)
         timings["publish"] = time.perf_counter() - start

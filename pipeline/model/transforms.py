@@ -1,7 +1,9 @@
 """SAM's pre- and post-processing, exactly as the official predictor does it.
 
 * Resize: the long side to the encoder size S with ``round`` on the short side, by PIL's bilinear
-  filter on the uint8 image (what ``ResizeLongestSide.apply_image`` does).
+  filter on the uint8 image (what ``ResizeLongestSide.apply_image`` does). Video sources use
+  :func:`resize_longest_fast` instead: the same filter in torch's SIMD uint8 kernel, five times
+  faster and within two levels of PIL (see its docstring).
 * Normalise with SAM's pixel mean/std (RGB, 0-255 scale), then pad bottom-right with zeros to S×S.
 * Prompts: coordinates scale by (new_w / W, new_h / H).
 * Masks: low-res logits → bilinear to S×S → crop to the resized image → bilinear to (H, W).
@@ -50,6 +52,32 @@ def resize_longest(image: np.ndarray, image_size: int) -> np.ndarray:
     if (h, w) == image.shape[:2]:
         return image
     return np.asarray(Image.fromarray(image).resize((w, h), Image.Resampling.BILINEAR))
+
+
+def resize_longest_fast(image: np.ndarray, image_size: int) -> np.ndarray:
+    """:func:`resize_longest` by torch's uint8 antialiased bilinear kernel, about 5x faster than PIL.
+
+    The filter is PIL's (torch's kernel is ported from Pillow-SIMD) but its fixed-point weights
+    are coarser, so a pixel can differ from :func:`resize_longest` by one level, at most two (rare:
+    a few percent of pixels differ at all, about 0.01 level on average for video frames, 0.08 for
+    pure noise). Input HxWx3 uint8 RGB; output hxwx3 uint8, C-contiguous, a new array (the input
+    itself when it is already at size).
+    """
+    import torch
+
+    check_frame(image)
+    h, w = input_size(image.shape[:2], image_size)
+    if (h, w) == image.shape[:2]:
+        return image
+    if not image.flags.writeable:  # torch refuses read-only arrays (e.g. from Ray's object store)
+        image = image.copy()
+    out = np.empty((h, w, 3), np.uint8)
+    # NHWC views of both arrays (torch's channels-last layout): the kernel reads and writes the
+    # interleaved pixels in place, with no layout conversion on either side.
+    src = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None]
+    dst = torch.from_numpy(out).permute(2, 0, 1)[None]
+    torch.ops.aten._upsample_bilinear2d_aa.out(src, [h, w], False, out=dst)
+    return out
 
 
 def to_model_input(

@@ -68,7 +68,8 @@ class LiveSource:
     Args:
         uri: ``rtsp://``, ``rtsps://``, ``udp://``, ``tcp://``, ``http(s)://`` URL (MJPEG, HLS,
             MPEG-TS, … as FFmpeg reads them) or a V4L2 camera ``/dev/videoN``.
-        image_size: resize so that the long side is this (SAM's resize); None keeps the size.
+        image_size: resize so that the long side is this (SAM's resize, by
+            :func:`~pipeline.model.transforms.resize_longest_fast`); None keeps the size.
         open_timeout_s: most time to connect and to get the first frame (each reconnect too).
         stall_timeout_s: a connection that gives no frame for this long is dropped and made anew.
         give_up_s: with no frame for this long, stop reconnecting; :meth:`latest` then raises.
@@ -205,7 +206,7 @@ class LiveSource:
             return None
         if received is None:  # the thread ends only when stopped or failing
             raise SourceError(f"live source {self.name} is closed")
-        # Converted here, not on the reader thread: RGB and resize (15 ms for 1080p → 1024) are
+        # Converted here, not on the reader thread: RGB and resize (a few ms for 1080p → 1024) are
         # paid only for frames taken, not for the ones a slow consumer lets drop.
         t0 = time.perf_counter() - received.decode_s  # "decode" = decoding + conversion to RGB
         return to_frame(

@@ -31,7 +31,7 @@ import numpy as np
 
 from pipeline.errors import InvalidInputError, SourceError
 from pipeline.frames import Frame, Size
-from pipeline.model.transforms import resize_longest
+from pipeline.model.transforms import resize_longest_fast
 from pipeline.sources.decode_thread import DecodeThread, Emit, reraise
 from pipeline.sources.demux import DecodeFailure, OpenedVideo
 from pipeline.sources.opening import (
@@ -190,7 +190,8 @@ class VideoSource:
         Args:
             start: number of the first frame to yield (frames before it are decoded, not converted).
             stride: yield every ``stride``-th frame from ``start`` on.
-            image_size: resize so that the long side is this (SAM's resize); None keeps the size.
+            image_size: resize so that the long side is this (SAM's resize, by
+                :func:`~pipeline.model.transforms.resize_longest_fast`); None keeps the size.
 
         Yields:
             :class:`Frame` with ``index`` the source frame number, ``image`` (h, w, 3) uint8 RGB
@@ -321,14 +322,14 @@ def to_frame(
 
     ``capture_time`` defaults to now (the frame was just decoded); ``timings["decode"]`` counts
     from ``t0`` (``perf_counter``) to the turned RGB image, ``timings["preprocess"]`` is the
-    resize to the encoder's size.
+    resize to the encoder's size (:func:`~pipeline.model.transforms.resize_longest_fast`).
     """
     capture_time = time.time() if capture_time is None else capture_time
     image = orientation.apply(av_frame.to_ndarray(format="rgb24"))
     original_size: Size = (image.shape[0], image.shape[1])
     t1 = time.perf_counter()
     if image_size is not None:
-        image = resize_longest(np.ascontiguousarray(image), image_size)
+        image = resize_longest_fast(image, image_size)
     return Frame(
         index=index,
         pts=float(av_frame.time) if av_frame.time is not None else None,

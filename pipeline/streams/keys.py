@@ -60,7 +60,8 @@ class Keys:
         return f"{self.job(job_id)}:control"
 
     def state(self, job_id: str) -> str:
-        """String with the tracker state after the last published frame (JSON; internal): ``{prefix}job:{id}:state``."""
+        """String with the tracker state after the last published frame (internal; JSON, then the
+        tracks' logits as raw bytes, see :mod:`pipeline.streams.sink`): ``{prefix}job:{id}:state``."""
         return f"{self.job(job_id)}:state"
 
     def jobs_index(self) -> str:

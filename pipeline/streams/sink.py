@@ -3,6 +3,11 @@
 One Lua script per frame makes it atomic: the masks entry (XADD with the frame's own ID), the job
 hash's progress and the tracker snapshot are written together or not at all. Redis refuses an
 entry ID at or below the stream's newest, so a replayed frame changes nothing.
+
+The state key holds a JSON header, a newline, then the tracks' logits as raw bytes (256 KB a
+track at 1024): as base64 inside the JSON they cost more than all the rest of a frame's
+publishing. The header gives each track's logits ``{"blob": [offset, length]}`` into the bytes.
+A state written as plain JSON (no newline: JSON escapes them) reads too.
 """
 
 from __future__ import annotations
@@ -71,9 +76,13 @@ class RedisSink:
 
     def publish(self, result: FrameResult, snapshot: Mapping[str, Any]) -> bool:
         fields = encode_entry(result, self.notice)
-        state = json.dumps({"frame": result.frame_index, "tracker": snapshot}, separators=(",", ":"))
+        state = pack_state(result.frame_index, snapshot)
         flat: list[str] = [x for kv in fields.items() for x in kv]
-        args = [entry_id(result.frame_index), "" if self.maxlen is None else str(self.maxlen), state]
+        args: list[str | bytes] = [
+            entry_id(result.frame_index),
+            "" if self.maxlen is None else str(self.maxlen),
+            state,
+        ]
         args += [str(result.frame_index), repr(time.time()), *flat]
         keys = [self.keys.masks(self.job_id), self.keys.job(self.job_id), self.keys.state(self.job_id)]
         with redis_errors(f"publishing frame {result.frame_index} of job {self.job_id!r}"):
@@ -84,11 +93,40 @@ class RedisSink:
         if last is None:
             return None, None
         with redis_errors(f"reading the state of job {self.job_id!r}"):
-            raw: Any = self.client.get(self.keys.state(self.job_id))
+            # The client decodes replies to str; the state holds raw bytes.
+            raw: Any = self.client.execute_command("GET", self.keys.state(self.job_id), NEVER_DECODE=True)
         if raw is None:
             return last, None
-        state = json.loads(raw)
-        return last, state.get("tracker")
+        return last, unpack_state(raw).get("tracker")
 
     def event(self, type: str, *, frame: int | None, track: int | None, detail: str | None) -> None:
         self.publisher.event(type, frame=frame, track=track, detail=detail)
+
+
+def pack_state(frame_index: int, snapshot: Mapping[str, Any]) -> bytes:
+    """The state key's value: ``{"frame", "tracker"}`` as JSON, with the logits' bytes after it."""
+    blobs: list[bytes] = []
+    offset = 0
+    tracks = []
+    for track in snapshot.get("tracks", []):
+        logits = track.get("logits")
+        if logits is not None and isinstance(logits.get("data"), bytes):
+            data = logits["data"]
+            track = {**track, "logits": {**logits, "data": {"blob": [offset, len(data)]}}}
+            blobs.append(data)
+            offset += len(data)
+        tracks.append(track)
+    header = {"frame": frame_index, "tracker": {**snapshot, "tracks": tracks}}
+    return b"".join([json.dumps(header, separators=(",", ":")).encode(), b"\n", *blobs])
+
+
+def unpack_state(raw: bytes) -> dict[str, Any]:
+    """Inverse of :func:`pack_state`: the logits' ``data`` come back as bytes."""
+    head, _, body = raw.partition(b"\n")
+    state: dict[str, Any] = json.loads(head)
+    for track in state.get("tracker", {}).get("tracks", []):
+        logits = track.get("logits")
+        if logits is not None and isinstance(logits.get("data"), dict):
+            start, length = logits["data"]["blob"]
+            logits["data"] = body[start : start + length]
+    return state

@@ -233,12 +233,16 @@ class Tracker:
         self._last_frame = frame_index
         return results, events
 
-    def snapshot(self) -> dict[str, Any]:
-        """The whole tracking state as plain, JSON-serialisable data (see :meth:`restore`)."""
+    def snapshot(self, binary: bool = False) -> dict[str, Any]:
+        """The whole tracking state as plain, JSON-serialisable data (see :meth:`restore`).
+
+        With ``binary`` the tracks' logits are raw bytes rather than base64 (see
+        :meth:`TrackState.to_dict`).
+        """
         return {
             "version": SNAPSHOT_VERSION,
             "last_frame": self._last_frame,
-            "tracks": [s.to_dict() for s in self._tracks.values()],
+            "tracks": [s.to_dict(binary) for s in self._tracks.values()],
             "pending_events": [{"kind": k, "track_id": t, "detail": d} for k, t, d in self._pending],
         }
 

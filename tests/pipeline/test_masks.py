@@ -130,6 +130,19 @@ def test_memory_order_does_not_matter() -> None:
     assert encode_rle(mask[::2, ::3]) == coco_encode(mask[::2, ::3])  # a strided view
 
 
+def test_frame_sized_masks_with_runs_across_columns_match_pycocotools() -> None:
+    # Runs that go on from the bottom of one column to the top of the next, and a first pixel
+    # in the foreground, on C-ordered masks as the decoder gives them.
+    mask = np.zeros((720, 1280), bool)
+    mask[:, 100:300] = True
+    mask[:50, 600] = mask[700:, 599] = True
+    mask[0, 0] = True
+    mask[200:500, 800:1100] = random_mask(np.random.default_rng(7), (300, 300))
+    assert mask.flags.c_contiguous
+    assert_matches_coco(mask)
+    assert_matches_coco(~mask)
+
+
 def test_decoded_mask_is_c_contiguous() -> None:
     mask = random_mask(np.random.default_rng(6), (9, 14))
     assert decode_rle(encode_rle(mask)).flags.c_contiguous

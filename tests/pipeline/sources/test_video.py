@@ -16,7 +16,7 @@ import pytest
 
 from pipeline import samples
 from pipeline.errors import InvalidInputError, SourceError
-from pipeline.model.transforms import input_size, resize_longest
+from pipeline.model.transforms import input_size, resize_longest_fast
 from pipeline.sources import Orientation, VideoSource
 from pipeline.sources import video as video_module
 from tests.fixtures.media import truncate_file, write_audio_only, write_text_as_mp4
@@ -196,7 +196,7 @@ def test_resize_is_sams_resize_of_the_full_frame(
     for f in frames:
         assert f.image.shape[:2] == input_size((H, W), image_size)
         assert f.original_size == (H, W)
-        np.testing.assert_array_equal(f.image, resize_longest(clip_frames[f.index], image_size))
+        np.testing.assert_array_equal(f.image, resize_longest_fast(clip_frames[f.index], image_size))
 
 
 @pytest.mark.integration
@@ -220,7 +220,7 @@ def test_display_rotation_is_applied(tmp_path: Path, rotation: int) -> None:
             assert _mae(f.image, np.rot90(drawn, k + 2)) > 8
     for f, g in zip(small, full, strict=True):
         assert f.original_size == shown and f.image.shape[:2] == input_size(shown, 256)
-        np.testing.assert_array_equal(f.image, resize_longest(g.image, 256))
+        np.testing.assert_array_equal(f.image, resize_longest_fast(g.image, 256))
 
 
 @pytest.mark.integration
@@ -295,7 +295,7 @@ def test_a_bug_in_the_thread_reaches_the_reader_with_its_type(
             raise ZeroDivisionError("bug")
         return image
 
-    monkeypatch.setattr(video_module, "resize_longest", broken_resize)
+    monkeypatch.setattr(video_module, "resize_longest_fast", broken_resize)
     with VideoSource(clip) as src:
         seen = []
         with pytest.raises(ZeroDivisionError, match="bug"):

@@ -331,6 +331,23 @@ def test_snapshot_restore_continues_identically() -> None:
     assert seen == [("reprompted", 2, 22), ("lost", 1, 23), ("reprompted", 1, 50), ("found", 1, 50)]
 
 
+def test_a_binary_snapshot_holds_the_same_state_with_raw_logits() -> None:
+    stub = two_discs_stub()
+    tracker = Tracker(stub)
+    tracker.add(1, point(30, 60))
+    tracker.add(2, point(290, 180))
+    run(tracker, stub, range(3))
+    assert all(t.logits is not None for t in tracker.tracks.values())
+    text, binary = tracker.snapshot(), tracker.snapshot(binary=True)
+    for t, b in zip(text["tracks"], binary["tracks"], strict=True):
+        assert isinstance(b["logits"]["data"], bytes)
+        assert b["logits"]["data"] == tracker.tracks[t["id"]].logits.astype("<f4").tobytes()
+        assert {**b, "logits": None} == {**t, "logits": None}
+    resumed = Tracker(two_discs_stub())
+    resumed.restore(binary)
+    assert resumed.snapshot() == text
+
+
 def test_restore_rejects_malformed_snapshots() -> None:
     tracker = Tracker(two_discs_stub())
     with pytest.raises(InvalidInputError, match="version 1"):

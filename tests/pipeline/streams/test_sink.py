@@ -1,0 +1,60 @@
+"""The result sink's state key: the tracker snapshot with its logits as raw bytes, read back whole."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import redis
+
+from pipeline.frames import FrameResult
+from pipeline.prompts import Prompt
+from pipeline.streams import JobStore, Keys
+from pipeline.streams.sink import RedisSink, pack_state, unpack_state
+from pipeline.tracking.state import TrackState
+
+
+def _snapshot(binary: bool) -> dict[str, object]:
+    rng = np.random.default_rng(0)
+    tracks = [
+        TrackState(
+            1, Prompt(points=((10.0, 20.0),), labels=(1,)), logits=rng.standard_normal((64, 64), "f4")
+        ),
+        TrackState(2, Prompt(box=(1.0, 2.0, 30.0, 40.0))),  # no logits yet
+        TrackState(3, Prompt(box=(5.0, 6.0, 50.0, 60.0)), logits=rng.standard_normal((64, 64), "f4")),
+    ]
+    return {
+        "version": 1,
+        "last_frame": 7,
+        "tracks": [t.to_dict(binary) for t in tracks],
+        "pending_events": [{"kind": "reprompted", "track_id": 3, "detail": "a\nb"}],
+    }
+
+
+def test_pack_and_unpack_give_back_the_snapshot() -> None:
+    snapshot = _snapshot(binary=True)
+    raw = pack_state(7, snapshot)
+    assert len(raw) < 2 * 64 * 64 * 4 + 1000  # the logits' bytes as they are, no base64
+    assert unpack_state(raw) == {"frame": 7, "tracker": snapshot}
+    restored = [TrackState.from_dict(t) for t in unpack_state(raw)["tracker"]["tracks"]]
+    original = [TrackState.from_dict(t) for t in snapshot["tracks"]]  # type: ignore[attr-defined]
+    for a, b in zip(restored, original, strict=True):
+        assert (a.logits is None) == (b.logits is None)
+        if a.logits is not None:
+            np.testing.assert_array_equal(a.logits, b.logits)
+
+
+def test_a_state_written_as_plain_json_still_reads() -> None:
+    snapshot = _snapshot(binary=False)
+    raw = json.dumps({"frame": 7, "tracker": snapshot}, separators=(",", ":")).encode()
+    assert unpack_state(raw) == {"frame": 7, "tracker": snapshot}
+
+
+def test_published_state_comes_back_from_redis(redis_client: redis.Redis, keys: Keys) -> None:
+    JobStore(redis_client, keys).create("job", {"source": "clip.mp4"})
+    sink = RedisSink(redis_client, keys, "job")
+    assert sink.resume_point() == (None, None)
+    snapshot = _snapshot(binary=True)
+    assert sink.publish(FrameResult(7, 0.25, 1.0, 64, 48, (), {}), snapshot)
+    assert not sink.publish(FrameResult(7, 0.25, 1.0, 64, 48, (), {}), snapshot)  # once only
+    assert sink.resume_point() == (7, snapshot)
