@@ -4,6 +4,12 @@ The plain class behind the decoder worker. It owns the job's :class:`~pipeline.t
 turns each frame's masks into COCO RLE and hands the result, with the tracker's snapshot, to a
 :class:`ResultSink` (Redis in production). A frame at or before the last published one is skipped,
 so a retried or replayed call publishes nothing twice.
+
+The tracker's state (a track's logits are 256 KB) is checkpointed with every ``checkpoint_every``-th
+published frame, and with the frame after any track command, not with every frame. A job resumed
+after a stop restores the last checkpoint and is fed again the frames after it: they go through
+the tracker (the same model on the same frames gives the same state) without being published
+again, so the output equals that of a job that never stopped.
 """
 
 from __future__ import annotations
@@ -20,19 +26,24 @@ from pipeline.prompts import Prompt, TrackSpec
 from pipeline.tracking import Tracker, TrackEvent, TrackingConfig
 from pipeline.tracking.tracker import Segmenter, TrackPromptError
 
+# Checkpoint the tracker with every n-th published frame: at most this many frames are replayed on
+# resume, and about 1/n of the state's bytes (256 KB a track) are written.
+CHECKPOINT_EVERY = 30
+
 
 class ResultSink(Protocol):
     """Where a job's results go."""
 
-    def publish(self, result: FrameResult, snapshot: Mapping[str, Any]) -> bool:
-        """Publish one frame's result with the tracker state after it; False if it was published before.
+    def publish(self, result: FrameResult, snapshot: Mapping[str, Any] | None) -> bool:
+        """Publish one frame's result, with the tracker state after it when given (a checkpoint);
+        False if the frame was published before.
 
         The snapshot is the tracker's with ``binary=True``: the logits are raw bytes.
         """
         ...
 
-    def resume_point(self) -> tuple[int | None, Mapping[str, Any] | None]:
-        """The last published frame and the tracker snapshot stored with it."""
+    def resume_point(self) -> tuple[int | None, int | None, Mapping[str, Any] | None]:
+        """The last published frame, the frame of the last checkpoint and its tracker snapshot."""
         ...
 
     def event(self, type: str, *, frame: int | None, track: int | None, detail: str | None) -> None: ...
@@ -58,6 +69,7 @@ class TrackDecoder:
         segmenter: decodes prompts on an embedding (``MobileSam`` or a stub).
         sink: where results go; its resume point restores the tracker after a restart.
         config: tracking thresholds.
+        checkpoint_every: store the tracker's state with every n-th published frame (1: each).
     """
 
     def __init__(
@@ -66,16 +78,24 @@ class TrackDecoder:
         segmenter: Segmenter,
         sink: ResultSink,
         config: TrackingConfig | None = None,
+        checkpoint_every: int = CHECKPOINT_EVERY,
     ) -> None:
+        if checkpoint_every < 1:
+            raise InvalidInputError(f"checkpoint_every must be >= 1, got {checkpoint_every}")
         self.sink = sink
         self.tracker = Tracker(segmenter, config)
-        last, snapshot = sink.resume_point()
+        last, checkpoint, snapshot = sink.resume_point()
         if snapshot is not None:
             self.tracker.restore(snapshot)
         else:
+            checkpoint = None
             for spec in tracks:
                 self.tracker.add(spec)
         self.last_published = last
+        # Frames after the checkpoint and up to the last published one are replayed, not published.
+        self.replay_after = checkpoint if last is not None else None
+        self.every = checkpoint_every
+        self.since_checkpoint: int | None = None  # published frames since the last checkpoint
 
     def control(self, cmd: str, track: int, prompt: Prompt | None = None) -> None:
         """Add, remove or re-prompt a track from the next processed frame on (live jobs).
@@ -83,6 +103,7 @@ class TrackDecoder:
         A command that cannot apply (an unknown id, an id taken) is reported as an ``error`` event,
         not raised: a live job goes on.
         """
+        self.since_checkpoint = None  # the next frame's state is checkpointed
         try:
             if cmd == "add" and prompt is not None:
                 self.tracker.add(track, prompt, start_frame=0)
@@ -101,19 +122,13 @@ class TrackDecoder:
 
     def _one(self, frame: EncodedFrame) -> FrameSummary:
         if self.last_published is not None and frame.index <= self.last_published:
+            if self.replay_after is not None and frame.index > self.replay_after:
+                self._step(frame, replay=True)  # published already: bring the tracker up to it
             now = time.time()
             return FrameSummary(frame.index, False, frame.capture_time, now, 0, dict(frame.timings))
         timings = dict(frame.timings)
         start = time.perf_counter()
-        while True:
-            try:
-                results, events = self.tracker.step(frame.index, frame.embedding)
-                break
-            except TrackPromptError as exc:
-                # A prompt that does not fit the frame (given while the job runs): drop that track,
-                # say why, and go on with the others.
-                self.tracker.remove(exc.track_id)
-                self.sink.event("error", frame=frame.index, track=exc.track_id, detail=str(exc))
+        results, events = self._step(frame, replay=False)
         timings["mask_decode"] = time.perf_counter() - start
 
         start = time.perf_counter()
@@ -125,13 +140,27 @@ class TrackDecoder:
         timings["postprocess"] = time.perf_counter() - start
 
         start = time.perf_counter()
-        published = self.sink.publish(result, self.tracker.snapshot(binary=True))
+        checkpoint = self.since_checkpoint is None or self.since_checkpoint + 1 >= self.every
+        snapshot = self.tracker.snapshot(binary=True) if checkpoint else None
+        published = self.sink.publish(result, snapshot)
+        self.since_checkpoint = 0 if checkpoint else (self.since_checkpoint or 0) + 1
         for e in events:
             self._event(e)
         timings["publish"] = time.perf_counter() - start
         self.last_published = frame.index
         active = sum(1 for r in results if r.status.value == "active")
         return FrameSummary(frame.index, published, frame.capture_time, time.time(), active, timings)
+
+    def _step(self, frame: EncodedFrame, replay: bool) -> tuple[list[Any], list[TrackEvent]]:
+        while True:
+            try:
+                return self.tracker.step(frame.index, frame.embedding)
+            except TrackPromptError as exc:
+                # A prompt that does not fit the frame (given while the job runs): drop that track,
+                # say why (once: not again when replaying), and go on with the others.
+                self.tracker.remove(exc.track_id)
+                if not replay:
+                    self.sink.event("error", frame=frame.index, track=exc.track_id, detail=str(exc))
 
     def _event(self, e: TrackEvent) -> None:
         self.sink.event(f"track_{e.kind}", frame=e.frame_index, track=e.track_id, detail=e.detail or None)

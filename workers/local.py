@@ -25,6 +25,7 @@ from pipeline.spec import JobSpec
 from pipeline.streams import JobStatus, JobStore, Keys, Publisher, connect, redact
 from pipeline.streams.keys import new_job_id
 from pipeline.streams.server import open_redis
+from pipeline.streams.sink import resume_after
 
 
 @dataclass(frozen=True)
@@ -115,9 +116,10 @@ def run_local(spec: JobSpec, model: ModelConfig, run: LocalRun, out: TextIO = sy
             total = (info_src.frame_count + spec.stride - 1) // spec.stride
         if not resuming:
             store.create(job_id, spec.to_dict(), total_frames=total)
-        # A file job goes on after its last published frame; a live one from the feed's present,
-        # numbering its frames after the last published one.
-        last = Publisher(client, keys, job_id).last_published_frame()
+        # A file job goes on after its last checkpoint (replaying, unpublished, the frames up to its
+        # last published one); a live one from the feed's present, numbered after the last published.
+        published = Publisher(client, keys, job_id).last_published_frame()
+        last = resume_after(client, keys, job_id, spec.live)
         done = store.get(job_id).frames_done
 
         metrics = PrometheusMetrics()
@@ -128,7 +130,7 @@ def run_local(spec: JobSpec, model: ModelConfig, run: LocalRun, out: TextIO = sy
         size = f"{info_src.width}x{info_src.height}, " if info_src is not None else "live, "
         print(
             f"job {job_id}: {spec.source} ({size}{total if total is not None else '?'} frames, "
-            f"{len(spec.tracks)} tracks)" + (f", resuming after frame {last}" if last is not None else ""),
+            f"{len(spec.tracks)} tracks)" + _resuming(published, last),
             file=err,
         )
         try:
@@ -185,6 +187,13 @@ def run_local(spec: JobSpec, model: ModelConfig, run: LocalRun, out: TextIO = sy
             file=out,
         )
         return 0
+
+
+def _resuming(published: int | None, after: int | None) -> str:
+    if published is None:
+        return ""
+    replay = "" if after == published else f" (replaying from frame {0 if after is None else after + 1})"
+    return f", resuming after frame {published}{replay}"
 
 
 def _probe(spec: JobSpec) -> Any:

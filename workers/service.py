@@ -20,7 +20,8 @@ import ray
 from pipeline.config import ModelConfig
 from pipeline.errors import SamstreamError
 from pipeline.spec import JobSpec
-from pipeline.streams import JobStatus, JobStore, Keys, Publisher, connect
+from pipeline.streams import JobStatus, JobStore, Keys, connect
+from pipeline.streams.sink import resume_after
 from workers.pool import PoolConfig
 
 NAMESPACE = "samstream"
@@ -85,7 +86,7 @@ class JobRunner:
                 if src.frame_count:
                     store.set_total(self.job_id, (src.frame_count + spec.stride - 1) // spec.stride)
             store.set_status(self.job_id, JobStatus.RUNNING)
-            last = Publisher(store.client, Keys(cfg.prefix), self.job_id).last_published_frame()
+            last = resume_after(store.client, Keys(cfg.prefix), self.job_id, spec.live)
             graph = JobGraph(
                 self.job_id,
                 spec,

@@ -4,6 +4,9 @@ One Lua script per frame makes it atomic: the masks entry (XADD with the frame's
 hash's progress and the tracker snapshot are written together or not at all. Redis refuses an
 entry ID at or below the stream's newest, so a replayed frame changes nothing.
 
+The state is a checkpoint: the decoder passes a snapshot with some frames only (see
+:class:`~pipeline.decoding.TrackDecoder`), and a resumed job replays the frames after it.
+
 The state key holds a JSON header, a newline, then the tracks' logits as raw bytes (256 KB a
 track at 1024): as base64 inside the JSON they cost more than all the rest of a frame's
 publishing. The header gives each track's logits ``{"blob": [offset, length]}`` into the bytes.
@@ -26,7 +29,8 @@ from pipeline.streams.publisher import Publisher
 from pipeline.streams.wire import encode_entry, entry_id
 
 # KEYS: masks stream, job hash, state key.
-# ARGV: entry id, maxlen ("" for none), state JSON, frame index, now, then the entry's field/value pairs.
+# ARGV: entry id, maxlen ("" for none), state ("" for none: no checkpoint with this frame), frame
+# index, now, then the entry's field/value pairs.
 _PUBLISH = """
 if redis.call('EXISTS', KEYS[2]) == 0 then return redis.error_reply('no such job') end
 local args = {KEYS[1]}
@@ -42,7 +46,7 @@ if type(ok) == 'table' and ok.err then
 end
 redis.call('HINCRBY', KEYS[2], 'frames_done', 1)
 redis.call('HSET', KEYS[2], 'last_frame', ARGV[4], 'updated', ARGV[5])
-redis.call('SET', KEYS[3], ARGV[3])
+if ARGV[3] ~= '' then redis.call('SET', KEYS[3], ARGV[3]) end
 return 1
 """
 
@@ -74,9 +78,9 @@ class RedisSink:
         self.publisher = Publisher(client, keys, job_id, maxlen)
         self._script = client.register_script(_PUBLISH)
 
-    def publish(self, result: FrameResult, snapshot: Mapping[str, Any]) -> bool:
+    def publish(self, result: FrameResult, snapshot: Mapping[str, Any] | None) -> bool:
         fields = encode_entry(result, self.notice)
-        state = pack_state(result.frame_index, snapshot)
+        state = b"" if snapshot is None else pack_state(result.frame_index, snapshot)
         flat: list[str] = [x for kv in fields.items() for x in kv]
         args: list[str | bytes] = [
             entry_id(result.frame_index),
@@ -88,19 +92,39 @@ class RedisSink:
         with redis_errors(f"publishing frame {result.frame_index} of job {self.job_id!r}"):
             return bool(self._script(keys=keys, args=args))
 
-    def resume_point(self) -> tuple[int | None, Mapping[str, Any] | None]:
+    def resume_point(self) -> tuple[int | None, int | None, Mapping[str, Any] | None]:
         last = self.publisher.last_published_frame()
         if last is None:
-            return None, None
-        with redis_errors(f"reading the state of job {self.job_id!r}"):
-            # The client decodes replies to str; the state holds raw bytes.
-            raw: Any = self.client.execute_command("GET", self.keys.state(self.job_id), NEVER_DECODE=True)
-        if raw is None:
-            return last, None
-        return last, unpack_state(raw).get("tracker")
+            return None, None, None
+        state = read_state(self.client, self.keys, self.job_id)
+        if state is None:
+            return last, None, None
+        return last, int(state["frame"]), state.get("tracker")
 
     def event(self, type: str, *, frame: int | None, track: int | None, detail: str | None) -> None:
         self.publisher.event(type, frame=frame, track=track, detail=detail)
+
+
+def read_state(client: redis.Redis, keys: Keys, job_id: str) -> dict[str, Any] | None:
+    """The job's last checkpoint ``{"frame", "tracker"}``, or None."""
+    with redis_errors(f"reading the state of job {job_id!r}"):
+        # The client decodes replies to str; the state holds raw bytes.
+        raw: Any = client.execute_command("GET", keys.state(job_id), NEVER_DECODE=True)
+    return None if raw is None else unpack_state(raw)
+
+
+def resume_after(client: redis.Redis, keys: Keys, job_id: str, live: bool) -> int | None:
+    """The frame a resumed job reads after (None: from the start).
+
+    A file job goes on after its last checkpoint: the frames from there to the last published one
+    are replayed through the tracker (see :class:`~pipeline.decoding.TrackDecoder`). A live job
+    goes on from the feed's present, numbering its frames after the last published one.
+    """
+    last = Publisher(client, keys, job_id).last_published_frame()
+    if last is None or live:
+        return last
+    state = read_state(client, keys, job_id)
+    return None if state is None else min(last, int(state["frame"]))
 
 
 def pack_state(frame_index: int, snapshot: Mapping[str, Any]) -> bytes:

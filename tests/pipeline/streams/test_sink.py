@@ -10,7 +10,7 @@ import redis
 from pipeline.frames import FrameResult
 from pipeline.prompts import Prompt
 from pipeline.streams import JobStore, Keys
-from pipeline.streams.sink import RedisSink, pack_state, unpack_state
+from pipeline.streams.sink import RedisSink, pack_state, resume_after, unpack_state
 from pipeline.tracking.state import TrackState
 
 
@@ -53,8 +53,22 @@ def test_a_state_written_as_plain_json_still_reads() -> None:
 def test_published_state_comes_back_from_redis(redis_client: redis.Redis, keys: Keys) -> None:
     JobStore(redis_client, keys).create("job", {"source": "clip.mp4"})
     sink = RedisSink(redis_client, keys, "job")
-    assert sink.resume_point() == (None, None)
+    assert sink.resume_point() == (None, None, None)
     snapshot = _snapshot(binary=True)
     assert sink.publish(FrameResult(7, 0.25, 1.0, 64, 48, (), {}), snapshot)
     assert not sink.publish(FrameResult(7, 0.25, 1.0, 64, 48, (), {}), snapshot)  # once only
-    assert sink.resume_point() == (7, snapshot)
+    assert sink.resume_point() == (7, 7, snapshot)
+
+
+def test_frames_without_a_snapshot_keep_the_last_checkpoint(redis_client: redis.Redis, keys: Keys) -> None:
+    JobStore(redis_client, keys).create("job", {"source": "clip.mp4"})
+    sink = RedisSink(redis_client, keys, "job")
+    assert resume_after(redis_client, keys, "job", live=False) is None
+    snapshot = _snapshot(binary=True)
+    assert sink.publish(FrameResult(3, None, 1.0, 64, 48, (), {}), snapshot)
+    for frame in (4, 5, 6):
+        assert sink.publish(FrameResult(frame, None, 1.0, 64, 48, (), {}), None)
+    assert sink.resume_point() == (6, 3, snapshot)
+    assert resume_after(redis_client, keys, "job", live=False) == 3  # frames 4-6 are replayed
+    assert resume_after(redis_client, keys, "job", live=True) == 6  # a feed goes on from now
+    assert JobStore(redis_client, keys).get("job").frames_done == 4
