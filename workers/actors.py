@@ -78,9 +78,6 @@ class EncoderWorker:
     def encode(self, frames: Sequence[Frame]) -> list[EncodedFrame]:
         return self.encoder.encode(frames)
 
-    def ready(self) -> bool:
-        return True
-
 
 class DecoderWorker:
     """Follows one job's tracks and publishes its masks to Redis (light: prompt encoder + mask decoder)."""
@@ -111,9 +108,6 @@ class DecoderWorker:
 
     def control(self, cmd: str, track: int, prompt: Any = None) -> None:
         self.decoder.control(cmd, track, prompt)
-
-    def ready(self) -> bool:
-        return True
 
 
 # The Ray actors (typed Any: Ray's decorators are opaque to type checkers). A worker process is

@@ -81,6 +81,24 @@ class _OwnEncoders:
         return actor.encode.remote(frames)
 
 
+def probe(spec: JobSpec) -> tuple[Any, int | None]:
+    """Open a file job's video once, to fail fast and clearly on bad input: its SourceInfo and the
+    frames the job will process (None: unknown).
+
+    Raises:
+        SamstreamError: the video cannot be read, or a prompt lies outside its frames (the user's
+            mistake, said before any worker starts).
+    """
+    from pipeline.sources.video import VideoSource
+
+    with VideoSource(spec.source) as video:
+        info = video.info
+    for track in spec.tracks:
+        track.prompt.check_inside(info.width, info.height)
+    total = (info.frame_count + spec.stride - 1) // spec.stride if info.frame_count else None
+    return info, total
+
+
 def unwrap(exc: BaseException) -> BaseException:
     """The user-facing error inside a Ray error (a :class:`SamstreamError` raised in a worker)."""
     if isinstance(exc, RayTaskError):

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TextIO
 
 from pipeline.config import ModelConfig, Weights
 from pipeline.decoding import FrameSummary
@@ -101,19 +101,15 @@ def run_local(spec: JobSpec, model: ModelConfig, run: LocalRun, out: TextIO = sy
         try:
             # A file is probed here, to fail fast and clearly; a live feed is opened once, by its
             # worker (some servers take one client only).
-            info_src = None if spec.live else _probe(spec)
-            if info_src is not None:
-                for track in spec.tracks:  # a prompt outside the frame is the user's mistake: say so now
-                    track.prompt.check_inside(info_src.width, info_src.height)
+            from workers.graph import probe
+
+            info_src, total = (None, None) if spec.live else probe(spec)
         except SamstreamError as exc:
             if not resuming:
                 store.create(job_id, spec.to_dict())
             store.set_status(job_id, JobStatus.FAILED, str(exc))
             print(f"samstream: error: job {job_id} failed: {exc}", file=err)
             return 1
-        total = None
-        if info_src is not None and info_src.frame_count:
-            total = (info_src.frame_count + spec.stride - 1) // spec.stride
         if not resuming:
             store.create(job_id, spec.to_dict(), total_frames=total)
         # A file job goes on after its last checkpoint (replaying, unpublished, the frames up to its
@@ -194,14 +190,6 @@ def _resuming(published: int | None, after: int | None) -> str:
         return ""
     replay = "" if after == published else f" (replaying from frame {0 if after is None else after + 1})"
     return f", resuming after frame {published}{replay}"
-
-
-def _probe(spec: JobSpec) -> Any:
-    """Open a video once, to fail fast and clearly on bad input; its SourceInfo."""
-    from pipeline.sources.video import VideoSource
-
-    with VideoSource(spec.source) as video:
-        return video.info
 
 
 def _first_compile(model: ModelConfig) -> bool:

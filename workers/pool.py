@@ -11,7 +11,6 @@ KubeRay) answers by adding a GPU node, and removes again once idle.
 from __future__ import annotations
 
 import asyncio
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any
@@ -84,12 +83,8 @@ class EncoderReplica:
 
     def __init__(self, model: ModelConfig, max_batch: int = 8, batch_wait_s: float = 0.01) -> None:
         self.model = model
-        self.encoders: dict[int, Any] = {}
-        threads = int(float(os.environ.get("OMP_NUM_THREADS", "0") or 0))
-        if threads > 0:
-            import torch
-
-            torch.set_num_threads(threads)
+        self.encoders: dict[int, Any] = {}  # image size -> FrameEncoder
+        # Torch threads: Ray sets OMP_NUM_THREADS to the replica's CPUs, and torch follows it.
         batcher: Any = self.encode_batch  # serve.batch's wrapper (typed as the plain method)
         batcher.set_max_batch_size(max_batch)
         batcher.set_batch_wait_timeout_s(batch_wait_s)
@@ -121,9 +116,6 @@ class EncoderReplica:
             for f, e in zip(frames, self._encoder(size).encode(frames), strict=True):
                 encoded[id(f)] = e
         return [[encoded[id(f)] for f in frames] for frames in requests]  # in request order
-
-    def ready(self) -> bool:
-        return True
 
 
 EncoderDeployment: Any = serve.deployment(EncoderReplica)

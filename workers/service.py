@@ -9,7 +9,6 @@ decoder worker of its own — but sends its frames to the shared, autoscaled enc
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 from dataclasses import dataclass, field
@@ -33,7 +32,8 @@ class ServiceConfig:
     """What every job of a service shares.
 
     Attributes:
-        model: the model (weights resolved to a file already, reachable from every node).
+        model: the model; with official weights and no checkpoint, each node resolves (downloads
+            once, caches) the release itself.
         redis_url: the Redis every worker publishes to.
         prefix: Redis key prefix.
         pool: the encoder pool.
@@ -68,7 +68,7 @@ class JobRunner:
             ray.actor.exit_actor()
 
     def _run(self) -> str:
-        from workers.graph import GraphOptions, JobGraph
+        from workers.graph import GraphOptions, JobGraph, probe
         from workers.metrics import RayMetrics
         from workers.pool import PoolEncoders
 
@@ -80,11 +80,7 @@ class JobRunner:
         try:
             spec = JobSpec.from_dict(info.spec)
             if not spec.live:
-                src = _probe(spec)
-                for track in spec.tracks:
-                    track.prompt.check_inside(src.width, src.height)
-                if src.frame_count:
-                    store.set_total(self.job_id, (src.frame_count + spec.stride - 1) // spec.stride)
+                store.set_total(self.job_id, probe(spec)[1])
             store.set_status(self.job_id, JobStatus.RUNNING)
             last = resume_after(store.client, Keys(cfg.prefix), self.job_id, spec.live)
             graph = JobGraph(
@@ -113,13 +109,6 @@ class JobRunner:
         return JobStatus.SUCCEEDED.value
 
 
-def _probe(spec: JobSpec) -> Any:
-    from pipeline.sources.video import VideoSource
-
-    with VideoSource(spec.source) as video:
-        return video.info
-
-
 # Detached and restartable: a runner that dies with its node is restarted and resumes its job
 # after the last published frame (the decoder restores the tracker state stored with it).
 JobRunnerActor: Any = ray.remote(num_cpus=0, max_restarts=3, max_task_retries=3)(JobRunner)
@@ -143,11 +132,6 @@ class RayBackend:
         except ValueError:
             return False
         return True
-
-    def stop(self, job_id: str) -> None:
-        """End a runner at once (a job whose stop command goes unanswered)."""
-        with contextlib.suppress(ValueError):
-            ray.kill(ray.get_actor(runner_name(job_id), namespace=NAMESPACE), no_restart=True)
 
 
 def connect_ray(address: str | None) -> None:

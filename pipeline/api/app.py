@@ -57,9 +57,6 @@ class Backend(Protocol):
     def running(self, job_id: str) -> bool:
         """Whether something is running the job now."""
 
-    def stop(self, job_id: str) -> None:
-        """End whatever runs the job at once."""
-
 
 @dataclass(frozen=True)
 class ApiSettings:
@@ -84,7 +81,9 @@ class ApiSettings:
             raise InvalidInputError("the API needs a token (--token or SAMSTREAM_API_TOKEN)")
 
 
-class ApiError(Exception):
+class HttpError(Exception):
+    """An HTTP error answer: its status and ``detail`` (a message, or FastAPI's 422 list)."""
+
     def __init__(self, status: int, detail: Any) -> None:
         super().__init__(str(detail))
         self.status = status
@@ -139,8 +138,8 @@ def create_app(settings: ApiSettings, client: redis.Redis, backend: Backend) -> 
     bearer = HTTPBearer(auto_error=False, description="the service's API token")
     secured = [Security(bearer)]
 
-    @app.exception_handler(ApiError)
-    async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
+    @app.exception_handler(HttpError)
+    async def _api_error(request: Request, exc: HttpError) -> JSONResponse:
         return JSONResponse({"detail": exc.detail}, status_code=exc.status)
 
     @app.exception_handler(RedisUnavailableError)
@@ -151,10 +150,10 @@ def create_app(settings: ApiSettings, client: redis.Redis, backend: Backend) -> 
         try:
             info = store.get(job_id)
         except JobError:
-            raise ApiError(404, f"no {'stream' if live else 'job'} {job_id!r}") from None
+            raise HttpError(404, f"no {'stream' if live else 'job'} {job_id!r}") from None
         if bool(info.spec.get("live")) != live:
             where = "/streams" if info.spec.get("live") else "/jobs"
-            raise ApiError(404, f"no {'stream' if live else 'job'} {job_id!r} (it is under {where})")
+            raise HttpError(404, f"no {'stream' if live else 'job'} {job_id!r} (it is under {where})")
         return info
 
     def view(info: JobInfo) -> JobView:
@@ -165,13 +164,13 @@ def create_app(settings: ApiSettings, client: redis.Redis, backend: Backend) -> 
             source = settings.policy.check(body.source)
             _check_kind(source, live)
         except InvalidInputError as exc:
-            raise ApiError(422, [invalid(["source"], exc)]) from None
+            raise HttpError(422, [invalid(["source"], exc)]) from None
         tracks = []
         for i, t in enumerate(body.tracks):
             try:
                 tracks.append(t.to_track())
             except InvalidInputError as exc:
-                raise ApiError(422, [invalid(["tracks", i], exc)]) from None
+                raise HttpError(422, [invalid(["tracks", i], exc)]) from None
         try:
             return JobSpec(
                 source=source,
@@ -187,7 +186,7 @@ def create_app(settings: ApiSettings, client: redis.Redis, backend: Backend) -> 
         except InvalidInputError as exc:
             text = str(exc)
             where = ["tracking"] if "tracking" in text else ["tracks"] if "track" in text else []
-            raise ApiError(422, [invalid(where, exc)]) from None
+            raise HttpError(422, [invalid(where, exc)]) from None
 
     def add_routes(kind: str, live: bool) -> None:
         one = "stream" if live else "job"
@@ -209,12 +208,12 @@ def create_app(settings: ApiSettings, client: redis.Redis, backend: Backend) -> 
             try:
                 store.create(job_id, spec.to_dict())
             except JobError:
-                raise ApiError(409, f"a job {job_id!r} exists already") from None
+                raise HttpError(409, f"a job {job_id!r} exists already") from None
             try:
                 backend.submit(job_id)
             except Exception as exc:
                 store.set_status(job_id, JobStatus.FAILED, f"could not be started: {exc}")
-                raise ApiError(503, f"{one} {job_id} could not be started: {exc}") from None
+                raise HttpError(503, f"{one} {job_id} could not be started: {exc}") from None
             return view(store.get(job_id))
 
         @app.get(
@@ -260,7 +259,7 @@ def create_app(settings: ApiSettings, client: redis.Redis, backend: Backend) -> 
         def cancel(job_id: str = path_id) -> JobView:
             info = job(job_id, live)
             if info.status.terminal:
-                raise ApiError(409, f"{one} {job_id} is {info.status.value} already")
+                raise HttpError(409, f"{one} {job_id} is {info.status.value} already")
             send(client, keys, job_id, Command("stop"))
             if info.status is JobStatus.QUEUED or not backend.running(job_id):
                 store.set_status(job_id, JobStatus.CANCELLED, "cancelled on request")
@@ -279,11 +278,11 @@ def create_app(settings: ApiSettings, client: redis.Redis, backend: Backend) -> 
         def add_track(body: TrackCommandBody, job_id: str = path_id) -> Accepted:
             info = job(job_id, live)
             if info.status.terminal:
-                raise ApiError(409, f"{one} {job_id} is {info.status.value}: its tracks are final")
+                raise HttpError(409, f"{one} {job_id} is {info.status.value}: its tracks are final")
             try:
                 prompt = body.to_prompt()
             except InvalidInputError as exc:
-                raise ApiError(422, [invalid([], exc)]) from None
+                raise HttpError(422, [invalid([], exc)]) from None
             send(client, keys, job_id, Command(body.action, body.id, prompt))
             return Accepted(id=job_id, command=body.action, track=body.id)
 
@@ -300,7 +299,7 @@ def create_app(settings: ApiSettings, client: redis.Redis, backend: Backend) -> 
         def remove_track(job_id: str = path_id, track_id: int = Path(ge=1, le=2**31 - 1)) -> Accepted:
             info = job(job_id, live)
             if info.status.terminal:
-                raise ApiError(409, f"{one} {job_id} is {info.status.value}: its tracks are final")
+                raise HttpError(409, f"{one} {job_id} is {info.status.value}: its tracks are final")
             send(client, keys, job_id, Command("remove", track_id))
             return Accepted(id=job_id, command="remove", track=track_id)
 
@@ -365,7 +364,7 @@ def create_app(settings: ApiSettings, client: redis.Redis, backend: Backend) -> 
         try:
             client.ping()
         except redis.RedisError:
-            raise ApiError(503, "Redis does not answer") from None
+            raise HttpError(503, "Redis does not answer") from None
         return Health(status="ok", redis=True)
 
     return app
@@ -380,7 +379,7 @@ def _page(entries: Iterator[T], count: int) -> list[T]:
     try:
         return list(itertools.islice(entries, count))
     except InvalidInputError as exc:
-        raise ApiError(422, [{"loc": ["query", "after"], "msg": str(exc), "type": "value_error"}]) from None
+        raise HttpError(422, [{"loc": ["query", "after"], "msg": str(exc), "type": "value_error"}]) from None
 
 
 def _check_kind(source: str, live: bool) -> None:

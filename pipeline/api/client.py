@@ -30,6 +30,7 @@ class ApiClient:
         if not token:
             raise InvalidInputError("talking to the API needs its token: --token T or SAMSTREAM_API_TOKEN")
         self.url = url.rstrip("/")
+        self.kinds: dict[str, str] = {}  # job id -> "jobs" or "streams"
         self.http = httpx.Client(
             base_url=self.url, headers={"Authorization": f"Bearer {token}"}, timeout=timeout_s
         )
@@ -64,19 +65,23 @@ class ApiClient:
         result: dict[str, Any] = self.request("POST", "/streams" if live else "/jobs", json=body)
         return result
 
-    def kind_of(self, job_id: str) -> str:
-        """``jobs`` or ``streams``: where the API keeps this id."""
-        for kind in ("jobs", "streams"):
+    def get(self, job_id: str) -> dict[str, Any]:
+        """The job or stream ``job_id`` (the API keeps them under ``/jobs`` and ``/streams``)."""
+        kinds = [self.kinds[job_id]] if job_id in self.kinds else ["jobs", "streams"]
+        for kind in kinds:
             try:
-                self.request("GET", f"/{kind}/{job_id}")
-                return kind
+                result: dict[str, Any] = self.request("GET", f"/{kind}/{job_id}")
             except JobError:
                 continue
+            self.kinds[job_id] = kind
+            return result
         raise JobError(f"no job or stream {job_id!r} at {self.url}")
 
-    def get(self, job_id: str) -> dict[str, Any]:
-        result: dict[str, Any] = self.request("GET", f"/{self.kind_of(job_id)}/{job_id}")
-        return result
+    def kind_of(self, job_id: str) -> str:
+        """``jobs`` or ``streams``: where the API keeps this id (looked up once)."""
+        if job_id not in self.kinds:
+            self.get(job_id)
+        return self.kinds[job_id]
 
     def cancel(self, job_id: str) -> dict[str, Any]:
         result: dict[str, Any] = self.request("DELETE", f"/{self.kind_of(job_id)}/{job_id}")

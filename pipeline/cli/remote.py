@@ -21,13 +21,10 @@ def client(args: argparse.Namespace) -> ApiClient:
 
 def job_body(args: argparse.Namespace) -> tuple[dict[str, Any], bool]:
     """The API request body of ``submit``'s options, and whether it is a live stream."""
-    from pipeline.cli.run import LIVE_MAXLEN, build_spec, is_live_uri
+    from pipeline.cli.run import build_spec
 
-    size_given = args.image_size is not None
-    args.image_size = args.image_size or 1024  # build_spec validates with some size; sent only if given
-    args.weights, args.checkpoint = "official", None
-    spec = build_spec(args)  # the same checks as `samstream run`, before anything is sent
-    live = args.live or is_live_uri(args.source)
+    # The same checks as `samstream run`, before anything is sent; the size is sent only if given.
+    spec = build_spec(args, args.image_size or 1024, "official")
     body: dict[str, Any] = {
         "source": spec.source,
         "tracks": [t.to_dict() for t in spec.tracks],
@@ -36,13 +33,13 @@ def job_body(args: argparse.Namespace) -> tuple[dict[str, Any], bool]:
     }
     if args.job_id:
         body["job_id"] = args.job_id
-    if size_given:
+    if args.image_size is not None:
         body["image_size"] = spec.image_size
-    if args.maxlen is not None or live:
-        body["maxlen"] = args.maxlen if args.maxlen is not None else LIVE_MAXLEN
+    if spec.maxlen is not None:
+        body["maxlen"] = spec.maxlen
     if spec.tracking:
         body["tracking"] = spec.tracking
-    return body, live
+    return body, spec.live
 
 
 def submit(args: argparse.Namespace) -> int:

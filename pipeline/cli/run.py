@@ -22,7 +22,8 @@ def is_live_uri(source: str) -> bool:
     )
 
 
-def build_spec(args: argparse.Namespace) -> JobSpec:
+def build_spec(args: argparse.Namespace, image_size: int, weights: str) -> JobSpec:
+    """The spec of the job options shared by ``run`` and ``submit`` (see ``_add_job_options``)."""
     tracks = tracks_from_cli(args.point, args.box)
     if args.prompts:
         if tracks:
@@ -36,8 +37,8 @@ def build_spec(args: argparse.Namespace) -> JobSpec:
         maxlen=args.maxlen if args.maxlen is not None else (LIVE_MAXLEN if live else None),
         tracks=tuple(tracks),
         stride=args.stride,
-        image_size=args.image_size,
-        weights=args.weights if not args.checkpoint else "official",
+        image_size=image_size,
+        weights=weights,
         tracking={
             k: v
             for k, v in (
@@ -51,7 +52,7 @@ def build_spec(args: argparse.Namespace) -> JobSpec:
 
 
 def run(args: argparse.Namespace) -> int:
-    spec = build_spec(args)
+    spec = build_spec(args, args.image_size, args.weights if not args.checkpoint else "official")
     model = model_config(args)
     if args.job_id is not None:
         validate_job_id(args.job_id)

@@ -35,9 +35,6 @@ class RecordingBackend:
     def running(self, job_id: str) -> bool:
         return job_id in self.alive
 
-    def stop(self, job_id: str) -> None:
-        self.alive.discard(job_id)
-
 
 @pytest.fixture(scope="session")
 def api_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedRedis]:
