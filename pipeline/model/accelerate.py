@@ -141,7 +141,27 @@ def load_or_build_package(prepared: nn.Module, example: torch.Tensor, path: Path
         finally:
             if os.path.exists(tmp):
                 os.unlink(tmp)
-    return torch._inductor.aoti_load_package(str(path))
+    return _load_package(path)
+
+
+def _load_package(path: Path) -> Any:
+    """A tensor → tensor AOTInductor package as a callable, loaded in milliseconds.
+
+    ``torch._inductor.aoti_load_package`` imports Inductor and Dynamo (1.2 s) and compiles a test
+    program per CPU ISA (1.5 s) only to warn when the package was built for another CPU: 3 s at
+    every worker start. The package's own loader, called directly, does neither (should that
+    private entry point change in a later torch, the public loader is used).
+    """
+    try:
+        loader = torch._C._aoti.AOTIModelPackageLoader(str(path), "model", False, 1, -1)
+    except (AttributeError, TypeError):
+        return torch._inductor.aoti_load_package(str(path))
+
+    def run(x: torch.Tensor) -> torch.Tensor:
+        (out,) = loader.boxed_run([x])
+        return out
+
+    return run
 
 
 class FastEncoder(nn.Module):
@@ -198,7 +218,12 @@ class FastMaskDecoder(nn.Module):
         super().__init__()
         self.decoder = decoder
         self.chunk = chunk
-        self._fn: Any = torch.compile(decoder, dynamic=True)
+        self._fn: Any = None  # compiled on first use: an encoder-only worker never pays
+
+    def _compiled(self) -> Any:
+        if self._fn is None:
+            self._fn = torch.compile(self.decoder, dynamic=True)
+        return self._fn
 
     def forward(
         self,
@@ -210,8 +235,9 @@ class FastMaskDecoder(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         k = sparse_prompt_embeddings.shape[0]
         step = self.chunk or k
+        fn = self._compiled()
         outs = [
-            self._fn(
+            fn(
                 image_embeddings,
                 image_pe,
                 sparse_prompt_embeddings[i : i + step],

@@ -10,7 +10,7 @@ import torch
 
 from pipeline.config import ModelConfig
 from pipeline.model import DecodeRequest, MobileSam
-from pipeline.model.accelerate import prepare_encoder, tile_conv_stage
+from pipeline.model.accelerate import _load_package, prepare_encoder, tile_conv_stage
 from pipeline.model.architecture import build_mobile_sam
 from pipeline.prompts import Prompt
 from tests.conftest import sample_rgb
@@ -68,3 +68,17 @@ def test_compiled_model_agrees_with_eager(checkpoint: Path) -> None:
         for m1, m2 in zip(x.masks, y.masks, strict=True):
             union = np.logical_or(m1, m2).sum()
             assert union == 0 or np.logical_and(m1, m2).sum() / union >= 0.99
+
+
+@pytest.mark.slow
+def test_package_loader_equals_torchs_public_loader(checkpoint: Path, tmp_path: Path) -> None:
+    fast = MobileSam.from_config(
+        ModelConfig(
+            checkpoint=checkpoint, image_size=256, device="cpu", compile="compiled", cache_dir=tmp_path
+        )
+    )
+    fast.encode([sample_rgb(240, 320, 0)])
+    (package,) = (tmp_path / "compiled").glob("encoder-256-*.pt2")
+    x = torch.randn(1, 3, 256, 256).contiguous(memory_format=torch.channels_last)
+    expected = torch._inductor.aoti_load_package(str(package))(x)
+    assert torch.equal(_load_package(package)(x), expected)
