@@ -34,9 +34,9 @@ CHECKPOINT_EVERY = 30
 class ResultSink(Protocol):
     """Where a job's results go."""
 
-    def publish(self, result: FrameResult, snapshot: Mapping[str, Any] | None) -> bool:
-        """Publish one frame's result, with the tracker state after it when given (a checkpoint);
-        False if the frame was published before.
+    def publish_many(self, items: Sequence[tuple[FrameResult, Mapping[str, Any] | None]]) -> list[bool]:
+        """Publish frames' results in order, each with the tracker state after it when given (a
+        checkpoint); for each, False if the frame was published before.
 
         The snapshot is the tracker's with ``binary=True``: the logits are raw bytes.
         """
@@ -59,6 +59,18 @@ class FrameSummary:
     publish_time: float
     active_tracks: int
     timings: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class _Prepared:
+    """A frame decoded and ready to publish (``result`` None: published before)."""
+
+    frame: EncodedFrame
+    timings: dict[str, float]
+    result: FrameResult | None = None
+    snapshot: Mapping[str, Any] | None = None
+    events: list[TrackEvent] = field(default_factory=list)
+    active: int = 0
 
 
 class TrackDecoder:
@@ -117,39 +129,56 @@ class TrackDecoder:
             self.sink.event("error", frame=None, track=track, detail=str(exc))
 
     def process(self, frames: Sequence[EncodedFrame]) -> list[FrameSummary]:
-        """Decode, encode to RLE and publish each frame (in the given order, which must be increasing)."""
-        return [self._one(f) for f in frames]
+        """Decode, encode to RLE and publish each frame (in the given order, which must be increasing).
 
-    def _one(self, frame: EncodedFrame) -> FrameSummary:
+        The batch's frames are published together (one round trip to Redis), then their events.
+        """
+        prepared = [self._prepare(f) for f in frames]
+        ready = [p for p in prepared if p.result is not None]
+        start = time.perf_counter()
+        published = self.sink.publish_many([(p.result, p.snapshot) for p in ready if p.result is not None])
+        took = (time.perf_counter() - start) / max(1, len(ready))
+        now = time.time()
+        summaries = []
+        flags = iter(published)
+        for p in prepared:
+            if p.result is None:
+                summaries.append(FrameSummary(p.frame.index, False, p.frame.capture_time, now, 0, p.timings))
+                continue
+            for e in p.events:
+                self._event(e)
+            p.timings["publish"] = took
+            summaries.append(
+                FrameSummary(p.frame.index, next(flags), p.frame.capture_time, now, p.active, p.timings)
+            )
+        return summaries
+
+    def _prepare(self, frame: EncodedFrame) -> _Prepared:
+        timings = dict(frame.timings)
         if self.last_published is not None and frame.index <= self.last_published:
             if self.replay_after is not None and frame.index > self.replay_after:
                 self._step(frame, replay=True)  # published already: bring the tracker up to it
-            now = time.time()
-            return FrameSummary(frame.index, False, frame.capture_time, now, 0, dict(frame.timings))
-        timings = dict(frame.timings)
+            return _Prepared(frame, timings)
         start = time.perf_counter()
         results, events = self._step(frame, replay=False)
         timings["mask_decode"] = time.perf_counter() - start
 
         start = time.perf_counter()
         tracks = tuple(
-            TrackMask(r.track_id, r.status.value, float(r.score), r.box, encode_rle(r.mask)) for r in results
+            TrackMask(
+                r.track_id, r.status.value, float(r.score), r.box, encode_rle(r.mask, r.box or (0, 0, 0, 0))
+            )
+            for r in results
         )
         height, width = frame.original_size
         result = FrameResult(frame.index, frame.pts, frame.capture_time, width, height, tracks, timings)
-        timings["postprocess"] = time.perf_counter() - start
-
-        start = time.perf_counter()
         checkpoint = self.since_checkpoint is None or self.since_checkpoint + 1 >= self.every
         snapshot = self.tracker.snapshot(binary=True) if checkpoint else None
-        published = self.sink.publish(result, snapshot)
         self.since_checkpoint = 0 if checkpoint else (self.since_checkpoint or 0) + 1
-        for e in events:
-            self._event(e)
-        timings["publish"] = time.perf_counter() - start
+        timings["postprocess"] = time.perf_counter() - start
         self.last_published = frame.index
         active = sum(1 for r in results if r.status.value == "active")
-        return FrameSummary(frame.index, published, frame.capture_time, time.time(), active, timings)
+        return _Prepared(frame, timings, result, snapshot, events, active)
 
     def _step(self, frame: EncodedFrame, replay: bool) -> tuple[list[Any], list[TrackEvent]]:
         while True:

@@ -8,7 +8,7 @@ from typing import Protocol
 
 import numpy as np
 
-from pipeline.frames import EncodedFrame, Frame
+from pipeline.frames import EncodedFrame, Frame, Yuv420
 from pipeline.model.types import Embedding, Size
 
 
@@ -16,12 +16,12 @@ class ImageEncoder(Protocol):
     """What the encoder stage needs of a model (``MobileSam``, or the benchmark's null model)."""
 
     def encode(
-        self, frames: Sequence[np.ndarray], original_sizes: Sequence[Size] | None = None
+        self, frames: Sequence[np.ndarray | Yuv420], original_sizes: Sequence[Size] | None = None
     ) -> list[Embedding]: ...
 
 
 class FrameEncoder:
-    """Encodes batches of :class:`Frame` (uint8 pixels already at encoder size) with MobileSAM.
+    """Encodes batches of :class:`Frame` (RGB at encoder size, or the decoder's YUV planes) with MobileSAM.
 
     Args:
         model: the model; only its image encoder is used.

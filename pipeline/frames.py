@@ -11,6 +11,35 @@ Size = tuple[int, int]  # (height, width)
 
 
 @dataclass(frozen=True)
+class Yuv420:
+    """A frame's pixels as the video decoder gave them: 4:2:0 planes at the frame's own size.
+
+    A source hands these on instead of RGB at the encoder's size when it can: converting to RGB
+    and resizing then happen on the encoder's device (:func:`pipeline.model.transforms.to_model_input`),
+    which on a GPU costs microseconds and on the source's CPU cost three times the decoding.
+
+    Attributes:
+        y: (H, W) uint8 luma.
+        u, v: (ceil(H/2), ceil(W/2)) uint8 chroma.
+        matrix: ``bt601`` or ``bt709``: the colour matrix (as FFmpeg reads the stream's tags).
+        full_range: 0-255 levels (JPEG range); else 16-235/240 (video range).
+        image_size: the encoder size S the frame is meant for (long side resized to S).
+    """
+
+    y: np.ndarray
+    u: np.ndarray
+    v: np.ndarray
+    matrix: str
+    full_range: bool
+    image_size: int
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        """(H, W, 3): the RGB picture's shape, at the frame's own size."""
+        return (int(self.y.shape[0]), int(self.y.shape[1]), 3)
+
+
+@dataclass(frozen=True)
 class Frame:
     """One decoded video frame, ready for the encoder.
 
@@ -19,7 +48,9 @@ class Frame:
             source's own number: 0, n, 2n, …).
         pts: presentation time in seconds from the stream's start, or None if unknown.
         capture_time: wall-clock epoch seconds when the frame was decoded (live: received).
-        image: (h, w, 3) uint8 RGB, resized so that max(h, w) is the encoder size.
+        image: (h, w, 3) uint8 RGB, resized so that max(h, w) is the encoder size; or the
+            decoder's :class:`Yuv420` planes at the frame's own size, converted and resized on
+            the encoder's device. :meth:`rgb` gives RGB at the encoder size either way.
         original_size: (H, W) of the frame as decoded, after display rotation.
         timings: seconds spent per stage so far (``decode``, ``preprocess``).
     """
@@ -27,9 +58,25 @@ class Frame:
     index: int
     pts: float | None
     capture_time: float
-    image: np.ndarray
+    image: np.ndarray | Yuv420
     original_size: Size
     timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def image_size(self) -> int:
+        """The encoder size S this frame is for."""
+        if isinstance(self.image, Yuv420):
+            return self.image.image_size
+        return int(max(self.image.shape[:2]))
+
+    def rgb(self) -> np.ndarray:
+        """(h, w, 3) uint8 RGB: at the encoder size (converted here, on the CPU, from YUV planes), or
+        as decoded when the source was asked for no encoder size."""
+        if isinstance(self.image, Yuv420):
+            from pipeline.model.transforms import yuv420_resized
+
+            return yuv420_resized(self.image)
+        return self.image
 
 
 @dataclass(frozen=True)

@@ -38,11 +38,14 @@ _MAX_GROUPS = 7
 _GROUP_LIMITS = np.array([1 << (_BITS * n - 1) for n in range(1, 13)], dtype=np.int64)
 
 
-def encode_rle(mask: npt.NDArray[Any]) -> dict[str, Any]:
+def encode_rle(mask: npt.NDArray[Any], bbox: tuple[int, int, int, int] | None = None) -> dict[str, Any]:
     """Encode a binary mask as a compressed COCO RLE.
 
     Args:
         mask: (H, W) bool or integer array, any memory order; nonzero is foreground.
+        bbox: the mask's :func:`mask_bbox` when known (the caller vouches that no foreground lies
+            outside it): only that box is scanned, which for an object over a tenth of the frame
+            is several times faster.
 
     Returns:
         ``{"size": [H, W], "counts": str}``, equal to ``pycocotools.mask.encode`` of the same mask
@@ -61,7 +64,7 @@ def encode_rle(mask: npt.NDArray[Any]) -> dict[str, Any]:
     if mask.dtype != np.bool_ and not np.issubdtype(mask.dtype, np.integer):
         raise InvalidInputError(f"expected a bool or integer mask, got dtype {mask.dtype}")
     h, w = mask.shape
-    counts = _runs(mask)
+    counts = _runs(mask, bbox)
     return {"size": [int(h), int(w)], "counts": _counts_to_string(counts)}
 
 
@@ -124,16 +127,19 @@ def mask_bbox(mask: npt.NDArray[Any]) -> tuple[int, int, int, int] | None:
     rows = np.flatnonzero(np.any(mask, axis=1))
     if rows.size == 0:
         return None
-    cols = np.flatnonzero(np.any(mask, axis=0))
-    return int(cols[0]), int(rows[0]), int(cols[-1]) + 1, int(rows[-1]) + 1
+    y0, y1 = int(rows[0]), int(rows[-1]) + 1
+    cols = np.flatnonzero(np.any(mask[y0:y1], axis=0))
+    return int(cols[0]), y0, int(cols[-1]) + 1, y1
 
 
-def _runs(mask: npt.NDArray[Any]) -> npt.NDArray[np.int64]:
+def _runs(mask: npt.NDArray[Any], bbox: tuple[int, int, int, int] | None = None) -> npt.NDArray[np.int64]:
     """Run lengths of an (H, W) mask in column-major order, starting with background; int64."""
     binary = mask if mask.dtype == np.bool_ else mask != 0
     h, w = binary.shape
     n = h * w
-    if binary.flags.f_contiguous or n == 0:
+    if bbox is not None and n:
+        changes = _changes_in_box(binary, bbox)
+    elif binary.flags.f_contiguous or n == 0:
         # np.diff of a bool array is a bool "value changed" array; flatnonzero has a fast path for bool.
         changes = np.flatnonzero(np.diff(binary.ravel(order="F"))) + 1
     else:
@@ -148,6 +154,30 @@ def _runs(mask: npt.NDArray[Any]) -> npt.NDArray[np.int64]:
     if n and binary.flat[0]:
         counts = np.concatenate(([0], counts))
     return counts.astype(np.int64, copy=False)
+
+
+def _changes_in_box(binary: npt.NDArray[np.bool_], bbox: tuple[int, int, int, int]) -> npt.NDArray[np.int64]:
+    """Column-major positions (> 0) where a run starts, for a mask whose foreground lies in ``bbox``.
+
+    Each column's slice of the box is read between two background sentinels: the pixels just above
+    and below it, which lie outside the box (so are background) unless the box spans the full
+    height. Then one column's bottom sentinel and the next one's top stand for the same position,
+    the top of the next column: a change there is reported once per side that is foreground, so a
+    position reported twice (foreground on both sides) is no change.
+    """
+    h, w = binary.shape
+    x0, y0, x1, y1 = (max(0, int(v)) for v in bbox)
+    x1, y1 = min(x1, w), min(y1, h)
+    if x1 <= x0 or y1 <= y0:
+        return np.zeros(0, np.int64)
+    padded = np.zeros((y1 - y0 + 2, x1 - x0), np.bool_)
+    padded[1:-1] = binary[y0:y1, x0:x1]
+    rows, cols = np.divmod(np.flatnonzero(padded[1:] != padded[:-1]), x1 - x0)
+    positions = np.sort((cols + x0) * h + y0 + rows)
+    if y0 == 0 and y1 == h and positions.size:
+        twice = np.flatnonzero(positions[1:] == positions[:-1])
+        positions = np.delete(positions, np.concatenate((twice, twice + 1)))
+    return positions[(positions > 0) & (positions < h * w)]
 
 
 def _counts_to_string(counts: npt.NDArray[np.int64]) -> str:

@@ -187,7 +187,7 @@ def render_video(
                 stream = _add_stream(container, encoder, rate, width, height)
                 for frame in frames:
                     result = pending.take(frame.index)
-                    image = frame.image
+                    image = frame.rgb()  # RGB at the frame's own size (no encoder size asked)
                     if result is not None:
                         masks = [
                             (t.track_id, _fit(decode_rle(t.rle), image.shape[:2]))

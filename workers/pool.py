@@ -110,7 +110,7 @@ class EncoderReplica:
         by_size: dict[int, list[Frame]] = {}
         for frames in requests:
             for f in frames:
-                by_size.setdefault(max(f.image.shape[:2]), []).append(f)
+                by_size.setdefault(f.image_size, []).append(f)
         encoded: dict[int, EncodedFrame] = {}
         for size, frames in by_size.items():
             for f, e in zip(frames, self._encoder(size).encode(frames), strict=True):

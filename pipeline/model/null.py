@@ -11,6 +11,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from pipeline.frames import Yuv420
 from pipeline.model.transforms import input_size
 from pipeline.model.types import DecodeRequest, Embedding, MaskBatch, Size
 
@@ -28,6 +29,7 @@ class NullModel:
         self.image_size = image_size
         self._features = torch.zeros(1, 1, 1)
         self._masks: dict[tuple[Size, int, int], np.ndarray] = {}
+        self._batches: dict[tuple[Size, tuple[tuple[int, int], ...]], MaskBatch] = {}
 
     @property
     def notice(self) -> str:
@@ -43,8 +45,9 @@ class NullModel:
         return resize_longest(image, self.image_size)
 
     def encode(
-        self, frames: Sequence[np.ndarray], original_sizes: Sequence[Size] | None = None
+        self, frames: Sequence[np.ndarray | Yuv420], original_sizes: Sequence[Size] | None = None
     ) -> list[Embedding]:
+        # The device's work (conversion, resize, normalisation) is the model's, and is skipped too.
         sizes = original_sizes or [(int(f.shape[0]), int(f.shape[1])) for f in frames]
         return [
             Embedding(self._features, (int(h), int(w)), input_size((h, w), self.image_size)) for h, w in sizes
@@ -62,14 +65,28 @@ class NullModel:
 
     def decode(self, embedding: Embedding, requests: Sequence[DecodeRequest]) -> MaskBatch:
         h, w = embedding.original_size
-        low = self.low_res_size
-        masks = np.zeros((len(requests), h, w), bool)
-        for i, r in enumerate(requests):
+        centres = []
+        for r in requests:
             p = r.prompt
             if p.box is not None:
                 cx, cy = (p.box[0] + p.box[2]) / 2, (p.box[1] + p.box[3]) / 2
             else:
                 cx, cy = p.points[0]
-            masks[i] = self._ellipse((h, w), int(cx), int(cy))
-        logits = np.full((len(requests), low, low), 5.0, np.float32)
-        return MaskBatch(masks, np.full(len(requests), 0.9, np.float32), logits)
+            centres.append((int(cx), int(cy)))
+        key = ((h, w), tuple(centres))
+        if key not in self._batches:  # the same prompts give the same (read-only) arrays
+            if len(self._batches) > 64:
+                self._batches.clear()
+            masks = np.zeros((len(requests), h, w), bool)
+            for i, (cx, cy) in enumerate(centres):
+                masks[i] = self._ellipse((h, w), cx, cy)
+            low = self.low_res_size
+            batch = MaskBatch(
+                masks,
+                np.full(len(requests), 0.9, np.float32),
+                np.full((len(requests), low, low), 5.0, np.float32),
+            )
+            for a in (batch.masks, batch.scores, batch.logits):
+                a.setflags(write=False)
+            self._batches[key] = batch
+        return self._batches[key]

@@ -12,6 +12,7 @@ import numpy as np
 
 from pipeline.config import Compile, DeviceKind, ModelConfig, Weights
 from pipeline.errors import InvalidInputError
+from pipeline.frames import Yuv420
 from pipeline.model.architecture import build_mobile_sam
 from pipeline.model.transforms import (
     check_frame,
@@ -149,13 +150,15 @@ class MobileSam:
         return contextlib.nullcontext()
 
     def encode(
-        self, frames: Sequence[np.ndarray], original_sizes: Sequence[Size] | None = None
+        self, frames: Sequence[np.ndarray | Yuv420], original_sizes: Sequence[Size] | None = None
     ) -> list[Embedding]:
         """Image embeddings of a batch of frames.
 
         Args:
-            frames: HxWx3 uint8 RGB frames. Without ``original_sizes`` they are at their own
-                resolution and are resized here; with it, they were resized by :meth:`prepare`.
+            frames: HxWx3 uint8 RGB frames, or a source's :class:`~pipeline.frames.Yuv420` frames
+                (at their own size; converted and resized on the device). Without
+                ``original_sizes`` RGB frames are at their own resolution and are resized here;
+                with it, they were resized by :meth:`prepare`.
             original_sizes: (H, W) of each frame before :meth:`prepare`.
 
         Returns:
@@ -165,27 +168,36 @@ class MobileSam:
 
         if not frames:
             return []
-        for f in frames:
+        if original_sizes is not None and len(original_sizes) != len(frames):
+            raise InvalidInputError(f"got {len(frames)} frames but {len(original_sizes)} original sizes")
+        inputs: list[np.ndarray | Yuv420] = []
+        originals: list[Size] = []
+        sizes: list[Size] = []
+        for i, f in enumerate(frames):
+            if isinstance(f, Yuv420):
+                orig = (f.shape[0], f.shape[1])
+                inputs.append(f)
+                originals.append(orig)
+                sizes.append(input_size(orig, self.image_size))
+                continue
             check_frame(f)
-        if original_sizes is None:
-            originals = [(int(f.shape[0]), int(f.shape[1])) for f in frames]
-            resized = [self.prepare(f) for f in frames]
-        else:
-            if len(original_sizes) != len(frames):
-                raise InvalidInputError(f"got {len(frames)} frames but {len(original_sizes)} original sizes")
-            originals = [(int(h), int(w)) for h, w in original_sizes]
-            resized = list(frames)
-        sizes = [(int(r.shape[0]), int(r.shape[1])) for r in resized]
-        for i, (orig, size) in enumerate(zip(originals, sizes, strict=True)):
+            if original_sizes is None:
+                orig, resized = (int(f.shape[0]), int(f.shape[1])), self.prepare(f)
+            else:
+                orig, resized = (int(original_sizes[i][0]), int(original_sizes[i][1])), f
+            size = (int(resized.shape[0]), int(resized.shape[1]))
             if input_size(orig, self.image_size) != size:
                 raise InvalidInputError(
                     f"frame {i} is {size[1]}x{size[0]}, but a {orig[1]}x{orig[0]} frame resizes to "
                     f"{input_size(orig, self.image_size)[::-1]} at image size {self.image_size}"
                 )
+            inputs.append(resized)
+            originals.append(orig)
+            sizes.append(size)
         with torch.inference_mode(), self._autocast():
-            x = to_model_input(resized, self.image_size, self.device, torch.float32)
+            x = to_model_input(inputs, self.image_size, self.device, torch.float32)
             feats = self.encoder(x).float().cpu()
-        return [Embedding(feats[i], originals[i], sizes[i]) for i in range(len(resized))]
+        return [Embedding(feats[i], originals[i], sizes[i]) for i in range(len(inputs))]
 
     def decode(self, embedding: Embedding, requests: Sequence[DecodeRequest]) -> MaskBatch:
         """Masks for K requests on one frame, batched.

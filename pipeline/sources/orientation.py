@@ -63,9 +63,9 @@ class Orientation:
         return (size[1], size[0]) if self.transpose else size
 
     def apply(self, image: np.ndarray) -> np.ndarray:
-        """HxWx3 → the displayed picture, as a view of ``image`` where possible."""
+        """HxW or HxWxC → the displayed picture, as a view of ``image`` where possible."""
         if self.transpose:
-            image = image.transpose(1, 0, 2)
+            image = image.swapaxes(0, 1)
         if self.flip_rows:
             image = image[::-1]
         if self.flip_cols:

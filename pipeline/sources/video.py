@@ -30,7 +30,7 @@ from urllib.parse import urlsplit
 import numpy as np
 
 from pipeline.errors import InvalidInputError, SourceError
-from pipeline.frames import Frame, Size
+from pipeline.frames import Frame, Size, Yuv420
 from pipeline.model.transforms import resize_longest_fast
 from pipeline.sources.decode_thread import DecodeThread, Emit, reraise
 from pipeline.sources.demux import DecodeFailure, OpenedVideo
@@ -310,6 +310,15 @@ class VideoSource:
         return SourceError(f"video {self.name} ended early {where}: {failure.reason}")
 
 
+# FFmpeg's colour spaces (AVColorSpace) whose matrix the encoder's device converts: BT.709, and
+# BT.601 (also what FFmpeg assumes when the stream does not say).
+_MATRICES = {1: "bt709", 2: "bt601", 5: "bt601", 6: "bt601"}
+_YUV420 = {"yuv420p": False, "yuvj420p": True}  # pixel format → full range
+# Frames up to twice the encoder size are handed on as decoded (4:2:0, 1.5 bytes a pixel); larger
+# ones are made RGB and resized here, so the bytes a frame moves stay bounded.
+MAX_NATIVE_SCALE = 2
+
+
 def to_frame(
     av_frame: VideoFrame,
     index: int,
@@ -318,13 +327,31 @@ def to_frame(
     t0: float,
     capture_time: float | None = None,
 ) -> Frame:
-    """A decoded PyAV frame → :class:`Frame`: RGB, turned for display, resized (None: as decoded).
+    """A decoded PyAV frame → :class:`Frame`: turned for display, ready for the encoder (None: RGB as decoded).
+
+    A 4:2:0 frame (what nearly every video decodes to) up to :data:`MAX_NATIVE_SCALE` times the
+    encoder size keeps its planes (:class:`~pipeline.frames.Yuv420`): the encoder's device converts
+    and resizes it. Any other frame is converted to RGB and resized here
+    (:func:`~pipeline.model.transforms.resize_longest_fast`).
 
     ``capture_time`` defaults to now (the frame was just decoded); ``timings["decode"]`` counts
-    from ``t0`` (``perf_counter``) to the turned RGB image, ``timings["preprocess"]`` is the
-    resize to the encoder's size (:func:`~pipeline.model.transforms.resize_longest_fast`).
+    from ``t0`` (``perf_counter``) to the turned pixels, ``timings["preprocess"]`` is what the
+    source spends readying them for the encoder.
     """
     capture_time = time.time() if capture_time is None else capture_time
+    pts = float(av_frame.time) if av_frame.time is not None else None
+    if image_size is not None:
+        t1 = time.perf_counter()
+        yuv = _yuv420(av_frame, orientation, image_size)
+        if yuv is not None:
+            return Frame(
+                index=index,
+                pts=pts,
+                capture_time=capture_time,
+                image=yuv,
+                original_size=yuv.shape[:2],
+                timings={"decode": t1 - t0, "preprocess": time.perf_counter() - t1},
+            )
     image = orientation.apply(av_frame.to_ndarray(format="rgb24"))
     original_size: Size = (image.shape[0], image.shape[1])
     t1 = time.perf_counter()
@@ -332,11 +359,30 @@ def to_frame(
         image = resize_longest_fast(image, image_size)
     return Frame(
         index=index,
-        pts=float(av_frame.time) if av_frame.time is not None else None,
+        pts=pts,
         capture_time=capture_time,
         image=np.ascontiguousarray(image),
         original_size=original_size,
         timings={"decode": t1 - t0, "preprocess": time.perf_counter() - t1},
+    )
+
+
+def _yuv420(av_frame: VideoFrame, orientation: Orientation, image_size: int) -> Yuv420 | None:
+    """The frame's own 4:2:0 planes, turned for display (copies), or None when it must go as RGB."""
+    full_range = _YUV420.get(av_frame.format.name)
+    matrix = _MATRICES.get(int(av_frame.colorspace))
+    if (
+        full_range is None
+        or matrix is None
+        or max(av_frame.width, av_frame.height) > MAX_NATIVE_SCALE * image_size
+    ):
+        return None
+    planes = []
+    for plane in av_frame.planes:
+        rows = np.frombuffer(memoryview(plane), np.uint8).reshape(plane.height, plane.line_size)
+        planes.append(np.ascontiguousarray(orientation.apply(rows[:, : plane.width])))
+    return Yuv420(
+        planes[0], planes[1], planes[2], matrix, full_range or int(av_frame.color_range) == 2, image_size
     )
 
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import redis
@@ -79,18 +79,50 @@ class RedisSink:
         self._script = client.register_script(_PUBLISH)
 
     def publish(self, result: FrameResult, snapshot: Mapping[str, Any] | None) -> bool:
-        fields = encode_entry(result, self.notice)
-        state = b"" if snapshot is None else pack_state(result.frame_index, snapshot)
-        flat: list[str] = [x for kv in fields.items() for x in kv]
-        args: list[str | bytes] = [
-            entry_id(result.frame_index),
-            "" if self.maxlen is None else str(self.maxlen),
-            state,
-        ]
-        args += [str(result.frame_index), repr(time.time()), *flat]
+        return self.publish_many([(result, snapshot)])[0]
+
+    def publish_many(self, items: Sequence[tuple[FrameResult, Mapping[str, Any] | None]]) -> list[bool]:
+        """Publish frames in order, one script each (each atomic), sent in one round trip."""
+        if not items:
+            return []
         keys = [self.keys.masks(self.job_id), self.keys.job(self.job_id), self.keys.state(self.job_id)]
-        with redis_errors(f"publishing frame {result.frame_index} of job {self.job_id!r}"):
-            return bool(self._script(keys=keys, args=args))
+        calls = []
+        for result, snapshot in items:
+            fields = encode_entry(result, self.notice)
+            state = b"" if snapshot is None else pack_state(result.frame_index, snapshot)
+            args: list[str | bytes] = [
+                entry_id(result.frame_index),
+                "" if self.maxlen is None else str(self.maxlen),
+                state,
+                str(result.frame_index),
+                repr(time.time()),
+            ]
+            args += [x for kv in fields.items() for x in kv]
+            calls.append(args)
+        first, last = items[0][0].frame_index, items[-1][0].frame_index
+        frames = f"frame {first}" if first == last else f"frames {first}-{last}"
+        with redis_errors(f"publishing {frames} of job {self.job_id!r}"):
+            replies = self._run(keys, calls)
+        out = []
+        for reply in replies:
+            if isinstance(reply, Exception):  # e.g. "no such job": that frame and the ones after it
+                raise reply
+            out.append(bool(reply))
+        return out
+
+    def _run(self, keys: list[str], calls: list[list[str | bytes]]) -> list[Any]:
+        """EVALSHA each call in one pipeline (no transaction: each script is atomic on its own)."""
+        for attempt in range(2):
+            pipe = self.client.pipeline(transaction=False)
+            for args in calls:
+                pipe.evalsha(self._script.sha, len(keys), *keys, *args)
+            replies: list[Any] = pipe.execute(raise_on_error=False)
+            if attempt == 0 and any(isinstance(r, redis.exceptions.NoScriptError) for r in replies):
+                # Redis lost its scripts (restarted): load it; a NOSCRIPT call wrote nothing.
+                self.client.script_load(_PUBLISH)
+                continue
+            return replies
+        return replies
 
     def resume_point(self) -> tuple[int | None, int | None, Mapping[str, Any] | None]:
         last = self.publisher.last_published_frame()

@@ -294,8 +294,8 @@ class Tracker:
         self, state: TrackState, mask: np.ndarray, score: float, logits: np.ndarray, frame_index: int
     ) -> tuple[TrackState, TrackResult, TrackEvent | None]:
         cfg = self.config
-        area = int(np.count_nonzero(mask))
         box = mask_bbox(mask)
+        area = 0 if box is None else int(np.count_nonzero(mask[box[1] : box[3], box[0] : box[2]]))
         if score >= cfg.min_score and area >= cfg.min_area:
             kept = np.array(logits, dtype=np.float32, copy=True)
             kept.setflags(write=False)

@@ -3,7 +3,7 @@ frames after the last checkpoint so that the output equals a run that never stop
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import pytest
@@ -38,6 +38,9 @@ class MemorySink:
             self.state = (result.frame_index, snapshot)
             self.checkpoints.append(result.frame_index)
         return True
+
+    def publish_many(self, items: Sequence[tuple[FrameResult, Mapping[str, Any] | None]]) -> list[bool]:
+        return [self.publish(result, snapshot) for result, snapshot in items]
 
     def resume_point(self) -> tuple[int | None, int | None, Mapping[str, Any] | None]:
         last = max(self.results) if self.results else None

@@ -17,7 +17,7 @@ import pytest
 
 from pipeline import samples
 from pipeline.errors import InvalidInputError, SourceError
-from pipeline.frames import Frame
+from pipeline.frames import Frame, Yuv420
 from pipeline.model.transforms import input_size
 from pipeline.sources import LiveSource
 from tests.fixtures.streams import RtspServer, StreamSender, free_port, rtsp_server_available
@@ -146,8 +146,9 @@ def test_frames_arrive_in_order_fresh_and_resized(protocol: str, kind: str, code
     times = [f.capture_time for f in frames]
     assert times == sorted(times) and before <= times[0] <= time.time()
     for f in frames:
-        assert f.image.shape == (*input_size((H, W), 256), 3) and f.image.dtype == np.uint8
-        assert f.original_size == (H, W) and f.image.flags.c_contiguous
+        assert isinstance(f.image, Yuv420) and f.image.y.shape == (H, W) and f.image.y.flags.c_contiguous
+        assert f.rgb().shape == (*input_size((H, W), 256), 3) and f.rgb().dtype == np.uint8
+        assert f.original_size == (H, W)
         assert 0 < f.timings["decode"] < 0.5 and 0 < f.timings["preprocess"] < 0.5
 
 

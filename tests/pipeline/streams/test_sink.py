@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 import redis
 
 from pipeline.frames import FrameResult
@@ -72,3 +73,27 @@ def test_frames_without_a_snapshot_keep_the_last_checkpoint(redis_client: redis.
     assert resume_after(redis_client, keys, "job", live=False) == 3  # frames 4-6 are replayed
     assert resume_after(redis_client, keys, "job", live=True) == 6  # a feed goes on from now
     assert JobStore(redis_client, keys).get("job").frames_done == 4
+
+
+def test_a_batch_publishes_in_one_call_each_frame_once(redis_client: redis.Redis, keys: Keys) -> None:
+    JobStore(redis_client, keys).create("job", {"source": "clip.mp4"})
+    sink = RedisSink(redis_client, keys, "job")
+    snapshot = _snapshot(binary=True)
+    assert sink.publish(FrameResult(2, None, 1.0, 64, 48, (), {}), None)
+    redis_client.script_flush()  # as after a Redis restart: the script is loaded again
+    batch = [
+        (FrameResult(f, None, 1.0, 64, 48, (), {}), snapshot if f == 4 else None) for f in (1, 2, 3, 4, 5)
+    ]
+    assert sink.publish_many(batch) == [False, False, True, True, True]
+    entries = redis_client.xrange(keys.masks("job"))
+    assert [e[0] for e in entries] == ["2-1", "3-1", "4-1", "5-1"]
+    assert sink.resume_point() == (5, 4, snapshot)
+    assert JobStore(redis_client, keys).get("job").frames_done == 4
+    assert sink.publish_many([]) == []
+
+
+def test_a_batch_for_a_deleted_job_fails_clearly(redis_client: redis.Redis, keys: Keys) -> None:
+    sink = RedisSink(redis_client, keys, "gone")
+    with pytest.raises(redis.ResponseError, match="no such job"):
+        sink.publish_many([(FrameResult(0, None, 1.0, 64, 48, (), {}), None)])
+    assert redis_client.xlen(keys.masks("gone")) == 0
