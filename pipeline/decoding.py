@@ -134,9 +134,9 @@ class TrackDecoder:
         The batch's frames are published together (one round trip to Redis), then their events.
         """
         prepared = [self._prepare(f) for f in frames]
-        ready = [p for p in prepared if p.result is not None]
+        ready = [(p.result, p.snapshot) for p in prepared if p.result is not None]
         start = time.perf_counter()
-        published = self.sink.publish_many([(p.result, p.snapshot) for p in ready if p.result is not None])
+        published = self.sink.publish_many(ready)
         took = (time.perf_counter() - start) / max(1, len(ready))
         now = time.time()
         summaries = []

@@ -112,17 +112,18 @@ class RedisSink:
 
     def _run(self, keys: list[str], calls: list[list[str | bytes]]) -> list[Any]:
         """EVALSHA each call in one pipeline (no transaction: each script is atomic on its own)."""
-        for attempt in range(2):
-            pipe = self.client.pipeline(transaction=False)
-            for args in calls:
-                pipe.evalsha(self._script.sha, len(keys), *keys, *args)
-            replies: list[Any] = pipe.execute(raise_on_error=False)
-            if attempt == 0 and any(isinstance(r, redis.exceptions.NoScriptError) for r in replies):
-                # Redis lost its scripts (restarted): load it; a NOSCRIPT call wrote nothing.
-                self.client.script_load(_PUBLISH)
-                continue
-            return replies
+        replies = self._pipeline(keys, calls)
+        if any(isinstance(r, redis.exceptions.NoScriptError) for r in replies):
+            # Redis lost its scripts (restarted): load it again; a NOSCRIPT call wrote nothing.
+            self.client.script_load(_PUBLISH)
+            replies = self._pipeline(keys, calls)
         return replies
+
+    def _pipeline(self, keys: list[str], calls: list[list[str | bytes]]) -> list[Any]:
+        pipe = self.client.pipeline(transaction=False)
+        for args in calls:
+            pipe.evalsha(self._script.sha, len(keys), *keys, *args)
+        return list(pipe.execute(raise_on_error=False))
 
     def resume_point(self) -> tuple[int | None, int | None, Mapping[str, Any] | None]:
         last = self.publisher.last_published_frame()
