@@ -1,15 +1,23 @@
-"""The track decoder stage: one job's tracks on each frame, in frame order, published exactly once.
+"""The tracker stage of one job: its tracks on each frame, in frame order, published exactly once.
 
-The plain class behind the decoder worker. It owns the job's :class:`~pipeline.tracking.Tracker`,
-turns each frame's masks into COCO RLE and hands the result, with the tracker's snapshot, to a
-:class:`ResultSink` (Redis in production). A frame at or before the last published one is skipped,
-so a retried or replayed call publishes nothing twice.
+A :class:`TrackDecoder` owns one job's :class:`~pipeline.tracking.Tracker`, turns each frame's
+masks into COCO RLE and hands the result, with the tracker's snapshot, to a :class:`ResultSink`
+(Redis in production). What happens to a frame of a resumed job is the resume rule's
+(:mod:`pipeline.jobs.resume`): published frames after the checkpoint are replayed, not published
+again; a frame already stepped is ignored, so a retried call publishes nothing twice.
 
-The tracker's state (a track's logits are 256 KB) is checkpointed with every ``checkpoint_every``-th
-published frame, and with the frame after any track command, not with every frame. A job resumed
-after a stop restores the last checkpoint and is fed again the frames after it: they go through
-the tracker (the same model on the same frames gives the same state) without being published
-again, so the output equals that of a job that never stopped.
+A file job's frames must reach the tracker without a gap (frame t+1 is prompted by frame t's
+mask). A decoder that was restarted resumes from the checkpoint, and the first frame it is then
+given may lie past it; it answers with a *rewind* (the frame after which the job must be read
+again) and ignores frames until the missing ones come.
+
+The tracker's state (a track's logits are 256 KB) is checkpointed with every
+``checkpoint_every``-th published frame, and with the frame after any track command.
+
+Processing is split in two so that a host following many jobs decodes all of them together
+(:class:`~pipeline.tracking.tracker.StepPlan`): :meth:`TrackDecoder.begin` says what a frame
+needs from the model, :meth:`TrackDecoder.finish` takes the masks and readies the result.
+:meth:`TrackDecoder.process` does both for a job alone.
 """
 
 from __future__ import annotations
@@ -21,9 +29,11 @@ from typing import Any, Protocol
 
 from pipeline.errors import InvalidInputError
 from pipeline.frames import EncodedFrame, FrameResult, TrackMask
+from pipeline.jobs.resume import Action, ResumePoint
 from pipeline.masks import encode_rle
+from pipeline.model.types import MaskBatch
 from pipeline.prompts import Prompt, TrackSpec
-from pipeline.tracking import Tracker, TrackEvent, TrackingConfig
+from pipeline.tracking import StepPlan, Tracker, TrackEvent, TrackingConfig
 from pipeline.tracking.tracker import Segmenter, TrackPromptError
 
 # Checkpoint the tracker with every n-th published frame: at most this many frames are replayed on
@@ -42,8 +52,8 @@ class ResultSink(Protocol):
         """
         ...
 
-    def resume_point(self) -> tuple[int | None, int | None, Mapping[str, Any] | None]:
-        """The last published frame, the frame of the last checkpoint and its tracker snapshot."""
+    def resume_point(self) -> ResumePoint:
+        """How far the job got: the last published frame and the last checkpoint."""
         ...
 
     def event(self, type: str, *, frame: int | None, track: int | None, detail: str | None) -> None: ...
@@ -51,7 +61,10 @@ class ResultSink(Protocol):
 
 @dataclass(frozen=True)
 class FrameSummary:
-    """What the driver learns about a processed frame (small: no masks)."""
+    """What the driver learns about a processed frame (small: no masks).
+
+    ``published`` is False for a frame published before (replayed or ignored).
+    """
 
     index: int
     published: bool
@@ -62,8 +75,22 @@ class FrameSummary:
 
 
 @dataclass
-class _Prepared:
-    """A frame decoded and ready to publish (``result`` None: published before)."""
+class Step:
+    """A frame on its way through :meth:`TrackDecoder.begin` and :meth:`TrackDecoder.finish`.
+
+    ``plan`` is None for a frame that needs no decoding (skipped, ignored, out of order).
+    """
+
+    frame: EncodedFrame
+    action: Action
+    plan: StepPlan | None
+    timings: dict[str, float]
+    started: float = 0.0
+
+
+@dataclass
+class Prepared:
+    """A frame decoded and ready to publish (``result`` None: nothing to publish)."""
 
     frame: EncodedFrame
     timings: dict[str, float]
@@ -79,9 +106,12 @@ class TrackDecoder:
     Args:
         tracks: the job's tracks.
         segmenter: decodes prompts on an embedding (``MobileSam`` or a stub).
-        sink: where results go; its resume point restores the tracker after a restart.
+        sink: where results go.
         config: tracking thresholds.
         checkpoint_every: store the tracker's state with every n-th published frame (1: each).
+        stride: the job's stride (file jobs: the next frame after ``t`` is ``t + stride``).
+        live: a live job: frames come with gaps (the newest of the feed), and none is re-read.
+        resume: how far the job got; None asks the sink.
     """
 
     def __init__(
@@ -91,29 +121,42 @@ class TrackDecoder:
         sink: ResultSink,
         config: TrackingConfig | None = None,
         checkpoint_every: int = CHECKPOINT_EVERY,
+        *,
+        stride: int = 1,
+        live: bool = False,
+        resume: ResumePoint | None = None,
     ) -> None:
         if checkpoint_every < 1:
             raise InvalidInputError(f"checkpoint_every must be >= 1, got {checkpoint_every}")
+        if stride < 1:
+            raise InvalidInputError(f"stride must be >= 1, got {stride}")
         self.sink = sink
+        self.segmenter = segmenter
         self.tracker = Tracker(segmenter, config)
-        last, checkpoint, snapshot = sink.resume_point()
-        if snapshot is not None:
-            self.tracker.restore(snapshot)
+        resume = sink.resume_point() if resume is None else resume
+        if resume.snapshot is not None:
+            self.tracker.restore(resume.snapshot)
         else:
-            checkpoint = None
+            resume = ResumePoint(resume.last_published)  # no checkpoint: the prompts, before frame 0
             for spec in tracks:
                 self.tracker.add(spec)
-        self.last_published = last
-        # Frames after the checkpoint and up to the last published one are replayed, not published.
-        self.replay_after = checkpoint if last is not None else None
+        self.resume = ResumePoint(resume.last_published, resume.checkpoint)  # the snapshot is spent
         self.every = checkpoint_every
+        self.stride = stride
+        self.live = live
         self.since_checkpoint: int | None = None  # published frames since the last checkpoint
+        self.rewind: tuple[int | None] | None = None  # (read after,) when frames went missing
+
+    @property
+    def tracks(self) -> int:
+        """Tracks the job has now."""
+        return len(self.tracker.tracks)
 
     def control(self, cmd: str, track: int, prompt: Prompt | None = None) -> None:
-        """Add, remove or re-prompt a track from the next processed frame on (live jobs).
+        """Add, remove or re-prompt a track from the next processed frame on.
 
         A command that cannot apply (an unknown id, an id taken) is reported as an ``error`` event,
-        not raised: a live job goes on.
+        not raised: the job goes on.
         """
         self.since_checkpoint = None  # the next frame's state is checkpointed
         try:
@@ -133,36 +176,64 @@ class TrackDecoder:
 
         The batch's frames are published together (one round trip to Redis), then their events.
         """
-        prepared = [self._prepare(f) for f in frames]
-        ready = [(p.result, p.snapshot) for p in prepared if p.result is not None]
+        prepared = []
+        for frame in frames:
+            step = self.begin(frame)
+            batch = None
+            if step.plan is not None and step.plan.requests:
+                batch = self.segmenter.decode(frame.embedding, step.plan.requests)
+            prepared.append(self.finish(step, batch))
+        items = self.to_publish(prepared)
         start = time.perf_counter()
-        published = self.sink.publish_many(ready)
-        took = (time.perf_counter() - start) / max(1, len(ready))
-        now = time.time()
-        summaries = []
-        flags = iter(published)
-        for p in prepared:
-            if p.result is None:
-                summaries.append(FrameSummary(p.frame.index, False, p.frame.capture_time, now, 0, p.timings))
-                continue
-            for e in p.events:
-                self._event(e)
-            p.timings["publish"] = took
-            summaries.append(
-                FrameSummary(p.frame.index, next(flags), p.frame.capture_time, now, p.active, p.timings)
-            )
-        return summaries
+        flags = self.sink.publish_many(items)
+        return self.summaries(prepared, flags, time.perf_counter() - start)
 
-    def _prepare(self, frame: EncodedFrame) -> _Prepared:
+    def begin(self, frame: EncodedFrame) -> Step:
+        """What frame ``frame`` needs: its decode requests (``step.plan``), or nothing.
+
+        A prompt that does not fit the frame (given while the job runs) drops that track, says why
+        in an ``error`` event (once: not again when replaying), and the others go on.
+        """
         timings = dict(frame.timings)
-        if self.last_published is not None and frame.index <= self.last_published:
-            if self.replay_after is not None and frame.index > self.replay_after:
-                self._step(frame, replay=True)  # published already: bring the tracker up to it
-            return _Prepared(frame, timings)
-        start = time.perf_counter()
-        results, events = self._step(frame, replay=False)
-        timings["mask_decode"] = time.perf_counter() - start
+        if not self.live and not self._in_order(frame.index):
+            return Step(frame, Action.SKIP, None, timings)
+        action = self.resume.action(frame.index)
+        if action is Action.SKIP:
+            return Step(frame, action, None, timings)
+        if action is Action.PUBLISH and not self.live and not self.resume.caught_up(self.tracker.last_frame):
+            self._ask_rewind()
+            return Step(frame, Action.SKIP, None, timings)
+        started = time.perf_counter()
+        while True:
+            try:
+                plan = self.tracker.plan(frame.index, frame.embedding)
+                return Step(frame, action, plan, timings, started)
+            except TrackPromptError as exc:
+                self.tracker.remove(exc.track_id)
+                if action is Action.PUBLISH:
+                    self.sink.event("error", frame=frame.index, track=exc.track_id, detail=str(exc))
 
+    def _in_order(self, index: int) -> bool:
+        """Whether ``index`` is the file job's next frame; a gap asks for a rewind, an old frame is ignored."""
+        last = self.tracker.last_frame
+        expected = 0 if last is None else last + self.stride
+        if index > expected:
+            self._ask_rewind()
+        return index == expected
+
+    def _ask_rewind(self) -> None:
+        self.rewind = (self.tracker.last_frame,)
+
+    def finish(self, step: Step, batch: MaskBatch | None) -> Prepared:
+        """Move the tracker on with the masks of ``step``'s requests; the frame's result to publish."""
+        frame, timings = step.frame, step.timings
+        if step.plan is None:
+            return Prepared(frame, timings)
+        results, events = self.tracker.commit(step.plan, batch)
+        if step.action is not Action.PUBLISH:
+            return Prepared(frame, timings)  # replayed: the tracker is up to it, nothing is published
+        self.rewind = None
+        timings["mask_decode"] = time.perf_counter() - step.started
         start = time.perf_counter()
         tracks = tuple(
             TrackMask(
@@ -176,20 +247,34 @@ class TrackDecoder:
         snapshot = self.tracker.snapshot(binary=True) if checkpoint else None
         self.since_checkpoint = 0 if checkpoint else (self.since_checkpoint or 0) + 1
         timings["postprocess"] = time.perf_counter() - start
-        self.last_published = frame.index
+        self.resume = ResumePoint(frame.index, frame.index if checkpoint else self.resume.checkpoint)
         active = sum(1 for r in results if r.status.value == "active")
-        return _Prepared(frame, timings, result, snapshot, events, active)
+        return Prepared(frame, timings, result, snapshot, events, active)
 
-    def _step(self, frame: EncodedFrame, replay: bool) -> tuple[list[Any], list[TrackEvent]]:
-        while True:
-            try:
-                return self.tracker.step(frame.index, frame.embedding)
-            except TrackPromptError as exc:
-                # A prompt that does not fit the frame (given while the job runs): drop that track,
-                # say why (once: not again when replaying), and go on with the others.
-                self.tracker.remove(exc.track_id)
-                if not replay:
-                    self.sink.event("error", frame=frame.index, track=exc.track_id, detail=str(exc))
+    @staticmethod
+    def to_publish(prepared: Sequence[Prepared]) -> list[tuple[FrameResult, Mapping[str, Any] | None]]:
+        """The results to publish, with their checkpoints, in order."""
+        return [(p.result, p.snapshot) for p in prepared if p.result is not None]
 
-    def _event(self, e: TrackEvent) -> None:
-        self.sink.event(f"track_{e.kind}", frame=e.frame_index, track=e.track_id, detail=e.detail or None)
+    def summaries(
+        self, prepared: Sequence[Prepared], published: Sequence[bool], took: float
+    ) -> list[FrameSummary]:
+        """Each frame's summary once its results were published (``published``: the sink's answers,
+        ``took``: the publishing time, shared by the frames); writes the frames' events."""
+        per_frame = took / max(1, len(published))
+        now = time.time()
+        out = []
+        flags = iter(published)
+        for p in prepared:
+            if p.result is None:
+                out.append(FrameSummary(p.frame.index, False, p.frame.capture_time, now, 0, p.timings))
+                continue
+            for e in p.events:
+                self.sink.event(
+                    f"track_{e.kind}", frame=e.frame_index, track=e.track_id, detail=e.detail or None
+                )
+            p.timings["publish"] = per_frame
+            out.append(
+                FrameSummary(p.frame.index, next(flags), p.frame.capture_time, now, p.active, p.timings)
+            )
+        return out

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Protocol
 
 import numpy as np
@@ -38,6 +38,36 @@ class FrameEncoder:
         embeddings = self.model.encode([f.image for f in frames], [f.original_size for f in frames])
         took = time.perf_counter() - start
         return [
-            EncodedFrame(f.index, f.pts, f.capture_time, f.original_size, emb, {**f.timings, "encode": took})
+            EncodedFrame(
+                f.index, f.pts, f.capture_time, f.original_size, emb, {**f.timings, "encode": took}, f.job_id
+            )
             for f, emb in zip(frames, embeddings, strict=True)
         ]
+
+
+class SizedEncoders:
+    """Encodes frames of any image sizes (many jobs' frames in one call): one model per size.
+
+    Args:
+        load: builds the model of an image size (called once per size, when first needed).
+    """
+
+    def __init__(self, load: Callable[[int], ImageEncoder]) -> None:
+        self._load = load
+        self.encoders: dict[int, FrameEncoder] = {}
+
+    def encoder(self, size: int) -> FrameEncoder:
+        if size not in self.encoders:
+            self.encoders[size] = FrameEncoder(self._load(size))
+        return self.encoders[size]
+
+    def encode(self, frames: Sequence[Frame]) -> list[EncodedFrame]:
+        """Every frame's embedding, in order; one encoder call per image size among them."""
+        by_size: dict[int, list[int]] = {}
+        for i, f in enumerate(frames):
+            by_size.setdefault(f.image_size, []).append(i)
+        out: list[EncodedFrame | None] = [None] * len(frames)
+        for size, idx in by_size.items():
+            for i, e in zip(idx, self.encoder(size).encode([frames[i] for i in idx]), strict=True):
+                out[i] = e
+        return [e for e in out if e is not None]

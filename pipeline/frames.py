@@ -53,6 +53,7 @@ class Frame:
             the encoder's device. :meth:`rgb` gives RGB at the encoder size either way.
         original_size: (H, W) of the frame as decoded, after display rotation.
         timings: seconds spent per stage so far (``decode``, ``preprocess``).
+        job_id: the job the frame belongs to, where stages carry many jobs' frames in one call.
     """
 
     index: int
@@ -61,6 +62,7 @@ class Frame:
     image: np.ndarray | Yuv420
     original_size: Size
     timings: dict[str, float] = field(default_factory=dict)
+    job_id: str = ""
 
     @property
     def image_size(self) -> int:
@@ -84,7 +86,7 @@ class EncodedFrame:
     """A frame after the encoder: its metadata and image embedding (no pixels).
 
     Attributes:
-        index, pts, capture_time, original_size: as in :class:`Frame`.
+        index, pts, capture_time, original_size, job_id: as in :class:`Frame`.
         embedding: the frame's :class:`~pipeline.model.types.Embedding`.
         timings: seconds spent per stage so far (``decode``, ``preprocess``, ``encode``).
     """
@@ -95,6 +97,7 @@ class EncodedFrame:
     original_size: Size
     embedding: Any
     timings: dict[str, float] = field(default_factory=dict)
+    job_id: str = ""
 
 
 @dataclass(frozen=True)

@@ -1,23 +1,34 @@
 """Thin ``@ray.remote`` shells: each builds a plain pipeline class in ``__init__`` and forwards calls.
 
-Restart policy: the encoder is stateless and the others rebuild their state on restart (the source
-reopens by position, the decoder restores the tracker from Redis), so Ray may restart any of them
-and retry the call that was in flight.
+* :class:`SourceHostWorker` — many jobs' sources (:class:`~pipeline.sources.host.SourceHost`).
+* :class:`EncoderWorker` — MobileSAM's image encoder on batches of many jobs' frames (``run``; the
+  service shares the Ray Serve pool of :mod:`workers.pool` instead).
+* :class:`TrackerHostWorker` — many jobs' tracks (:class:`~pipeline.tracker_host.TrackerHost`).
+
+Restart policy: a host rebuilds its state from the calls it gets (a source host reopens the
+sources named in the next read, by position or at the feed's present; a tracker host restores each
+job's tracker from its checkpoint in Redis and asks for a rewind), and the encoder is stateless, so
+Ray restarts any of them and retries the call that was in flight. The calls that run every tick
+keep no task events (Ray would otherwise record each one for its dashboard: memory that grows
+with the calls).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from typing import Any
 
 import ray
 
 from pipeline.config import ModelConfig
 from pipeline.frames import EncodedFrame, Frame
-from pipeline.prompts import TrackSpec
-from pipeline.tracking import TrackingConfig
+from pipeline.prompts import Prompt
+from pipeline.sources.host import ReadRequest
+from pipeline.tracker_host import TrackReply, TrackSetup
 
-RESTARTS = 3
+RESTARTS = -1  # a host is the home of many jobs: always bring it back
+RETRIES = 3
 
 
 def _threads(n: int | None) -> None:
@@ -27,91 +38,75 @@ def _threads(n: int | None) -> None:
         torch.set_num_threads(n)
 
 
-class SourceWorker:
-    """Decodes one job's video (CPU)."""
+class SourceHostWorker:
+    """Decodes many jobs' sources (CPU)."""
 
-    def __init__(
-        self, uri: str, image_size: int, stride: int, live: bool = False, give_up_s: float = 30.0
-    ) -> None:
-        self.uri, self.image_size, self.stride, self.live, self.give_up_s = (
-            uri,
-            image_size,
-            stride,
-            live,
-            give_up_s,
-        )
-        self._reader: Any = None  # opened by the first call, so that a bad source fails that call clearly
+    def __init__(self) -> None:
+        from pipeline.sources.host import SourceHost
 
-    @property
-    def reader(self) -> Any:
-        if self._reader is None:
-            from pipeline.sources.reader import FrameReader, LiveReader
+        self.host = SourceHost()
 
-            if self.live:
-                self._reader = LiveReader(self.uri, self.image_size, self.give_up_s)
-            else:
-                self._reader = FrameReader(self.uri, self.image_size, self.stride)
-        return self._reader
+    def read(self, groups: Sequence[Sequence[ReadRequest]], wait_s: float) -> tuple[Any, ...]:
+        """The replies, then one list of frames per group (Ray returns them as separate objects)."""
+        replies, frames = self.host.read(groups, wait_s)
+        return (replies, *frames)
 
-    def info(self) -> Any:
-        return self.reader.info
+    def close(self, job_ids: Sequence[str]) -> None:
+        self.host.close(job_ids)
 
-    @ray.method(num_returns=2)
-    def read(self, after: int | None, count: int) -> tuple[Any, list[Frame]]:
-        return self.reader.read(after, count)
-
-    def close(self) -> None:
-        if self._reader is not None:
-            self._reader.close()
+    def jobs(self) -> int:
+        return self.host.jobs
 
 
 class EncoderWorker:
     """Runs MobileSAM's image encoder on batches of frames (GPU when the actor was given one)."""
 
     def __init__(self, model: ModelConfig, threads: int | None = None) -> None:
-        from pipeline.encoding import FrameEncoder
+        from pipeline.encoding import SizedEncoders
         from pipeline.model.segmenter import load_model
 
         _threads(threads)
-        self.encoder = FrameEncoder(load_model(model))
+        self.encoders = SizedEncoders(lambda size: load_model(replace(model, image_size=size)))
+        self.encoders.encoder(model.image_size)  # loaded now: the first frames do not wait for it
 
     def encode(self, frames: Sequence[Frame]) -> list[EncodedFrame]:
-        return self.encoder.encode(frames)
+        return self.encoders.encode(frames)
 
 
-class DecoderWorker:
-    """Follows one job's tracks and publishes its masks to Redis (light: prompt encoder + mask decoder)."""
+class TrackerHostWorker:
+    """Follows many jobs' tracks and publishes their masks (prompt encoder + mask decoder)."""
 
-    def __init__(
-        self,
-        job_id: str,
-        tracks: Sequence[TrackSpec],
-        model: ModelConfig,
-        redis_url: str,
-        prefix: str,
-        tracking: TrackingConfig | None = None,
-        maxlen: int | None = None,
-        threads: int | None = 1,
-    ) -> None:
-        from pipeline.decoding import TrackDecoder
+    def __init__(self, model: ModelConfig, redis_url: str, prefix: str, threads: int | None = 1) -> None:
         from pipeline.model.segmenter import load_model
         from pipeline.streams import Keys, connect
-        from pipeline.streams.sink import RedisSink
+        from pipeline.tracker_host import TrackerHost
 
         _threads(threads)
-        segmenter = load_model(model, tracks=len(tracks))
-        sink = RedisSink(connect(redis_url), Keys(prefix), job_id, maxlen, segmenter.notice)
-        self.decoder = TrackDecoder(tracks, segmenter, sink, tracking)
+        self.host = TrackerHost(
+            lambda size, tracks: load_model(replace(model, image_size=size), tracks=tracks),
+            connect(redis_url),
+            Keys(prefix),
+        )
 
-    def process(self, frames: Sequence[EncodedFrame]) -> list[Any]:
-        return self.decoder.process(frames)
+    def process(self, setups: Mapping[str, TrackSetup], frames: Sequence[EncodedFrame]) -> list[TrackReply]:
+        return self.host.process(setups, frames)
 
-    def control(self, cmd: str, track: int, prompt: Any = None) -> None:
-        self.decoder.control(cmd, track, prompt)
+    def control(self, job_id: str, cmd: str, track: int, prompt: Prompt | None = None) -> None:
+        self.host.control(job_id, cmd, track, prompt)
+
+    def close(self, job_ids: Sequence[str]) -> None:
+        self.host.close(job_ids)
 
 
 # The Ray actors (typed Any: Ray's decorators are opaque to type checkers). A worker process is
-# titled after its class (``ray::EncoderWorker.encode``).
-SourceActor: Any = ray.remote(max_restarts=RESTARTS, max_task_retries=RESTARTS)(SourceWorker)
-EncoderActor: Any = ray.remote(max_restarts=RESTARTS, max_task_retries=RESTARTS)(EncoderWorker)
-DecoderActor: Any = ray.remote(max_restarts=RESTARTS, max_task_retries=RESTARTS)(DecoderWorker)
+# titled after its class (``ray::EncoderWorker.encode``). Resources are set per use by
+# :mod:`workers.transport`. The source host takes a close while a read waits (two threads).
+_OPTIONS: dict[str, Any] = {
+    "max_restarts": RESTARTS,
+    "max_task_retries": RETRIES,
+    "enable_task_events": False,
+}
+_remote: Any = ray.remote  # its typed overloads know neither max_concurrency nor enable_task_events
+SourceHostActor: Any = _remote(max_concurrency=2, **_OPTIONS)(SourceHostWorker)
+EncoderActor: Any = _remote(**_OPTIONS)(EncoderWorker)
+TrackerHostActor: Any = _remote(**_OPTIONS)(TrackerHostWorker)

@@ -14,18 +14,24 @@ from collections.abc import Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from pipeline.config import ModelConfig, Weights
 from pipeline.decoding import FrameSummary
-from pipeline.errors import JobError, SamstreamError
+from pipeline.errors import SamstreamError
+from pipeline.jobs.driver import DriverOptions, JobDriver, Listener
+from pipeline.jobs.lifecycle import Ending, Lifecycle
 from pipeline.metrics import PrometheusMetrics
 from pipeline.model.weights import resolve_checkpoint
 from pipeline.spec import JobSpec
-from pipeline.streams import JobStatus, JobStore, Keys, Publisher, connect, redact
+from pipeline.streams import JobStore, Keys, Publisher, connect, redact
 from pipeline.streams.keys import new_job_id
 from pipeline.streams.server import open_redis
-from pipeline.streams.sink import resume_after
+
+if TYPE_CHECKING:
+    from pipeline.sources.video import SourceInfo
+
+GPU_BATCH = 8  # frames per encoder call on a GPU (and for the benchmark's null model)
 
 
 @dataclass(frozen=True)
@@ -75,6 +81,41 @@ class _Progress:
             self.bar.close()
 
 
+class _RunListener(Listener):
+    def __init__(self, progress: _Progress) -> None:
+        self.progress = progress
+        self.ended_with: tuple[str, str | None] | None = None
+
+    def frames(self, job_id: str, summaries: Sequence[FrameSummary]) -> None:
+        self.progress(summaries)
+
+    def ended(self, job_id: str, status: str, error: str | None) -> None:
+        self.ended_with = (status, error)
+
+
+def layout(model: ModelConfig) -> tuple[DriverOptions, dict[str, Any]]:
+    """How a local run lays its job out: the driver's pacing and the encoder actors.
+
+    A CPU encoder takes one frame a call (batching does not help it) with all the cores' threads;
+    GPU encoders (one per GPU) and the benchmark's null model take batches of 8: every batch costs
+    each stage a Ray call, about a millisecond of CPU apiece.
+    """
+    import ray
+
+    one = {"max_hosts": 1, "max_decoders": 1}
+    if model.weights is Weights.NULL:
+        return DriverOptions(batch_frames=GPU_BATCH, file_window=4 * GPU_BATCH, **one), {"count": 1}
+    gpus = int(ray.cluster_resources().get("GPU", 0))
+    if gpus >= 1:
+        return DriverOptions(batch_frames=GPU_BATCH, file_window=4 * GPU_BATCH, **one), {
+            "count": gpus,
+            "gpus": 1.0,
+        }
+    # One live frame in flight: the frame taken is always the newest when the encoder has room.
+    cpu = DriverOptions(batch_frames=1, file_window=3, live_in_flight=1, **one)
+    return cpu, {"count": 1, "threads": os.cpu_count()}
+
+
 def run_local(spec: JobSpec, model: ModelConfig, run: LocalRun, out: TextIO = sys.stdout) -> int:
     """Run (or resume) a job end to end. Returns the process exit code; the job hash says why."""
     job_id = run.job_id or new_job_id()
@@ -84,96 +125,77 @@ def run_local(spec: JobSpec, model: ModelConfig, run: LocalRun, out: TextIO = sy
         client = connect(url)
         keys = Keys(run.prefix)
         store = JobStore(client, keys)
-        resuming = store.exists(job_id)
-        if resuming:
-            info = store.get(job_id)
-            if info.spec != spec.to_dict():
-                raise JobError(
-                    f"job {job_id!r} exists with another spec (source {info.spec.get('source')!r}); "
-                    "use another --job-id to start a new job"
-                )
-            if info.status is JobStatus.SUCCEEDED:
-                print(
-                    f"job {job_id} finished already: {info.frames_done} frames in {keys.masks(job_id)}",
-                    file=out,
-                )
-                return 0
+        lifecycle = Lifecycle(store, stop_reason="stopped on request")
+        admitted = lifecycle.admit(job_id, spec)
+        if admitted is None:
+            done = store.get(job_id).frames_done
+            print(f"job {job_id} finished already: {done} frames in {keys.masks(job_id)}", file=out)
+            return 0
         try:
             # A file is probed here, to fail fast and clearly; a live feed is opened once, by its
-            # worker (some servers take one client only).
-            from workers.graph import probe
-
-            info_src, total = (None, None) if spec.live else probe(spec)
+            # source host (some servers take one client only).
+            source_info = None if spec.live else probe(spec.source)
+            start = lifecycle.begin(job_id, again=True)
+            if start is None:  # pragma: no cover - admitted above, so it has not succeeded
+                return 0
+            if source_info is not None:
+                lifecycle.opened(start, source_info)
         except SamstreamError as exc:
-            if not resuming:
-                store.create(job_id, spec.to_dict())
-            store.set_status(job_id, JobStatus.FAILED, str(exc))
+            lifecycle.end(job_id, spec, Ending.FAILED, str(exc))
             print(f"samstream: error: job {job_id} failed: {exc}", file=err)
             return 1
-        if not resuming:
-            store.create(job_id, spec.to_dict(), total_frames=total)
-        # A file job goes on after its last checkpoint (replaying, unpublished, the frames up to its
-        # last published one); a live one from the feed's present, numbered after the last published.
-        published = Publisher(client, keys, job_id).last_published_frame()
-        last = resume_after(client, keys, job_id, spec.live)
-        done = store.get(job_id).frames_done
 
         metrics = PrometheusMetrics()
         if run.metrics_port is not None:
             metrics.serve(run.metrics_port)
         if model.weights is not Weights.OFFICIAL:
             print(f"samstream: WARNING: {_notice(model)}", file=err)
-        size = f"{info_src.width}x{info_src.height}, " if info_src is not None else "live, "
+        size = f"{source_info.width}x{source_info.height}, " if source_info is not None else "live, "
+        total = store.get(job_id).frames_total
+        published = start.resume.last_published
         print(
             f"job {job_id}: {spec.source} ({size}{total if total is not None else '?'} frames, "
-            f"{len(spec.tracks)} tracks)" + _resuming(published, last),
+            f"{len(spec.tracks)} tracks)" + _resuming(published, start.read_after),
             file=err,
         )
         try:
             model = _resolve_weights(model)
             _ray_init(stack)
-            from workers.graph import GraphOptions, JobGraph
-
             if _first_compile(model):
                 print(
                     "samstream: first run at this image size here: compiling the image encoder "
                     "(about a minute, cached for later runs)",
                     file=err,
                 )
-            progress = _Progress(total, done, run.progress, err)
+            progress = _Progress(total, store.get(job_id).frames_done, run.progress, err)
             stack.callback(progress.close)
-            store.set_status(job_id, JobStatus.RUNNING)
-            graph = JobGraph(
-                job_id,
-                spec,
-                model,
-                url,
-                run.prefix,
-                GraphOptions.auto(null_model=model.weights is Weights.NULL),
-                metrics=metrics,
-                on_frames=progress,
-            )
-            graph.run(last)
+            listener = _RunListener(progress)
+            driver = _driver(model, url, run.prefix, store, lifecycle, metrics, listener, stack)
+            driver.add(start)
+            try:
+                driver.run(until_idle=True)
+            except BaseException:
+                driver.interrupt()
+                raise
             progress.close()
-            if graph.stopped and not spec.live:
-                store.set_status(job_id, JobStatus.CANCELLED, "stopped on request")
-                print(f"job {job_id} stopped on request", file=out)
-                return 0
         except SamstreamError as exc:
-            store.set_status(job_id, JobStatus.FAILED, str(exc))
+            lifecycle.end(job_id, spec, Ending.FAILED, str(exc))
             print(f"samstream: error: job {job_id} failed: {exc}", file=err)
             return 1
+        except KeyboardInterrupt:
+            print(f"samstream: interrupted; resume with --job-id {job_id}", file=err)
+            return 130
         except BaseException as exc:
-            if isinstance(exc, KeyboardInterrupt):
-                store.set_status(
-                    job_id, JobStatus.CANCELLED, "interrupted; run again with the same --job-id to resume"
-                )
-                print(f"samstream: interrupted; resume with --job-id {job_id}", file=err)
-                return 130
             # A bug, not a user mistake: the job is marked failed, the traceback goes on.
-            store.set_status(job_id, JobStatus.FAILED, f"internal error: {type(exc).__name__}: {exc}")
+            lifecycle.end(job_id, spec, Ending.FAILED, f"internal error: {type(exc).__name__}: {exc}")
             raise
-        store.set_status(job_id, JobStatus.SUCCEEDED)
+        status, error = listener.ended_with or ("failed", "the job ended without a status")
+        if status == "failed":
+            print(f"samstream: error: job {job_id} failed: {error}", file=err)
+            return 1
+        if status == "cancelled":
+            print(f"job {job_id} {error}", file=out)
+            return 0
         final = store.get(job_id)
         where = (
             f"Redis {redact(url)}" if run.redis_url else f"{run.out_dir / 'redis'} (embedded Redis, stopped)"
@@ -183,6 +205,43 @@ def run_local(spec: JobSpec, model: ModelConfig, run: LocalRun, out: TextIO = sy
             file=out,
         )
         return 0
+
+
+def _driver(
+    model: ModelConfig,
+    url: str,
+    prefix: str,
+    store: JobStore,
+    lifecycle: Lifecycle,
+    metrics: PrometheusMetrics,
+    listener: Listener,
+    stack: ExitStack,
+) -> JobDriver:
+    """A driver over Ray actors of this run: one source host, encoders, one tracker host."""
+    from pipeline.streams.control import ControlBus
+    from workers.transport import OwnEncoders, RayTransport
+
+    options, encoders = layout(model)
+    transport = RayTransport(model, url, prefix, OwnEncoders(model, **encoders))
+    stack.callback(transport.shutdown)
+    keys = store.keys
+
+    def event(job_id: str, kind: str, detail: str | None) -> None:
+        Publisher(store.client, keys, job_id).event(kind, detail=detail)
+
+    return JobDriver(transport, lifecycle, ControlBus(store.client, keys), event, options, metrics, listener)
+
+
+def probe(source: str) -> SourceInfo:
+    """Open a video once, to fail fast and clearly on bad input (before any worker starts).
+
+    Raises:
+        SamstreamError: the video cannot be read.
+    """
+    from pipeline.sources.video import VideoSource
+
+    with VideoSource(source) as video:
+        return video.info
 
 
 def _resuming(published: int | None, after: int | None) -> str:

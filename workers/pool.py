@@ -1,8 +1,8 @@
 """The shared encoder pool of ``samstream serve``: one Ray Serve deployment for every job.
 
 Each replica holds MobileSAM's image encoder (one per image size it is asked for) and asks Ray for
-``gpus`` GPUs (fractions allowed). Requests are one job's batch of frames; Serve's dynamic batching
-joins the requests of several jobs into one encoder call. Serve's autoscaler keeps between
+``gpus`` GPUs (fractions allowed). Requests are a tick's frames (of many jobs); Serve's dynamic batching
+joins several requests into one encoder call. Serve's autoscaler keeps between
 ``min_replicas`` and ``max_replicas`` replicas, following the requests in flight; a replica that
 cannot be placed is a pending resource demand, which the Ray autoscaler (cluster launcher or
 KubeRay) answers by adding a GPU node, and removes again once idle.
@@ -82,23 +82,18 @@ class EncoderReplica:
     """One replica: encodes batches of frames from any job, at whatever image size each job uses."""
 
     def __init__(self, model: ModelConfig, max_batch: int = 8, batch_wait_s: float = 0.01) -> None:
+        from pipeline.encoding import SizedEncoders
+        from pipeline.model.segmenter import load_model
+
         self.model = model
-        self.encoders: dict[int, Any] = {}  # image size -> FrameEncoder
+        self.encoders = SizedEncoders(lambda size: load_model(replace(model, image_size=size)))
         # Torch threads: Ray sets OMP_NUM_THREADS to the replica's CPUs, and torch follows it.
         batcher: Any = self.encode_batch  # serve.batch's wrapper (typed as the plain method)
         batcher.set_max_batch_size(max_batch)
         batcher.set_batch_wait_timeout_s(batch_wait_s)
 
-    def _encoder(self, size: int) -> Any:
-        if size not in self.encoders:
-            from pipeline.encoding import FrameEncoder
-            from pipeline.model.segmenter import load_model
-
-            self.encoders[size] = FrameEncoder(load_model(replace(self.model, image_size=size)))
-        return self.encoders[size]
-
     async def encode(self, frames: list[Frame]) -> list[EncodedFrame]:
-        """One job's batch; joined with other jobs' batches into one encoder call."""
+        """One tick's frames (of many jobs); joined with other requests into one encoder call."""
         result: list[EncodedFrame] = await self.encode_batch(frames)
         return result
 
@@ -107,15 +102,13 @@ class EncoderReplica:
         return await asyncio.to_thread(self._encode_requests, requests)
 
     def _encode_requests(self, requests: Sequence[Sequence[Frame]]) -> list[list[EncodedFrame]]:
-        by_size: dict[int, list[Frame]] = {}
-        for frames in requests:
-            for f in frames:
-                by_size.setdefault(f.image_size, []).append(f)
-        encoded: dict[int, EncodedFrame] = {}
-        for size, frames in by_size.items():
-            for f, e in zip(frames, self._encoder(size).encode(frames), strict=True):
-                encoded[id(f)] = e
-        return [[encoded[id(f)] for f in frames] for frames in requests]  # in request order
+        frames = [f for request in requests for f in request]
+        encoded = self.encoders.encode(frames)  # one call per image size among them
+        out, at = [], 0
+        for request in requests:  # in request order
+            out.append(encoded[at : at + len(request)])
+            at += len(request)
+        return out
 
 
 EncoderDeployment: Any = serve.deployment(EncoderReplica)
@@ -143,7 +136,7 @@ def pool_handle() -> Any:
 
 
 class PoolEncoders:
-    """:class:`~workers.graph.Encoders` over the pool: a job's batches become pool requests."""
+    """:class:`~workers.transport.Encoders` over the pool: each tick's frames become a pool request."""
 
     def __init__(self, handle: Any | None = None) -> None:
         self.handle = handle if handle is not None else pool_handle()

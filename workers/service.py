@@ -1,16 +1,19 @@
-"""``samstream serve`` on Ray: the job runners and the backend the REST API submits to.
+"""``samstream serve`` on Ray: the job driver every job runs in, and the backend the REST API submits to.
 
-Each submitted job runs in a :class:`JobRunner`, a *detached* named actor: it belongs to the Ray
-cluster, not to the API process, so jobs go on when the API restarts (and an API that starts finds
-them by name). The runner lays the job out like ``samstream run`` does — a source worker and a
-decoder worker of its own — but sends its frames to the shared, autoscaled encoder pool
-(:mod:`workers.pool`). Everything a client sees is in Redis: the job hash, its masks and events.
+Every job of the service runs in one :class:`~pipeline.jobs.driver.JobDriver` loop, in a *detached*
+named actor (:class:`DriverService`): it belongs to the Ray cluster, not to the API process, so
+jobs go on when the API restarts, and an API that starts finds it by name. The driver owns the
+source hosts and tracker hosts (placed by Ray by their declared CPUs and memory; started as jobs
+need them) and sends every tick's frames to the shared, autoscaled encoder pool
+(:mod:`workers.pool`). A driver that dies is restarted by Ray, with new hosts, and resumes every
+unfinished job from Redis. Everything a client sees is in Redis: the job hash, masks and events.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import threading
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,12 +21,14 @@ import ray
 
 from pipeline.config import ModelConfig
 from pipeline.errors import SamstreamError
-from pipeline.spec import JobSpec
-from pipeline.streams import JobStatus, JobStore, Keys, connect
-from pipeline.streams.sink import resume_after
+from pipeline.jobs.driver import DriverOptions, JobDriver
+from pipeline.jobs.lifecycle import Lifecycle, unfinished
+from pipeline.streams import JobStore, Keys, Publisher, connect
 from workers.pool import PoolConfig
+from workers.transport import HostResources
 
 NAMESPACE = "samstream"
+DRIVER = "samstream-driver"
 log = logging.getLogger(__name__)
 
 
@@ -37,101 +42,122 @@ class ServiceConfig:
         redis_url: the Redis every worker publishes to.
         prefix: Redis key prefix.
         pool: the encoder pool.
-        batch_size: frames per encoder request of one job (the pool joins requests of several jobs).
-        in_flight: requests of one job in flight at once.
+        driver: the driver's pacing and placement (streams per source host, tracks per tracker host).
+        resources: what each source host and tracker host asks Ray for.
+        hosts: source hosts started with the driver (more are started as jobs need them).
+        decoders: tracker hosts started with the driver.
+        driver_cpus: CPUs the driver actor asks for.
     """
 
     model: ModelConfig
     redis_url: str
     prefix: str = "samstream:"
     pool: PoolConfig = field(default_factory=PoolConfig)
-    batch_size: int = 2
-    in_flight: int = 4
+    driver: DriverOptions = field(default_factory=lambda: DriverOptions(batch_frames=4, file_window=16))
+    resources: HostResources = field(default_factory=HostResources)
+    hosts: int = 1
+    decoders: int = 1
+    driver_cpus: float = 0.25
 
 
-def runner_name(job_id: str) -> str:
-    return f"samstream-job-{job_id}"
+class DriverService:
+    """The driver of every job of the service, turning its loop on a thread of its own.
 
+    Made by Ray (again, after a crash): it starts its hosts and takes up every job that has not
+    ended. The API calls :meth:`submit` for new jobs.
+    """
 
-class JobRunner:
-    """Runs one job from the API to its end: status, source probe, the graph over the pool."""
-
-    def __init__(self, job_id: str, config: ServiceConfig) -> None:
-        self.job_id = job_id
-        self.config = config
-
-    def run(self) -> str:
-        """Run (or resume) the job; the final status. The actor ends itself afterwards."""
-        try:
-            return self._run()
-        finally:
-            ray.actor.exit_actor()
-
-    def _run(self) -> str:
-        from workers.graph import GraphOptions, JobGraph, probe
+    def __init__(self, config: ServiceConfig) -> None:
+        from pipeline.streams.control import ControlBus
         from workers.metrics import RayMetrics
         from workers.pool import PoolEncoders
+        from workers.transport import RayTransport
 
-        cfg = self.config
-        store = JobStore(connect(cfg.redis_url), Keys(cfg.prefix))
-        info = store.get(self.job_id)
-        if info.status.terminal:
-            return info.status.value  # cancelled while queued, or ended before a restart
-        try:
-            spec = JobSpec.from_dict(info.spec)
-            if not spec.live:
-                store.set_total(self.job_id, probe(spec)[1])
-            store.set_status(self.job_id, JobStatus.RUNNING)
-            last = resume_after(store.client, Keys(cfg.prefix), self.job_id, spec.live)
-            graph = JobGraph(
-                self.job_id,
-                spec,
-                cfg.model,
-                cfg.redis_url,
-                cfg.prefix,
-                GraphOptions(batch_size=cfg.batch_size, in_flight=cfg.in_flight),
-                metrics=RayMetrics(),
-                encoders=PoolEncoders(),
-                first_run=info.status is JobStatus.QUEUED,
-            )
-            graph.run(last)
-        except SamstreamError as exc:
-            store.set_status(self.job_id, JobStatus.FAILED, str(exc))
-            return JobStatus.FAILED.value
-        except Exception as exc:  # a bug: the job says so, the worker log keeps the traceback
-            log.exception("job %s failed", self.job_id)
-            store.set_status(self.job_id, JobStatus.FAILED, f"internal error: {type(exc).__name__}: {exc}")
-            return JobStatus.FAILED.value
-        if graph.stopped and not spec.live:
-            store.set_status(self.job_id, JobStatus.CANCELLED, "cancelled on request")
-            return JobStatus.CANCELLED.value
-        store.set_status(self.job_id, JobStatus.SUCCEEDED)
-        return JobStatus.SUCCEEDED.value
+        self.config = config
+        client = connect(config.redis_url)
+        keys = Keys(config.prefix)
+        self.store = JobStore(client, keys)
+        transport = RayTransport(
+            config.model,
+            config.redis_url,
+            config.prefix,
+            PoolEncoders(),
+            config.resources,
+            hosts=config.hosts,
+            decoders=config.decoders,
+        )
+
+        def event(job_id: str, kind: str, detail: str | None) -> None:
+            Publisher(client, keys, job_id).event(kind, detail=detail)
+
+        self.driver = JobDriver(
+            transport,
+            Lifecycle(self.store, stop_reason="cancelled on request"),
+            ControlBus(client, keys),
+            event,
+            config.driver,
+            RayMetrics(),
+        )
+        self._submitted: set[str] = set()
+        for job_id in unfinished(self.store):  # after a restart: every job that had not ended
+            self.submit(job_id)
+        self._thread = threading.Thread(target=self._loop, name="samstream-driver", daemon=True)
+        self._thread.start()
+
+    def _loop(self) -> None:
+        while True:
+            try:
+                self.driver.run(until_idle=False)
+                return
+            except Exception:  # a bug in one turn must not end every job: log it, go on
+                log.exception("the driver's loop failed; going on")
+
+    def submit(self, job_id: str) -> None:
+        """Run (or resume) a queued job."""
+        self._submitted.add(job_id)
+        self.driver.submit(job_id)
+
+    def holds(self, job_id: str) -> bool:
+        """Whether this driver runs the job (or is about to)."""
+        return self.driver.holds(job_id) or (
+            job_id in self._submitted and not self.driver.lifecycle.terminal(job_id)
+        )
+
+    def stats(self) -> dict[str, int]:
+        return {"jobs": len(self.driver.jobs), "hosts": self.driver.transport.hosts}
 
 
-# Detached and restartable: a runner that dies with its node is restarted and resumes its job
-# after the last published frame (the decoder restores the tracker state stored with it).
-JobRunnerActor: Any = ray.remote(num_cpus=0, max_restarts=3, max_task_retries=3)(JobRunner)
+def driver_actor(config: ServiceConfig) -> Any:
+    """The service's driver actor: found by name, or made (detached, restarted whenever it dies)."""
+    actor_class: Any = ray.remote(DriverService)
+    return actor_class.options(
+        name=DRIVER,
+        namespace=NAMESPACE,
+        lifetime="detached",
+        get_if_exists=True,
+        max_restarts=-1,
+        max_task_retries=-1,
+        max_concurrency=8,
+        num_cpus=config.driver_cpus,
+        enable_task_events=False,
+    ).remote(config)
 
 
 class RayBackend:
-    """Starts and finds job runners on the connected Ray cluster (see :class:`pipeline.api.Backend`)."""
+    """Hands the API's jobs to the driver on the connected Ray cluster (see :class:`pipeline.api.Backend`)."""
 
     def __init__(self, config: ServiceConfig) -> None:
         self.config = config
+        self.driver = driver_actor(config)
 
     def submit(self, job_id: str) -> None:
-        runner = JobRunnerActor.options(
-            name=runner_name(job_id), namespace=NAMESPACE, lifetime="detached", get_if_exists=True
-        ).remote(job_id, self.config)
-        runner.run.remote()
+        ray.get(self.driver.submit.remote(job_id), timeout=30)
 
     def running(self, job_id: str) -> bool:
         try:
-            ray.get_actor(runner_name(job_id), namespace=NAMESPACE)
-        except ValueError:
+            return bool(ray.get(self.driver.holds.remote(job_id), timeout=30))
+        except (ray.exceptions.RayError, SamstreamError):
             return False
-        return True
 
 
 def connect_ray(address: str | None) -> None:

@@ -35,7 +35,7 @@ class Result:
         suite, name: what was measured.
         ours, baseline: the two measurements, in ``unit``.
         ratio: ours against baseline as the target is stated (a speed-up for rates, a time
-            fraction for times).
+            fraction for times); None for an absolute figure, whose target applies to ``ours``.
         better: ``higher`` or ``lower``: which way the ratio improves.
         target, goal: the ratio asked for and the ratio aimed at (None: informational).
         detail: other figures of the same run.
@@ -54,9 +54,11 @@ class Result:
 
     @property
     def meets_target(self) -> bool | None:
-        if self.ratio is None or self.target is None:
+        """Whether the ratio (or, for an absolute figure with no baseline, ``ours``) meets the target."""
+        if self.target is None:
             return None
-        return self.ratio >= self.target if self.better == "higher" else self.ratio <= self.target
+        value = self.ratio if self.ratio is not None else self.ours
+        return value >= self.target if self.better == "higher" else value <= self.target
 
     def to_json(self) -> str:
         data = asdict(self)
@@ -70,7 +72,7 @@ def rate_result(suite: str, name: str, ours_s: float, base_s: float, **kw: Any) 
 
 
 def print_table(results: list[Result], out: TextIO = sys.stdout) -> None:
-    head = f"{'suite':<10} {'measure':<34} {'ours':>10} {'baseline':>10} {'unit':<9} {'ratio':>7} {'target':>8}  ok"
+    head = f"{'suite':<10} {'measure':<40} {'ours':>10} {'baseline':>10} {'unit':<9} {'ratio':>7} {'target':>8}  ok"
     print(head, file=out)
     print("-" * len(head), file=out)
     for r in results:
@@ -80,6 +82,6 @@ def print_table(results: list[Result], out: TextIO = sys.stdout) -> None:
         target = f"{sign}{r.target:.2f}" if r.target is not None else ""
         ok = {True: "yes", False: "NO", None: ""}[r.meets_target]
         print(
-            f"{r.suite:<10} {r.name:<34} {r.ours:10.3f} {base} {r.unit:<9} {ratio} {target:>8}  {ok}",
+            f"{r.suite:<10} {r.name:<40} {r.ours:10.3f} {base} {r.unit:<9} {ratio} {target:>8}  {ok}",
             file=out,
         )

@@ -8,7 +8,7 @@ import sys
 
 from pipeline.errors import InvalidInputError
 
-SUITES = ("encoder", "decoder", "pipeline", "machinery")
+SUITES = ("encoder", "decoder", "pipeline", "machinery", "density")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -34,11 +34,32 @@ def run(args: argparse.Namespace) -> int:
             new = run_decoder(device, args.image_size, args.runs)
         elif suite == "pipeline":
             new = run_pipeline(args.frames, args.image_size, ["--weights", "random"], args.device)
-        else:
+        elif suite == "machinery":
             new = run_machinery(args.machinery_frames, args.image_size)
+        else:
+            from pipeline.bench.density import run_density
+
+            new = run_density(
+                _counts(args.streams),
+                args.fps,
+                args.seconds,
+                args.warmup,
+                args.density_image_size,
+                args.overload_from,
+            )
         for r in new:
             print(r.to_json(), flush=True)
         results += new
     print()
     print_table(results)
     return 0
+
+
+def _counts(text: str) -> list[int]:
+    try:
+        counts = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise InvalidInputError(f"--streams must be stream counts like 10,50,100, got {text!r}") from None
+    if not counts or min(counts) < 1:
+        raise InvalidInputError(f"--streams must be stream counts >= 1, got {text!r}")
+    return sorted(set(counts))

@@ -200,7 +200,8 @@ def build_parser() -> argparse.ArgumentParser:
     sb.set_defaults(handler="pipeline.cli.remote:submit")
 
     sv = sub.add_parser(
-        "serve", help="run the service: REST API, job runners and the autoscaled encoder pool on Ray"
+        "serve",
+        help="run the service: REST API, the job driver, stream hosts and the autoscaled encoder pool on Ray",
     )
     g = sv.add_argument_group("service")
     g.add_argument(
@@ -242,6 +243,44 @@ def build_parser() -> argparse.ArgumentParser:
     pool.add_argument(
         "--idle-s", type=float, default=60.0, metavar="S", help="idle seconds before a replica goes (60)"
     )
+    hosts = sv.add_argument_group("stream hosts and tracker hosts (many jobs per process)")
+    hosts.add_argument(
+        "--source-hosts",
+        type=int,
+        metavar="N",
+        help="source hosts started at once (default: one per core of this machine, at most 8)",
+    )
+    hosts.add_argument(
+        "--streams-per-host",
+        type=int,
+        default=64,
+        metavar="N",
+        help="jobs a source host takes before another one is started (64)",
+    )
+    hosts.add_argument(
+        "--host-cpus", type=float, default=0.5, metavar="C", help="CPUs each source host asks Ray for (0.5)"
+    )
+    hosts.add_argument(
+        "--tracks-per-decoder",
+        type=int,
+        default=256,
+        metavar="N",
+        help="tracks a tracker host follows before another one is started (256)",
+    )
+    hosts.add_argument(
+        "--decoder-cpus",
+        type=float,
+        default=0.5,
+        metavar="C",
+        help="CPUs each tracker host asks Ray for (0.5)",
+    )
+    hosts.add_argument(
+        "--decoder-gpus",
+        type=float,
+        default=0.0,
+        metavar="G",
+        help="GPUs each tracker host asks Ray for, fractions allowed (0: the CPU)",
+    )
     _add_redis_options(sv)
     _add_model_options(sv)
     sv.set_defaults(handler="pipeline.cli.serve:serve")
@@ -249,7 +288,7 @@ def build_parser() -> argparse.ArgumentParser:
     bn = sub.add_parser("bench", help="measure speed: ratios against baselines measured in the same run")
     bn.add_argument(
         "--suite",
-        choices=["encoder", "decoder", "pipeline", "machinery", "all"],
+        choices=["encoder", "decoder", "pipeline", "machinery", "density", "all"],
         default="all",
         help="default all",
     )
@@ -270,6 +309,33 @@ def build_parser() -> argparse.ArgumentParser:
         default=300,
         metavar="N",
         help="frames of the machinery clip (default 300)",
+    )
+    dn = bn.add_argument_group("density suite (live streams through samstream serve, null model)")
+    dn.add_argument(
+        "--streams", default="10,50,100", metavar="K,K,…", help="stream counts to measure (default 10,50,100)"
+    )
+    dn.add_argument(
+        "--fps", type=float, default=5.0, metavar="F", help="frames per second of each stream (5)"
+    )
+    dn.add_argument(
+        "--seconds", type=float, default=60.0, metavar="S", help="measured seconds per count (60)"
+    )
+    dn.add_argument(
+        "--warmup", type=float, default=15.0, metavar="S", help="seconds run before measuring (15)"
+    )
+    dn.add_argument(
+        "--overload-from",
+        type=int,
+        default=100,
+        metavar="K",
+        help="stream counts from which the overload targets apply (100)",
+    )
+    dn.add_argument(
+        "--density-image-size",
+        type=int,
+        default=256,
+        metavar="N",
+        help="encoder input size of the streams (256)",
     )
     bn.set_defaults(handler="pipeline.cli.bench:run")
 

@@ -1,4 +1,4 @@
-"""``samstream serve``: the REST API, job runners and the autoscaled encoder pool, on Ray."""
+"""``samstream serve``: the REST API, the job driver, stream hosts and the autoscaled encoder pool, on Ray."""
 
 from __future__ import annotations
 
@@ -46,6 +46,21 @@ def serve(args: argparse.Namespace) -> int:
         cpus=args.encoder_cpus,
         downscale_delay_s=args.idle_s,
     )
+    from pipeline.jobs.driver import DriverOptions
+    from workers.transport import HostResources
+
+    driver = DriverOptions(
+        batch_frames=4,
+        file_window=16,
+        streams_per_host=args.streams_per_host,
+        tracks_per_decoder=args.tracks_per_decoder,
+    )
+    resources = HostResources(
+        host_cpus=args.host_cpus, decoder_cpus=args.decoder_cpus, decoder_gpus=args.decoder_gpus
+    )
+    source_hosts = args.source_hosts if args.source_hosts is not None else min(os.cpu_count() or 1, 8)
+    if source_hosts < 1:
+        raise InvalidInputError(f"--source-hosts must be >= 1, got {source_hosts}")
     redis_url = args.redis_url or os.environ.get("SAMSTREAM_REDIS_URL")
     if model.weights.value == "official":
         from pipeline.model.weights import resolve_checkpoint
@@ -75,7 +90,9 @@ def serve(args: argparse.Namespace) -> int:
             else "samstream serve: the encoder pool runs already; kept as it is",
             file=err,
         )
-        backend = RayBackend(ServiceConfig(model, url, args.prefix, pool))
+        backend = RayBackend(
+            ServiceConfig(model, url, args.prefix, pool, driver, resources, hosts=source_hosts, decoders=1)
+        )
         store = JobStore(client, Keys(args.prefix))
         resumed = recover(store, backend)
         if resumed:

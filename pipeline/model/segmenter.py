@@ -252,6 +252,124 @@ class MobileSam:
                 masks[i : i + step] = (full > self.sam.mask_threshold).cpu().numpy()
         return MaskBatch(masks, scores.numpy(), logits[:, 0].numpy())
 
+    def decode_many(
+        self, items: Sequence[tuple[Embedding, Sequence[DecodeRequest]]], across_frames: bool | None = None
+    ) -> list[MaskBatch]:
+        """Masks for the requests of several frames (of any jobs), one :class:`MaskBatch` per frame.
+
+        On a GPU (``across_frames`` None) the requests of every frame go through the mask decoder
+        together, one call per prompt shape: SAM's decoder adds the image embedding to the dense
+        prompt embedding of each prompt before anything else, so each prompt carries its own
+        frame's embedding in its dense embedding (and the shared one is zero). Each mask equals
+        what :meth:`decode` of its frame gives. On a CPU the frames are decoded one at a time: a
+        large batch falls out of cache (``samstream bench --suite decoder``).
+        """
+        across = self.device.type == "cuda" if across_frames is None else across_frames
+        if not across or len(items) < 2:
+            return [self.decode(embedding, requests) for embedding, requests in items]
+        import torch
+
+        flat = [(f, r) for f, (_, requests) in enumerate(items) for r in requests]
+        low = self.low_res_size
+        for _, r in flat:
+            if r.mask_input is not None and r.mask_input.shape != (low, low):
+                raise InvalidInputError(f"mask_input must be {low}x{low}, got {r.mask_input.shape}")
+        groups: dict[tuple[int, bool, bool, bool], list[int]] = defaultdict(list)
+        for i, (_, r) in enumerate(flat):
+            key = (len(r.prompt.points), r.prompt.box is not None, r.mask_input is not None, r.use_multimask)
+            groups[key].append(i)
+        k = len(flat)
+        logits = torch.empty((k, 1, low, low), dtype=torch.float32, device=self.device)
+        scores = torch.empty(k, dtype=torch.float32, device=self.device)
+        with torch.inference_mode():
+            features = torch.stack([e.features for e, _ in items]).to(self.device, torch.float32)
+            image_pe = self.sam.prompt_encoder.get_dense_pe()
+            for (n_points, has_box, has_mask, multimask), idx in groups.items():
+                frames = [flat[i][0] for i in idx]
+                group_logits, group_scores = self._decode_across(
+                    features[frames],
+                    image_pe,
+                    [flat[i][1] for i in idx],
+                    [items[f][0] for f in frames],
+                    n_points,
+                    has_box,
+                    has_mask,
+                    multimask,
+                )
+                logits[idx] = group_logits
+                scores[idx] = group_scores
+            out = []
+            at = 0
+            for embedding, requests in items:
+                n = len(requests)
+                h, w = embedding.original_size
+                if n == 0:
+                    out.append(self.decode(embedding, ()))
+                    continue
+                mine = logits[at : at + n]
+                full = upscale_logits(mine, embedding.input_size, embedding.original_size, self.image_size)
+                out.append(
+                    MaskBatch(
+                        (full > self.sam.mask_threshold).cpu().numpy().reshape(n, h, w),
+                        scores[at : at + n].cpu().numpy(),
+                        mine[:, 0].cpu().numpy(),
+                    )
+                )
+                at += n
+        return out
+
+    def _decode_across(
+        self,
+        features: torch.Tensor,
+        image_pe: torch.Tensor,
+        requests: list[DecodeRequest],
+        embeddings: list[Embedding],
+        n_points: int,
+        has_box: bool,
+        has_mask: bool,
+        multimask: bool,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """One mask-decoder call for prompts of different frames; ``features[i]`` is prompt i's frame."""
+        import torch
+
+        dev = self.device
+        points = None
+        if n_points:
+            xy = np.stack(
+                [
+                    scale_xy(np.array(r.prompt.points, np.float32), e.original_size, e.input_size)
+                    for r, e in zip(requests, embeddings, strict=True)
+                ]
+            )
+            labels = np.array([r.prompt.labels for r in requests], np.float32)
+            points = (torch.from_numpy(xy).to(dev), torch.from_numpy(labels).to(dev))
+        boxes = None
+        if has_box:
+            corners = [
+                scale_xy(np.array(r.prompt.box, np.float32).reshape(2, 2), e.original_size, e.input_size)
+                for r, e in zip(requests, embeddings, strict=True)
+            ]
+            boxes = torch.from_numpy(np.stack(corners).reshape(-1, 4)).to(dev)
+        masks = None
+        if has_mask:
+            stacked = np.stack([np.asarray(r.mask_input, np.float32) for r in requests])
+            masks = torch.from_numpy(stacked)[:, None].to(dev)
+        sparse, dense = self.sam.prompt_encoder(points=points, boxes=boxes, masks=masks)
+        if dense.shape[0] != len(requests):  # no mask input: one "no mask" embedding for all
+            dense = dense.expand(len(requests), -1, -1, -1)
+        low_res, iou = self.mask_decoder(
+            image_embeddings=torch.zeros_like(features[:1]),
+            image_pe=image_pe,
+            sparse_prompt_embeddings=sparse,
+            dense_prompt_embeddings=dense + features,
+            multimask_output=multimask,
+        )
+        if multimask:
+            best = iou.argmax(dim=1)
+            rows = torch.arange(len(requests), device=iou.device)
+            return low_res[rows, best][:, None], iou[rows, best]
+        return low_res[:, :1], iou[:, 0]
+
     def _decode_group(
         self,
         features: torch.Tensor,

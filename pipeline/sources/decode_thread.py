@@ -48,6 +48,9 @@ class DecodeThread(Generic[T]):
             that only its own timeout ends).
         raise_error: raises the reader's exception for the producer's error (default
             :func:`reraise`).
+        on_item: called (on the producing thread, outside the buffer's lock) after each item is
+            buffered and once when the producer ends: a host that reads many sources waits on
+            one event instead of polling each.
     """
 
     def __init__(
@@ -60,6 +63,7 @@ class DecodeThread(Generic[T]):
         drop_oldest: bool = False,
         join_timeout_s: float = 5.0,
         raise_error: Callable[[BaseException], NoReturn] = reraise,
+        on_item: Callable[[], None] | None = None,
     ) -> None:
         if not isinstance(capacity, int) or capacity < 1:
             raise InvalidInputError(f"capacity must be an int >= 1, got {capacity!r}")
@@ -74,6 +78,7 @@ class DecodeThread(Generic[T]):
         self.dropped = 0  # items pushed out unread (drop_oldest only)
         self._produce = produce
         self._raise_error = raise_error
+        self._on_item = on_item
         self._items: deque[T] = deque()
         self._cond = threading.Condition()
         self._finished = False  # the producer returned or raised
@@ -106,7 +111,9 @@ class DecodeThread(Generic[T]):
             self._items.append(item)
             self.emitted += 1
             self._cond.notify_all()
-            return True
+        if self._on_item is not None:
+            self._on_item()
+        return True
 
     def get(self, timeout: float | None = None) -> T | None:
         """The oldest item in the buffer, waiting for one; None once the stream has ended.
@@ -157,3 +164,5 @@ class DecodeThread(Generic[T]):
             with self._cond:
                 self._finished = True
                 self._cond.notify_all()
+            if self._on_item is not None:
+                self._on_item()

@@ -78,6 +78,8 @@ class LiveSource:
             called on the reader thread (keep it quick; an exception it raises ends the source
             and is re-raised by :meth:`latest`).
         options: FFmpeg options, over this module's defaults (``rtsp_transport``, …).
+        on_frame: called on the reader thread after each frame reaches the mailbox (and when the
+            thread ends), so that a host reading many feeds waits on one event.
 
     Example::
 
@@ -102,6 +104,7 @@ class LiveSource:
         backoff_s: tuple[float, float] = DEFAULT_BACKOFF_S,
         on_event: EventCallback | None = None,
         options: Mapping[str, str] | None = None,
+        on_frame: Callable[[], None] | None = None,
     ) -> None:
         self.settings = FeedSettings.from_uri(uri, open_timeout_s, stall_timeout_s, options)
         self.uri, self.name = self.settings.uri, self.settings.name
@@ -149,6 +152,7 @@ class LiveSource:
             capacity=1,
             drop_oldest=True,
             join_timeout_s=join_s,
+            on_item=on_frame,
         )
         self._thread.start()
 

@@ -1,46 +1,68 @@
-"""The source stage: hands out a video's frames in batches, by position (the plain class behind the source worker).
+"""Readers that hand out a source's frames without blocking: what a source host takes each tick.
 
-Reads are addressed by the last frame the caller has, not by an implicit cursor: a retried call,
-or a call to a restarted worker, returns the right frames (the reader reopens and skips ahead).
+A reader is opened once (which may block: it connects and probes), then :meth:`take` returns the
+frames ready *now*, so that one host can serve many sources on one thread; each reader's decode
+thread calls ``on_frame`` when it has something new, and the host waits on that.
+
+Reads are addressed by the last frame the caller has (``after``), not by an implicit cursor: a
+retried call, or a call to a restarted host, gets the right frames (a file reader reopens and
+skips ahead; a live reader numbers the feed's present after ``after``).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections import deque
+from collections.abc import Callable
+from typing import Protocol
 
+from pipeline.errors import SamstreamError
 from pipeline.frames import Frame
-from pipeline.sources.video import SourceInfo, VideoSource
+from pipeline.sources.video import SourceInfo, VideoPass, VideoSource
+
+Notify = Callable[[], None]
 
 
-@dataclass(frozen=True)
-class Batch:
-    """What a read returns besides the pixels: small, so the driver can fetch it cheaply.
+class Reader(Protocol):
+    """What a source host reads from (a file or a live feed)."""
 
-    Attributes:
-        indices: the frames' numbers.
-        end: no frame comes after these.
-        dropped: live sources: frames dropped so far (newer ones came before they were taken).
-        events: live sources: ``(kind, detail, epoch seconds)`` since the last read
-            (``source_lost``, ``source_restored``).
-    """
+    @property
+    def info(self) -> SourceInfo: ...
 
-    indices: tuple[int, ...]
-    end: bool
-    dropped: int = 0
-    events: tuple[tuple[str, str, float], ...] = ()
+    def take(self, after: int | None, count: int) -> tuple[list[Frame], bool]:
+        """Up to ``count`` frames after frame ``after`` that are ready now, and whether the source
+        has ended after them.
+
+        Raises:
+            SourceError: reading failed (after the frames that were read before it).
+        """
+        ...
+
+    def events(self) -> list[tuple[str, str, float]]:
+        """``(kind, detail, epoch seconds)`` since the last call (live feeds: lost, restored)."""
+        ...
+
+    def dropped(self) -> int:
+        """Frames dropped since the last call (live feeds: overwritten before they were taken)."""
+        ...
+
+    def close(self) -> None: ...
 
 
-class FrameReader:
-    """Batches of frames ``start, start + stride, …`` from one source.
+class FileReader:
+    """A video file's (or URL's) frames ``start, start + stride, …`` by position, decoded ahead.
 
     Args:
-        uri: file path or URL.
-        image_size: encoder input size (frames are resized to it here, on the CPU).
-        stride: process every n-th frame; frame numbers stay the source's own.
+        uri: file path or http(s) URL.
+        image_size: encoder input size the frames are prepared for.
+        stride: every n-th frame; frame numbers stay the source's own.
+        queue_size: frames decoded ahead (bounds memory; the decode thread waits when full).
+        on_frame: called on the decode thread when a frame is ready (or the pass ends).
         open_source: opens the source (a :class:`VideoSource` by default; tests give others).
+
+    Raises:
+        SourceError: the source cannot be opened (raised by the constructor).
     """
 
     def __init__(
@@ -48,109 +70,97 @@ class FrameReader:
         uri: str,
         image_size: int,
         stride: int = 1,
-        open_source: Callable[[str], VideoSource] = VideoSource,
+        queue_size: int = 8,
+        on_frame: Notify | None = None,
+        open_source: Callable[..., VideoSource] = VideoSource,
     ) -> None:
-        self.uri = uri
         self.image_size = image_size
         self.stride = stride
-        self._open = open_source
-        self._source: VideoSource | None = None
-        self._frames: Iterator[Frame] | None = None
-        self._next: int | None = None  # index the iterator yields next
-        self._lookahead: Frame | None = None
+        self._on_frame = on_frame
+        self._source = open_source(uri, queue_size=queue_size)
+        self._pass: VideoPass | None = None
+        self._next: int | None = None  # the number the pass yields next
+        self._error: SamstreamError | None = None  # met after frames that were handed out first
 
     @property
     def info(self) -> SourceInfo:
-        return self._ensure_source().info
+        return self._source.info
 
-    def _ensure_source(self) -> VideoSource:
-        if self._source is None:
-            self._source = self._open(self.uri)
-        return self._source
-
-    def read(self, after: int | None, count: int) -> tuple[Batch, list[Frame]]:
-        """Up to ``count`` frames following frame ``after`` (None: from the first frame).
-
-        Returns:
-            The batch's indices and whether the source ended, and the frames.
-        """
+    def take(self, after: int | None, count: int) -> tuple[list[Frame], bool]:
         start = 0 if after is None else after + self.stride
-        if self._frames is None or self._next != start:
+        if self._pass is None or self._next != start:
             self._restart(start)
+        assert self._pass is not None
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise error
         frames: list[Frame] = []
-        end = False
         while len(frames) < count:
-            frame = self._pull()
+            try:
+                frame = self._pass.get(timeout=0)
+            except TimeoutError:
+                return frames, False
+            except SamstreamError as exc:
+                if not frames:
+                    raise
+                self._error = exc  # the frames before it first; the error at the next take
+                return frames, False
             if frame is None:
-                end = True
-                break
+                return frames, True
             frames.append(frame)
-        if not end and self._peek() is None:
-            end = True
-        return Batch(tuple(f.index for f in frames), end), frames
+            self._next = frame.index + self.stride
+        return frames, False
 
     def _restart(self, start: int) -> None:
-        source = self._ensure_source()
-        if self._frames is not None:
-            close = getattr(self._frames, "close", None)
-            if close is not None:
-                close()
-        self._frames = source.frames(start=start, stride=self.stride, image_size=self.image_size)
+        if self._pass is not None:
+            self._pass.stop()
+        self._pass = self._source.open_pass(start, self.stride, self.image_size, self._on_frame)
         self._next = start
-        self._lookahead = None
 
-    def _peek(self) -> Frame | None:
-        if self._lookahead is None:
-            self._lookahead = self._decode_next()
-        return self._lookahead
+    def events(self) -> list[tuple[str, str, float]]:
+        return []
 
-    def _pull(self) -> Frame | None:
-        frame = self._peek()
-        self._lookahead = None
-        if frame is not None:
-            self._next = frame.index + self.stride
-        return frame
-
-    def _decode_next(self) -> Frame | None:
-        assert self._frames is not None
-        t0 = time.perf_counter()
-        frame = next(self._frames, None)
-        if frame is None:
-            return None
-        # Waiting on the decode thread: the decode time this frame cost the pipeline.
-        timings = {**frame.timings, "decode": frame.timings.get("decode", time.perf_counter() - t0)}
-        return Frame(frame.index, frame.pts, frame.capture_time, frame.image, frame.original_size, timings)
+    def dropped(self) -> int:
+        return 0
 
     def close(self) -> None:
-        if self._frames is not None:
-            close = getattr(self._frames, "close", None)
-            if close is not None:
-                close()
-            self._frames = None
-        if self._source is not None:
-            self._source.close()
-            self._source = None
+        if self._pass is not None:
+            self._pass.stop()
+            self._pass = None
+        self._source.close()
 
 
 class LiveReader:
-    """The newest frame of a live feed at each read; older ones are dropped (and counted).
+    """The newest frame of a live feed at each take; older ones are dropped (and counted).
 
     Args:
         uri: a live URI (rtsp, udp, tcp, http(s), /dev/videoN).
         image_size: encoder input size.
         give_up_s: fail when no frame came for this long, reconnecting meanwhile.
-        wait_s: how long one read waits for a new frame before returning none.
+        after: the last frame the job has (a resumed job's last published one): the feed's
+            frames are numbered after it, so that frame numbers keep increasing.
+        on_frame: called on the reader thread when a new frame is in the mailbox.
+
+    Raises:
+        SourceError: the first connection fails (raised by the constructor).
     """
 
-    def __init__(self, uri: str, image_size: int, give_up_s: float = 30.0, wait_s: float = 1.0) -> None:
-        from collections import deque
-
+    def __init__(
+        self,
+        uri: str,
+        image_size: int,
+        give_up_s: float = 30.0,
+        after: int | None = None,
+        on_frame: Notify | None = None,
+    ) -> None:
         from pipeline.sources.live import LiveSource
 
         self._events: deque[tuple[str, str, float]] = deque(maxlen=1000)
-        self.wait_s = wait_s
-        self._offset: int | None = None  # a resumed job numbers its frames after the last published
-        self.source = LiveSource(uri, image_size=image_size, give_up_s=give_up_s, on_event=self._on_event)
+        self._offset = 0 if after is None else after + 1
+        self._dropped_seen = 0
+        self.source = LiveSource(
+            uri, image_size=image_size, give_up_s=give_up_s, on_event=self._on_event, on_frame=on_frame
+        )
 
     def _on_event(self, kind: str, detail: str) -> None:
         self._events.append((kind, detail, time.time()))
@@ -159,22 +169,29 @@ class LiveReader:
     def info(self) -> SourceInfo:
         return self.source.info
 
-    def read(self, after: int | None, count: int) -> tuple[Batch, list[Frame]]:
-        """The newest frame not read before.
+    def take(self, after: int | None, count: int) -> tuple[list[Frame], bool]:
+        """The newest frame not taken before, if one came (``count`` and ``after`` do not apply)."""
+        return self.wait(0.0), False
 
-        ``count`` does not apply to a live feed; the first ``after`` (the last frame a resumed job
-        published) shifts the numbering so that frame numbers keep increasing.
-        """
-        if self._offset is None:
-            self._offset = 0 if after is None else after + 1
-        frame = self.source.latest(timeout_s=self.wait_s)
-        if frame is not None and self._offset:
+    def wait(self, timeout: float | None) -> list[Frame]:
+        """The newest frame not taken before, waiting up to ``timeout`` seconds for one."""
+        frame = self.source.latest(timeout_s=timeout)
+        if frame is None:
+            return []
+        if self._offset:
             frame = dataclasses.replace(frame, index=frame.index + self._offset)
-        events = []
+        return [frame]
+
+    def events(self) -> list[tuple[str, str, float]]:
+        out = []
         while self._events:
-            events.append(self._events.popleft())
-        frames = [] if frame is None else [frame]
-        return Batch(tuple(f.index for f in frames), False, self.source.dropped, tuple(events)), frames
+            out.append(self._events.popleft())
+        return out
+
+    def dropped(self) -> int:
+        total = self.source.dropped
+        delta, self._dropped_seen = total - self._dropped_seen, total
+        return delta
 
     def close(self) -> None:
         self.source.close()

@@ -21,7 +21,7 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections.abc import Generator
+from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
@@ -151,7 +151,7 @@ class VideoSource:
         self._timeouts = (float(open_timeout_s), float(read_timeout_s)) if self.is_url else None
         self._queue_size = queue_size
         self._lock = threading.Lock()
-        self._readers: set[_Pass] = set()
+        self._readers: set[VideoPass] = set()
         self._closed = False
         self._pending: OpenedVideo | None = None
 
@@ -204,6 +204,10 @@ class VideoSource:
             InvalidInputError: start < 0, stride < 1 or image_size < 1 (raised by this call).
             SourceError: while iterating, when reading fails (after the frames that decoded).
         """
+        self._check_pass(start, stride, image_size)
+        return self._iterate(start, stride, image_size)
+
+    def _check_pass(self, start: int, stride: int, image_size: int | None) -> None:
         for label, value, low in (("start", start, 0), ("stride", stride, 1)):
             if not isinstance(value, int) or isinstance(value, bool) or value < low:
                 raise InvalidInputError(f"{label} must be an int >= {low}, got {value!r}")
@@ -213,14 +217,10 @@ class VideoSource:
             raise InvalidInputError(f"image_size must be None or an int >= 1, got {image_size!r}")
         if self._closed:
             raise SourceError(f"video {self.name} is closed")
-        return self._iterate(start, stride, image_size)
 
     def _iterate(self, start: int, stride: int, image_size: int | None) -> Generator[Frame, None, None]:
-        reader = _Pass(self, start, stride, image_size)
-        with self._lock:
-            self._readers.add(reader)
+        reader = self._start_pass(start, stride, image_size, None)
         try:
-            reader.start()
             while True:
                 frame = reader.get()
                 if frame is None:
@@ -228,8 +228,37 @@ class VideoSource:
                 yield frame
         finally:  # also on GeneratorExit: an abandoned iteration stops its thread
             reader.stop()
-            with self._lock:
-                self._readers.discard(reader)
+
+    def open_pass(
+        self,
+        start: int = 0,
+        stride: int = 1,
+        image_size: int | None = 1024,
+        on_frame: Callable[[], None] | None = None,
+    ) -> VideoPass:
+        """Start decoding frames ``start``, ``start + stride``, … on a thread, as :meth:`frames` does,
+        but hand back the pass itself: :meth:`VideoPass.get` takes a timeout, so one caller can read
+        many sources without waiting on any. ``on_frame`` is called on the decode thread after each
+        frame is buffered (and at the end). Stop the pass with :meth:`VideoPass.stop`.
+
+        Raises:
+            InvalidInputError, SourceError: as :meth:`frames`.
+        """
+        self._check_pass(start, stride, image_size)
+        return self._start_pass(start, stride, image_size, on_frame)
+
+    def _start_pass(
+        self, start: int, stride: int, image_size: int | None, on_frame: Callable[[], None] | None
+    ) -> VideoPass:
+        reader = VideoPass(self, start, stride, image_size, on_frame)
+        with self._lock:
+            self._readers.add(reader)
+        reader.start()
+        return reader
+
+    def _forget_pass(self, reader: VideoPass) -> None:
+        with self._lock:
+            self._readers.discard(reader)
 
     def close(self) -> None:
         """Stop every decode thread and release the source. Idempotent."""
@@ -238,7 +267,7 @@ class VideoSource:
             readers = list(self._readers)
             pending, self._pending = self._pending, None
         for reader in readers:
-            reader.stop()
+            reader.thread.stop()
         if pending is not None:
             pending.close()
 
@@ -410,10 +439,17 @@ def _make_info(
     )
 
 
-class _Pass:
+class VideoPass:
     """One pass over a source: its decode thread feeding a bounded queue, read by the consumer."""
 
-    def __init__(self, source: VideoSource, start: int, stride: int, image_size: int | None) -> None:
+    def __init__(
+        self,
+        source: VideoSource,
+        start: int,
+        stride: int,
+        image_size: int | None,
+        on_frame: Callable[[], None] | None = None,
+    ) -> None:
         self.source = source
         self.start_at, self.stride, self.image_size = start, stride, image_size
         self.decoded = 0  # frames decoded so far (the next frame's number)
@@ -425,17 +461,24 @@ class _Pass:
             capacity=source._queue_size,
             join_timeout_s=read_timeout + 5.0,
             raise_error=self._raise,
+            on_item=on_frame,
         )
 
     def start(self) -> None:
         self.thread.start()
 
-    def get(self) -> Frame | None:
-        """The next frame, or None at the end; re-raises the decode thread's error, chained."""
-        return self.thread.get()
+    def get(self, timeout: float | None = None) -> Frame | None:
+        """The next frame, or None at the end; re-raises the decode thread's error, chained.
+
+        Raises:
+            TimeoutError: no frame within ``timeout`` seconds (None: wait as long as it takes).
+        """
+        return self.thread.get(timeout)
 
     def stop(self) -> None:
+        """Stop the decode thread and leave the source (idempotent)."""
         self.thread.stop()
+        self.source._forget_pass(self)
 
     def _produce(self, emit: Emit[Frame], stopping: threading.Event) -> None:
         opened: OpenedVideo | None = None

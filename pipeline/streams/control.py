@@ -99,3 +99,54 @@ class ControlReader:
                     yield Command.from_fields(fields)
                 except InvalidInputError as exc:
                     yield exc
+
+
+class ControlBus:
+    """Reads the control streams of many jobs with one ``XREAD`` per poll, each command once.
+
+    Args:
+        client: Redis client.
+        keys: key names.
+    """
+
+    CHUNK = 500  # streams per XREAD
+
+    def __init__(self, client: redis.Redis, keys: Keys) -> None:
+        self.client = client
+        self.keys = keys
+        self._last: dict[str, str] = {}  # control key -> last entry id read
+        self._jobs: dict[str, str] = {}  # control key -> job id
+
+    def add(self, job_id: str, everything: bool = False) -> None:
+        """Follow a job's commands: from the stream's start (``everything``: commands sent while
+        it was queued apply), else those sent from now on."""
+        reader = ControlReader(self.client, self.keys, job_id, everything)
+        self._last[reader.key] = reader.last
+        self._jobs[reader.key] = job_id
+
+    def remove(self, job_id: str) -> None:
+        key = self.keys.control(job_id)
+        self._last.pop(key, None)
+        self._jobs.pop(key, None)
+
+    def poll(self) -> list[tuple[str, Command | InvalidInputError]]:
+        """New commands of every followed job, in order per job: ``(job id, command)``, or the
+        error of a malformed one (so that the job can report it and go on)."""
+        out: list[tuple[str, Command | InvalidInputError]] = []
+        streams = list(self._last.items())
+        for i in range(0, len(streams), self.CHUNK):
+            chunk = dict(streams[i : i + self.CHUNK])
+            with redis_errors("reading the control streams"):
+                entries: Any = self.client.xread(chunk, count=100)  # type: ignore[arg-type]
+            for key, items in entries or []:
+                key = as_text(key)
+                job_id = self._jobs.get(key)
+                if job_id is None:
+                    continue
+                for eid, fields in items:
+                    self._last[key] = as_text(eid)
+                    try:
+                        out.append((job_id, Command.from_fields(fields)))
+                    except InvalidInputError as exc:
+                        out.append((job_id, exc))
+        return out

@@ -112,6 +112,11 @@ class JobStore:
         """The Redis client this store uses."""
         return self._client
 
+    @property
+    def keys(self) -> Keys:
+        """The key names this store uses."""
+        return self._keys
+
     def create(self, job_id: str, spec: Mapping[str, Any], total_frames: int | None = None) -> JobInfo:
         """Create a ``queued`` job.
 
@@ -243,6 +248,25 @@ class JobStore:
             None,
             f"recording drops of {job_id!r}",
         )
+
+    def record_placement(self, job_id: str, source_host: int, tracker_host: int) -> None:
+        """Record which source host and tracker host of its driver run the job (for operators)."""
+        fields = {"source_host": str(source_host), "tracker_host": str(tracker_host)}
+        self._write(job_id, fields, None, f"recording where job {job_id!r} runs")
+
+    def record_dropped_many(self, dropped: Mapping[str, int]) -> None:
+        """:meth:`record_dropped` for many jobs in one round trip (jobs gone meanwhile are skipped)."""
+        if not dropped:
+            return
+        now = repr(time.time())
+        pipe = self._client.pipeline(transaction=False)
+        for job_id, count in dropped.items():
+            _check_count(count, "dropped frames")
+            fields = {"dropped": str(count), "updated": now}
+            args: builtins.list[str | int] = [2 * len(fields), *_flat(fields)]
+            self._update(keys=[self._keys.job(job_id)], args=args, client=pipe)
+        with redis_errors("recording drops"):
+            pipe.execute()
 
     def _write(self, job_id: str, fields: dict[str, str], event: dict[str, str] | None, what: str) -> None:
         keys = [self._keys.job(job_id)]

@@ -15,6 +15,7 @@ A state written as plain JSON (no newline: JSON escapes them) reads too.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from collections.abc import Mapping, Sequence
@@ -23,6 +24,7 @@ from typing import Any
 import redis
 
 from pipeline.frames import FrameResult
+from pipeline.jobs.resume import ResumePoint
 from pipeline.streams.connection import redis_errors
 from pipeline.streams.keys import Keys, validate_job_id
 from pipeline.streams.publisher import Publisher
@@ -49,6 +51,7 @@ redis.call('HSET', KEYS[2], 'last_frame', ARGV[4], 'updated', ARGV[5])
 if ARGV[3] ~= '' then redis.call('SET', KEYS[3], ARGV[3]) end
 return 1
 """
+_PUBLISH_SHA = hashlib.sha1(_PUBLISH.encode()).hexdigest()
 
 
 class RedisSink:
@@ -76,7 +79,6 @@ class RedisSink:
         self.maxlen = maxlen
         self.notice = notice
         self.publisher = Publisher(client, keys, job_id, maxlen)
-        self._script = client.register_script(_PUBLISH)
 
     def publish(self, result: FrameResult, snapshot: Mapping[str, Any] | None) -> bool:
         return self.publish_many([(result, snapshot)])[0]
@@ -85,6 +87,13 @@ class RedisSink:
         """Publish frames in order, one script each (each atomic), sent in one round trip."""
         if not items:
             return []
+        done = publish_jobs(self.client, [(self, items)])[0]
+        if isinstance(done, Exception):  # e.g. "no such job": that frame and the ones after it
+            raise done
+        return done
+
+    def calls(self, items: Sequence[tuple[FrameResult, Mapping[str, Any] | None]]) -> list[list[Any]]:
+        """The script calls (keys and arguments) that publish ``items``."""
         keys = [self.keys.masks(self.job_id), self.keys.job(self.job_id), self.keys.state(self.job_id)]
         calls = []
         for result, snapshot in items:
@@ -98,44 +107,72 @@ class RedisSink:
                 repr(time.time()),
             ]
             args += [x for kv in fields.items() for x in kv]
-            calls.append(args)
-        first, last = items[0][0].frame_index, items[-1][0].frame_index
-        frames = f"frame {first}" if first == last else f"frames {first}-{last}"
-        with redis_errors(f"publishing {frames} of job {self.job_id!r}"):
-            replies = self._run(keys, calls)
-        out = []
-        for reply in replies:
-            if isinstance(reply, Exception):  # e.g. "no such job": that frame and the ones after it
-                raise reply
-            out.append(bool(reply))
-        return out
+            calls.append([*keys, *args])
+        return calls
 
-    def _run(self, keys: list[str], calls: list[list[str | bytes]]) -> list[Any]:
-        """EVALSHA each call in one pipeline (no transaction: each script is atomic on its own)."""
-        replies = self._pipeline(keys, calls)
-        if any(isinstance(r, redis.exceptions.NoScriptError) for r in replies):
-            # Redis lost its scripts (restarted): load it again; a NOSCRIPT call wrote nothing.
-            self.client.script_load(_PUBLISH)
-            replies = self._pipeline(keys, calls)
-        return replies
+    def resume_point(self) -> ResumePoint:
+        from pipeline.jobs.resume import load
 
-    def _pipeline(self, keys: list[str], calls: list[list[str | bytes]]) -> list[Any]:
-        pipe = self.client.pipeline(transaction=False)
-        for args in calls:
-            pipe.evalsha(self._script.sha, len(keys), *keys, *args)
-        return list(pipe.execute(raise_on_error=False))
-
-    def resume_point(self) -> tuple[int | None, int | None, Mapping[str, Any] | None]:
-        last = self.publisher.last_published_frame()
-        if last is None:
-            return None, None, None
-        state = read_state(self.client, self.keys, self.job_id)
-        if state is None:
-            return last, None, None
-        return last, int(state["frame"]), state.get("tracker")
+        return load(self.client, self.keys, self.job_id)
 
     def event(self, type: str, *, frame: int | None, track: int | None, detail: str | None) -> None:
         self.publisher.event(type, frame=frame, track=track, detail=detail)
+
+
+def publish_jobs(
+    client: redis.Redis,
+    batches: Sequence[tuple[RedisSink, Sequence[tuple[FrameResult, Mapping[str, Any] | None]]]],
+) -> list[list[bool] | Exception]:
+    """Publish several jobs' frames in one round trip: each frame by its own script (atomic), all
+    sent in one pipeline. For each job, one flag per frame (False: published before), or the error
+    that stopped it (``no such job``, Redis refusing writes): one job's trouble is not another's.
+
+    Raises:
+        RedisUnavailableError: Redis cannot be reached (every job's frames are unpublished).
+    """
+    calls: list[list[Any]] = []
+    spans = []
+    for sink, items in batches:
+        mine = sink.calls(items)
+        spans.append((len(calls), len(mine)))
+        calls += mine
+    if not calls:
+        return [[] for _ in batches]
+    with redis_errors(_what(batches)):
+        replies = _run(client, calls)
+    out: list[list[bool] | Exception] = []
+    for start, count in spans:
+        mine = replies[start : start + count]
+        error = next((r for r in mine if isinstance(r, Exception)), None)
+        out.append(error if error is not None else [bool(r) for r in mine])
+    return out
+
+
+def _what(batches: Sequence[tuple[RedisSink, Sequence[tuple[FrameResult, Any]]]]) -> str:
+    """What is being published, for an error message."""
+    if len(batches) != 1:
+        return f"publishing the frames of {len(batches)} jobs"
+    sink, items = batches[0]
+    first, last = items[0][0].frame_index, items[-1][0].frame_index
+    frames = f"frame {first}" if first == last else f"frames {first}-{last}"
+    return f"publishing {frames} of job {sink.job_id!r}"
+
+
+def _run(client: redis.Redis, calls: list[list[Any]]) -> list[Any]:
+    """EVALSHA each call in one pipeline (no transaction: each script is atomic on its own)."""
+    replies = _pipeline(client, calls)
+    if any(isinstance(r, redis.exceptions.NoScriptError) for r in replies):
+        # Redis lost its scripts (restarted): load it again; a NOSCRIPT call wrote nothing.
+        client.script_load(_PUBLISH)
+        replies = _pipeline(client, calls)
+    return replies
+
+
+def _pipeline(client: redis.Redis, calls: list[list[Any]]) -> list[Any]:
+    pipe = client.pipeline(transaction=False)
+    for call in calls:
+        pipe.evalsha(_PUBLISH_SHA, 3, *call)
+    return list(pipe.execute(raise_on_error=False))
 
 
 def read_state(client: redis.Redis, keys: Keys, job_id: str) -> dict[str, Any] | None:
@@ -144,20 +181,6 @@ def read_state(client: redis.Redis, keys: Keys, job_id: str) -> dict[str, Any] |
         # The client decodes replies to str; the state holds raw bytes.
         raw: Any = client.execute_command("GET", keys.state(job_id), NEVER_DECODE=True)
     return None if raw is None else unpack_state(raw)
-
-
-def resume_after(client: redis.Redis, keys: Keys, job_id: str, live: bool) -> int | None:
-    """The frame a resumed job reads after (None: from the start).
-
-    A file job goes on after its last checkpoint: the frames from there to the last published one
-    are replayed through the tracker (see :class:`~pipeline.decoding.TrackDecoder`). A live job
-    goes on from the feed's present, numbering its frames after the last published one.
-    """
-    last = Publisher(client, keys, job_id).last_published_frame()
-    if last is None or live:
-        return last
-    state = read_state(client, keys, job_id)
-    return None if state is None else min(last, int(state["frame"]))
 
 
 def pack_state(frame_index: int, snapshot: Mapping[str, Any]) -> bytes:

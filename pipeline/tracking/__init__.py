@@ -7,6 +7,7 @@ from pipeline.tracking.state import MaskBox, TrackingConfig, TrackState, TrackSt
 from pipeline.tracking.tracker import (
     EventKind,
     Segmenter,
+    StepPlan,
     Tracker,
     TrackEvent,
     TrackPromptError,
@@ -17,6 +18,7 @@ __all__ = [
     "EventKind",
     "MaskBox",
     "Segmenter",
+    "StepPlan",
     "TrackEvent",
     "TrackPromptError",
     "TrackResult",

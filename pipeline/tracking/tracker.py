@@ -113,6 +113,25 @@ class TrackEvent:
         }
 
 
+@dataclass(frozen=True)
+class StepPlan:
+    """What a tracker decodes on one frame (see :meth:`Tracker.plan`).
+
+    Attributes:
+        frame_index: the frame.
+        size: (H, W) of the frame.
+        started: the tracks started by this frame, in the order they were added.
+        decoded: those of them decoded on it (active, or waiting for their prompt).
+        requests: one request per decoded track, in the same order.
+    """
+
+    frame_index: int
+    size: tuple[int, int]
+    started: tuple[TrackState, ...]
+    decoded: tuple[TrackState, ...]
+    requests: tuple[DecodeRequest, ...]
+
+
 class Tracker:
     """Follows any number of tracks through the frames of one video.
 
@@ -190,6 +209,20 @@ class Tracker:
         Raises:
             TrackPromptError: a prompt decoded on this frame lies outside it; nothing has changed.
         """
+        plan = self.plan(frame_index, embedding)
+        batch = self.segmenter.decode(embedding, plan.requests) if plan.requests else None
+        return self.commit(plan, batch)
+
+    def plan(self, frame_index: int, embedding: Embedding) -> StepPlan:
+        """The first half of :meth:`step`: what to decode on this frame. Changes nothing.
+
+        A caller that follows many trackers decodes every plan's requests together (one model
+        call over several frames and jobs), then gives each tracker its masks by :meth:`commit`.
+
+        Raises:
+            InvalidInputError: the frame index is not after the last one stepped.
+            TrackPromptError: a prompt decoded on this frame lies outside it.
+        """
         if isinstance(frame_index, bool) or not isinstance(frame_index, int) or frame_index < 0:
             raise InvalidInputError(f"frame index must be an integer >= 0, got {frame_index!r}")
         if self._last_frame is not None and frame_index <= self._last_frame:
@@ -198,8 +231,8 @@ class Tracker:
                 "frames must increase"
             )
         height, width = embedding.original_size
-        started = [s for s in self._tracks.values() if s.start_frame <= frame_index]
-        decoded = [s for s in started if s.status is TrackStatus.ACTIVE or s.needs_prompt]
+        started = tuple(s for s in self._tracks.values() if s.start_frame <= frame_index)
+        decoded = tuple(s for s in started if s.status is TrackStatus.ACTIVE or s.needs_prompt)
         for s in decoded:
             if s.needs_prompt or s.box is None:
                 try:
@@ -208,17 +241,22 @@ class Tracker:
                     raise TrackPromptError(
                         f"track {s.track_id}, frame {frame_index}: {exc}", s.track_id, frame_index
                     ) from None
+        requests = tuple(self._request(s, embedding) for s in decoded)
+        return StepPlan(frame_index, (height, width), started, decoded, requests)
 
-        requests = [self._request(s, embedding) for s in decoded]
-        batch = self.segmenter.decode(embedding, requests) if requests else None
+    def commit(self, plan: StepPlan, batch: MaskBatch | None) -> tuple[list[TrackResult], list[TrackEvent]]:
+        """The second half of :meth:`step`: take the masks of ``plan``'s requests (None when it has
+        none) and move every track on. See :meth:`step` for what it returns."""
         if batch is not None:
-            self._check_batch(batch, len(requests), (height, width))
-
+            self._check_batch(batch, len(plan.requests), plan.size)
+        elif plan.requests:
+            raise RuntimeError(f"no masks given for the {len(plan.requests)} requests of the plan")
+        frame_index = plan.frame_index
         events = [TrackEvent(kind, tid, frame_index, detail) for kind, tid, detail in self._pending]
         self._pending = []
         outputs: dict[int, TrackResult] = {}
         if batch is not None:
-            for i, s in enumerate(decoded):
+            for i, s in enumerate(plan.decoded):
                 state, result, event = self._update(
                     s, batch.masks[i], float(batch.scores[i]), batch.logits[i], frame_index
                 )
@@ -227,8 +265,8 @@ class Tracker:
                 if event is not None:
                     events.append(event)
         results = [
-            outputs[s.track_id] if s.track_id in outputs else _lost_result(s.track_id, (height, width))
-            for s in started
+            outputs[s.track_id] if s.track_id in outputs else _lost_result(s.track_id, plan.size)
+            for s in plan.started
         ]
         self._last_frame = frame_index
         return results, events

@@ -11,6 +11,7 @@ import pytest
 from pipeline.decoding import TrackDecoder
 from pipeline.errors import InvalidInputError
 from pipeline.frames import EncodedFrame, FrameResult
+from pipeline.jobs.resume import ResumePoint
 from pipeline.prompts import Prompt, TrackSpec
 from tests.fixtures.stub_segmenter import StubSegmenter, disc
 
@@ -42,11 +43,11 @@ class MemorySink:
     def publish_many(self, items: Sequence[tuple[FrameResult, Mapping[str, Any] | None]]) -> list[bool]:
         return [self.publish(result, snapshot) for result, snapshot in items]
 
-    def resume_point(self) -> tuple[int | None, int | None, Mapping[str, Any] | None]:
+    def resume_point(self) -> ResumePoint:
         last = max(self.results) if self.results else None
         if self.state is None:
-            return last, None, None
-        return last, self.state[0], self.state[1]
+            return ResumePoint(last)
+        return ResumePoint(last, self.state[0], self.state[1])
 
     def event(self, type: str, *, frame: int | None, track: int | None, detail: str | None) -> None:
         self.events.append((type, frame))

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from pipeline.config import ModelConfig
+from pipeline.encoding import SizedEncoders
 from pipeline.errors import InvalidInputError
 from pipeline.frames import EncodedFrame, Frame
 from workers.pool import EncoderReplica, PoolConfig
@@ -29,10 +30,12 @@ class CountingEncoder:
 
 
 def _replica(calls: list[tuple[int, int]]) -> Any:
-    replica = EncoderReplica.__new__(EncoderReplica)  # no model: the encoder is the stand-in
+    replica = EncoderReplica.__new__(EncoderReplica)  # no model: the encoders are the stand-ins
     replica.model = ModelConfig(weights="null")
-    replica.encoders = {}
-    replica._encoder = lambda size: replica.encoders.setdefault(size, CountingEncoder(size, calls))  # type: ignore[method-assign]
+    replica.encoders = SizedEncoders(lambda size: None)  # type: ignore[arg-type, return-value]
+    replica.encoders.encoder = lambda size: replica.encoders.encoders.setdefault(
+        size, CountingEncoder(size, calls)
+    )  # type: ignore[method-assign, assignment, arg-type]
     return replica
 
 

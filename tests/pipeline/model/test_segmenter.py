@@ -186,3 +186,27 @@ def test_empty_decode(model_256: MobileSam) -> None:
     emb = model_256.encode([sample_rgb(50, 80)])[0]
     out = model_256.decode(emb, [])
     assert out.masks.shape == (0, 50, 80) and len(out) == 0
+
+
+def test_decoding_many_frames_in_one_call_equals_decoding_each(model_256: MobileSam) -> None:
+    # The path a GPU takes (every frame's prompts through one mask-decoder call), checked here on
+    # the CPU against decoding frame by frame; frames of other sizes, prompts of every shape.
+    sizes = [(240, 320), (360, 640), (200, 200)]
+    embeddings = model_256.encode([sample_rgb(h, w, seed=i) for i, (h, w) in enumerate(sizes)])
+    low = model_256.low_res_size
+    logits = np.random.default_rng(0).normal(0, 4, (low, low)).astype(np.float32)
+    items = [
+        (embeddings[0], [DecodeRequest(PROMPTS[0]), DecodeRequest(PROMPTS[1])]),
+        (embeddings[1], [DecodeRequest(PROMPTS[1], logits, multimask=True), DecodeRequest(PROMPTS[2])]),
+        (embeddings[2], []),
+        (embeddings[2], [DecodeRequest(PROMPTS[3]), DecodeRequest(PROMPTS[0])]),
+    ]
+    together = model_256.decode_many(items, across_frames=True)
+    for (embedding, requests), got in zip(items, together, strict=True):
+        want = model_256.decode(embedding, requests)
+        assert got.masks.shape == want.masks.shape
+        np.testing.assert_allclose(got.logits, want.logits, atol=1e-3)
+        np.testing.assert_allclose(got.scores, want.scores, atol=1e-4)
+        for a, b in zip(got.masks, want.masks, strict=True):
+            union = np.logical_or(a, b).sum()
+            assert union == 0 or np.logical_and(a, b).sum() / union >= 0.99

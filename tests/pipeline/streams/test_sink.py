@@ -9,9 +9,10 @@ import pytest
 import redis
 
 from pipeline.frames import FrameResult
+from pipeline.jobs.resume import ResumePoint, load
 from pipeline.prompts import Prompt
 from pipeline.streams import JobStore, Keys
-from pipeline.streams.sink import RedisSink, pack_state, resume_after, unpack_state
+from pipeline.streams.sink import RedisSink, pack_state, publish_jobs, unpack_state
 from pipeline.tracking.state import TrackState
 
 
@@ -54,24 +55,26 @@ def test_a_state_written_as_plain_json_still_reads() -> None:
 def test_published_state_comes_back_from_redis(redis_client: redis.Redis, keys: Keys) -> None:
     JobStore(redis_client, keys).create("job", {"source": "clip.mp4"})
     sink = RedisSink(redis_client, keys, "job")
-    assert sink.resume_point() == (None, None, None)
+    assert sink.resume_point() == ResumePoint(None, None)
     snapshot = _snapshot(binary=True)
     assert sink.publish(FrameResult(7, 0.25, 1.0, 64, 48, (), {}), snapshot)
     assert not sink.publish(FrameResult(7, 0.25, 1.0, 64, 48, (), {}), snapshot)  # once only
-    assert sink.resume_point() == (7, 7, snapshot)
+    point = sink.resume_point()
+    assert (point.last_published, point.checkpoint, point.snapshot) == (7, 7, snapshot)
 
 
 def test_frames_without_a_snapshot_keep_the_last_checkpoint(redis_client: redis.Redis, keys: Keys) -> None:
     JobStore(redis_client, keys).create("job", {"source": "clip.mp4"})
     sink = RedisSink(redis_client, keys, "job")
-    assert resume_after(redis_client, keys, "job", live=False) is None
+    assert load(redis_client, keys, "job").read_after(live=False) is None
     snapshot = _snapshot(binary=True)
     assert sink.publish(FrameResult(3, None, 1.0, 64, 48, (), {}), snapshot)
     for frame in (4, 5, 6):
         assert sink.publish(FrameResult(frame, None, 1.0, 64, 48, (), {}), None)
-    assert sink.resume_point() == (6, 3, snapshot)
-    assert resume_after(redis_client, keys, "job", live=False) == 3  # frames 4-6 are replayed
-    assert resume_after(redis_client, keys, "job", live=True) == 6  # a feed goes on from now
+    point = sink.resume_point()
+    assert (point.last_published, point.checkpoint, point.snapshot) == (6, 3, snapshot)
+    assert load(redis_client, keys, "job").read_after(live=False) == 3  # frames 4-6 are replayed
+    assert load(redis_client, keys, "job").read_after(live=True) == 6  # a feed goes on from now
     assert JobStore(redis_client, keys).get("job").frames_done == 4
 
 
@@ -87,9 +90,27 @@ def test_a_batch_publishes_in_one_call_each_frame_once(redis_client: redis.Redis
     assert sink.publish_many(batch) == [False, False, True, True, True]
     entries = redis_client.xrange(keys.masks("job"))
     assert [e[0] for e in entries] == ["2-1", "3-1", "4-1", "5-1"]
-    assert sink.resume_point() == (5, 4, snapshot)
+    point = sink.resume_point()
+    assert (point.last_published, point.checkpoint, point.snapshot) == (5, 4, snapshot)
     assert JobStore(redis_client, keys).get("job").frames_done == 4
     assert sink.publish_many([]) == []
+
+
+def test_several_jobs_publish_in_one_round_trip_and_one_jobs_trouble_stays_its_own(
+    redis_client: redis.Redis, keys: Keys
+) -> None:
+    store = JobStore(redis_client, keys)
+    store.create("a", {"source": "a.mp4"})
+    store.create("b", {"source": "b.mp4"})
+    sinks = [RedisSink(redis_client, keys, job) for job in ("a", "gone", "b")]
+    frames = [[(FrameResult(f, None, 1.0, 64, 48, (), {}), None) for f in range(n)] for n in (3, 2, 4)]
+    sinks[2].publish(frames[2][0][0], None)  # b's frame 0 is there already
+    done = publish_jobs(redis_client, list(zip(sinks, frames, strict=True)))
+    assert done[0] == [True, True, True]
+    assert isinstance(done[1], redis.ResponseError) and "no such job" in str(done[1])
+    assert done[2] == [False, True, True, True]
+    assert [e[0] for e in redis_client.xrange(keys.masks("b"))] == ["0-1", "1-1", "2-1", "3-1"]
+    assert redis_client.xlen(keys.masks("gone")) == 0
 
 
 def test_a_batch_for_a_deleted_job_fails_clearly(redis_client: redis.Redis, keys: Keys) -> None:

@@ -1,0 +1,530 @@
+"""The driver: one loop that moves the frames of many jobs through the stages, tick after tick.
+
+Each source host is read by one call at a time, carrying the requests of every job it holds
+(grouped by the tracker host that follows each job). When a read's replies come, each group's
+frames go to the encoders as one call, and — once those embeddings exist, in the order the
+groups were read — to their tracker host as one call. So the machinery costs three calls a
+tick whatever the number of jobs, and the driver fetches only small replies: pixels and
+embeddings go from stage to stage (see :mod:`pipeline.jobs.transport`).
+
+Per job:
+
+* a **file** job has at most ``file_window`` frames in flight (backpressure: nothing is dropped,
+  memory is bounded) and reads up to ``batch_frames`` at a time; it ends when its source has ended
+  and every frame is back.
+* a **live** job has at most ``live_in_flight`` frames in flight; its host gives the newest frame
+  of the feed at each read and counts the others as dropped, so latency stays bounded. Live jobs
+  are served first: when more frames are wanted than ``max_frames_in_flight``, live jobs take
+  their turns round-robin and file jobs wait (they yield to live ones; nothing starves: a job
+  left out of one tick is first in the next).
+* commands from its control stream (all jobs' streams read in one call, every
+  ``control_poll_s``): ``stop`` ends reading, track commands go to its tracker host ordered
+  before the frames read after them.
+* a tracker host that was restarted asks for a *rewind* of a file job (see
+  :mod:`pipeline.decoding`): the job reads again after the frame it names.
+
+The job lifecycle (status, resume point, the checks made when a source opens) is
+:mod:`pipeline.jobs.lifecycle`'s; the driver calls it.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from pipeline.decoding import FrameSummary
+from pipeline.errors import InvalidInputError, JobError, SamstreamError
+from pipeline.jobs.lifecycle import Ending, Lifecycle, Start
+from pipeline.jobs.transport import Handle, Transport
+from pipeline.metrics import Metrics, NullMetrics
+from pipeline.sources.host import ReadReply, ReadRequest, SourceSpec
+from pipeline.streams.control import Command, ControlBus
+from pipeline.tracker_host import TrackReply, TrackSetup
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class DriverOptions:
+    """How the driver paces and places jobs.
+
+    Attributes:
+        batch_frames: most frames of one file job per read.
+        file_window: most frames of one file job in flight.
+        live_in_flight: most frames of one live job in flight.
+        max_frames_in_flight: most frames in flight over all jobs (live jobs first).
+        tick_s: how long a read gathers frames before it answers.
+        control_poll_s: how often the control streams are read.
+        streams_per_host: jobs a source host takes before another host is started.
+        tracks_per_decoder: tracks a tracker host takes before another one is started.
+        max_hosts: most source hosts (None: no limit; a full host then takes more jobs).
+        max_decoders: most tracker hosts (None: no limit).
+        drain_s: most time an ending job waits for its frames in flight.
+        drops_every_s: how often a live job's drop count is written to its hash.
+    """
+
+    batch_frames: int = 8
+    file_window: int = 24
+    live_in_flight: int = 2
+    max_frames_in_flight: int = 512
+    tick_s: float = 0.04
+    control_poll_s: float = 0.05
+    streams_per_host: int = 64
+    tracks_per_decoder: int = 256
+    max_hosts: int | None = None
+    max_decoders: int | None = None
+    drain_s: float = 60.0
+    drops_every_s: float = 1.0
+
+    def __post_init__(self) -> None:
+        for name in ("batch_frames", "file_window", "live_in_flight", "max_frames_in_flight"):
+            if getattr(self, name) < 1:
+                raise InvalidInputError(f"driver {name} must be >= 1, got {getattr(self, name)}")
+        if self.streams_per_host < 1 or self.tracks_per_decoder < 1:
+            raise InvalidInputError("streams per host and tracks per decoder must be >= 1")
+        if self.tick_s <= 0 or self.control_poll_s <= 0 or self.drain_s <= 0:
+            raise InvalidInputError("tick, control poll and drain times must be > 0 seconds")
+
+
+class Listener:
+    """What the driver tells its owner (no-op by default)."""
+
+    def frames(self, job_id: str, summaries: Sequence[FrameSummary]) -> None:
+        """A job's frames came back (published, or replayed)."""
+
+    def ended(self, job_id: str, status: str, error: str | None) -> None:
+        """A job ended with ``status`` (``succeeded``, ``failed``, ``cancelled``)."""
+
+
+@dataclass
+class _Job:
+    start: Start
+    source: SourceSpec
+    setup: TrackSetup
+    host: int
+    decoder: int
+    after: int | None
+    in_flight: int = 0
+    end: bool = False
+    opened: bool = False
+    ending: tuple[Ending, str | None] | None = None
+    ending_since: float = 0.0
+    epoch: int = 0  # replies of reads before this one do not rewind the job again
+    tracks: int = 0
+    dropped: int = 0
+    dropped_written: int = 0
+
+    @property
+    def job_id(self) -> str:
+        return self.start.job_id
+
+    @property
+    def live(self) -> bool:
+        return self.source.live
+
+
+@dataclass
+class _Group:
+    """One tracker host's share of a read: its frames, then their embeddings, then its replies."""
+
+    seq: int
+    host: int
+    decoder: int
+    frames: Handle
+    counts: dict[str, int] = field(default_factory=dict)  # frames per job
+    embeddings: Handle | None = None
+    replies: Handle | None = None
+
+
+@dataclass
+class _Read:
+    seq: int
+    host: int
+    meta: Handle
+    groups: list[_Group]
+
+
+class JobDriver:
+    """Drives many jobs through a :class:`Transport` from one thread.
+
+    Args:
+        transport: the stages.
+        lifecycle: job status transitions (one place for ``run`` and ``serve``).
+        control: reads the jobs' control streams.
+        events: ``events(job_id, kind, detail)`` writes a job event (source lost, stop requested…).
+        options: pacing and placement.
+        metrics: where timings and counts go.
+        listener: told of frames and endings.
+    """
+
+    def __init__(
+        self,
+        transport: Transport,
+        lifecycle: Lifecycle,
+        control: ControlBus,
+        events: Callable[[str, str, str | None], None],
+        options: DriverOptions | None = None,
+        metrics: Metrics | None = None,
+        listener: Listener | None = None,
+    ) -> None:
+        self.transport = transport
+        self.lifecycle = lifecycle
+        self.control = control
+        self.events = events
+        self.options = options or DriverOptions()
+        self.metrics = metrics or NullMetrics()
+        self.listener = listener or Listener()
+        self.jobs: dict[str, _Job] = {}
+        self._inbox: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
+        self._reads: dict[int, _Read] = {}  # source host -> its read in flight
+        self._lanes: dict[tuple[int, int], deque[_Group]] = {}  # (host, decoder) -> groups to decode
+        self._decoding: dict[Handle, _Group] = {}
+        self._seq = 0
+        self._turn = 0  # round-robin offset of the jobs served first
+        self._polled = 0.0
+        self._drops_at = 0.0
+        self._host_jobs: list[int] = []
+        self._decoder_tracks: list[int] = []
+        self._stop = threading.Event()
+
+    # -- from any thread --
+
+    def submit(self, job_id: str, again: bool = False) -> None:
+        """Run (or resume) a job kept in Redis; taken up by the loop's next turn.
+
+        ``again``: run it even if it failed or was cancelled (see :meth:`Lifecycle.begin`).
+        """
+        self._inbox.put(("again" if again else "job", job_id))
+
+    def holds(self, job_id: str) -> bool:
+        return job_id in self.jobs
+
+    def stop(self) -> None:
+        """Make :meth:`run` return after its current turn."""
+        self._stop.set()
+
+    # -- the loop --
+
+    def run(self, until_idle: bool = True, wait_s: float = 0.02) -> None:
+        """Turn the loop until :meth:`stop`, or (``until_idle``) until no job is left."""
+        while not self._stop.is_set():
+            self.turn(wait_s)
+            if until_idle and not self.jobs and self._inbox.empty():
+                return
+
+    def add(self, start: Start) -> None:
+        """Take up a job that :meth:`Lifecycle.begin` started."""
+        spec = start.spec
+        host, decoder = self._place(len(spec.tracks))
+        job = _Job(
+            start,
+            SourceSpec(spec.source, spec.image_size, spec.stride, spec.live, spec.give_up_s),
+            TrackSetup(
+                spec.tracks, spec.tracking_config(), spec.image_size, spec.stride, spec.live, spec.maxlen
+            ),
+            host,
+            decoder,
+            start.read_after,
+            tracks=len(spec.tracks),
+        )
+        self.jobs[start.job_id] = job
+        self.control.add(start.job_id, everything=start.first_run)
+        try:
+            self.lifecycle.placed(start.job_id, host, decoder)
+        except SamstreamError as exc:  # informational only
+            log.warning("job %s: recording its hosts: %s", start.job_id, exc)
+
+    def turn(self, wait_s: float) -> None:
+        """One turn: new jobs, commands, reads; then whatever came back within ``wait_s``."""
+        self._take_inbox()
+        now = time.monotonic()
+        if now - self._polled >= self.options.control_poll_s:
+            self._polled = now
+            self._poll_control()
+        self._submit_reads()
+        handles = [r.meta for r in self._reads.values()]
+        handles += [g.embeddings for lane in self._lanes.values() for g in lane if g.embeddings is not None]
+        handles += list(self._decoding)
+        ready = self.transport.wait(handles, wait_s) if handles else set()
+        if not handles:
+            time.sleep(wait_s)
+        for host, read in list(self._reads.items()):
+            if read.meta in ready:
+                del self._reads[host]
+                self._read_done(read)
+        self._submit_decodes(ready)
+        for handle in [h for h in self._decoding if h in ready]:
+            self._decode_done(self._decoding.pop(handle), handle)
+        self._end_jobs()
+        if now - self._drops_at >= self.options.drops_every_s:
+            self._drops_at = now
+            self._write_drops()
+        in_flight = sum(j.in_flight for j in self.jobs.values())
+        self.metrics.set_queue_depth("frames_in_flight", in_flight)
+        self.metrics.set_active(len(self.jobs), sum(j.tracks for j in self.jobs.values()))
+
+    def _take_inbox(self) -> None:
+        while True:
+            try:
+                kind, value = self._inbox.get_nowait()
+            except queue.Empty:
+                return
+            if value not in self.jobs:
+                try:
+                    start = self.lifecycle.begin(value, again=kind == "again")
+                except SamstreamError as exc:
+                    log.warning("job %s cannot start: %s", value, exc)
+                    continue
+                if start is not None:
+                    self.add(start)
+
+    # -- placement --
+
+    def _place(self, tracks: int) -> tuple[int, int]:
+        opts = self.options
+        while len(self._host_jobs) < self.transport.hosts:
+            self._host_jobs.append(0)
+        while len(self._decoder_tracks) < self.transport.decoders:
+            self._decoder_tracks.append(0)
+        host = _least(self._host_jobs, opts.streams_per_host, 1)
+        if host is None and (opts.max_hosts is None or len(self._host_jobs) < opts.max_hosts):
+            host = self.transport.add_host()
+            self._host_jobs.append(0)
+        if host is None:
+            host = min(range(len(self._host_jobs)), key=self._host_jobs.__getitem__)
+        decoder = _least(self._decoder_tracks, opts.tracks_per_decoder, max(1, tracks))
+        if decoder is None and (opts.max_decoders is None or len(self._decoder_tracks) < opts.max_decoders):
+            decoder = self.transport.add_decoder()
+            self._decoder_tracks.append(0)
+        if decoder is None:
+            decoder = min(range(len(self._decoder_tracks)), key=self._decoder_tracks.__getitem__)
+        self._host_jobs[host] += 1
+        self._decoder_tracks[decoder] += tracks
+        return host, decoder
+
+    # -- reads --
+
+    def _submit_reads(self) -> None:
+        opts = self.options
+        budget = opts.max_frames_in_flight - sum(j.in_flight for j in self.jobs.values())
+        jobs = list(self.jobs.values())
+        if jobs:
+            k = self._turn % len(jobs)
+            jobs = jobs[k:] + jobs[:k]
+        self._turn += 1
+        wanted: dict[int, dict[int, list[ReadRequest]]] = {}
+        for live_pass in (True, False):  # live jobs first: file jobs take what is left
+            for job in jobs:
+                if job.live != live_pass or job.ending is not None or job.end or job.host in self._reads:
+                    continue
+                if job.live:
+                    count = 1 if job.in_flight < opts.live_in_flight else 0
+                else:
+                    count = min(opts.batch_frames, opts.file_window - job.in_flight)
+                count = min(count, budget)
+                if count <= 0:
+                    continue
+                budget -= count
+                request = ReadRequest(job.job_id, job.source, job.after, count)
+                wanted.setdefault(job.host, {}).setdefault(job.decoder, []).append(request)
+        for host, by_decoder in wanted.items():
+            decoders = list(by_decoder)
+            groups = [by_decoder[d] for d in decoders]
+            meta, frames = self.transport.read(host, groups, opts.tick_s)
+            self._seq += 1
+            self._reads[host] = _Read(
+                self._seq,
+                host,
+                meta,
+                [_Group(self._seq, host, d, f) for d, f in zip(decoders, frames, strict=True)],
+            )
+
+    def _read_done(self, read: _Read) -> None:
+        try:
+            replies: list[list[ReadReply]] = self.transport.get(read.meta)
+        except Exception as exc:  # the host failed for good: its jobs cannot read
+            text = _reason(exc, f"source host {read.host} failed")
+            for failed in self.jobs.values():
+                if failed.host == read.host:
+                    self._finish(failed, Ending.FAILED, text)
+            return
+        for group, group_replies in zip(read.groups, replies, strict=True):
+            for reply in group_replies:
+                job = self.jobs.get(reply.job_id)
+                if job is not None:
+                    self._apply_read(job, reply, group)
+            if sum(group.counts.values()):
+                group.embeddings = self.transport.encode(group.frames)
+                self.metrics.encoder_batch(sum(group.counts.values()))
+                self._lanes.setdefault((group.host, group.decoder), deque()).append(group)
+
+    def _apply_read(self, job: _Job, reply: ReadReply, group: _Group) -> None:
+        for kind, detail, _ in reply.events:
+            self.events(job.job_id, kind, detail)
+        if reply.dropped:
+            job.dropped += reply.dropped
+            self.metrics.frames_dropped(reply.dropped)
+        if reply.info is not None and not job.opened:
+            job.opened = True
+            try:
+                self.lifecycle.opened(job.start, reply.info)
+            except SamstreamError as exc:
+                self._finish(job, Ending.FAILED, str(exc))
+        if reply.indices:
+            job.in_flight += len(reply.indices)
+            group.counts[job.job_id] = len(reply.indices)
+        stale = group.seq < job.epoch  # read before a rewind: its frames go by, unused
+        if reply.indices and not stale:
+            job.after = reply.indices[-1]
+        if reply.end and not stale:
+            job.end = True
+        if reply.error is not None and job.ending is None:
+            self._finish(job, Ending.FAILED, reply.error)
+
+    # -- decodes --
+
+    def _submit_decodes(self, ready: set[Handle]) -> None:
+        for lane in self._lanes.values():
+            while lane and lane[0].embeddings in ready:
+                group = lane.popleft()
+                # A job that ended meanwhile has no setup: the host leaves its frames alone.
+                setups = {j: self.jobs[j].setup for j in group.counts if j in self.jobs}
+                group.replies = self.transport.decode(group.decoder, setups, group.embeddings)
+                self._decoding[group.replies] = group
+
+    def _decode_done(self, group: _Group, handle: Handle) -> None:
+        try:
+            replies: list[TrackReply] = self.transport.get(handle)
+        except Exception as exc:
+            text = _reason(exc, f"tracker host {group.decoder} failed")
+            for job_id, count in group.counts.items():
+                job = self.jobs.get(job_id)
+                if job is not None:
+                    job.in_flight -= count
+                    self._finish(job, Ending.FAILED, text)
+            return
+        for reply in replies:
+            job = self.jobs.get(reply.job_id)
+            if job is None:
+                continue
+            job.in_flight -= group.counts.get(reply.job_id, 0)
+            if reply.error is not None:
+                self._finish(job, Ending.FAILED, reply.error)
+                continue
+            job.tracks = reply.tracks
+            if reply.rewind is not None and group.seq >= job.epoch and not job.live:
+                job.after = reply.rewind[0]
+                job.end = False
+                job.epoch = self._seq + 1
+            self._record(job, reply.summaries)
+
+    def _record(self, job: _Job, summaries: Sequence[FrameSummary]) -> None:
+        m = self.metrics
+        for s in summaries:
+            if not s.published:
+                continue
+            m.frame_published()
+            for stage, seconds in s.timings.items():
+                m.observe_stage(stage, seconds)
+            m.observe_end_to_end(s.publish_time - s.capture_time)
+        if summaries:
+            self.listener.frames(job.job_id, summaries)
+
+    # -- control, events, endings --
+
+    def _poll_control(self) -> None:
+        if not self.jobs:
+            return
+        try:
+            commands = self.control.poll()
+        except SamstreamError as exc:
+            log.warning("reading control streams: %s", exc)
+            return
+        for job_id, command in commands:
+            job = self.jobs.get(job_id)
+            if job is None:
+                continue
+            if isinstance(command, InvalidInputError):
+                self.events(job_id, "error", str(command))
+            elif command.cmd == "stop":
+                if job.ending is None:
+                    self.events(job_id, "stop_requested", None)
+                    self._finish(job, Ending.STOPPED, None)
+            elif job.ending is None:
+                self._command(job, command)
+
+    def _command(self, job: _Job, command: Command) -> None:
+        assert command.track is not None  # Command checks it for track commands
+        self.transport.control(job.decoder, job.job_id, command.cmd, command.track, command.prompt)
+
+    def _finish(self, job: _Job, ending: Ending, error: str | None) -> None:
+        """Decide how the job ends; it ends once its frames in flight are back."""
+        if job.ending is None:
+            job.ending = (ending, error)
+            job.ending_since = time.monotonic()
+
+    def _end_jobs(self) -> None:
+        now = time.monotonic()
+        for job in list(self.jobs.values()):
+            if job.ending is None and job.end and job.in_flight == 0:
+                job.ending = (Ending.FINISHED, None)
+            if job.ending is None:
+                continue
+            if job.in_flight > 0 and now - job.ending_since < self.options.drain_s:
+                continue
+            self._end(job)
+
+    def _end(self, job: _Job, ending: tuple[Ending, str | None] | None = None) -> None:
+        kind, error = ending or job.ending or (Ending.FAILED, "ended")
+        del self.jobs[job.job_id]
+        self.control.remove(job.job_id)
+        self._host_jobs[job.host] -= 1
+        self._decoder_tracks[job.decoder] -= len(job.setup.tracks)
+        self.transport.release(job.job_id, job.host, job.decoder)
+        self._write_drops([job])
+        try:
+            status = self.lifecycle.end(job.job_id, job.start.spec, kind, error)
+        except SamstreamError as exc:  # Redis gone: the job stays "running" and resumes later
+            log.warning("job %s ended (%s) but its status could not be written: %s", job.job_id, kind, exc)
+            return
+        self.listener.ended(job.job_id, status.value, error)
+
+    def interrupt(self, error: str | None = None) -> None:
+        """End every job now as interrupted (resumable), without waiting for frames in flight."""
+        for job in list(self.jobs.values()):
+            self._end(job, (Ending.INTERRUPTED, error))
+
+    def _write_drops(self, jobs: Sequence[_Job] | None = None) -> None:
+        changed = {
+            j.job_id: j.dropped
+            for j in (self.jobs.values() if jobs is None else jobs)
+            if j.dropped != j.dropped_written
+        }
+        if not changed:
+            return
+        try:
+            self.lifecycle.store.record_dropped_many(changed)
+        except (SamstreamError, JobError) as exc:
+            log.warning("recording drops: %s", exc)
+            return
+        for j in self.jobs.values() if jobs is None else jobs:
+            j.dropped_written = j.dropped
+
+
+def _least(loads: list[int], capacity: int, need: int) -> int | None:
+    """The least-loaded of ``loads`` that has room for ``need`` more, or None."""
+    fits = [i for i, load in enumerate(loads) if load + need <= capacity]
+    return min(fits, key=loads.__getitem__) if fits else None
+
+
+def _reason(exc: BaseException, what: str) -> str:
+    inner = getattr(exc, "cause", None) or exc
+    if isinstance(inner, SamstreamError):
+        return str(inner)
+    return f"{what}: {type(inner).__name__}: {inner}"

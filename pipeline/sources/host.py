@@ -1,0 +1,285 @@
+"""A source host: many jobs' sources in one process, read together once per tick.
+
+The plain class behind the source-host actor. Each job's source is a :class:`Reader` with its own
+decode thread and bounded buffer (a file) or one-slot mailbox (a live feed); one :meth:`read`
+call carries the ready frames of every job it names, so a stream costs a thread and a few
+buffers, not a process, and the machinery's cost per frame is shared by all the frames of a tick.
+
+A host learns of a job from the job's first read request (which carries its :class:`SourceSpec`)
+and opens its source on a thread of its own: opening blocks (connecting, probing), reading never
+waits on it. A host that was restarted (its process died) reopens every source from the next
+request that names it: a file at the requested position, a live feed at its present.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field, replace
+
+from pipeline.errors import SamstreamError
+from pipeline.frames import Frame
+from pipeline.sources.reader import FileReader, LiveReader, Notify, Reader
+from pipeline.sources.video import SourceInfo
+
+# Frames a file source decodes ahead of the pipeline.
+FILE_QUEUE = 16
+
+
+@dataclass(frozen=True)
+class SourceSpec:
+    """What a host needs to open a job's source.
+
+    Attributes:
+        uri: a file path or URL.
+        image_size: encoder input size the frames are prepared for.
+        stride: file jobs: every n-th frame.
+        live: a live feed (newest frame first) rather than a file (every frame).
+        give_up_s: live feeds: fail after this long without a frame.
+    """
+
+    uri: str
+    image_size: int
+    stride: int = 1
+    live: bool = False
+    give_up_s: float = 30.0
+
+
+@dataclass(frozen=True)
+class ReadRequest:
+    """One job's part of a read.
+
+    Attributes:
+        job_id: the job.
+        source: how to open its source (used when the host does not hold it yet).
+        after: the last frame the job has (None: none yet).
+        count: most frames wanted (a live feed gives at most one: its newest).
+    """
+
+    job_id: str
+    source: SourceSpec
+    after: int | None
+    count: int
+
+
+@dataclass(frozen=True)
+class ReadReply:
+    """What a read returns for one job besides the pixels (small: the driver fetches it).
+
+    Attributes:
+        job_id: the job.
+        indices: numbers of the frames returned, in order.
+        end: no frame comes after these (files).
+        opening: the source is still being opened; ask again.
+        info: the source's size and length, in the first reply after it was opened.
+        dropped: live feeds: frames dropped since the last reply.
+        events: live feeds: ``(kind, detail, epoch seconds)`` since the last reply.
+        error: the source failed (one line); the job cannot go on.
+    """
+
+    job_id: str
+    indices: tuple[int, ...] = ()
+    end: bool = False
+    opening: bool = False
+    info: SourceInfo | None = None
+    dropped: int = 0
+    events: tuple[tuple[str, str, float], ...] = ()
+    error: str | None = None
+
+
+Opener = Callable[[SourceSpec, "int | None", Notify], Reader]
+
+
+def open_reader(spec: SourceSpec, after: int | None, notify: Notify) -> Reader:
+    """The reader of a job's source (blocks while connecting and probing).
+
+    Raises:
+        SamstreamError: the source cannot be opened (bad input, unreachable, not a video).
+    """
+    if spec.live:
+        return LiveReader(spec.uri, spec.image_size, spec.give_up_s, after, notify)
+    return FileReader(spec.uri, spec.image_size, spec.stride, FILE_QUEUE, notify)
+
+
+@dataclass
+class _Slot:
+    """One job's source in the host."""
+
+    spec: SourceSpec
+    reader: Reader | None = None
+    error: str | None = None
+    info_sent: bool = False
+    ended: bool = False
+    thread: threading.Thread | None = field(default=None, repr=False)
+
+
+class SourceHost:
+    """Runs many jobs' sources; one :meth:`read` takes the ready frames of all of them.
+
+    Args:
+        opener: opens a job's reader (:func:`open_reader`; tests give others).
+        idle_wait_s: how long a read that found nothing at all waits for a first frame.
+    """
+
+    def __init__(self, opener: Opener = open_reader, idle_wait_s: float = 0.25) -> None:
+        self._opener = opener
+        self.idle_wait_s = idle_wait_s
+        self._slots: dict[str, _Slot] = {}
+        self._lock = threading.Lock()
+        self._ready = threading.Event()  # set by any source's thread when it has something new
+
+    @property
+    def jobs(self) -> int:
+        """Jobs whose sources this host holds."""
+        with self._lock:
+            return len(self._slots)
+
+    def read(
+        self, groups: Sequence[Sequence[ReadRequest]], wait_s: float = 0.04
+    ) -> tuple[list[list[ReadReply]], list[list[Frame]]]:
+        """The ready frames of every requested job, in groups (one per track-decoder host).
+
+        Waits until each request has its ``count`` frames (or its end, or its error), or
+        ``wait_s`` seconds have passed; a read that found nothing at all waits up to
+        ``idle_wait_s`` for a first frame. Jobs not held yet are opened on threads of their own
+        and answered ``opening`` meanwhile.
+
+        Returns:
+            For each group, one reply per request (same order) and the frames of the whole group
+            in request order, each frame's ``job_id`` set.
+        """
+        start = time.monotonic()
+        requests = [r for group in groups for r in group]
+        slots = [self._slot(r) for r in requests]
+        taken: list[list[Frame]] = [[] for _ in requests]
+        ended = [False] * len(requests)
+        errors: list[str | None] = [None] * len(requests)
+        while True:
+            self._ready.clear()
+            waiting = False
+            for i, (request, slot) in enumerate(zip(requests, slots, strict=True)):
+                if ended[i] or errors[i] is not None or slot.error is not None:
+                    continue
+                if slot.reader is None:  # opening: its thread sets the event when done
+                    waiting = True
+                    continue
+                want = request.count - len(taken[i])
+                if want <= 0:
+                    continue
+                after = taken[i][-1].index if taken[i] else request.after
+                try:
+                    frames, end = slot.reader.take(after, want)
+                except SamstreamError as exc:
+                    errors[i] = slot.error = str(exc)
+                    continue
+                taken[i] += frames
+                ended[i] = slot.ended = end
+                waiting = waiting or (not end and len(taken[i]) < request.count)
+            now = time.monotonic()
+            any_frames = any(taken)
+            limit = start + (wait_s if any_frames else max(wait_s, self.idle_wait_s))
+            if not waiting or now >= limit:
+                break
+            self._ready.wait(limit - now)
+        return self._answer(groups, requests, slots, taken, ended, errors)
+
+    def _answer(
+        self,
+        groups: Sequence[Sequence[ReadRequest]],
+        requests: list[ReadRequest],
+        slots: list[_Slot],
+        taken: list[list[Frame]],
+        ended: list[bool],
+        errors: list[str | None],
+    ) -> tuple[list[list[ReadReply]], list[list[Frame]]]:
+        replies: list[list[ReadReply]] = []
+        frames: list[list[Frame]] = []
+        i = 0
+        for group in groups:
+            group_replies: list[ReadReply] = []
+            group_frames: list[Frame] = []
+            for _ in group:
+                request, slot = requests[i], slots[i]
+                mine = [replace(f, job_id=request.job_id) for f in taken[i]]
+                group_frames += mine
+                group_replies.append(self._reply(request, slot, mine, ended[i], errors[i] or slot.error))
+                i += 1
+            replies.append(group_replies)
+            frames.append(group_frames)
+        return replies, frames
+
+    def _reply(
+        self, request: ReadRequest, slot: _Slot, frames: list[Frame], end: bool, error: str | None
+    ) -> ReadReply:
+        reader = slot.reader
+        if reader is None:
+            return ReadReply(request.job_id, opening=error is None, error=error)
+        info = None
+        if not slot.info_sent:
+            info, slot.info_sent = reader.info, True
+        return ReadReply(
+            request.job_id,
+            tuple(f.index for f in frames),
+            end,
+            info=info,
+            dropped=reader.dropped(),
+            events=tuple(reader.events()),
+            error=error,
+        )
+
+    def _slot(self, request: ReadRequest) -> _Slot:
+        with self._lock:
+            slot = self._slots.get(request.job_id)
+            if slot is None:
+                slot = _Slot(request.source)
+                self._slots[request.job_id] = slot
+                slot.thread = threading.Thread(
+                    target=self._open,
+                    args=(request.job_id, slot, request.after),
+                    name=f"open {request.job_id}",
+                    daemon=True,
+                )
+                slot.thread.start()
+            return slot
+
+    def _open(self, job_id: str, slot: _Slot, after: int | None) -> None:
+        try:
+            reader = self._opener(slot.spec, after, self._ready.set)
+        except SamstreamError as exc:
+            slot.error = str(exc)
+        except Exception as exc:  # a bug: the job says so rather than waiting for ever
+            slot.error = f"internal error opening the source: {type(exc).__name__}: {exc}"
+        else:
+            with self._lock:
+                gone = self._slots.get(job_id) is not slot
+                if not gone:
+                    slot.reader = reader
+            if gone:  # closed while it was opening
+                reader.close()
+        self._ready.set()
+
+    def close(self, job_ids: Iterable[str]) -> None:
+        """Stop the jobs' sources (on a thread: a live feed may take its read timeout to stop)."""
+        readers = []
+        with self._lock:
+            for job_id in job_ids:
+                slot = self._slots.pop(job_id, None)
+                if slot is not None and slot.reader is not None:
+                    readers.append(slot.reader)
+        if readers:
+            threading.Thread(target=_close_all, args=(readers,), name="close sources", daemon=True).start()
+
+    def shutdown(self) -> None:
+        """Close every source, waiting for them."""
+        with self._lock:
+            readers = [s.reader for s in self._slots.values() if s.reader is not None]
+            self._slots.clear()
+        _close_all(readers)
+
+
+def _close_all(readers: Sequence[Reader]) -> None:
+    for reader in readers:
+        with contextlib.suppress(Exception):  # closing is best effort: the source is gone either way
+            reader.close()

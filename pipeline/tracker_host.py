@@ -1,0 +1,275 @@
+"""A tracker host: many jobs' tracks in one process, decoded and published together each tick.
+
+The plain class behind a track-decoder worker. It holds one :class:`~pipeline.decoding.TrackDecoder`
+per job it was given, and one model per image size. A :meth:`TrackerHost.process` call carries the
+encoded frames of many jobs (in each job's frame order); the host steps every job's tracker one
+frame at a time, but decodes the requests of all jobs of a round in one model call
+(:func:`decode_all`), and publishes every job's results in one Redis round trip
+(:func:`~pipeline.streams.sink.publish_jobs`), each frame still by its own atomic script.
+
+A job's decoder is made on the first call that names the job, from the call's :class:`TrackSetup`
+and the job's resume point in Redis, so a host that was restarted picks its jobs up again from
+their checkpoints (a file job then asks to be *rewound* to its checkpoint; see
+:mod:`pipeline.decoding`). One job's trouble (a bug, Redis refusing its writes) is that job's
+answer, not the others'.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import redis
+
+from pipeline.decoding import CHECKPOINT_EVERY, FrameSummary, Prepared, Step, TrackDecoder
+from pipeline.errors import SamstreamError
+from pipeline.frames import EncodedFrame
+from pipeline.model.types import DecodeRequest, Embedding, MaskBatch
+from pipeline.prompts import Prompt, TrackSpec
+from pipeline.streams.keys import Keys
+from pipeline.streams.sink import RedisSink, publish_jobs
+from pipeline.tracking import TrackingConfig
+from pipeline.tracking.tracker import Segmenter
+
+log = logging.getLogger(__name__)
+
+Models = Callable[[int, int], Segmenter]  # (image size, tracks of the first job) -> a model
+
+
+@dataclass(frozen=True)
+class TrackSetup:
+    """What a tracker host needs to follow a job (small: it travels with the job's frames).
+
+    Attributes:
+        tracks: the job's tracks as specified (a resumed job's checkpoint supersedes them).
+        tracking: tracking thresholds.
+        image_size: encoder input size (which model decodes its prompts).
+        stride: file jobs: every n-th frame.
+        live: a live feed.
+        maxlen: keep about this many masks entries (None: all).
+    """
+
+    tracks: tuple[TrackSpec, ...]
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    image_size: int = 1024
+    stride: int = 1
+    live: bool = False
+    maxlen: int | None = None
+
+
+@dataclass(frozen=True)
+class TrackReply:
+    """What a host answers for one job of a call.
+
+    Attributes:
+        job_id: the job.
+        summaries: one per frame of the job in the call, in order.
+        rewind: ``(after,)`` when frames of a file job went missing (its host was restarted): the
+            job must be read again after frame ``after`` (None: from the start).
+        error: the job cannot go on (one line); its decoder is closed.
+        tracks: tracks the job has now.
+    """
+
+    job_id: str
+    summaries: tuple[FrameSummary, ...] = ()
+    rewind: tuple[int | None] | None = None
+    error: str | None = None
+    tracks: int = 0
+
+
+def decode_all(segmenter: Any, items: Sequence[tuple[Embedding, Sequence[DecodeRequest]]]) -> list[MaskBatch]:
+    """Masks for the requests of several frames (of any jobs): one call where the model can batch
+    across frames (``decode_many``), else one call per frame."""
+    many = getattr(segmenter, "decode_many", None)
+    if many is not None:
+        return list(many(items))
+    return [segmenter.decode(embedding, requests) for embedding, requests in items]
+
+
+class TrackerHost:
+    """Follows the tracks of many jobs and publishes their masks.
+
+    Args:
+        models: makes the model for an image size (called once per size).
+        client: Redis client every job publishes through.
+        keys: Redis key names.
+        checkpoint_every: checkpoint each job's tracker with every n-th published frame.
+    """
+
+    def __init__(
+        self,
+        models: Models,
+        client: redis.Redis,
+        keys: Keys,
+        checkpoint_every: int = CHECKPOINT_EVERY,
+    ) -> None:
+        self._models = models
+        self._segmenters: dict[int, Any] = {}
+        self.client = client
+        self.keys = keys
+        self.every = checkpoint_every
+        self._decoders: dict[str, TrackDecoder] = {}
+        self._sinks: dict[str, RedisSink] = {}
+        self._commands: dict[str, list[tuple[str, int, Prompt | None]]] = {}
+
+    @property
+    def jobs(self) -> int:
+        return len(self._decoders)
+
+    @property
+    def tracks(self) -> int:
+        return sum(d.tracks for d in self._decoders.values())
+
+    def _segmenter(self, image_size: int, tracks: int) -> Any:
+        if image_size not in self._segmenters:
+            self._segmenters[image_size] = self._models(image_size, tracks)
+        return self._segmenters[image_size]
+
+    def _decoder(self, job_id: str, setup: TrackSetup) -> TrackDecoder:
+        decoder = self._decoders.get(job_id)
+        if decoder is None:
+            segmenter = self._segmenter(setup.image_size, len(setup.tracks))
+            sink = RedisSink(self.client, self.keys, job_id, setup.maxlen, getattr(segmenter, "notice", None))
+            decoder = TrackDecoder(
+                setup.tracks,
+                segmenter,
+                sink,
+                setup.tracking,
+                self.every,
+                stride=setup.stride,
+                live=setup.live,
+            )
+            self._decoders[job_id] = decoder
+            self._sinks[job_id] = sink
+            for cmd, track, prompt in self._commands.pop(job_id, []):
+                decoder.control(cmd, track, prompt)
+        return decoder
+
+    def control(self, job_id: str, cmd: str, track: int, prompt: Prompt | None = None) -> None:
+        """A track command for a job, applied from its next processed frame (kept until the job's
+        decoder exists, when the host has not met the job yet)."""
+        decoder = self._decoders.get(job_id)
+        if decoder is None:
+            self._commands.setdefault(job_id, []).append((cmd, track, prompt))
+        else:
+            decoder.control(cmd, track, prompt)
+
+    def close(self, job_ids: Iterable[str]) -> None:
+        """Forget jobs (their results are in Redis)."""
+        for job_id in job_ids:
+            self._decoders.pop(job_id, None)
+            self._sinks.pop(job_id, None)
+            self._commands.pop(job_id, None)
+
+    def process(self, setups: Mapping[str, TrackSetup], frames: Sequence[EncodedFrame]) -> list[TrackReply]:
+        """Track, publish and summarise ``frames`` (many jobs' frames, each job's in frame order).
+
+        Returns:
+            One reply per job named by the frames and by ``setups``, in the order they first appear.
+        """
+        queues: dict[str, deque[EncodedFrame]] = {}
+        for f in frames:
+            if f.job_id in setups:  # a job without a setup has ended: its frames are left alone
+                queues.setdefault(f.job_id, deque()).append(f)
+        errors: dict[str, str] = {}
+        decoders: dict[str, TrackDecoder] = {}
+        for job_id in queues:
+            try:
+                decoders[job_id] = self._decoder(job_id, setups[job_id])
+            except SamstreamError as exc:
+                errors[job_id] = str(exc)
+            except Exception as exc:  # a bug: that job fails, saying so; the others go on
+                log.exception("opening the tracker of job %s", job_id)
+                errors[job_id] = f"internal error: {type(exc).__name__}: {exc}"
+        prepared: dict[str, list[Prepared]] = {job_id: [] for job_id in decoders}
+        self._rounds(queues, decoders, prepared, errors)
+        return self._publish(queues, decoders, prepared, errors)
+
+    def _rounds(
+        self,
+        queues: dict[str, deque[EncodedFrame]],
+        decoders: dict[str, TrackDecoder],
+        prepared: dict[str, list[Prepared]],
+        errors: dict[str, str],
+    ) -> None:
+        """Step every job one frame per round; one model call per round and image size."""
+        while True:
+            steps: list[tuple[str, TrackDecoder, Step]] = []
+            for job_id, queue in queues.items():
+                if not queue or job_id in errors:
+                    continue
+                frame = queue.popleft()
+                decoder = decoders[job_id]
+                try:
+                    steps.append((job_id, decoder, decoder.begin(frame)))
+                except Exception as exc:
+                    self._fail(job_id, exc, errors)
+            if not steps:
+                return
+            by_model: dict[int, list[tuple[str, TrackDecoder, Step]]] = {}
+            for item in steps:
+                by_model.setdefault(id(item[1].segmenter), []).append(item)
+            for group in by_model.values():
+                wanted = [s for s in group if s[2].plan is not None and s[2].plan.requests]
+                try:
+                    batches = decode_all(
+                        group[0][1].segmenter,
+                        [(s.frame.embedding, s.plan.requests) for _, _, s in wanted if s.plan is not None],
+                    )
+                except Exception as exc:  # the model failed for the whole round: its jobs fail
+                    for job_id, _, _ in group:
+                        self._fail(job_id, exc, errors)
+                    continue
+                masks = {id(s): b for (_, _, s), b in zip(wanted, batches, strict=True)}
+                for job_id, decoder, step in group:
+                    if job_id in errors:
+                        continue
+                    try:
+                        prepared[job_id].append(decoder.finish(step, masks.get(id(step))))
+                    except Exception as exc:
+                        self._fail(job_id, exc, errors)
+
+    def _fail(self, job_id: str, exc: BaseException, errors: dict[str, str]) -> None:
+        if isinstance(exc, SamstreamError):
+            errors[job_id] = str(exc)
+        else:
+            log.error("job %s failed in the tracker", job_id, exc_info=exc)
+            errors[job_id] = f"internal error: {type(exc).__name__}: {exc}"
+
+    def _publish(
+        self,
+        queues: dict[str, deque[EncodedFrame]],
+        decoders: dict[str, TrackDecoder],
+        prepared: dict[str, list[Prepared]],
+        errors: dict[str, str],
+    ) -> list[TrackReply]:
+        ready = [job_id for job_id in decoders if job_id not in errors]
+        start = time.perf_counter()
+        try:
+            published = publish_jobs(
+                self.client, [(self._sinks[j], decoders[j].to_publish(prepared[j])) for j in ready]
+            )
+        except SamstreamError as exc:  # Redis unreachable: every job's frames are unpublished
+            published = [exc] * len(ready)
+        took = time.perf_counter() - start
+        replies: dict[str, TrackReply] = {}
+        for job_id, flags in zip(ready, published, strict=True):
+            decoder = decoders[job_id]
+            if isinstance(flags, Exception):
+                errors[job_id] = str(flags)
+                continue
+            try:
+                summaries = decoder.summaries(prepared[job_id], flags, took)
+            except SamstreamError as exc:  # its events could not be written
+                errors[job_id] = str(exc)
+                continue
+            rewind, decoder.rewind = decoder.rewind, None
+            replies[job_id] = TrackReply(job_id, tuple(summaries), rewind, None, decoder.tracks)
+        for job_id, error in errors.items():
+            replies[job_id] = TrackReply(job_id, error=error)
+        self.close(errors)
+        return [replies[job_id] for job_id in queues]

@@ -1,0 +1,142 @@
+"""The source host: many jobs' sources read in one call, opened in the background, by position."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+
+from pipeline.samples import write_clip
+from pipeline.sources.host import ReadReply, ReadRequest, SourceHost, SourceSpec, open_reader
+from tests.fixtures.streams import StreamSender
+
+
+@pytest.fixture(scope="module")
+def clips(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    folder = tmp_path_factory.mktemp("clips")
+    return (
+        write_clip(folder / "a.mp4", frames=20, width=160, height=120),
+        write_clip(folder / "b.mp4", frames=12, width=320, height=240),
+    )
+
+
+def _drain(host: SourceHost, requests: dict[str, ReadRequest], groups: list[list[str]], limit: float = 20):
+    """Read until every job ended or failed; frames by job, and every reply by job."""
+    frames: dict[str, list[int]] = {j: [] for j in requests}
+    replies: dict[str, list[ReadReply]] = {j: [] for j in requests}
+    open_jobs = set(requests)
+    deadline = time.monotonic() + limit
+    while open_jobs:
+        assert time.monotonic() < deadline, replies
+        asked = [[requests[j] for j in g if j in open_jobs] for g in groups]
+        asked = [g for g in asked if g]
+        got, pixels = host.read(asked, wait_s=0.05)
+        for group_replies, group_frames in zip(got, pixels, strict=True):
+            assert [f.job_id for f in group_frames] == [
+                r.job_id for r in group_replies for _ in r.indices
+            ]  # each group's frames in request order, tagged
+            for reply in group_replies:
+                replies[reply.job_id].append(reply)
+                frames[reply.job_id] += list(reply.indices)
+                req = requests[reply.job_id]
+                after = reply.indices[-1] if reply.indices else req.after
+                requests[reply.job_id] = ReadRequest(req.job_id, req.source, after, req.count)
+                if reply.end or reply.error:
+                    open_jobs.discard(reply.job_id)
+    return frames, replies
+
+
+def test_one_read_carries_many_jobs_frames_in_groups(clips: tuple[Path, Path]) -> None:
+    host = SourceHost()
+    try:
+        requests = {
+            "a": ReadRequest("a", SourceSpec(str(clips[0]), 256), None, 4),
+            "b": ReadRequest("b", SourceSpec(str(clips[1]), 256, stride=3), None, 4),
+            "c": ReadRequest("c", SourceSpec(str(clips[0]), 256), 9, 8),  # a restarted job: after frame 9
+        }
+        frames, replies = _drain(host, requests, [["a", "c"], ["b"]])
+        assert frames["a"] == list(range(20))
+        assert frames["b"] == [0, 3, 6, 9]
+        assert frames["c"] == list(range(10, 20))
+        # Opened in the background (a read waits for it a little): the info comes once, with or
+        # before the first frames.
+        first = next(i for i, r in enumerate(replies["a"]) if r.info is not None)
+        assert not any(r.indices for r in replies["a"][:first])
+        assert all(r.opening for r in replies["a"][:first])
+        infos = [r.info for r in replies["b"] if r.info is not None]
+        assert len(infos) == 1 and (infos[0].width, infos[0].height, infos[0].frame_count) == (320, 240, 12)
+        assert host.jobs == 3
+        host.close(["a", "b", "c"])
+        assert host.jobs == 0
+    finally:
+        host.shutdown()
+
+
+def test_a_source_that_cannot_open_fails_its_job_only(clips: tuple[Path, Path], tmp_path: Path) -> None:
+    (tmp_path / "notes.mp4").write_text("not a video")
+    host = SourceHost()
+    try:
+        requests = {
+            "bad": ReadRequest("bad", SourceSpec(str(tmp_path / "notes.mp4"), 256), None, 4),
+            "good": ReadRequest("good", SourceSpec(str(clips[1]), 256), None, 4),
+        }
+        frames, replies = _drain(host, requests, [["bad", "good"]])
+        errors = [r.error for r in replies["bad"] if r.error]
+        assert errors and "\n" not in errors[0] and "notes.mp4" in errors[0]
+        assert frames["bad"] == [] and frames["good"] == list(range(12))
+    finally:
+        host.shutdown()
+
+
+def test_a_slow_opening_never_holds_a_read_up(clips: tuple[Path, Path]) -> None:
+    def slow(spec: SourceSpec, after: int | None, notify):  # type: ignore[no-untyped-def]
+        if spec.uri.endswith("b.mp4"):
+            time.sleep(1.5)  # a camera that takes its time to answer
+        return open_reader(spec, after, notify)
+
+    host = SourceHost(slow, idle_wait_s=0.3)
+    try:
+        fast, late = SourceSpec(str(clips[0]), 256), SourceSpec(str(clips[1]), 256)
+        start = time.monotonic()
+        while True:
+            (replies,), _ = host.read(
+                [[ReadRequest("a", fast, None, 4), ReadRequest("b", late, None, 4)]], 0.05
+            )
+            if replies[0].indices:
+                break
+        assert time.monotonic() - start < 1.0  # the fast source's frames did not wait for the slow one
+        assert replies[1].opening and not replies[1].indices
+        time.sleep(1.5)
+        (replies,), (frames,) = host.read([[ReadRequest("b", late, None, 4)]], wait_s=0.05)
+        assert list(replies[0].indices) == [0, 1, 2, 3] and len(frames) == 4
+    finally:
+        host.shutdown()
+
+
+def test_live_feeds_give_their_newest_frame_numbered_after_the_jobs_last(tmp_path: Path) -> None:
+    host = SourceHost()
+    with StreamSender("udp", fps=30) as a, StreamSender("udp", fps=30) as b:
+        try:
+            specs = {j: SourceSpec(s.url, 256, live=True, give_up_s=10) for j, s in (("a", a), ("b", b))}
+            after = {"a": None, "b": 999}  # b resumes after its frame 999
+            seen: dict[str, list[int]] = {"a": [], "b": []}
+            dropped = {"a": 0, "b": 0}
+            deadline = time.monotonic() + 20
+            while min(len(v) for v in seen.values()) < 15:
+                assert time.monotonic() < deadline, seen
+                (replies,), _ = host.read([[ReadRequest(j, specs[j], after[j], 1) for j in specs]], 0.05)
+                for r in replies:
+                    assert r.error is None, r.error
+                    assert len(r.indices) <= 1
+                    seen[r.job_id] += list(r.indices)
+                    dropped[r.job_id] += r.dropped
+                    if r.indices:
+                        after[r.job_id] = r.indices[-1]
+                time.sleep(0.1)  # a slow pipeline: the feeds drop what it cannot take
+            for job in specs:
+                assert seen[job] == sorted(set(seen[job]))
+                assert dropped[job] > 0
+            assert min(seen["b"]) >= 1000
+        finally:
+            host.shutdown()

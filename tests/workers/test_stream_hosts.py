@@ -1,0 +1,114 @@
+"""Many streams per process under ``samstream serve``: a source host killed mid-run.
+
+The real service on local Ray with the null model (every stage but the model does its real work),
+two source hosts, 40 live UDP feeds and 4 file jobs spread over them, a real Redis server. One
+host process is killed with SIGKILL: Ray starts it again, its streams resume within seconds (live
+ones at the feed's present, file jobs by position), the file jobs end with exactly their frames,
+and the streams of the other host never pause.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import signal
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from pipeline.bench.feeds import TsClip, UdpFeeds, free_udp_ports
+from pipeline.samples import write_clip
+from pipeline.streams import EmbeddedRedis, Keys, connect
+from tests.fixtures.serve import ServeProcess
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(600)]
+
+LIVE, FILES, FILE_FRAMES, FPS = 40, 4, 1500, 5
+
+
+def _hosts() -> list[psutil.Process]:
+    return [
+        p
+        for p in psutil.process_iter(["cmdline"])
+        if "ray::SourceHostWorker" in " ".join(p.info["cmdline"] or []) and p.status() != psutil.STATUS_ZOMBIE
+    ]
+
+
+def _publish_times(client, keys: Keys, job: str) -> list[float]:  # type: ignore[no-untyped-def]
+    return [float(f["publish_time"]) for _, f in client.xrange(keys.masks(job))]
+
+
+def _longest_gap(times: list[float], start: float, end: float) -> float:
+    inside = [start, *(t for t in times if start <= t <= end), end]
+    return max(b - a for a, b in itertools.pairwise(inside))
+
+
+def test_a_killed_source_host_comes_back_and_only_its_streams_pause(tmp_path: Path) -> None:
+    clip = write_clip(tmp_path / "clip.mp4", frames=FILE_FRAMES, width=160, height=120, fps=25)
+    feeds = UdpFeeds(TsClip.encode(frames=FPS * 120, fps=FPS), free_udp_ports(LIVE))
+    with EmbeddedRedis(tmp_path / "redis") as redis_server:
+        args = [
+            "--redis-url", redis_server.url, "--weights", "null", "--image-size", "256",
+            "--allow-schemes", "udp", "--allow-local-files", "--encoder-gpus", "0",
+            "--min-encoders", "1", "--max-encoders", "1", "--source-hosts", "2", "--metrics-port", "0",
+        ]  # fmt: skip
+        service = ServeProcess(args, tmp_path, "hosts-test-token")
+        client = connect(redis_server.url)
+        keys = Keys()
+        try:
+            service.start()
+            feeds.start()
+            live = [f"cam-{i}" for i in range(LIVE)]
+            files = [f"file-{i}" for i in range(FILES)]
+            with service.api() as api:
+                for job, url in zip(live, feeds.urls, strict=True):
+                    body = {"source": url, "tracks": [{"id": 1, "points": [[100, 100]]}], "job_id": job}
+                    assert api.post("/streams", json=body).status_code == 201
+                for job in files:
+                    body = {"source": str(clip), "tracks": [{"id": 1, "points": [[40, 60]]}], "job_id": job}
+                    assert api.post("/jobs", json=body).status_code == 201
+            deadline = time.monotonic() + 120
+            while not all(client.xlen(keys.masks(j)) >= 5 for j in live + files):
+                assert time.monotonic() < deadline, service.log()
+                assert all(client.hget(keys.job(j), "status") != "failed" for j in files), service.log()
+                time.sleep(0.5)
+            time.sleep(3)
+            hosts = _hosts()
+            assert len(hosts) == 2, hosts
+            placement = {j: client.hget(keys.job(j), "source_host") for j in live + files}
+            assert sorted(set(placement.values())) == ["0", "1"]
+            running = {j for j in files if client.hget(keys.job(j), "status") == "running"}
+            killed_at = time.time()
+            os.kill(hosts[0].pid, signal.SIGKILL)
+            time.sleep(15)
+            after = time.time()
+            # Which host index was killed: the one whose streams paused.
+            gaps = {j: _longest_gap(_publish_times(client, keys, j), killed_at - 2, after) for j in live}
+            paused = {placement[j] for j, g in gaps.items() if g > 2.0}
+            assert len(paused) == 1, (gaps, placement)
+            victim = paused.pop()
+            on_victim = [j for j in live if placement[j] == victim]
+            others = [j for j in live if placement[j] != victim]
+            assert len(on_victim) == LIVE // 2 and len(others) == LIVE // 2
+            assert any(placement[j] == victim for j in running), "no file job was running on the host"
+            # Streams of the other host never paused (a frame every 0.2 s; no gap near a second).
+            assert max(gaps[j] for j in others) < 1.0, {j: gaps[j] for j in others}
+            # The killed host's streams came back within 10 s.
+            assert max(gaps[j] for j in on_victim) <= 10.0, {j: gaps[j] for j in on_victim}
+            assert len(_hosts()) == 2
+            # The file jobs end with exactly their frames, each once, in order.
+            deadline = time.monotonic() + 240
+            while any(client.hget(keys.job(j), "status") not in ("succeeded", "failed") for j in files):
+                assert time.monotonic() < deadline, service.log()
+                time.sleep(1)
+            for job in files:
+                assert client.hget(keys.job(job), "status") == "succeeded", client.hgetall(keys.job(job))
+                ids = [eid for eid, _ in client.xrange(keys.masks(job))]
+                assert ids == [f"{n}-1" for n in range(FILE_FRAMES)], job
+            assert all(client.hget(keys.job(j), "status") == "running" for j in live)
+        finally:
+            feeds.stop()
+            service.stop()
+            client.close()

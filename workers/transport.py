@@ -1,0 +1,218 @@
+"""The driver's :class:`~pipeline.jobs.transport.Transport` on Ray: hosts are actors, handles are refs.
+
+A read is one call to a source-host actor returning ``1 + groups`` objects (the replies, then each
+group's frames), so each group's frames go to the encoders, and their embeddings to a tracker
+host, as object references: they move between worker processes (through the node's shared object
+store) and never through the driver. :meth:`RayTransport.wait` asks Ray which references are ready
+without fetching them.
+
+Every actor declares its CPUs (fractions allowed) and memory, so Ray packs them onto nodes and the
+autoscaler sees the demand of hosts that do not fit: a new source host that finds no room asks
+for a CPU node, an encoder replica for a GPU node.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import ray
+from ray.exceptions import RayActorError, RayTaskError
+
+from pipeline.config import ModelConfig
+from pipeline.errors import InvalidInputError, JobError, SamstreamError
+from pipeline.prompts import Prompt
+from pipeline.sources.host import ReadRequest
+from pipeline.tracker_host import TrackSetup
+from workers.actors import EncoderActor, SourceHostActor, TrackerHostActor
+
+MB = 2**20
+
+
+@dataclass(frozen=True)
+class HostResources:
+    """What each source host and tracker host asks Ray for.
+
+    Attributes:
+        host_cpus: CPUs of a source host (its decode threads; fractions allowed).
+        host_memory_mb: memory of a source host (its sources' buffers, torch for resizing).
+        decoder_cpus: CPUs of a tracker host (prompt encoder, mask decoder, RLE, publishing).
+        decoder_gpus: GPUs of a tracker host (a fraction beside the encoder on GPU nodes; 0: CPU).
+        decoder_memory_mb: memory of a tracker host (one model per image size, tracker state).
+    """
+
+    host_cpus: float = 0.5
+    host_memory_mb: int = 600
+    decoder_cpus: float = 0.5
+    decoder_gpus: float = 0.0
+    decoder_memory_mb: int = 900
+
+    def __post_init__(self) -> None:
+        if min(self.host_cpus, self.decoder_cpus, self.decoder_gpus) < 0:
+            raise InvalidInputError("host CPUs and GPUs must be >= 0")
+        if min(self.host_memory_mb, self.decoder_memory_mb) < 0:
+            raise InvalidInputError("host memory must be >= 0 MB")
+
+
+class Encoders(Protocol):
+    """Where frames are encoded: a run's own encoder actors, or the service's shared pool."""
+
+    def submit(self, frames: Any) -> Any:
+        """Encode a batch (an object reference to a list of frames); an object reference to the result."""
+        ...
+
+
+class OwnEncoders:
+    """Encoder actors of this driver's own (``samstream run``), taking batches in turn.
+
+    Args:
+        model: the model.
+        count: encoder actors.
+        gpus: GPUs per actor (0: the CPU).
+        threads: torch threads of a CPU encoder (None: torch's default).
+    """
+
+    def __init__(
+        self, model: ModelConfig, count: int = 1, gpus: float = 0.0, threads: int | None = None
+    ) -> None:
+        self.actors = [
+            EncoderActor.options(num_gpus=gpus, num_cpus=1, name=None).remote(model, threads)
+            for _ in range(count)
+        ]
+        self.turn = 0
+
+    def submit(self, frames: Any) -> Any:
+        actor = self.actors[self.turn % len(self.actors)]
+        self.turn += 1
+        return actor.encode.remote(frames)
+
+    def shutdown(self) -> None:
+        for actor in self.actors:
+            with contextlib.suppress(Exception):
+                ray.kill(actor, no_restart=True)
+
+
+class RayTransport:
+    """Source hosts and tracker hosts as Ray actors owned by the driver's process.
+
+    Args:
+        model: the model (tracker hosts load its prompt encoder and mask decoder).
+        redis_url: where tracker hosts publish.
+        prefix: Redis key prefix.
+        encoders: where frames are encoded.
+        resources: what each host asks Ray for.
+        hosts: source hosts to start at once.
+        decoders: tracker hosts to start at once.
+    """
+
+    def __init__(
+        self,
+        model: ModelConfig,
+        redis_url: str,
+        prefix: str,
+        encoders: Encoders,
+        resources: HostResources | None = None,
+        hosts: int = 1,
+        decoders: int = 1,
+    ) -> None:
+        self.model = model
+        self.redis_url = redis_url
+        self.prefix = prefix
+        self.encoders = encoders
+        self.resources = resources or HostResources()
+        self._hosts: list[Any] = []
+        self._decoders: list[Any] = []
+        self._unanswered: list[Any] = []  # calls nobody waits for (commands, closes)
+        for _ in range(hosts):
+            self.add_host()
+        for _ in range(decoders):
+            self.add_decoder()
+
+    @property
+    def hosts(self) -> int:
+        return len(self._hosts)
+
+    @property
+    def decoders(self) -> int:
+        return len(self._decoders)
+
+    def add_host(self) -> int:
+        r = self.resources
+        self._hosts.append(
+            SourceHostActor.options(num_cpus=r.host_cpus, memory=r.host_memory_mb * MB).remote()
+        )
+        return len(self._hosts) - 1
+
+    def add_decoder(self) -> int:
+        r = self.resources
+        actor = TrackerHostActor.options(
+            num_cpus=r.decoder_cpus, num_gpus=r.decoder_gpus, memory=r.decoder_memory_mb * MB
+        ).remote(self.model, self.redis_url, self.prefix)
+        self._decoders.append(actor)
+        return len(self._decoders) - 1
+
+    def read(
+        self, host: int, groups: Sequence[Sequence[ReadRequest]], wait_s: float
+    ) -> tuple[Any, list[Any]]:
+        refs = self._hosts[host].read.options(num_returns=1 + len(groups)).remote(list(groups), wait_s)
+        return refs[0], list(refs[1:])
+
+    def encode(self, frames: Any) -> Any:
+        return self.encoders.submit(frames)
+
+    def decode(self, decoder: int, setups: Mapping[str, TrackSetup], embeddings: Any) -> Any:
+        return self._decoders[decoder].process.remote(dict(setups), embeddings)
+
+    def control(self, decoder: int, job_id: str, cmd: str, track: int, prompt: Prompt | None) -> None:
+        self._remember(self._decoders[decoder].control.remote(job_id, cmd, track, prompt))
+
+    def release(self, job_id: str, host: int, decoder: int) -> None:
+        self._remember(self._hosts[host].close.remote([job_id]))
+        self._remember(self._decoders[decoder].close.remote([job_id]))
+
+    def _remember(self, ref: Any) -> None:
+        if len(self._unanswered) > 64:
+            _, self._unanswered = ray.wait(self._unanswered, num_returns=len(self._unanswered), timeout=0)
+        self._unanswered.append(ref)
+
+    def wait(self, handles: Sequence[Any], timeout: float) -> set[Any]:
+        refs = list(handles)
+        if not refs:
+            return set()
+        ready, _ = ray.wait(refs, num_returns=1, timeout=timeout, fetch_local=False)
+        if not ready:
+            return set()
+        ready, _ = ray.wait(refs, num_returns=len(refs), timeout=0, fetch_local=False)
+        return set(ready)
+
+    def get(self, handle: Any) -> Any:
+        try:
+            return ray.get(handle)
+        except (RayTaskError, RayActorError) as exc:
+            inner = unwrap(exc)
+            if isinstance(inner, SamstreamError):
+                raise inner from None
+            if isinstance(inner, RayActorError):
+                raise JobError("a worker died and could not be restarted") from None
+            raise
+
+    def shutdown(self) -> None:
+        if self._unanswered:  # let the last closes run, rather than fail them by killing
+            ray.wait(self._unanswered, num_returns=len(self._unanswered), timeout=2.0, fetch_local=False)
+        for actor in [*self._hosts, *self._decoders]:
+            with contextlib.suppress(Exception):  # already gone
+                ray.kill(actor, no_restart=True)
+        shutdown = getattr(self.encoders, "shutdown", None)
+        if shutdown is not None:
+            shutdown()
+
+
+def unwrap(exc: BaseException) -> BaseException:
+    """The user-facing error inside a Ray error (a :class:`SamstreamError` raised in a worker)."""
+    if isinstance(exc, RayTaskError):
+        cause = getattr(exc, "cause", None)
+        if isinstance(cause, BaseException):
+            return unwrap(cause)
+    return exc
