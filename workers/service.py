@@ -124,7 +124,8 @@ class DriverService:
         )
 
     def stats(self) -> dict[str, int]:
-        return {"jobs": len(self.driver.jobs), "hosts": self.driver.transport.hosts}
+        t = self.driver.transport
+        return {"jobs": len(self.driver.jobs), "source_hosts": len(t.hosts), "tracker_hosts": len(t.decoders)}
 
 
 def driver_actor(config: ServiceConfig) -> Any:

@@ -90,8 +90,7 @@ class OwnEncoders:
 
     def shutdown(self) -> None:
         for actor in self.actors:
-            with contextlib.suppress(Exception):
-                ray.kill(actor, no_restart=True)
+            _kill(actor)
 
 
 class RayTransport:
@@ -122,8 +121,9 @@ class RayTransport:
         self.prefix = prefix
         self.encoders = encoders
         self.resources = resources or HostResources()
-        self._hosts: list[Any] = []
-        self._decoders: list[Any] = []
+        self._hosts: dict[int, Any] = {}
+        self._decoders: dict[int, Any] = {}
+        self._ids: dict[str, int] = {}
         self._unanswered: list[Any] = []  # calls nobody waits for (commands, closes)
         for _ in range(hosts):
             self.add_host()
@@ -131,27 +131,37 @@ class RayTransport:
             self.add_decoder()
 
     @property
-    def hosts(self) -> int:
-        return len(self._hosts)
+    def hosts(self) -> list[int]:
+        return list(self._hosts)
 
     @property
-    def decoders(self) -> int:
-        return len(self._decoders)
+    def decoders(self) -> list[int]:
+        return list(self._decoders)
+
+    def _id(self, kind: str) -> int:
+        """A new id for a host of ``kind`` (ids are never reused)."""
+        self._ids[kind] = self._ids.get(kind, -1) + 1
+        return self._ids[kind]
 
     def add_host(self) -> int:
         r = self.resources
-        self._hosts.append(
-            SourceHostActor.options(num_cpus=r.host_cpus, memory=r.host_memory_mb * MB).remote()
-        )
-        return len(self._hosts) - 1
+        i = self._id("host")
+        self._hosts[i] = SourceHostActor.options(num_cpus=r.host_cpus, **_memory(r.host_memory_mb)).remote()
+        return i
 
     def add_decoder(self) -> int:
         r = self.resources
-        actor = TrackerHostActor.options(
-            num_cpus=r.decoder_cpus, num_gpus=r.decoder_gpus, memory=r.decoder_memory_mb * MB
+        i = self._id("decoder")
+        self._decoders[i] = TrackerHostActor.options(
+            num_cpus=r.decoder_cpus, num_gpus=r.decoder_gpus, **_memory(r.decoder_memory_mb)
         ).remote(self.model, self.redis_url, self.prefix)
-        self._decoders.append(actor)
-        return len(self._decoders) - 1
+        return i
+
+    def remove_host(self, host: int) -> None:
+        _kill(self._hosts.pop(host))
+
+    def remove_decoder(self, decoder: int) -> None:
+        _kill(self._decoders.pop(decoder))
 
     def read(
         self, host: int, groups: Sequence[Sequence[ReadRequest]], wait_s: float
@@ -181,10 +191,10 @@ class RayTransport:
         refs = list(handles)
         if not refs:
             return set()
-        ready, _ = ray.wait(refs, num_returns=1, timeout=timeout, fetch_local=False)
-        if not ready:
-            return set()
+        # What is ready now (one call when the stages keep the driver busy), else the first to be.
         ready, _ = ray.wait(refs, num_returns=len(refs), timeout=0, fetch_local=False)
+        if not ready:
+            ready, _ = ray.wait(refs, num_returns=1, timeout=timeout, fetch_local=False)
         return set(ready)
 
     def get(self, handle: Any) -> Any:
@@ -201,12 +211,22 @@ class RayTransport:
     def shutdown(self) -> None:
         if self._unanswered:  # let the last closes run, rather than fail them by killing
             ray.wait(self._unanswered, num_returns=len(self._unanswered), timeout=2.0, fetch_local=False)
-        for actor in [*self._hosts, *self._decoders]:
-            with contextlib.suppress(Exception):  # already gone
-                ray.kill(actor, no_restart=True)
+        for actor in [*self._hosts.values(), *self._decoders.values()]:
+            _kill(actor)
         shutdown = getattr(self.encoders, "shutdown", None)
         if shutdown is not None:
             shutdown()
+
+
+def _memory(mb: int) -> dict[str, int]:
+    """Ray's ``memory`` option for ``mb`` MB (none for 0: a node type that declares no memory, as
+    Ray's simulated autoscaling nodes cannot, is then not ruled out)."""
+    return {"memory": mb * MB} if mb else {}
+
+
+def _kill(actor: Any) -> None:
+    with contextlib.suppress(Exception):  # already gone
+        ray.kill(actor, no_restart=True)
 
 
 def unwrap(exc: BaseException) -> BaseException:

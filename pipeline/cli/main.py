@@ -261,6 +261,20 @@ def build_parser() -> argparse.ArgumentParser:
         "--host-cpus", type=float, default=0.5, metavar="C", help="CPUs each source host asks Ray for (0.5)"
     )
     hosts.add_argument(
+        "--host-memory-mb",
+        type=int,
+        default=600,
+        metavar="MB",
+        help="memory each source host asks Ray for (600; 0: none)",
+    )
+    hosts.add_argument(
+        "--host-idle-s",
+        type=float,
+        default=60.0,
+        metavar="S",
+        help="a host started for more jobs stops after holding none this long (60)",
+    )
+    hosts.add_argument(
         "--tracks-per-decoder",
         type=int,
         default=256,
@@ -273,6 +287,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=0.5,
         metavar="C",
         help="CPUs each tracker host asks Ray for (0.5)",
+    )
+    hosts.add_argument(
+        "--decoder-memory-mb",
+        type=int,
+        default=900,
+        metavar="MB",
+        help="memory each tracker host asks Ray for (900; 0: none)",
     )
     hosts.add_argument(
         "--decoder-gpus",

@@ -54,9 +54,14 @@ def serve(args: argparse.Namespace) -> int:
         file_window=16,
         streams_per_host=args.streams_per_host,
         tracks_per_decoder=args.tracks_per_decoder,
+        host_idle_s=args.host_idle_s,
     )
     resources = HostResources(
-        host_cpus=args.host_cpus, decoder_cpus=args.decoder_cpus, decoder_gpus=args.decoder_gpus
+        host_cpus=args.host_cpus,
+        host_memory_mb=args.host_memory_mb,
+        decoder_cpus=args.decoder_cpus,
+        decoder_gpus=args.decoder_gpus,
+        decoder_memory_mb=args.decoder_memory_mb,
     )
     source_hosts = args.source_hosts if args.source_hosts is not None else min(os.cpu_count() or 1, 8)
     if source_hosts < 1:

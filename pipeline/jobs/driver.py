@@ -66,7 +66,9 @@ class DriverOptions:
         max_hosts: most source hosts (None: no limit; a full host then takes more jobs).
         max_decoders: most tracker hosts (None: no limit).
         drain_s: most time an ending job waits for its frames in flight.
-        drops_every_s: how often a live job's drop count is written to its hash.
+        host_idle_s: a host started for more jobs stops once it held none for this long.
+        drops_every_s: how often live jobs' drop counts are written to their hashes (and the
+            gauges of jobs, tracks and frames in flight set).
     """
 
     batch_frames: int = 8
@@ -80,6 +82,7 @@ class DriverOptions:
     max_hosts: int | None = None
     max_decoders: int | None = None
     drain_s: float = 60.0
+    host_idle_s: float = 60.0
     drops_every_s: float = 1.0
 
     def __post_init__(self) -> None:
@@ -189,8 +192,10 @@ class JobDriver:
         self._turn = 0  # round-robin offset of the jobs served first
         self._polled = 0.0
         self._drops_at = 0.0
-        self._host_jobs: list[int] = []
-        self._decoder_tracks: list[int] = []
+        self._host_jobs: dict[int, int] = {}  # source host -> jobs on it
+        self._decoder_tracks: dict[int, int] = {}  # tracker host -> tracks on it
+        self._kept: set[tuple[str, int]] | None = None
+        self._idle: dict[tuple[str, int], float] = {}
         self._stop = threading.Event()
 
     # -- from any thread --
@@ -265,9 +270,10 @@ class JobDriver:
         if now - self._drops_at >= self.options.drops_every_s:
             self._drops_at = now
             self._write_drops()
-        in_flight = sum(j.in_flight for j in self.jobs.values())
-        self.metrics.set_queue_depth("frames_in_flight", in_flight)
-        self.metrics.set_active(len(self.jobs), sum(j.tracks for j in self.jobs.values()))
+            self._retire_idle(now)
+            in_flight = sum(j.in_flight for j in self.jobs.values())
+            self.metrics.set_queue_depth("frames_in_flight", in_flight)
+            self.metrics.set_active(len(self.jobs), sum(j.tracks for j in self.jobs.values()))
 
     def _take_inbox(self) -> None:
         while True:
@@ -287,26 +293,52 @@ class JobDriver:
     # -- placement --
 
     def _place(self, tracks: int) -> tuple[int, int]:
+        """The least-loaded source host with room, and the least-loaded tracker host with room for
+        ``tracks``; another host is started when all are full (up to the options' most)."""
         opts = self.options
-        while len(self._host_jobs) < self.transport.hosts:
-            self._host_jobs.append(0)
-        while len(self._decoder_tracks) < self.transport.decoders:
-            self._decoder_tracks.append(0)
-        host = _least(self._host_jobs, opts.streams_per_host, 1)
-        if host is None and (opts.max_hosts is None or len(self._host_jobs) < opts.max_hosts):
-            host = self.transport.add_host()
-            self._host_jobs.append(0)
-        if host is None:
-            host = min(range(len(self._host_jobs)), key=self._host_jobs.__getitem__)
-        decoder = _least(self._decoder_tracks, opts.tracks_per_decoder, max(1, tracks))
-        if decoder is None and (opts.max_decoders is None or len(self._decoder_tracks) < opts.max_decoders):
-            decoder = self.transport.add_decoder()
-            self._decoder_tracks.append(0)
-        if decoder is None:
-            decoder = min(range(len(self._decoder_tracks)), key=self._decoder_tracks.__getitem__)
+        t = self.transport
+        if self._kept is None:  # the hosts the transport started with stay, however idle
+            self._kept = {("host", i) for i in t.hosts} | {("decoder", i) for i in t.decoders}
+        for i in t.hosts:
+            self._host_jobs.setdefault(i, 0)
+        for i in t.decoders:
+            self._decoder_tracks.setdefault(i, 0)
+        found = _least(self._host_jobs, opts.streams_per_host, 1)
+        if found is None and (opts.max_hosts is None or len(self._host_jobs) < opts.max_hosts):
+            found = t.add_host()
+            self._host_jobs[found] = 0
+        host = found if found is not None else min(self._host_jobs, key=self._host_jobs.__getitem__)
+        found = _least(self._decoder_tracks, opts.tracks_per_decoder, max(1, tracks))
+        if found is None and (opts.max_decoders is None or len(self._decoder_tracks) < opts.max_decoders):
+            found = t.add_decoder()
+            self._decoder_tracks[found] = 0
+        decoder = (
+            found if found is not None else min(self._decoder_tracks, key=self._decoder_tracks.__getitem__)
+        )
         self._host_jobs[host] += 1
         self._decoder_tracks[decoder] += tracks
+        self._idle.pop(("host", host), None)
+        self._idle.pop(("decoder", decoder), None)
         return host, decoder
+
+    def _retire_idle(self, now: float) -> None:
+        """Stop the hosts started for jobs that have ended, once idle for ``host_idle_s`` (so that
+        the autoscaler can take their nodes back)."""
+        kept = self._kept or set()
+        for kind, loads in (("host", self._host_jobs), ("decoder", self._decoder_tracks)):
+            for i, load in list(loads.items()):
+                busy = load > 0 or (kind == "host" and i in self._reads) or (kind, i) in kept
+                if busy or (kind == "decoder" and any(g.decoder == i for g in self._decoding.values())):
+                    self._idle.pop((kind, i), None)
+                    continue
+                since = self._idle.setdefault((kind, i), now)
+                if now - since >= self.options.host_idle_s:
+                    del loads[i]
+                    del self._idle[(kind, i)]
+                    if kind == "host":
+                        self.transport.remove_host(i)
+                    else:
+                        self.transport.remove_decoder(i)
 
     # -- reads --
 
@@ -517,9 +549,9 @@ class JobDriver:
             j.dropped_written = j.dropped
 
 
-def _least(loads: list[int], capacity: int, need: int) -> int | None:
+def _least(loads: dict[int, int], capacity: int, need: int) -> int | None:
     """The least-loaded of ``loads`` that has room for ``need`` more, or None."""
-    fits = [i for i, load in enumerate(loads) if load + need <= capacity]
+    fits = [i for i, load in loads.items() if load + need <= capacity]
     return min(fits, key=loads.__getitem__) if fits else None
 
 

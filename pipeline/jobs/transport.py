@@ -29,21 +29,29 @@ class Transport(Protocol):
     """The stages as the driver calls them."""
 
     @property
-    def hosts(self) -> int:
-        """Source hosts running now (numbered from 0)."""
+    def hosts(self) -> list[int]:
+        """Ids of the source hosts running now (an id is never reused)."""
         ...
 
     @property
-    def decoders(self) -> int:
-        """Tracker hosts running now (numbered from 0)."""
+    def decoders(self) -> list[int]:
+        """Ids of the tracker hosts running now."""
         ...
 
     def add_host(self) -> int:
-        """Start another source host; its number."""
+        """Start another source host; its id."""
         ...
 
     def add_decoder(self) -> int:
-        """Start another tracker host; its number."""
+        """Start another tracker host; its id."""
+        ...
+
+    def remove_host(self, host: int) -> None:
+        """Stop a source host that holds no job."""
+        ...
+
+    def remove_decoder(self, decoder: int) -> None:
+        """Stop a tracker host that holds no job."""
         ...
 
     def read(
@@ -106,11 +114,12 @@ class InProcessTransport:
         self._make_host = make_host
         self._make_decoder = make_decoder
         self.encoder = encoder
-        self.source_hosts: list[SourceHost] = []
-        self.tracker_hosts: list[TrackerHost] = []
-        self._host_threads: list[cf.ThreadPoolExecutor] = []
-        self._decoder_threads: list[cf.ThreadPoolExecutor] = []
+        self.source_hosts: dict[int, SourceHost] = {}
+        self.tracker_hosts: dict[int, TrackerHost] = {}
+        self._host_threads: dict[int, cf.ThreadPoolExecutor] = {}
+        self._decoder_threads: dict[int, cf.ThreadPoolExecutor] = {}
         self._encoder_thread = cf.ThreadPoolExecutor(1, thread_name_prefix="encoder")
+        self._ids: dict[str, int] = {}
         self.calls: list[tuple[str, int]] = []  # (stage, frames or jobs): what went where, for tests
         for _ in range(hosts):
             self.add_host()
@@ -118,22 +127,37 @@ class InProcessTransport:
             self.add_decoder()
 
     @property
-    def hosts(self) -> int:
-        return len(self.source_hosts)
+    def hosts(self) -> list[int]:
+        return list(self.source_hosts)
 
     @property
-    def decoders(self) -> int:
-        return len(self.tracker_hosts)
+    def decoders(self) -> list[int]:
+        return list(self.tracker_hosts)
+
+    def _id(self, kind: str) -> int:
+        """A new id for a host of ``kind`` (ids are never reused)."""
+        self._ids[kind] = self._ids.get(kind, -1) + 1
+        return self._ids[kind]
 
     def add_host(self) -> int:
-        self.source_hosts.append(self._make_host())
-        self._host_threads.append(cf.ThreadPoolExecutor(1, thread_name_prefix="source-host"))
-        return len(self.source_hosts) - 1
+        i = self._id("host")
+        self.source_hosts[i] = self._make_host()
+        self._host_threads[i] = cf.ThreadPoolExecutor(1, thread_name_prefix="source-host")
+        return i
 
     def add_decoder(self) -> int:
-        self.tracker_hosts.append(self._make_decoder())
-        self._decoder_threads.append(cf.ThreadPoolExecutor(1, thread_name_prefix="tracker-host"))
-        return len(self.tracker_hosts) - 1
+        i = self._id("decoder")
+        self.tracker_hosts[i] = self._make_decoder()
+        self._decoder_threads[i] = cf.ThreadPoolExecutor(1, thread_name_prefix="tracker-host")
+        return i
+
+    def remove_host(self, host: int) -> None:
+        self._host_threads.pop(host).shutdown(wait=True)
+        self.source_hosts.pop(host).shutdown()
+
+    def remove_decoder(self, decoder: int) -> None:
+        self._decoder_threads.pop(decoder).shutdown(wait=True)
+        del self.tracker_hosts[decoder]
 
     def read(
         self, host: int, groups: Sequence[Sequence[ReadRequest]], wait_s: float
@@ -193,7 +217,7 @@ class InProcessTransport:
         return handle.result()
 
     def shutdown(self) -> None:
-        for pool in [*self._host_threads, *self._decoder_threads, self._encoder_thread]:
+        for pool in [*self._host_threads.values(), *self._decoder_threads.values(), self._encoder_thread]:
             pool.shutdown(wait=True, cancel_futures=True)
-        for host in self.source_hosts:
+        for host in self.source_hosts.values():
             host.shutdown()

@@ -1,12 +1,14 @@
 """Cluster mode end to end on Ray's simulated autoscaling cluster.
 
 ``ray.cluster_utils.AutoscalingCluster`` runs the real Ray autoscaler with a provider that starts
-worker "nodes" as processes on this machine; each declares a GPU. ``samstream serve`` (the real
+worker "nodes" as processes on this machine: GPU nodes and CPU nodes. ``samstream serve`` (the real
 command, a real Redis server, real PyAV) joins it with an encoder pool of 0..3 replicas, one GPU
-each. From zero worker nodes, three submitted jobs make Serve want replicas, the replicas'
-GPU demand makes the autoscaler add nodes, every job ends with exactly its frames, the API
-process is killed and started again meanwhile (the jobs go on), and once idle the replicas and
-then the nodes go away again.
+each, and one source host of two streams to start with, two CPUs each. From zero worker nodes,
+three submitted jobs make Serve want replicas, whose GPU demand makes the autoscaler add GPU
+nodes, and the third job needs a second source host, whose CPU demand (the head is full) makes it
+add a CPU node. Every job ends with exactly its frames, the API process is killed and started
+again meanwhile (the jobs go on: they run in the cluster's driver), and once idle the replicas,
+the extra source host and then the nodes go away again.
 """
 
 from __future__ import annotations
@@ -89,14 +91,22 @@ def cluster(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     # `ray start` / `ray stop` are run from PATH: this interpreter's.
     monkeypatch.setenv("PATH", f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
     sim = SimulatedCluster(
-        head_resources={"CPU": 4},
+        # The head takes the driver (0.25 CPU), one source host (2) and the tracker host (0.5); a
+        # second source host fits a CPU node only (a GPU node has 1 CPU, for an encoder replica).
+        head_resources={"CPU": 3},
         worker_node_types={
             "gpu_node": {
                 "resources": {"CPU": 1, "GPU": 1},
                 "node_config": {},
                 "min_workers": 0,
                 "max_workers": 3,
-            }
+            },
+            "cpu_node": {
+                "resources": {"CPU": 2},
+                "node_config": {},
+                "min_workers": 0,
+                "max_workers": 1,
+            },
         },
     )
     sim.start()
@@ -127,6 +137,10 @@ class Service:
             "--weights", "random", "--image-size", "256", "--compile", "eager", "--allow-local-files",
             "--min-encoders", "0", "--max-encoders", "3", "--encoder-gpus", "1", "--encoder-cpus", "1",
             "--idle-s", str(REPLICA_IDLE_S), "--metrics-port", "0",
+            "--source-hosts", "1", "--streams-per-host", "2", "--host-cpus", "2", "--host-idle-s", "3",
+            # Ray's simulated nodes cannot declare memory (a real node type does, and the
+            # autoscaler counts it): the hosts ask for none here, or no node would ever fit them.
+            "--host-memory-mb", "0", "--decoder-memory-mb", "0",
         ]  # fmt: skip
         env = {**os.environ, "SAMSTREAM_API_TOKEN": TOKEN, "PYTHONUNBUFFERED": "1"}
         self.proc = subprocess.Popen(
@@ -173,6 +187,26 @@ def _gpu_nodes() -> int:
     return sum(1 for n in ray.nodes() if n["Alive"] and n["Resources"].get("GPU", 0) > 0)
 
 
+def _cpu_nodes() -> int:
+    """Worker nodes with no GPU (the head carries Ray's ``node:__internal_head__`` resource)."""
+    import ray
+
+    return sum(
+        1
+        for n in ray.nodes()
+        if n["Alive"] and not n["Resources"].get("GPU") and "node:__internal_head__" not in n["Resources"]
+    )
+
+
+def client_hget(url: str, job_id: str, field: str) -> str | None:
+    client = connect(url)
+    try:
+        value: str | None = client.hget(Keys().job(job_id), field)  # type: ignore[assignment]
+        return value
+    finally:
+        client.close()
+
+
 def _replicas() -> int:
     from ray import serve
 
@@ -192,7 +226,7 @@ def test_jobs_scale_gpu_nodes_up_and_back_down(cluster: None, tmp_path: Path) ->
         try:
             service.start()
             ray.init(address="auto", namespace="samstream-test", logging_level="ERROR")
-            assert _gpu_nodes() == 0  # nothing held while idle
+            assert _gpu_nodes() == 0 and _cpu_nodes() == 0  # nothing held while idle
 
             x, y = (float(v) for v in object_centres(0, 160, 120)[0])
             jobs = []
@@ -208,12 +242,13 @@ def test_jobs_scale_gpu_nodes_up_and_back_down(cluster: None, tmp_path: Path) ->
                     jobs.append(r.json()["id"])
 
             # Demand: replicas are wanted, cannot be placed on the GPU-less head, nodes are added.
-            most_nodes = most_replicas = 0
+            most_nodes = most_replicas = most_cpu_nodes = 0
             deadline = time.monotonic() + 420
             restarted = False
             statuses: dict[str, str] = {}
             while time.monotonic() < deadline:
                 most_nodes = max(most_nodes, _gpu_nodes())
+                most_cpu_nodes = max(most_cpu_nodes, _cpu_nodes())
                 most_replicas = max(most_replicas, _replicas())
                 with service.api() as api:
                     statuses = {j: api.get(f"/jobs/{j}").json()["status"] for j in jobs}
@@ -227,6 +262,10 @@ def test_jobs_scale_gpu_nodes_up_and_back_down(cluster: None, tmp_path: Path) ->
             assert statuses == dict.fromkeys(jobs, "succeeded"), (statuses, service.log())
             assert restarted
             assert most_nodes >= 1 and most_replicas >= 1, (most_nodes, most_replicas)
+            # The third job needed a second source host, and the full head a CPU node for it.
+            assert most_cpu_nodes == 1, (most_cpu_nodes, service.log())
+            placement = {client_hget(redis_server.url, j, "source_host") for j in jobs}
+            assert placement == {"0", "1"}, placement
 
             # Exactly the right entries: one per frame, in order, each with the job's tracks.
             client = connect(redis_server.url)
@@ -241,12 +280,15 @@ def test_jobs_scale_gpu_nodes_up_and_back_down(cluster: None, tmp_path: Path) ->
             # Idle: replicas go (Serve), then the nodes they held (the autoscaler's idle timeout).
             idle_since = time.monotonic()
             idle_deadline = time.monotonic() + REPLICA_IDLE_S + IDLE_TIMEOUT_MIN * 60 + 120
-            while time.monotonic() < idle_deadline and (_replicas() > 0 or _gpu_nodes() > 0):
+            while time.monotonic() < idle_deadline and (
+                _replicas() > 0 or _gpu_nodes() > 0 or _cpu_nodes() > 0
+            ):
                 time.sleep(2)
             assert _replicas() == 0, "encoder replicas did not scale back to 0"
             assert _gpu_nodes() == 0, "GPU nodes were not removed once idle"
+            assert _cpu_nodes() == 0, "the CPU node was not removed once its source host went"
             print(
-                f"at most {most_nodes} GPU nodes, {most_replicas} replicas; back to 0 after {time.monotonic() - idle_since:.0f} s"
+                f"at most {most_nodes} GPU nodes, {most_cpu_nodes} CPU node, {most_replicas} replicas; back to 0 after {time.monotonic() - idle_since:.0f} s"
             )
         finally:
             service.stop()
