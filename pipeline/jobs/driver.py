@@ -151,6 +151,7 @@ class _Read:
     host: int
     meta: Handle
     groups: list[_Group]
+    jobs: frozenset[str] = frozenset()
 
 
 class JobDriver:
@@ -375,6 +376,7 @@ class JobDriver:
                 host,
                 meta,
                 [_Group(self._seq, host, d, f) for d, f in zip(decoders, frames, strict=True)],
+                frozenset(r.job_id for g in groups for r in g),
             )
 
     def _read_done(self, read: _Read) -> None:
@@ -508,7 +510,11 @@ class JobDriver:
                 job.ending = (Ending.FINISHED, None)
             if job.ending is None:
                 continue
-            if job.in_flight > 0 and now - job.ending_since < self.options.drain_s:
+            draining = now - job.ending_since < self.options.drain_s
+            # A read that names the job is answered first: its source is released after it, or
+            # the host would open it again for that read, and keep it.
+            reading = any(job.job_id in r.jobs for r in self._reads.values())
+            if draining and (job.in_flight > 0 or reading):
                 continue
             self._end(job)
 

@@ -14,6 +14,7 @@ request that names it: a file at the requested position, a live feed at its pres
 from __future__ import annotations
 
 import contextlib
+import gc
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -268,7 +269,7 @@ class SourceHost:
                 slot = self._slots.pop(job_id, None)
                 if slot is not None and slot.reader is not None:
                     readers.append(slot.reader)
-        if readers:
+        if readers:  # on threads of their own: a feed's read may take its timeout to end
             threading.Thread(target=_close_all, args=(readers,), name="close sources", daemon=True).start()
 
     def shutdown(self) -> None:
@@ -280,6 +281,16 @@ class SourceHost:
 
 
 def _close_all(readers: Sequence[Reader]) -> None:
-    for reader in readers:
-        with contextlib.suppress(Exception):  # closing is best effort: the source is gone either way
+    """Close readers side by side, then collect: PyAV's decoders sit in reference cycles with their
+    frames, and keep their threads and buffers until a full collection frees them."""
+
+    def close(reader: Reader) -> None:
+        with contextlib.suppress(Exception):  # best effort: the source is gone either way
             reader.close()
+
+    closing = [threading.Thread(target=close, args=(r,), daemon=True) for r in readers]
+    for t in closing:
+        t.start()
+    for t in closing:
+        t.join()
+    gc.collect()

@@ -229,6 +229,9 @@ class LiveSource:
         until that call's own timeout (``open_timeout_s`` or ``stall_timeout_s``) ends it.
         """
         self._thread.stop()
+        # Callbacks into the owner make reference cycles that would keep the decoder (its frames
+        # and threads) alive until Python's next full collection: drop them.
+        self._on_event = None
 
     def __enter__(self) -> LiveSource:
         return self

@@ -116,3 +116,64 @@ def test_a_killed_source_host_comes_back_and_only_its_streams_pause(tmp_path: Pa
             feeds.stop()
             service.stop()
             client.close()
+
+
+def _host_footprint() -> tuple[int, int]:
+    """Threads and private memory (USS, bytes) of the source-host processes together.
+
+    USS, not RSS: the frames a host hands on live in Ray's shared object store, whose pages count
+    in the RSS of every process that touched them (and more of them as the store is used).
+    """
+    threads = uss = 0
+    for p in _hosts():
+        threads += p.num_threads()
+        uss += p.memory_full_info().uss
+    return threads, uss
+
+
+def test_streams_coming_and_going_by_the_hundred_leave_the_hosts_as_they_were(tmp_path: Path) -> None:
+    waves, per_wave = 6, 50
+    feeds = UdpFeeds(TsClip.encode(frames=FPS * 60, fps=FPS), free_udp_ports(per_wave))
+    with EmbeddedRedis(tmp_path / "redis") as redis_server:
+        args = [
+            "--redis-url", redis_server.url, "--weights", "null", "--image-size", "256",
+            "--allow-schemes", "udp", "--encoder-gpus", "0", "--min-encoders", "1", "--max-encoders", "1",
+            "--source-hosts", "2", "--metrics-port", "0",
+        ]  # fmt: skip
+        service = ServeProcess(args, tmp_path, "churn-test-token")
+        client = connect(redis_server.url)
+        keys = Keys()
+        after_wave = []
+        try:
+            service.start()
+            feeds.start()
+            with service.api() as api:
+                for wave in range(waves):
+                    jobs = [f"w{wave}-{i}" for i in range(per_wave)]
+                    for job, url in zip(jobs, feeds.urls, strict=True):
+                        body = {"source": url, "tracks": [{"id": 1, "points": [[100, 100]]}], "job_id": job}
+                        assert api.post("/streams", json=body).status_code == 201
+                    deadline = time.monotonic() + 120
+                    while not all(client.xlen(keys.masks(j)) >= 3 for j in jobs):
+                        assert time.monotonic() < deadline, service.log()
+                        time.sleep(0.5)
+                    for job in jobs:
+                        assert api.delete(f"/streams/{job}").status_code == 202
+                    while any(client.hget(keys.job(j), "status") == "running" for j in jobs):
+                        assert time.monotonic() < deadline, service.log()
+                        time.sleep(0.5)
+                    assert all(client.hget(keys.job(j), "status") == "succeeded" for j in jobs)
+                    time.sleep(5)  # sources close on threads of their own
+                    after_wave.append(_host_footprint())
+            threads = [t for t, _ in after_wave]
+            uss = [m for _, m in after_wave]
+            print(f"source hosts after each wave: threads {threads}, USS MB {[m // 2**20 for m in uss]}")
+            assert max(threads[3:]) <= min(threads[:3]) + 6, threads  # each stream's threads went with it
+            # A stream's decoder holds megabytes: a leak of them would add 50 × MBs a wave. What is
+            # left swings by tens of MB from wave to wave (allocator), so compare floors.
+            assert min(uss[3:]) - min(uss[:3]) <= 64 * 2**20, uss
+            assert len(_hosts()) == 2
+        finally:
+            feeds.stop()
+            service.stop()
+            client.close()

@@ -245,3 +245,25 @@ def test_jobs_are_spread_over_hosts_more_start_when_full_and_stop_when_idle(rig)
         r.driver.turn(0.01)
     assert r.transport.hosts == [0, 1]  # the hosts it started with stay
     assert "read" in calls
+
+
+def test_streams_coming_and_going_by_the_hundred_leave_nothing_behind(rig) -> None:
+    import threading
+
+    r = rig(options=DriverOptions(tick_s=0.01, control_poll_s=0.01, streams_per_host=64))
+    threads = 0
+    for wave in range(4):
+        jobs = [r.create(f"w{wave}-{i}", "feed:20", live=True) for i in range(100)]
+        r.run(until=lambda jobs=jobs: all(r.client.xlen(r.keys.masks(j)) for j in jobs), timeout=60)
+        for j in jobs:
+            r.command(j, Command("stop"))
+        r.run(timeout=60)
+        assert all(r.store.get(j).status.value == "succeeded" for j in jobs)
+        time.sleep(0.3)  # the feeds' threads and the threads that close sources end
+        threads = threads or threading.active_count()  # after the first wave: the stages' threads
+    assert not r.driver.jobs and not r.driver._reads and not r.driver._decoding
+    assert all(not lane for lane in r.driver._lanes.values())
+    assert all(host.jobs == 0 for host in r.transport.source_hosts.values())
+    assert all(host.jobs == 0 for host in r.transport.tracker_hosts.values())
+    assert not r.driver.control._last
+    assert threading.active_count() <= threads
