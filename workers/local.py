@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TextIO
+from typing import TYPE_CHECKING, TextIO
 
 from pipeline.config import ModelConfig, Weights
 from pipeline.decoding import FrameSummary
@@ -93,27 +93,35 @@ class _RunListener(Listener):
         self.ended_with = (status, error)
 
 
-def layout(model: ModelConfig) -> tuple[DriverOptions, dict[str, Any]]:
-    """How a local run lays its job out: the driver's pacing and the encoder actors.
+@dataclass(frozen=True)
+class Layout:
+    """How a local run lays its job out on Ray."""
 
-    A CPU encoder takes one frame a call (batching does not help it) with all the cores' threads;
+    options: DriverOptions
+    encoders: int = 1
+    encoder_gpus: float = 0.0
+    encoder_threads: int | None = None
+    decoder_gpus: float = 0.0
+
+
+def layout(model: ModelConfig) -> Layout:
+    """A CPU encoder takes one frame a call (batching does not help it) with all the cores' threads;
     GPU encoders (one per GPU) and the benchmark's null model take batches of 8: every batch costs
-    each stage a Ray call, about a millisecond of CPU apiece.
+    each stage a Ray call, about a millisecond of CPU apiece. With GPUs, the tracker host takes a
+    tenth of the first one (its mask decoder runs there) and the encoder beside it the rest.
     """
     import ray
 
     one = {"max_hosts": 1, "max_decoders": 1}
+    batched = DriverOptions(batch_frames=GPU_BATCH, file_window=4 * GPU_BATCH, **one)
     if model.weights is Weights.NULL:
-        return DriverOptions(batch_frames=GPU_BATCH, file_window=4 * GPU_BATCH, **one), {"count": 1}
+        return Layout(batched)
     gpus = int(ray.cluster_resources().get("GPU", 0))
     if gpus >= 1:
-        return DriverOptions(batch_frames=GPU_BATCH, file_window=4 * GPU_BATCH, **one), {
-            "count": gpus,
-            "gpus": 1.0,
-        }
+        return Layout(batched, encoders=gpus, encoder_gpus=0.9, decoder_gpus=0.1)
     # One live frame in flight: the frame taken is always the newest when the encoder has room.
     cpu = DriverOptions(batch_frames=1, file_window=3, live_in_flight=1, **one)
-    return cpu, {"count": 1, "threads": os.cpu_count()}
+    return Layout(cpu, encoder_threads=os.cpu_count())
 
 
 def run_local(spec: JobSpec, model: ModelConfig, run: LocalRun, out: TextIO = sys.stdout) -> int:
@@ -219,17 +227,20 @@ def _driver(
 ) -> JobDriver:
     """A driver over Ray actors of this run: one source host, encoders, one tracker host."""
     from pipeline.streams.control import ControlBus
-    from workers.transport import OwnEncoders, RayTransport
+    from workers.transport import HostResources, OwnEncoders, RayTransport
 
-    options, encoders = layout(model)
-    transport = RayTransport(model, url, prefix, OwnEncoders(model, **encoders))
+    lay = layout(model)
+    encoders = OwnEncoders(model, lay.encoders, lay.encoder_gpus, lay.encoder_threads)
+    transport = RayTransport(model, url, prefix, encoders, HostResources(decoder_gpus=lay.decoder_gpus))
     stack.callback(transport.shutdown)
     keys = store.keys
 
     def event(job_id: str, kind: str, detail: str | None) -> None:
         Publisher(store.client, keys, job_id).event(kind, detail=detail)
 
-    return JobDriver(transport, lifecycle, ControlBus(store.client, keys), event, options, metrics, listener)
+    return JobDriver(
+        transport, lifecycle, ControlBus(store.client, keys), event, lay.options, metrics, listener
+    )
 
 
 def probe(source: str) -> SourceInfo:
