@@ -23,7 +23,7 @@ needs from the model, :meth:`TrackDecoder.finish` takes the masks and readies th
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -112,6 +112,8 @@ class TrackDecoder:
         stride: the job's stride (file jobs: the next frame after ``t`` is ``t + stride``).
         live: a live job: frames come with gaps (the newest of the feed), and none is re-read.
         resume: how far the job got; None asks the sink.
+        owned: for a job split over several decoders, which track ids this one follows (it
+            keeps only those of a restored checkpoint, which holds every track of the job).
     """
 
     def __init__(
@@ -125,6 +127,7 @@ class TrackDecoder:
         stride: int = 1,
         live: bool = False,
         resume: ResumePoint | None = None,
+        owned: Callable[[int], bool] | None = None,
     ) -> None:
         if checkpoint_every < 1:
             raise InvalidInputError(f"checkpoint_every must be >= 1, got {checkpoint_every}")
@@ -136,6 +139,8 @@ class TrackDecoder:
         resume = sink.resume_point() if resume is None else resume
         if resume.snapshot is not None:
             self.tracker.restore(resume.snapshot)
+            if owned is not None:
+                self.tracker.keep_only(owned)
         else:
             resume = ResumePoint(resume.last_published)  # no checkpoint: the prompts, before frame 0
             for spec in tracks:
@@ -156,9 +161,13 @@ class TrackDecoder:
         """Add, remove or re-prompt a track from the next processed frame on.
 
         A command that cannot apply (an unknown id, an id taken) is reported as an ``error`` event,
-        not raised: the job goes on.
+        not raised: the job goes on. ``checkpoint`` changes no track: the next frame's state is
+        checkpointed (a job split over several decoders sends it to those a command does not reach,
+        so that they all checkpoint the same frames).
         """
         self.since_checkpoint = None  # the next frame's state is checkpointed
+        if cmd == "checkpoint":
+            return
         try:
             if cmd == "add" and prompt is not None:
                 self.tracker.add(track, prompt, start_frame=0)

@@ -20,19 +20,19 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import redis
 
 from pipeline.decoding import CHECKPOINT_EVERY, FrameSummary, Prepared, Step, TrackDecoder
 from pipeline.errors import SamstreamError
-from pipeline.frames import EncodedFrame
+from pipeline.frames import EncodedFrame, TrackMask
 from pipeline.model.types import DecodeRequest, Embedding, MaskBatch
 from pipeline.prompts import Prompt, TrackSpec
 from pipeline.streams.keys import Keys
 from pipeline.streams.sink import RedisSink, publish_jobs
-from pipeline.tracking import TrackingConfig
+from pipeline.tracking import TrackEvent, TrackingConfig
 from pipeline.tracking.tracker import Segmenter
 
 log = logging.getLogger(__name__)
@@ -51,6 +51,11 @@ class TrackSetup:
         stride: file jobs: every n-th frame.
         live: a live feed.
         maxlen: keep about this many masks entries (None: all).
+        role: ``whole`` (the job's every track), or for a job split over several hosts by track,
+            ``owner`` (it follows the tracks added while the job runs and those of ``tracks``, and
+            publishes each frame whole with what the parts found) or ``part`` (it follows
+            ``tracks`` and hands its results to the owner).
+        others: the owner's: the track ids its parts follow.
     """
 
     tracks: tuple[TrackSpec, ...]
@@ -59,6 +64,37 @@ class TrackSetup:
     stride: int = 1
     live: bool = False
     maxlen: int | None = None
+    role: str = "whole"
+    others: frozenset[int] = frozenset()
+
+    def owns(self, track_id: int) -> bool:
+        """Whether this host follows ``track_id`` (of a restored checkpoint holding every track)."""
+        if self.role == PART:
+            return any(t.track_id == track_id for t in self.tracks)
+        return track_id not in self.others
+
+
+WHOLE, OWNER, PART = "whole", "owner", "part"
+
+
+@dataclass(frozen=True)
+class PartFrame:
+    """A part's results on one frame its owner publishes (see :class:`TrackSetup`).
+
+    Attributes:
+        index: the frame.
+        tracks: its tracks' masks.
+        state: its tracks' state after the frame (``Tracker.snapshot`` tracks and pending events)
+            when it checkpointed the frame, else None.
+        events: its tracks' events of the frame.
+        active: its active tracks.
+    """
+
+    index: int
+    tracks: tuple[TrackMask, ...]
+    state: dict[str, Any] | None
+    events: tuple[TrackEvent, ...]
+    active: int
 
 
 @dataclass(frozen=True)
@@ -71,7 +107,8 @@ class TrackReply:
         rewind: ``(after,)`` when frames of a file job went missing (its host was restarted): the
             job must be read again after frame ``after`` (None: from the start).
         error: the job cannot go on (one line); its decoder is closed.
-        tracks: tracks the job has now.
+        tracks: tracks the job has now (on this host).
+        parts: a part's results, for its owner (nothing is published by a part).
     """
 
     job_id: str
@@ -79,6 +116,7 @@ class TrackReply:
     rewind: tuple[int | None] | None = None
     error: str | None = None
     tracks: int = 0
+    parts: tuple[PartFrame, ...] = ()
 
 
 def decode_all(segmenter: Any, items: Sequence[tuple[Embedding, Sequence[DecodeRequest]]]) -> list[MaskBatch]:
@@ -142,6 +180,7 @@ class TrackerHost:
                 self.every,
                 stride=setup.stride,
                 live=setup.live,
+                owned=None if setup.role == WHOLE else setup.owns,
             )
             self._decoders[job_id] = decoder
             self._sinks[job_id] = sink
@@ -165,8 +204,16 @@ class TrackerHost:
             self._sinks.pop(job_id, None)
             self._commands.pop(job_id, None)
 
-    def process(self, setups: Mapping[str, TrackSetup], frames: Sequence[EncodedFrame]) -> list[TrackReply]:
+    def process(
+        self,
+        setups: Mapping[str, TrackSetup],
+        frames: Sequence[EncodedFrame],
+        parts: Mapping[str, Sequence[TrackReply]] | None = None,
+    ) -> list[TrackReply]:
         """Track, publish and summarise ``frames`` (many jobs' frames, each job's in frame order).
+
+        A split job's owner is given its parts' replies to the same frames in ``parts``; a frame is
+        published only whole (a part that lacks it makes the owner ask for a rewind).
 
         Returns:
             One reply per job named by the frames and by ``setups``, in the order they first appear.
@@ -187,7 +234,18 @@ class TrackerHost:
                 errors[job_id] = f"internal error: {type(exc).__name__}: {exc}"
         prepared: dict[str, list[Prepared]] = {job_id: [] for job_id in decoders}
         self._rounds(queues, decoders, prepared, errors)
-        return self._publish(queues, decoders, prepared, errors)
+        answered: dict[str, TrackReply] = {}
+        for job_id, decoder in decoders.items():
+            if job_id in errors:
+                continue
+            role = setups[job_id].role
+            if role == PART:
+                answered[job_id] = _part_reply(job_id, decoder, prepared.pop(job_id))
+            elif role == OWNER:
+                error = _join_parts(decoder, prepared[job_id], (parts or {}).get(job_id, ()))
+                if error is not None:
+                    errors[job_id] = error
+        return self._publish(queues, decoders, prepared, errors, answered)
 
     def _rounds(
         self,
@@ -246,8 +304,9 @@ class TrackerHost:
         decoders: dict[str, TrackDecoder],
         prepared: dict[str, list[Prepared]],
         errors: dict[str, str],
+        answered: dict[str, TrackReply],
     ) -> list[TrackReply]:
-        ready = [job_id for job_id in decoders if job_id not in errors]
+        ready = [job_id for job_id in prepared if job_id not in errors]
         start = time.perf_counter()
         try:
             published = publish_jobs(
@@ -256,7 +315,7 @@ class TrackerHost:
         except SamstreamError as exc:  # Redis unreachable: every job's frames are unpublished
             published = [exc] * len(ready)
         took = time.perf_counter() - start
-        replies: dict[str, TrackReply] = {}
+        replies: dict[str, TrackReply] = dict(answered)
         for job_id, flags in zip(ready, published, strict=True):
             decoder = decoders[job_id]
             if isinstance(flags, Exception):
@@ -273,3 +332,64 @@ class TrackerHost:
             replies[job_id] = TrackReply(job_id, error=error)
         self.close(errors)
         return [replies[job_id] for job_id in queues]
+
+
+def _part_reply(job_id: str, decoder: TrackDecoder, prepared: list[Prepared]) -> TrackReply:
+    """A part's results for its owner: each frame it would publish, with its tracks' state."""
+    frames = []
+    for p in prepared:
+        if p.result is None:
+            continue
+        state = None
+        if p.snapshot is not None:
+            state = {
+                "tracks": list(p.snapshot["tracks"]),
+                "pending_events": list(p.snapshot["pending_events"]),
+            }
+        frames.append(PartFrame(p.frame.index, p.result.tracks, state, tuple(p.events), p.active))
+    rewind, decoder.rewind = decoder.rewind, None
+    return TrackReply(job_id, rewind=rewind, tracks=decoder.tracks, parts=tuple(frames))
+
+
+def _join_parts(decoder: TrackDecoder, prepared: list[Prepared], parts: Sequence[TrackReply]) -> str | None:
+    """Make each of the owner's frames whole with its parts' results, in place; the error of a part.
+
+    A frame that a part lacks (its host restarted, or missed frames), or whose checkpoint a part
+    did not take, is not published: the owner asks for a rewind, and the driver starts every share
+    of the job again from its last checkpoint.
+    """
+    for part in parts:
+        if part.error is not None:
+            return part.error
+        if part.rewind is not None:
+            decoder.rewind = decoder.rewind or part.rewind
+    found = [{f.index: f for f in part.parts} for part in parts]
+    for i, p in enumerate(prepared):
+        if p.result is None:
+            continue
+        mine = [by_index.get(p.frame.index) for by_index in found]
+        whole = all(f is not None for f in mine) and (
+            p.snapshot is None or all(f is not None and f.state is not None for f in mine)
+        )
+        if not whole:
+            decoder.rewind = decoder.rewind or (decoder.tracker.last_frame,)
+            for later in prepared[i:]:
+                later.result, later.snapshot = None, None
+            return None
+        frames = [f for f in mine if f is not None]
+        tracks = p.result.tracks + tuple(t for f in frames for t in f.tracks)
+        p.result = replace(p.result, tracks=tracks)
+        if p.snapshot is not None:
+            snapshot = dict(p.snapshot)
+            snapshot["tracks"] = [
+                *snapshot["tracks"],
+                *(t for f in frames if f.state for t in f.state["tracks"]),
+            ]
+            snapshot["pending_events"] = [
+                *snapshot["pending_events"],
+                *(e for f in frames if f.state for e in f.state["pending_events"]),
+            ]
+            p.snapshot = snapshot
+        p.events = [*p.events, *(e for f in frames for e in f.events)]
+        p.active += sum(f.active for f in frames)
+    return None

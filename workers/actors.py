@@ -88,8 +88,17 @@ class TrackerHostWorker:
             Keys(prefix),
         )
 
-    def process(self, setups: Mapping[str, TrackSetup], frames: Sequence[EncodedFrame]) -> list[TrackReply]:
-        return self.host.process(setups, frames)
+    def process(
+        self,
+        setups: Mapping[str, TrackSetup],
+        frames: Sequence[EncodedFrame],
+        part_jobs: Sequence[str] = (),
+        *parts: list[TrackReply],
+    ) -> list[TrackReply]:
+        """``part_jobs[i]`` names the job of ``parts[i]``, a part's replies to the same frames."""
+        from pipeline.jobs.transport import part_replies
+
+        return self.host.process(setups, frames, part_replies(part_jobs, parts))
 
     def control(self, job_id: str, cmd: str, track: int, prompt: Prompt | None = None) -> None:
         self.host.control(job_id, cmd, track, prompt)

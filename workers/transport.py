@@ -172,8 +172,20 @@ class RayTransport:
     def encode(self, frames: Any) -> Any:
         return self.encoders.submit(frames)
 
-    def decode(self, decoder: int, setups: Mapping[str, TrackSetup], embeddings: Any) -> Any:
-        return self._decoders[decoder].process.remote(dict(setups), embeddings)
+    def decode(
+        self,
+        decoder: int,
+        setups: Mapping[str, TrackSetup],
+        embeddings: Any,
+        parts: Mapping[str, Sequence[Any]] | None = None,
+    ) -> Any:
+        # The parts' replies go as arguments of their own: Ray hands the values to the call.
+        names = [j for j, refs in (parts or {}).items() for _ in refs]
+        refs = [r for rs in (parts or {}).values() for r in rs]
+        return self._decoders[decoder].process.remote(dict(setups), embeddings, names, *refs)
+
+    def forget(self, decoder: int, job_id: str) -> None:
+        self._remember(self._decoders[decoder].close.remote([job_id]))
 
     def control(self, decoder: int, job_id: str, cmd: str, track: int, prompt: Prompt | None) -> None:
         self._remember(self._decoders[decoder].control.remote(job_id, cmd, track, prompt))

@@ -35,7 +35,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from pipeline.decoding import FrameSummary
@@ -45,7 +45,7 @@ from pipeline.jobs.transport import Handle, Transport
 from pipeline.metrics import Metrics, NullMetrics
 from pipeline.sources.host import ReadReply, ReadRequest, SourceSpec
 from pipeline.streams.control import Command, ControlBus
-from pipeline.tracker_host import TrackReply, TrackSetup
+from pipeline.tracker_host import OWNER, PART, TrackReply, TrackSetup
 
 log = logging.getLogger(__name__)
 
@@ -122,10 +122,18 @@ class _Job:
     tracks: int = 0
     dropped: int = 0
     dropped_written: int = 0
+    parts: list[tuple[int, TrackSetup]] = field(default_factory=list)  # a split job's other shares
+    commands: list[Command] = field(default_factory=list)  # a split job's, held to a group boundary
+    joining: int = 0  # groups whose parts were asked and whose owner was not yet
 
     @property
     def job_id(self) -> str:
         return self.start.job_id
+
+    @property
+    def decoders(self) -> list[int]:
+        """Every tracker host that follows some of the job's tracks, the owner first."""
+        return [self.decoder, *(d for d, _ in self.parts)]
 
     @property
     def live(self) -> bool:
@@ -142,6 +150,7 @@ class _Group:
     frames: Handle
     counts: dict[str, int] = field(default_factory=dict)  # frames per job
     embeddings: Handle | None = None
+    parts: dict[str, list[Handle]] = field(default_factory=dict)  # split jobs: their parts' replies
     replies: Handle | None = None
 
 
@@ -225,24 +234,40 @@ class JobDriver:
                 return
 
     def add(self, start: Start) -> None:
-        """Take up a job that :meth:`Lifecycle.begin` started."""
+        """Take up a job that :meth:`Lifecycle.begin` started.
+
+        A job with more tracks than a tracker host follows (``tracks_per_decoder``) is split by
+        track over several: the first share's host (the owner) publishes each frame whole.
+        """
         spec = start.spec
-        host, decoder = self._place(len(spec.tracks))
+        size = self.options.tracks_per_decoder
+        shares = [spec.tracks[i : i + size] for i in range(0, len(spec.tracks), size)] or [()]
+        host, decoders = self._place([len(share) for share in shares])
+        setup = TrackSetup(
+            spec.tracks, spec.tracking_config(), spec.image_size, spec.stride, spec.live, spec.maxlen
+        )
+        parts = []
+        if len(shares) > 1:
+            others = frozenset(t.track_id for share in shares[1:] for t in share)
+            parts = [
+                (d, replace(setup, tracks=share, role=PART))
+                for d, share in zip(decoders[1:], shares[1:], strict=True)
+            ]
+            setup = replace(setup, tracks=shares[0], role=OWNER, others=others)
         job = _Job(
             start,
             SourceSpec(spec.source, spec.image_size, spec.stride, spec.live, spec.give_up_s),
-            TrackSetup(
-                spec.tracks, spec.tracking_config(), spec.image_size, spec.stride, spec.live, spec.maxlen
-            ),
+            setup,
             host,
-            decoder,
+            decoders[0],
             start.read_after,
             tracks=len(spec.tracks),
+            parts=parts,
         )
         self.jobs[start.job_id] = job
         self.control.add(start.job_id, everything=start.first_run)
         try:
-            self.lifecycle.placed(start.job_id, host, decoder)
+            self.lifecycle.placed(start.job_id, host, decoders[0])
         except SamstreamError as exc:  # informational only
             log.warning("job %s: recording its hosts: %s", start.job_id, exc)
 
@@ -255,7 +280,9 @@ class JobDriver:
             self._poll_control()
         self._submit_reads()
         handles = [r.meta for r in self._reads.values()]
-        handles += [g.embeddings for lane in self._lanes.values() for g in lane if g.embeddings is not None]
+        for lane in self._lanes.values():
+            for g in lane:
+                handles += [g.embeddings, *(h for hs in g.parts.values() for h in hs)]
         handles += list(self._decoding)
         ready = self.transport.wait(handles, wait_s) if handles else set()
         if not handles:
@@ -293,9 +320,10 @@ class JobDriver:
 
     # -- placement --
 
-    def _place(self, tracks: int) -> tuple[int, int]:
-        """The least-loaded source host with room, and the least-loaded tracker host with room for
-        ``tracks``; another host is started when all are full (up to the options' most)."""
+    def _place(self, shares: list[int]) -> tuple[int, list[int]]:
+        """The least-loaded source host with room, and for each share of tracks (their counts) the
+        least-loaded tracker host with room for it, another than the other shares'; another host
+        is started when all are full (up to the options' most)."""
         opts = self.options
         t = self.transport
         if self._kept is None:  # the hosts the transport started with stay, however idle
@@ -309,18 +337,21 @@ class JobDriver:
             found = t.add_host()
             self._host_jobs[found] = 0
         host = found if found is not None else min(self._host_jobs, key=self._host_jobs.__getitem__)
-        found = _least(self._decoder_tracks, opts.tracks_per_decoder, max(1, tracks))
-        if found is None and (opts.max_decoders is None or len(self._decoder_tracks) < opts.max_decoders):
-            found = t.add_decoder()
-            self._decoder_tracks[found] = 0
-        decoder = (
-            found if found is not None else min(self._decoder_tracks, key=self._decoder_tracks.__getitem__)
-        )
         self._host_jobs[host] += 1
-        self._decoder_tracks[decoder] += tracks
         self._idle.pop(("host", host), None)
-        self._idle.pop(("decoder", decoder), None)
-        return host, decoder
+        decoders: list[int] = []
+        for tracks in shares:
+            free = {d: n for d, n in self._decoder_tracks.items() if d not in decoders}
+            found = _least(free, opts.tracks_per_decoder, max(1, tracks))
+            if found is None and (opts.max_decoders is None or len(self._decoder_tracks) < opts.max_decoders):
+                found = t.add_decoder()
+                self._decoder_tracks[found] = 0
+            if found is None:  # every host is full: the least loaded, even one of this job
+                found = min(free or self._decoder_tracks, key=self._decoder_tracks.__getitem__)
+            self._decoder_tracks[found] += tracks
+            self._idle.pop(("decoder", found), None)
+            decoders.append(found)
+        return host, decoders
 
     def _retire_idle(self, now: float) -> None:
         """Stop the hosts started for jobs that have ended, once idle for ``host_idle_s`` (so that
@@ -424,13 +455,31 @@ class JobDriver:
     # -- decodes --
 
     def _submit_decodes(self, ready: set[Handle]) -> None:
+        """Each lane's groups to their tracker host in read order, once their embeddings exist. A
+        group with split jobs goes in two steps: their parts first, then, with the parts' replies,
+        the owner (which publishes each frame whole)."""
         for lane in self._lanes.values():
             while lane and lane[0].embeddings in ready:
-                group = lane.popleft()
+                group = lane[0]
+                split = [self.jobs[j] for j in group.counts if j in self.jobs and self.jobs[j].parts]
+                if split and not group.parts:
+                    for job in split:
+                        job.joining += 1
+                        group.parts[job.job_id] = [
+                            self.transport.decode(d, {job.job_id: setup}, group.embeddings)
+                            for d, setup in job.parts
+                        ]
+                if not all(h in ready for handles in group.parts.values() for h in handles):
+                    break
+                lane.popleft()
                 # A job that ended meanwhile has no setup: the host leaves its frames alone.
                 setups = {j: self.jobs[j].setup for j in group.counts if j in self.jobs}
-                group.replies = self.transport.decode(group.decoder, setups, group.embeddings)
+                group.replies = self.transport.decode(group.decoder, setups, group.embeddings, group.parts)
                 self._decoding[group.replies] = group
+                for job in split:
+                    job.joining -= 1
+                    if not job.joining:
+                        self._send_commands(job)
 
     def _decode_done(self, group: _Group, handle: Handle) -> None:
         try:
@@ -453,10 +502,23 @@ class JobDriver:
                 continue
             job.tracks = reply.tracks
             if reply.rewind is not None and group.seq >= job.epoch and not job.live:
-                job.after = reply.rewind[0]
-                job.end = False
-                job.epoch = self._seq + 1
+                self._rewind(job, reply.rewind[0])
             self._record(job, reply.summaries)
+
+    def _rewind(self, job: _Job, after: int | None) -> None:
+        """Read the job again after frame ``after``: frames went missing on a tracker host. A split
+        job's every share starts again from the job's checkpoint (they must step the same frames)."""
+        if job.parts:
+            for decoder in job.decoders:
+                self.transport.forget(decoder, job.job_id)
+            try:
+                after = self.lifecycle.resume_point(job.job_id).read_after(live=False)
+            except SamstreamError as exc:
+                self._finish(job, Ending.FAILED, str(exc))
+                return
+        job.after = after
+        job.end = False
+        job.epoch = self._seq + 1
 
     def _record(self, job: _Job, summaries: Sequence[FrameSummary]) -> None:
         m = self.metrics
@@ -494,8 +556,25 @@ class JobDriver:
                 self._command(job, command)
 
     def _command(self, job: _Job, command: Command) -> None:
-        assert command.track is not None  # Command checks it for track commands
-        self.transport.control(job.decoder, job.job_id, command.cmd, command.track, command.prompt)
+        job.commands.append(command)
+        if not job.joining:  # a split job's shares take it between the same two groups
+            self._send_commands(job)
+
+    def _send_commands(self, job: _Job) -> None:
+        """Track commands to the tracker host following the track (a new track: the owner); a
+        split job's other shares are told to checkpoint the same next frame."""
+        for command in job.commands:
+            assert command.track is not None  # Command checks it for track commands
+            target = job.decoder
+            for decoder, setup in job.parts:
+                if any(t.track_id == command.track for t in setup.tracks) and command.cmd != "add":
+                    target = decoder
+            for decoder in job.decoders:
+                if decoder == target:
+                    self.transport.control(decoder, job.job_id, command.cmd, command.track, command.prompt)
+                else:
+                    self.transport.control(decoder, job.job_id, "checkpoint", 0, None)
+        job.commands = []
 
     def _finish(self, job: _Job, ending: Ending, error: str | None) -> None:
         """Decide how the job ends; it ends once its frames in flight are back."""
@@ -524,6 +603,9 @@ class JobDriver:
         self.control.remove(job.job_id)
         self._host_jobs[job.host] -= 1
         self._decoder_tracks[job.decoder] -= len(job.setup.tracks)
+        for decoder, setup in job.parts:
+            self._decoder_tracks[decoder] -= len(setup.tracks)
+            self.transport.forget(decoder, job.job_id)
         self.transport.release(job.job_id, job.host, job.decoder)
         self._write_drops([job])
         try:

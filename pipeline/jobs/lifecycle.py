@@ -113,6 +113,10 @@ class Lifecycle:
         self.store.set_status(job_id, JobStatus.RUNNING)
         return Start(job_id, spec, resume, first_run=info.status is JobStatus.QUEUED and resume.fresh)
 
+    def resume_point(self, job_id: str) -> ResumePoint:
+        """How far the job got, now (without the tracker state)."""
+        return load(self.store.client, self.store.keys, job_id, with_snapshot=False)
+
     def placed(self, job_id: str, source_host: int, tracker_host: int) -> None:
         """The job was given a source host and a tracker host (kept in its hash, for operators)."""
         self.store.record_placement(job_id, source_host, tracker_host)

@@ -65,8 +65,19 @@ class Transport(Protocol):
         """Encode a group's frames; a handle to their :class:`EncodedFrame`\\ s (same order)."""
         ...
 
-    def decode(self, decoder: int, setups: Mapping[str, TrackSetup], embeddings: Handle) -> Handle:
-        """Track and publish encoded frames on a tracker host; a handle to its replies."""
+    def decode(
+        self,
+        decoder: int,
+        setups: Mapping[str, TrackSetup],
+        embeddings: Handle,
+        parts: Mapping[str, Sequence[Handle]] | None = None,
+    ) -> Handle:
+        """Track and publish encoded frames on a tracker host; a handle to its replies. ``parts``:
+        split jobs' parts' replies to the same frames (handles that are ready)."""
+        ...
+
+    def forget(self, decoder: int, job_id: str) -> None:
+        """A tracker host drops its state of the job (the next call naming it starts from Redis)."""
         ...
 
     def control(self, decoder: int, job_id: str, cmd: str, track: int, prompt: Prompt | None) -> None:
@@ -190,15 +201,25 @@ class InProcessTransport:
 
         return self._encoder_thread.submit(run)
 
-    def decode(self, decoder: int, setups: Mapping[str, TrackSetup], embeddings: Handle) -> Handle:
+    def decode(
+        self,
+        decoder: int,
+        setups: Mapping[str, TrackSetup],
+        embeddings: Handle,
+        parts: Mapping[str, Sequence[Handle]] | None = None,
+    ) -> Handle:
         host = self.tracker_hosts[decoder]
 
         def run() -> list[TrackReply]:
             encoded = embeddings.result()
             self.calls.append(("decode", len(encoded)))
-            return host.process(setups, encoded)
+            answers = {j: [_mine(h.result(), j) for h in hs] for j, hs in (parts or {}).items()}
+            return host.process(setups, encoded, answers)
 
         return self._decoder_threads[decoder].submit(run)
+
+    def forget(self, decoder: int, job_id: str) -> None:
+        self._decoder_threads[decoder].submit(self.tracker_hosts[decoder].close, [job_id])
 
     def control(self, decoder: int, job_id: str, cmd: str, track: int, prompt: Prompt | None) -> None:
         self._decoder_threads[decoder].submit(self.tracker_hosts[decoder].control, job_id, cmd, track, prompt)
@@ -221,3 +242,22 @@ class InProcessTransport:
             pool.shutdown(wait=True, cancel_futures=True)
         for host in self.source_hosts.values():
             host.shutdown()
+
+
+def _mine(replies: Sequence[TrackReply], job_id: str) -> TrackReply:
+    """A part's reply for ``job_id`` among a tracker host's replies (an error when it has none)."""
+    for reply in replies:
+        if reply.job_id == job_id:
+            return reply
+    return TrackReply(job_id, error=f"a part of job {job_id!r} gave no reply")
+
+
+def part_replies(
+    job_ids: Sequence[str], answers: Sequence[Sequence[TrackReply]]
+) -> dict[str, list[TrackReply]]:
+    """The parts' replies by job, from the flat lists a transport hands over (one per part call,
+    ``job_ids[i]`` naming the job of call ``i``)."""
+    out: dict[str, list[TrackReply]] = {}
+    for job_id, replies in zip(job_ids, answers, strict=True):
+        out.setdefault(job_id, []).append(_mine(replies, job_id))
+    return out

@@ -25,7 +25,7 @@ Coordinates are pixels of the original frame unless said otherwise; boxes are XY
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from types import MappingProxyType
 from typing import Any, Literal, Protocol, get_args
@@ -283,6 +283,12 @@ class Tracker:
             "tracks": [s.to_dict(binary) for s in self._tracks.values()],
             "pending_events": [{"kind": k, "track_id": t, "detail": d} for k, t, d in self._pending],
         }
+
+    def keep_only(self, owned: Callable[[int], bool]) -> None:
+        """Drop, silently, every track (and its pending events) for which ``owned(id)`` is False:
+        a tracker that follows a share of a job's tracks keeps its share of a restored snapshot."""
+        self._tracks = {tid: s for tid, s in self._tracks.items() if owned(tid)}
+        self._pending = [(k, tid, d) for k, tid, d in self._pending if owned(tid)]
 
     def restore(self, data: Mapping[str, Any]) -> None:
         """Replace the whole state with a :meth:`snapshot`; raises :class:`InvalidInputError` if malformed."""

@@ -105,3 +105,29 @@ def test_commands_for_a_job_the_host_has_not_met_wait_for_it(store: JobStore) ->
     assert reply.tracks == 3
     ids = [[t.track_id for t in e.tracks] for _, e in MaskReader(store.client, store.keys, "live").read()]
     assert ids == [[1, 2, 3]] * 4
+
+
+def test_a_split_jobs_owner_publishes_each_frame_whole_or_not_at_all(store: JobStore) -> None:
+    from dataclasses import replace
+
+    from pipeline.tracker_host import OWNER, PART
+
+    store.create("job", {"source": "job"})
+    every = tracks(4)
+    whole = TrackSetup(every, image_size=256)
+    owner = replace(whole, tracks=every[:2], role=OWNER, others=frozenset({3, 4}))
+    part = replace(whole, tracks=every[2:], role=PART)
+    owner_host = TrackerHost(lambda size, n: stub(), store.client, store.keys, checkpoint_every=10)
+    part_host = TrackerHost(lambda size, n: stub(), store.client, store.keys, checkpoint_every=10)
+    parts = part_host.process({"job": part}, _frames("job", range(12)))
+    assert parts[0].parts and not _entries(store.client, store.keys, "job")  # a part publishes nothing
+    (reply,) = owner_host.process({"job": owner}, _frames("job", range(12)), {"job": parts})
+    assert [s.index for s in reply.summaries if s.published] == list(range(12))
+    entries = list(MaskReader(store.client, store.keys, "job").read())
+    assert [[t.track_id for t in e.tracks] for _, e in entries] == [[1, 2, 3, 4]] * 12
+    # A part that lacks frames: those are not published, and the owner asks for a rewind.
+    parts = part_host.process({"job": part}, _frames("job", range(12, 15)))
+    (reply,) = owner_host.process({"job": owner}, _frames("job", range(12, 18)), {"job": parts})
+    assert [s.index for s in reply.summaries if s.published] == [12, 13, 14]
+    assert reply.rewind is not None
+    assert _entries(store.client, store.keys, "job") == list(range(15))

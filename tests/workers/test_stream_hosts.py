@@ -163,7 +163,15 @@ def test_streams_coming_and_going_by_the_hundred_leave_the_hosts_as_they_were(tm
                         assert time.monotonic() < deadline, service.log()
                         time.sleep(0.5)
                     assert all(client.hget(keys.job(j), "status") == "succeeded" for j in jobs)
-                    time.sleep(5)  # sources close on threads of their own
+                    # Sources close on threads of their own, within a read timeout (5 s) or so.
+                    time.sleep(5)
+                    settle = time.monotonic() + 20
+                    while (
+                        after_wave
+                        and _host_footprint()[0] > after_wave[0][0] + 6
+                        and time.monotonic() < settle
+                    ):
+                        time.sleep(1)
                     after_wave.append(_host_footprint())
             threads = [t for t, _ in after_wave]
             uss = [m for _, m in after_wave]
@@ -175,5 +183,46 @@ def test_streams_coming_and_going_by_the_hundred_leave_the_hosts_as_they_were(tm
             assert len(_hosts()) == 2
         finally:
             feeds.stop()
+            service.stop()
+            client.close()
+
+
+def test_a_job_with_more_tracks_than_a_tracker_host_follows_is_split_and_published_whole(
+    tmp_path: Path,
+) -> None:
+    clip = write_clip(tmp_path / "clip.mp4", frames=60, width=320, height=240)
+    with EmbeddedRedis(tmp_path / "redis") as redis_server:
+        args = [
+            "--redis-url", redis_server.url, "--weights", "random", "--image-size", "256", "--compile", "eager",
+            "--allow-local-files", "--encoder-gpus", "0", "--min-encoders", "1", "--max-encoders", "1",
+            "--source-hosts", "1", "--tracks-per-decoder", "2", "--metrics-port", "0",
+        ]  # fmt: skip
+        service = ServeProcess(args, tmp_path, "split-test-token")
+        client = connect(redis_server.url)
+        keys = Keys()
+        try:
+            service.start()
+            tracks = [{"id": i, "points": [[40 + 40 * i, 100]]} for i in range(1, 6)]
+            with service.api() as api:
+                body = {"source": str(clip), "tracks": tracks, "job_id": "many", "tracking": {"min_score": 0}}
+                assert api.post("/jobs", json=body).status_code == 201
+                deadline = time.monotonic() + 240
+                while api.get("/jobs/many").json()["status"] not in ("succeeded", "failed"):
+                    assert time.monotonic() < deadline, service.log()
+                    time.sleep(1)
+                assert api.get("/jobs/many").json()["status"] == "succeeded", api.get("/jobs/many").json()
+            entries = client.xrange(keys.masks("many"))
+            assert [eid for eid, _ in entries] == [f"{n}-1" for n in range(60)]
+            from pipeline.streams import decode_entry
+
+            assert all([t.track_id for t in decode_entry(e, f).tracks] == [1, 2, 3, 4, 5] for e, f in entries)
+            # Three tracker hosts followed it (shares of 2, 2 and 1 tracks): three processes.
+            trackers = [
+                p
+                for p in psutil.process_iter(["cmdline"])
+                if "ray::TrackerHostWorker" in " ".join(p.info["cmdline"] or [])
+            ]
+            assert len(trackers) >= 3
+        finally:
             service.stop()
             client.close()

@@ -45,11 +45,10 @@ def stub() -> StubSegmenter:
     return StubSegmenter([disc(SIZE, moving, 18), disc(SIZE, lambda t: (230, 50), 25)], SIZE)
 
 
-def tracks() -> tuple[TrackSpec, ...]:
-    return (
-        TrackSpec(1, Prompt(points=(moving(0),), labels=(1,))),
-        TrackSpec(2, Prompt(box=(200, 20, 260, 80))),
-    )
+def tracks(count: int = 2) -> tuple[TrackSpec, ...]:
+    """Tracks on the scene's two objects: 1 on the moving disc, 2 on the still one, and so on."""
+    prompts = (Prompt(points=(moving(0),), labels=(1,)), Prompt(box=(200, 20, 260, 80)))
+    return tuple(TrackSpec(i + 1, prompts[i % 2]) for i in range(count))
 
 
 def _frame(index: int) -> Frame:
@@ -233,8 +232,8 @@ class Rig:
     def event(self, job_id: str, kind: str, detail: str | None) -> None:
         Publisher(self.client, self.keys, job_id).event(kind, detail=detail)
 
-    def create(self, job_id: str, source: str, live: bool = False, **extra: object) -> str:
-        spec = JobSpec(source=source, tracks=tracks(), image_size=256, live=live, **extra)  # type: ignore[arg-type]
+    def create(self, job_id: str, source: str, live: bool = False, n_tracks: int = 2, **extra: object) -> str:
+        spec = JobSpec(source=source, tracks=tracks(n_tracks), image_size=256, live=live, **extra)  # type: ignore[arg-type]
         self.store.create(job_id, spec.to_dict())
         self.driver.submit(job_id)
         return job_id

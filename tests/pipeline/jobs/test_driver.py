@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -32,10 +33,10 @@ class _Memory:
         pass
 
 
-def reference(frames: int, stride: int = 1) -> dict[int, list[tuple[int, str, str]]]:
+def reference(frames: int, stride: int = 1, n_tracks: int = 2) -> dict[int, list[tuple[int, str, str]]]:
     """Masks of one job decoded alone, frame after frame, with no driver."""
     s, sink = stub(), _Memory()
-    decoder = TrackDecoder(tracks(), s, sink, stride=stride)
+    decoder = TrackDecoder(tracks(n_tracks), s, sink, stride=stride)
     decoder.process(
         [EncodedFrame(t, t / 30, 0.0, SIZE, s.embedding(t), {}) for t in range(0, frames, stride)]
     )
@@ -144,11 +145,11 @@ class _Watched(TrackerHost):
         self.first: dict[str, tuple[int, ResumePoint]] = {}
         self.rewinds: dict[str, list[int | None]] = {}
 
-    def process(self, setups, frames):  # type: ignore[no-untyped-def]
+    def process(self, setups, frames, parts=None):  # type: ignore[no-untyped-def]
         for f in frames:
             if f.job_id not in self.first:
                 self.first[f.job_id] = (f.index, load(self.client, self.keys, f.job_id, with_snapshot=False))
-        replies = super().process(setups, frames)
+        replies = super().process(setups, frames, parts)
         for r in replies:
             if r.rewind is not None:
                 self.rewinds.setdefault(r.job_id, []).append(r.rewind[0])
@@ -267,3 +268,49 @@ def test_streams_coming_and_going_by_the_hundred_leave_nothing_behind(rig) -> No
     assert all(host.jobs == 0 for host in r.transport.tracker_hosts.values())
     assert not r.driver.control._last
     assert threading.active_count() <= threads
+
+
+def test_a_job_with_more_tracks_than_a_tracker_host_follows_is_split_and_published_whole(rig) -> None:
+    opts = DriverOptions(tracks_per_decoder=2, tick_s=0.01, control_poll_s=0.01)
+    r = rig(options=opts)
+    r.create("many", "file:60:0.002", n_tracks=5)
+    r.create("few", "file:40")
+    r.run(until=lambda: len(r.frames("many")) >= 20)
+    # A part's host dies mid-job: every share starts again from the job's checkpoint.
+    part = r.driver.jobs["many"].parts[0][0]
+    r.transport.tracker_hosts[part] = TrackerHost(
+        lambda size, n: stub(), r.client, r.keys, checkpoint_every=10
+    )
+    r.run()
+    # 3 shares of 2, 2 and 1 tracks on 3 tracker hosts, and the other job on a fourth (room for 2)
+    assert r.transport.decoders == [0, 1, 2, 3]
+    assert r.frames("many") == list(range(60))
+    assert r.masks("many") == reference(60, n_tracks=5)  # one entry a frame, every track in it
+    assert r.masks("few") == reference(40)
+    takes = [after for reader in r.opener.made["file:60:0.002"] for after, _ in reader.takes]
+    assert any(b is not None and a is not None and b < a for a, b in itertools.pairwise(takes)), "no rewind"
+    # The checkpoint holds every share's tracks: a run resumed from it goes on with all of them.
+    from pipeline.streams.sink import read_state
+
+    state = read_state(r.client, r.keys, "many")
+    assert state is not None and sorted(t["id"] for t in state["tracker"]["tracks"]) == [1, 2, 3, 4, 5]
+
+
+def test_track_commands_reach_the_share_that_follows_the_track(rig) -> None:
+    opts = DriverOptions(tracks_per_decoder=2, tick_s=0.01, control_poll_s=0.01)
+    r = rig(options=opts)
+    r.create("cam", "feed:100", live=True, n_tracks=4)
+    r.run(until=lambda: len(r.frames("cam")) >= 5)
+    r.command("cam", Command("remove", 3))  # a part's track
+    r.command("cam", Command("add", 9, Prompt(box=(200, 20, 260, 80))))  # a new one: the owner's
+    r.run(
+        until=lambda: (
+            list(r.masks("cam").values())[-1]
+            and [t for t, _, _ in list(r.masks("cam").values())[-1]] == [1, 2, 9, 4]
+        )
+    )
+    r.command("cam", Command("stop"))
+    r.run()
+    ids = [[t for t, _, _ in m] for m in r.masks("cam").values()]
+    assert ids[0] == [1, 2, 3, 4] and ids[-1] == [1, 2, 9, 4]
+    assert all(i in ([1, 2, 3, 4], [1, 2, 9, 3, 4], [1, 2, 4], [1, 2, 9, 4], [1, 2, 3, 4]) for i in ids), ids
