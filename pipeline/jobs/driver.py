@@ -41,6 +41,7 @@ from typing import Any
 from pipeline.decoding import FrameSummary
 from pipeline.errors import InvalidInputError, JobError, SamstreamError
 from pipeline.jobs.lifecycle import Ending, Lifecycle, Start
+from pipeline.jobs.placement import Placement
 from pipeline.jobs.transport import Handle, Transport
 from pipeline.metrics import Metrics, NullMetrics
 from pipeline.sources.host import ReadReply, ReadRequest, SourceSpec
@@ -202,10 +203,7 @@ class JobDriver:
         self._turn = 0  # round-robin offset of the jobs served first
         self._polled = 0.0
         self._drops_at = 0.0
-        self._host_jobs: dict[int, int] = {}  # source host -> jobs on it
-        self._decoder_tracks: dict[int, int] = {}  # tracker host -> tracks on it
-        self._kept: set[tuple[str, int]] | None = None
-        self._idle: dict[tuple[str, int], float] = {}
+        self.placement = Placement(transport, self.options)
         self._stop = threading.Event()
 
     # -- from any thread --
@@ -242,7 +240,7 @@ class JobDriver:
         spec = start.spec
         size = self.options.tracks_per_decoder
         shares = [spec.tracks[i : i + size] for i in range(0, len(spec.tracks), size)] or [()]
-        host, decoders = self._place([len(share) for share in shares])
+        host, decoders = self.placement.place([len(share) for share in shares])
         setup = TrackSetup(
             spec.tracks, spec.tracking_config(), spec.image_size, spec.stride, spec.live, spec.maxlen
         )
@@ -298,7 +296,8 @@ class JobDriver:
         if now - self._drops_at >= self.options.drops_every_s:
             self._drops_at = now
             self._write_drops()
-            self._retire_idle(now)
+            busy = {g.decoder for g in self._decoding.values()}
+            self.placement.retire_idle(now, set(self._reads), busy)
             in_flight = sum(j.in_flight for j in self.jobs.values())
             self.metrics.set_queue_depth("frames_in_flight", in_flight)
             self.metrics.set_active(len(self.jobs), sum(j.tracks for j in self.jobs.values()))
@@ -317,60 +316,6 @@ class JobDriver:
                     continue
                 if start is not None:
                     self.add(start)
-
-    # -- placement --
-
-    def _place(self, shares: list[int]) -> tuple[int, list[int]]:
-        """The least-loaded source host with room, and for each share of tracks (their counts) the
-        least-loaded tracker host with room for it, another than the other shares'; another host
-        is started when all are full (up to the options' most)."""
-        opts = self.options
-        t = self.transport
-        if self._kept is None:  # the hosts the transport started with stay, however idle
-            self._kept = {("host", i) for i in t.hosts} | {("decoder", i) for i in t.decoders}
-        for i in t.hosts:
-            self._host_jobs.setdefault(i, 0)
-        for i in t.decoders:
-            self._decoder_tracks.setdefault(i, 0)
-        found = _least(self._host_jobs, opts.streams_per_host, 1)
-        if found is None and (opts.max_hosts is None or len(self._host_jobs) < opts.max_hosts):
-            found = t.add_host()
-            self._host_jobs[found] = 0
-        host = found if found is not None else min(self._host_jobs, key=self._host_jobs.__getitem__)
-        self._host_jobs[host] += 1
-        self._idle.pop(("host", host), None)
-        decoders: list[int] = []
-        for tracks in shares:
-            free = {d: n for d, n in self._decoder_tracks.items() if d not in decoders}
-            found = _least(free, opts.tracks_per_decoder, max(1, tracks))
-            if found is None and (opts.max_decoders is None or len(self._decoder_tracks) < opts.max_decoders):
-                found = t.add_decoder()
-                self._decoder_tracks[found] = 0
-            if found is None:  # every host is full: the least loaded, even one of this job
-                found = min(free or self._decoder_tracks, key=self._decoder_tracks.__getitem__)
-            self._decoder_tracks[found] += tracks
-            self._idle.pop(("decoder", found), None)
-            decoders.append(found)
-        return host, decoders
-
-    def _retire_idle(self, now: float) -> None:
-        """Stop the hosts started for jobs that have ended, once idle for ``host_idle_s`` (so that
-        the autoscaler can take their nodes back)."""
-        kept = self._kept or set()
-        for kind, loads in (("host", self._host_jobs), ("decoder", self._decoder_tracks)):
-            for i, load in list(loads.items()):
-                busy = load > 0 or (kind == "host" and i in self._reads) or (kind, i) in kept
-                if busy or (kind == "decoder" and any(g.decoder == i for g in self._decoding.values())):
-                    self._idle.pop((kind, i), None)
-                    continue
-                since = self._idle.setdefault((kind, i), now)
-                if now - since >= self.options.host_idle_s:
-                    del loads[i]
-                    del self._idle[(kind, i)]
-                    if kind == "host":
-                        self.transport.remove_host(i)
-                    else:
-                        self.transport.remove_decoder(i)
 
     # -- reads --
 
@@ -601,10 +546,10 @@ class JobDriver:
         kind, error = ending or job.ending or (Ending.FAILED, "ended")
         del self.jobs[job.job_id]
         self.control.remove(job.job_id)
-        self._host_jobs[job.host] -= 1
-        self._decoder_tracks[job.decoder] -= len(job.setup.tracks)
-        for decoder, setup in job.parts:
-            self._decoder_tracks[decoder] -= len(setup.tracks)
+        self.placement.release(
+            job.host, [(job.decoder, len(job.setup.tracks)), *((d, len(s.tracks)) for d, s in job.parts)]
+        )
+        for decoder, _ in job.parts:
             self.transport.forget(decoder, job.job_id)
         self.transport.release(job.job_id, job.host, job.decoder)
         self._write_drops([job])
@@ -635,12 +580,6 @@ class JobDriver:
             return
         for j in self.jobs.values() if jobs is None else jobs:
             j.dropped_written = j.dropped
-
-
-def _least(loads: dict[int, int], capacity: int, need: int) -> int | None:
-    """The least-loaded of ``loads`` that has room for ``need`` more, or None."""
-    fits = [i for i, load in loads.items() if load + need <= capacity]
-    return min(fits, key=loads.__getitem__) if fits else None
 
 
 def _reason(exc: BaseException, what: str) -> str:

@@ -281,8 +281,7 @@ class SourceHost:
 
 
 def _close_all(readers: Sequence[Reader]) -> None:
-    """Close readers side by side, then collect: PyAV's decoders sit in reference cycles with their
-    frames, and keep their threads and buffers until a full collection frees them."""
+    """Close readers side by side, then have their decoders freed (see :class:`_Collector`)."""
 
     def close(reader: Reader) -> None:
         with contextlib.suppress(Exception):  # best effort: the source is gone either way
@@ -293,4 +292,37 @@ def _close_all(readers: Sequence[Reader]) -> None:
         t.start()
     for t in closing:
         t.join()
-    gc.collect()
+    _COLLECTOR.request()
+
+
+class _Collector:
+    """Runs a full garbage collection a while after sources were closed, once for all of them.
+
+    A PyAV frame whose side data was read (the display matrix, read from the first frame of every
+    connection) and its side-data container refer to each other; the frame holds the decoder's
+    buffer pool, and with it the decoder's threads and buffers, until Python's cyclic collector
+    frees it, which may be long after the source was closed. Collections are coalesced: at most
+    one every ``delay_s``, however many sources close (one costs tens of milliseconds).
+    """
+
+    def __init__(self, delay_s: float = 1.0) -> None:
+        self.delay_s = delay_s
+        self._wanted = threading.Event()
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+
+    def request(self) -> None:
+        with self._lock:
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._run, name="collect closed sources", daemon=True)
+                self._thread.start()
+        self._wanted.set()
+
+    def _run(self) -> None:
+        while self._wanted.wait(timeout=60.0):
+            time.sleep(self.delay_s)  # the other sources closing now are collected with these
+            self._wanted.clear()
+            gc.collect()
+
+
+_COLLECTOR = _Collector()
