@@ -31,7 +31,7 @@ from pipeline.streams.server import open_redis
 if TYPE_CHECKING:
     from pipeline.sources.video import SourceInfo
 
-GPU_BATCH = 8  # frames per encoder call on a GPU (and for the benchmark's null model)
+GPU_BATCH = 16  # frames per encoder call on a GPU (and for the benchmark's null model)
 
 
 @dataclass(frozen=True)
@@ -106,7 +106,7 @@ class Layout:
 
 def layout(model: ModelConfig) -> Layout:
     """A CPU encoder takes one frame a call (batching does not help it) with all the cores' threads;
-    GPU encoders (one per GPU) and the benchmark's null model take batches of 8: every batch costs
+    GPU encoders (one per GPU) and the benchmark's null model take batches of 16: every batch costs
     each stage a Ray call, about a millisecond of CPU apiece. With GPUs, the tracker host takes a
     tenth of the first one (its mask decoder runs there) and the encoder beside it the rest.
     """

@@ -333,7 +333,13 @@ def density_results(runs: list[DensityFigures], overload_from: int) -> list[Resu
         )
     out.append(
         Result(
-            "density", "largest K meeting the targets", max(meeting) if meeting else 0, None, "streams", None
+            "density",
+            "largest K with every stream at rate",
+            max(meeting) if meeting else 0,
+            None,
+            "streams",
+            None,
+            detail={"targets": "every stream >= 90% of its fps, p99 <= 0.5 s, PSS <= 4 GB, none failed"},
         )
     )
     return out

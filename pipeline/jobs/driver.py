@@ -403,7 +403,10 @@ class JobDriver:
         """Each lane's groups to their tracker host in read order, once their embeddings exist. A
         group with split jobs goes in two steps: their parts first, then, with the parts' replies,
         the owner (which publishes each frame whole)."""
-        for lane in self._lanes.values():
+        for key, lane in list(self._lanes.items()):
+            if not lane:  # hosts come and go: a lane is kept only while it has groups
+                del self._lanes[key]
+                continue
             while lane and lane[0].embeddings in ready:
                 group = lane[0]
                 split = [self.jobs[j] for j in group.counts if j in self.jobs and self.jobs[j].parts]

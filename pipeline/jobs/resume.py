@@ -82,12 +82,15 @@ class ResumePoint:
 def load(client: Any, keys: Any, job_id: str, with_snapshot: bool = True) -> ResumePoint:
     """The resume point of a job stored in Redis (``client`` a redis-py client, ``keys`` its Keys)."""
     from pipeline.streams.publisher import Publisher
-    from pipeline.streams.sink import read_state
+    from pipeline.streams.sink import read_state, read_state_frame
 
     last = Publisher(client, keys, job_id).last_published_frame()
     if last is None:
         return ResumePoint()
+    if not with_snapshot:
+        frame = read_state_frame(client, keys, job_id)
+        return ResumePoint(last, frame)
     state = read_state(client, keys, job_id)
     if state is None:
         return ResumePoint(last)
-    return ResumePoint(last, int(state["frame"]), state.get("tracker") if with_snapshot else None)
+    return ResumePoint(last, int(state["frame"]), state.get("tracker"))

@@ -183,6 +183,23 @@ def read_state(client: redis.Redis, keys: Keys, job_id: str) -> dict[str, Any] |
     return None if raw is None else unpack_state(raw)
 
 
+def read_state_frame(client: redis.Redis, keys: Keys, job_id: str) -> int | None:
+    """The frame of the job's last checkpoint, or None: its header only (the logits stay in Redis)."""
+    key = keys.state(job_id)
+    with redis_errors(f"reading the state of job {job_id!r}"):
+        raw: Any = client.execute_command("GETRANGE", key, 0, _HEADER_PEEK - 1, NEVER_DECODE=True)
+        if not raw:
+            return None
+        head, newline, _ = raw.partition(b"\n")
+        if not newline:  # a long header (many tracks), or a state written as plain JSON
+            state = read_state(client, keys, job_id)
+            return None if state is None else int(state["frame"])
+    return int(json.loads(head)["frame"])
+
+
+_HEADER_PEEK = 64 * 1024
+
+
 def pack_state(frame_index: int, snapshot: Mapping[str, Any]) -> bytes:
     """The state key's value: ``{"frame", "tracker"}`` as JSON, with the logits' bytes after it."""
     blobs: list[bytes] = []

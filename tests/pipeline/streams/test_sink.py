@@ -118,3 +118,16 @@ def test_a_batch_for_a_deleted_job_fails_clearly(redis_client: redis.Redis, keys
     with pytest.raises(redis.ResponseError, match="no such job"):
         sink.publish_many([(FrameResult(0, None, 1.0, 64, 48, (), {}), None)])
     assert redis_client.xlen(keys.masks("gone")) == 0
+
+
+def test_the_checkpoint_frame_is_read_without_the_logits(redis_client: redis.Redis, keys: Keys) -> None:
+    from pipeline.streams.sink import read_state_frame
+
+    JobStore(redis_client, keys).create("job", {"source": "clip.mp4"})
+    assert read_state_frame(redis_client, keys, "job") is None
+    sink = RedisSink(redis_client, keys, "job")
+    assert sink.publish(FrameResult(5, None, 1.0, 64, 48, (), {}), _snapshot(binary=True))
+    assert read_state_frame(redis_client, keys, "job") == 5
+    assert load(redis_client, keys, "job", with_snapshot=False) == ResumePoint(5, 5)
+    redis_client.set(keys.state("job"), json.dumps({"frame": 3, "tracker": _snapshot(binary=False)}))
+    assert read_state_frame(redis_client, keys, "job") == 3  # a state written as plain JSON
