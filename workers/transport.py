@@ -23,6 +23,7 @@ from ray.exceptions import RayActorError, RayTaskError
 
 from pipeline.config import ModelConfig
 from pipeline.errors import InvalidInputError, JobError, SamstreamError
+from pipeline.jobs.transport import Numbered
 from pipeline.prompts import Prompt
 from pipeline.sources.host import ReadRequest
 from pipeline.tracker_host import TrackSetup
@@ -121,9 +122,8 @@ class RayTransport:
         self.prefix = prefix
         self.encoders = encoders
         self.resources = resources or HostResources()
-        self._hosts: dict[int, Any] = {}
-        self._decoders: dict[int, Any] = {}
-        self._ids: dict[str, int] = {}
+        self._hosts: Numbered[Any] = Numbered()
+        self._decoders: Numbered[Any] = Numbered()
         self._unanswered: list[Any] = []  # calls nobody waits for (commands, closes)
         for _ in range(hosts):
             self.add_host()
@@ -138,24 +138,19 @@ class RayTransport:
     def decoders(self) -> list[int]:
         return list(self._decoders)
 
-    def _id(self, kind: str) -> int:
-        """A new id for a host of ``kind`` (ids are never reused)."""
-        self._ids[kind] = self._ids.get(kind, -1) + 1
-        return self._ids[kind]
-
     def add_host(self) -> int:
         r = self.resources
-        i = self._id("host")
-        self._hosts[i] = SourceHostActor.options(num_cpus=r.host_cpus, **_memory(r.host_memory_mb)).remote()
-        return i
+        return self._hosts.add(
+            SourceHostActor.options(num_cpus=r.host_cpus, **_memory(r.host_memory_mb)).remote()
+        )
 
     def add_decoder(self) -> int:
         r = self.resources
-        i = self._id("decoder")
-        self._decoders[i] = TrackerHostActor.options(
-            num_cpus=r.decoder_cpus, num_gpus=r.decoder_gpus, **_memory(r.decoder_memory_mb)
-        ).remote(self.model, self.redis_url, self.prefix)
-        return i
+        return self._decoders.add(
+            TrackerHostActor.options(
+                num_cpus=r.decoder_cpus, num_gpus=r.decoder_gpus, **_memory(r.decoder_memory_mb)
+            ).remote(self.model, self.redis_url, self.prefix)
+        )
 
     def remove_host(self, host: int) -> None:
         _kill(self._hosts.pop(host))

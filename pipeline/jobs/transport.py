@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from pipeline.frames import EncodedFrame, Frame
 from pipeline.prompts import Prompt
@@ -23,6 +23,22 @@ from pipeline.sources.host import ReadReply, ReadRequest, SourceHost
 from pipeline.tracker_host import TrackerHost, TrackReply, TrackSetup
 
 Handle = Any  # hashable: a Ray ObjectRef, or a Future in process
+T = TypeVar("T")
+
+
+class Numbered(dict[int, T]):
+    """A transport's hosts of one kind by id: :meth:`add` gives the next id (ids are never reused,
+    so that a host stopped and another started are never taken for each other)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._next = 0
+
+    def add(self, item: T) -> int:
+        i = self._next
+        self._next += 1
+        self[i] = item
+        return i
 
 
 class Transport(Protocol):
@@ -125,12 +141,11 @@ class InProcessTransport:
         self._make_host = make_host
         self._make_decoder = make_decoder
         self.encoder = encoder
-        self.source_hosts: dict[int, SourceHost] = {}
-        self.tracker_hosts: dict[int, TrackerHost] = {}
+        self.source_hosts: Numbered[SourceHost] = Numbered()
+        self.tracker_hosts: Numbered[TrackerHost] = Numbered()
         self._host_threads: dict[int, cf.ThreadPoolExecutor] = {}
         self._decoder_threads: dict[int, cf.ThreadPoolExecutor] = {}
         self._encoder_thread = cf.ThreadPoolExecutor(1, thread_name_prefix="encoder")
-        self._ids: dict[str, int] = {}
         self.calls: list[tuple[str, int]] = []  # (stage, frames or jobs): what went where, for tests
         for _ in range(hosts):
             self.add_host()
@@ -145,20 +160,13 @@ class InProcessTransport:
     def decoders(self) -> list[int]:
         return list(self.tracker_hosts)
 
-    def _id(self, kind: str) -> int:
-        """A new id for a host of ``kind`` (ids are never reused)."""
-        self._ids[kind] = self._ids.get(kind, -1) + 1
-        return self._ids[kind]
-
     def add_host(self) -> int:
-        i = self._id("host")
-        self.source_hosts[i] = self._make_host()
+        i = self.source_hosts.add(self._make_host())
         self._host_threads[i] = cf.ThreadPoolExecutor(1, thread_name_prefix="source-host")
         return i
 
     def add_decoder(self) -> int:
-        i = self._id("decoder")
-        self.tracker_hosts[i] = self._make_decoder()
+        i = self.tracker_hosts.add(self._make_decoder())
         self._decoder_threads[i] = cf.ThreadPoolExecutor(1, thread_name_prefix="tracker-host")
         return i
 

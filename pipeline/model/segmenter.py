@@ -232,7 +232,7 @@ class MobileSam:
                     features,
                     image_pe,
                     [requests[i] for i in idx],
-                    embedding,
+                    [embedding] * len(idx),
                     n_points,
                     has_box,
                     has_mask,
@@ -286,7 +286,7 @@ class MobileSam:
             image_pe = self.sam.prompt_encoder.get_dense_pe()
             for (n_points, has_box, has_mask, multimask), idx in groups.items():
                 frames = [flat[i][0] for i in idx]
-                group_logits, group_scores = self._decode_across(
+                group_logits, group_scores = self._decode_group(
                     features[frames],
                     image_pe,
                     [flat[i][1] for i in idx],
@@ -318,18 +318,25 @@ class MobileSam:
                 at += n
         return out
 
-    def _decode_across(
+    def _decode_group(
         self,
         features: torch.Tensor,
         image_pe: torch.Tensor,
         requests: list[DecodeRequest],
-        embeddings: list[Embedding],
+        embeddings: Sequence[Embedding],
         n_points: int,
         has_box: bool,
         has_mask: bool,
         multimask: bool,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """One mask-decoder call for prompts of different frames; ``features[i]`` is prompt i's frame."""
+        """One mask-decoder call for requests of one prompt shape: (K, 1, S/4, S/4) logits of the
+        best mask of each, and its predicted IoU.
+
+        ``embeddings[i]`` is the frame of request i (sizes for its coordinates). ``features`` is
+        that frame's (1, C, h, w) embedding when every request is on one frame, else (K, C, h, w),
+        one per request: SAM's decoder adds the image embedding to each prompt's dense embedding
+        first, so each prompt then carries its own frame's in its dense embedding.
+        """
         import torch
 
         dev = self.device
@@ -355,52 +362,13 @@ class MobileSam:
             stacked = np.stack([np.asarray(r.mask_input, np.float32) for r in requests])
             masks = torch.from_numpy(stacked)[:, None].to(dev)
         sparse, dense = self.sam.prompt_encoder(points=points, boxes=boxes, masks=masks)
-        if dense.shape[0] != len(requests):  # no mask input: one "no mask" embedding for all
-            dense = dense.expand(len(requests), -1, -1, -1)
+        image = features
+        if features.shape[0] > 1:  # prompts of several frames: each frame's embedding in its prompts
+            if dense.shape[0] != len(requests):  # no mask input: one "no mask" embedding for all
+                dense = dense.expand(len(requests), -1, -1, -1)
+            image, dense = torch.zeros_like(features[:1]), dense + features
         low_res, iou = self.mask_decoder(
-            image_embeddings=torch.zeros_like(features[:1]),
-            image_pe=image_pe,
-            sparse_prompt_embeddings=sparse,
-            dense_prompt_embeddings=dense + features,
-            multimask_output=multimask,
-        )
-        if multimask:
-            best = iou.argmax(dim=1)
-            rows = torch.arange(len(requests), device=iou.device)
-            return low_res[rows, best][:, None], iou[rows, best]
-        return low_res[:, :1], iou[:, 0]
-
-    def _decode_group(
-        self,
-        features: torch.Tensor,
-        image_pe: torch.Tensor,
-        requests: list[DecodeRequest],
-        embedding: Embedding,
-        n_points: int,
-        has_box: bool,
-        has_mask: bool,
-        multimask: bool,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        import torch
-
-        dev = self.device
-        orig, resized = embedding.original_size, embedding.input_size
-        points = None
-        if n_points:
-            xy = scale_xy(np.array([r.prompt.points for r in requests], np.float32), orig, resized)
-            labels = np.array([r.prompt.labels for r in requests], np.float32)
-            points = (torch.from_numpy(xy).to(dev), torch.from_numpy(labels).to(dev))
-        boxes = None
-        if has_box:
-            corners = np.array([r.prompt.box for r in requests], np.float32).reshape(-1, 2, 2)
-            boxes = torch.from_numpy(scale_xy(corners, orig, resized).reshape(-1, 4)).to(dev)
-        masks = None
-        if has_mask:
-            stacked = np.stack([np.asarray(r.mask_input, np.float32) for r in requests])
-            masks = torch.from_numpy(stacked)[:, None].to(dev)
-        sparse, dense = self.sam.prompt_encoder(points=points, boxes=boxes, masks=masks)
-        low_res, iou = self.mask_decoder(
-            image_embeddings=features,
+            image_embeddings=image,
             image_pe=image_pe,
             sparse_prompt_embeddings=sparse,
             dense_prompt_embeddings=dense,

@@ -14,20 +14,17 @@ the extra source host and then the nodes go away again.
 from __future__ import annotations
 
 import os
-import signal
-import socket
-import subprocess
 import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 
 from pipeline.samples import object_centres, write_clip
 from pipeline.streams import EmbeddedRedis, Keys, MaskReader, connect
+from tests.fixtures.serve import ServeProcess
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(900)]
 
@@ -36,12 +33,6 @@ TOKEN = "cluster-test-token"
 IDLE_TIMEOUT_MIN = 0.25  # the autoscaler removes a node idle this long
 REPLICA_IDLE_S = 4  # Serve removes a replica idle this long
 FRAMES = 24
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _cluster_config(idle_minutes: float) -> dict[str, Any]:
@@ -119,66 +110,19 @@ def cluster(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
         sim.shutdown()
 
 
-class Service:
-    """``samstream serve`` as a process (started, killed, started again)."""
-
-    def __init__(self, redis_url: str, log_dir: Path) -> None:
-        self.port = _free_port()
-        self.redis_url = redis_url
-        self.log_dir = log_dir
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.starts = 0
-
-    def start(self) -> None:
-        self.starts += 1
-        log = open(self.log_dir / f"serve-{self.starts}.log", "wb")  # noqa: SIM115 (kept for the process)
-        args = [
-            EXE, "serve", "--address", "auto", "--port", str(self.port), "--redis-url", self.redis_url,
-            "--weights", "random", "--image-size", "256", "--compile", "eager", "--allow-local-files",
-            "--min-encoders", "0", "--max-encoders", "3", "--encoder-gpus", "1", "--encoder-cpus", "1",
-            "--idle-s", str(REPLICA_IDLE_S), "--metrics-port", "0",
-            "--source-hosts", "1", "--streams-per-host", "2", "--host-cpus", "2", "--host-idle-s", "3",
-            # Ray's simulated nodes cannot declare memory (a real node type does, and the
-            # autoscaler counts it): the hosts ask for none here, or no node would ever fit them.
-            "--host-memory-mb", "0", "--decoder-memory-mb", "0",
-        ]  # fmt: skip
-        env = {**os.environ, "SAMSTREAM_API_TOKEN": TOKEN, "PYTHONUNBUFFERED": "1"}
-        self.proc = subprocess.Popen(
-            args, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
-        )
-        deadline = time.monotonic() + 180
-        while time.monotonic() < deadline:
-            assert self.proc.poll() is None, self.log()
-            try:
-                if self.api().get("/healthz").status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.5)
-        raise AssertionError(f"samstream serve did not answer within 180 s:\n{self.log()}")
-
-    def kill(self) -> None:
-        assert self.proc is not None
-        os.killpg(self.proc.pid, signal.SIGKILL)
-        self.proc.wait(30)
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.kill()
-
-    def api(self) -> httpx.Client:
-        return httpx.Client(
-            base_url=f"http://127.0.0.1:{self.port}", headers={"Authorization": f"Bearer {TOKEN}"}, timeout=30
-        )
-
-    def log(self) -> str:
-        return "\n".join(
-            p.read_text(errors="replace")[-4000:] for p in sorted(self.log_dir.glob("serve-*.log"))
-        )
+def _service(redis_url: str, log_dir: Path) -> ServeProcess:
+    """``samstream serve`` joining the simulated cluster (started, killed, started again)."""
+    args = [
+        "--address", "auto", "--redis-url", redis_url,
+        "--weights", "random", "--image-size", "256", "--compile", "eager", "--allow-local-files",
+        "--min-encoders", "0", "--max-encoders", "3", "--encoder-gpus", "1", "--encoder-cpus", "1",
+        "--idle-s", str(REPLICA_IDLE_S), "--metrics-port", "0",
+        "--source-hosts", "1", "--streams-per-host", "2", "--host-cpus", "2", "--host-idle-s", "3",
+        # Ray's simulated nodes cannot declare memory (a real node type does, and the
+        # autoscaler counts it): the hosts ask for none here, or no node would ever fit them.
+        "--host-memory-mb", "0", "--decoder-memory-mb", "0",
+    ]  # fmt: skip
+    return ServeProcess(args, log_dir, TOKEN)
 
 
 def _gpu_nodes() -> int:
@@ -222,7 +166,7 @@ def test_jobs_scale_gpu_nodes_up_and_back_down(cluster: None, tmp_path: Path) ->
 
     clip = write_clip(tmp_path / "clip.mp4", frames=FRAMES, width=160, height=120)
     with EmbeddedRedis(tmp_path / "redis") as redis_server:
-        service = Service(redis_server.url, tmp_path)
+        service = _service(redis_server.url, tmp_path)
         try:
             service.start()
             ray.init(address="auto", namespace="samstream-test", logging_level="ERROR")
