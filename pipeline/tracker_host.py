@@ -235,6 +235,7 @@ class TrackerHost:
         prepared: dict[str, list[Prepared]] = {job_id: [] for job_id in decoders}
         self._rounds(queues, decoders, prepared, errors)
         answered: dict[str, TrackReply] = {}
+        elsewhere: dict[str, int] = {}  # an owner's job's tracks that its parts follow
         for job_id, decoder in decoders.items():
             if job_id in errors:
                 continue
@@ -242,10 +243,12 @@ class TrackerHost:
             if role == PART:
                 answered[job_id] = _part_reply(job_id, decoder, prepared.pop(job_id))
             elif role == OWNER:
-                error = _join_parts(decoder, prepared[job_id], (parts or {}).get(job_id, ()))
+                mine = (parts or {}).get(job_id, ())
+                error = _join_parts(decoder, prepared[job_id], mine)
                 if error is not None:
                     errors[job_id] = error
-        return self._publish(queues, decoders, prepared, errors, answered)
+                elsewhere[job_id] = sum(p.tracks for p in mine)
+        return self._publish(queues, decoders, prepared, errors, answered, elsewhere)
 
     def _rounds(
         self,
@@ -305,6 +308,7 @@ class TrackerHost:
         prepared: dict[str, list[Prepared]],
         errors: dict[str, str],
         answered: dict[str, TrackReply],
+        elsewhere: dict[str, int],
     ) -> list[TrackReply]:
         ready = [job_id for job_id in prepared if job_id not in errors]
         start = time.perf_counter()
@@ -327,7 +331,8 @@ class TrackerHost:
                 errors[job_id] = str(exc)
                 continue
             rewind, decoder.rewind = decoder.rewind, None
-            replies[job_id] = TrackReply(job_id, tuple(summaries), rewind, None, decoder.tracks)
+            tracks = decoder.tracks + elsewhere.get(job_id, 0)
+            replies[job_id] = TrackReply(job_id, tuple(summaries), rewind, None, tracks)
         for job_id, error in errors.items():
             replies[job_id] = TrackReply(job_id, error=error)
         self.close(errors)

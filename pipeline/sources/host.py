@@ -112,7 +112,6 @@ class _Slot:
     reader: Reader | None = None
     error: str | None = None
     info_sent: bool = False
-    ended: bool = False
     thread: threading.Thread | None = field(default=None, repr=False)
 
 
@@ -176,7 +175,7 @@ class SourceHost:
                     errors[i] = slot.error = str(exc)
                     continue
                 taken[i] += frames
-                ended[i] = slot.ended = end
+                ended[i] = end
                 waiting = waiting or (not end and len(taken[i]) < request.count)
             now = time.monotonic()
             any_frames = any(taken)

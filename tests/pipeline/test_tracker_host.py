@@ -123,6 +123,7 @@ def test_a_split_jobs_owner_publishes_each_frame_whole_or_not_at_all(store: JobS
     assert parts[0].parts and not _entries(store.client, store.keys, "job")  # a part publishes nothing
     (reply,) = owner_host.process({"job": owner}, _frames("job", range(12)), {"job": parts})
     assert [s.index for s in reply.summaries if s.published] == list(range(12))
+    assert reply.tracks == 4  # the owner's two and the part's two
     entries = list(MaskReader(store.client, store.keys, "job").read())
     assert [[t.track_id for t in e.tracks] for _, e in entries] == [[1, 2, 3, 4]] * 12
     # A part that lacks frames: those are not published, and the owner asks for a rewind.
