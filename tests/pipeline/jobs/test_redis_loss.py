@@ -8,8 +8,6 @@ gap, no duplicate, and the masks of a job that was never interrupted.
 
 from __future__ import annotations
 
-import socket
-import subprocess
 import time
 import uuid
 from collections.abc import Iterator
@@ -20,45 +18,11 @@ import redis
 
 from pipeline.streams import Keys, connect, read_events
 from pipeline.streams.control import Command
-from pipeline.streams.server import redis_server_executable
+from tests.fixtures.redis_snapshot import SnapshotRedis
 from tests.pipeline.jobs.conftest import Rig
 from tests.pipeline.jobs.test_driver import reference
 
 pytestmark = pytest.mark.integration
-
-
-class SnapshotRedis:
-    """A ``redis-server`` that persists only on SAVE, and can be killed and started again on its port."""
-
-    def __init__(self, folder: Path) -> None:
-        self.folder = folder
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = s.getsockname()[1]
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> None:
-        cmd = [redis_server_executable(), "--bind", "127.0.0.1", "--port", str(self.port)]
-        cmd += ["--dir", str(self.folder), "--save", "", "--appendonly", "no"]
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                redis.Redis(port=self.port, socket_connect_timeout=1).ping()
-                return
-            except redis.RedisError:
-                assert time.monotonic() < deadline, "redis-server did not start"
-                time.sleep(0.05)
-
-    def kill(self) -> None:
-        """The server dies without saving: what it held since its last SAVE is lost."""
-        assert self.proc is not None
-        self.proc.kill()
-        self.proc.wait(10)
 
 
 @pytest.fixture
