@@ -28,10 +28,11 @@ import redis
 from pipeline.decoding import CHECKPOINT_EVERY, FrameSummary, Prepared, Step, TrackDecoder
 from pipeline.errors import SamstreamError
 from pipeline.frames import EncodedFrame, TrackMask
+from pipeline.jobs.resume import load
 from pipeline.model.types import DecodeRequest, Embedding, MaskBatch
 from pipeline.prompts import Prompt, TrackSpec
 from pipeline.streams.keys import Keys
-from pipeline.streams.sink import RedisSink, publish_jobs
+from pipeline.streams.sink import LostEntriesError, RedisSink, publish_jobs
 from pipeline.tracking import TrackEvent, TrackingConfig
 from pipeline.tracking.tracker import Segmenter
 
@@ -322,6 +323,9 @@ class TrackerHost:
         replies: dict[str, TrackReply] = dict(answered)
         for job_id, flags in zip(ready, published, strict=True):
             decoder = decoders[job_id]
+            if isinstance(flags, LostEntriesError):
+                replies[job_id] = self._lost(decoder, flags)
+                continue
             if isinstance(flags, Exception):
                 errors[job_id] = str(flags)
                 continue
@@ -337,6 +341,34 @@ class TrackerHost:
             replies[job_id] = TrackReply(job_id, error=error)
         self.close(errors)
         return [replies[job_id] for job_id in queues]
+
+    def _lost(self, decoder: TrackDecoder, lost: LostEntriesError) -> TrackReply:
+        """Redis lost frames the job had published: its tracker starts again from the checkpoint
+        Redis still holds. A file job is read again after it and republishes the lost frames (no
+        gap, no duplicate); a live feed cannot be read again, so a live job goes on from the present."""
+        job_id = lost.job_id
+        sink = self._sinks[job_id]
+        self.close([job_id])  # the next call makes its decoder again, from Redis's resume point
+        try:
+            point = load(self.client, self.keys, job_id, with_snapshot=False)
+            after = point.read_after(live=decoder.live)
+            first = 0 if lost.newest is None else lost.newest + 1
+            if decoder.live:
+                then = "a live feed cannot be read again: the job goes on from the present"
+            else:
+                since = "the start" if after is None else f"the checkpoint at frame {after}"
+                then = f"they are published again, from {since}"
+            sink.publisher.event(
+                "redis_lost",
+                frame=first,
+                detail=f"Redis lost published frames {first}-{lost.expected} (restarted from an older "
+                f"snapshot, or failed over); {then}",
+                data={"first": first, "last": lost.expected, "after": after},
+            )
+        except SamstreamError as exc:
+            return TrackReply(job_id, error=str(exc))
+        log.warning("%s; rewinding to frame %s", lost, after)
+        return TrackReply(job_id, rewind=None if decoder.live else (after,), tracks=decoder.tracks)
 
 
 def _part_reply(job_id: str, decoder: TrackDecoder, prepared: list[Prepared]) -> TrackReply:

@@ -7,6 +7,13 @@ entry ID at or below the stream's newest, so a replayed frame changes nothing.
 The state is a checkpoint: the decoder passes a snapshot with some frames only (see
 :class:`~pipeline.decoding.TrackDecoder`), and a resumed job replays the frames after it.
 
+Exactly-once rests on Redis refusing lower IDs, which cannot catch writes Redis *lost* (a restart
+from an older snapshot, a failover to a lagging replica): the stream would simply go on after a
+gap. So each script is also told the newest frame the job expects in the stream, and writes
+nothing when the stream's newest entry is older: the sink raises :class:`LostEntriesError`, and
+the tracker host rewinds the job to the checkpoint Redis still holds (see
+:mod:`pipeline.tracker_host`).
+
 The state key holds a JSON header, a newline, then the tracks' logits as raw bytes (256 KB a
 track at 1024): as base64 inside the JSON they cost more than all the rest of a frame's
 publishing. The header gives each track's logits ``{"blob": [offset, length]}`` into the bytes.
@@ -23,6 +30,7 @@ from typing import Any
 
 import redis
 
+from pipeline.errors import SamstreamError
 from pipeline.frames import FrameResult
 from pipeline.jobs.resume import ResumePoint
 from pipeline.streams.connection import redis_errors
@@ -32,15 +40,25 @@ from pipeline.streams.wire import encode_entry, entry_id
 
 # KEYS: masks stream, job hash, state key.
 # ARGV: entry id, maxlen ("" for none), state ("" for none: no checkpoint with this frame), frame
-# index, now, then the entry's field/value pairs.
+# index, now, the newest frame the job expects in the stream ("" for none, "*" unknown: no check),
+# then the entry's field/value pairs.
+# Returns 1 (added), 0 (published before), or {"lost", newest frame or -1} (Redis lost entries).
 _PUBLISH = """
 if redis.call('EXISTS', KEYS[2]) == 0 then return redis.error_reply('no such job') end
+if ARGV[6] ~= '*' then
+  local top = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)
+  local newest = -1
+  if #top > 0 then newest = tonumber(string.match(top[1][1], '^(%d+)')) end
+  local want = -1
+  if ARGV[6] ~= '' then want = tonumber(ARGV[6]) end
+  if newest < want then return {'lost', tostring(newest)} end
+end
 local args = {KEYS[1]}
 if ARGV[2] ~= '' then
   table.insert(args, 'MAXLEN'); table.insert(args, '~'); table.insert(args, ARGV[2])
 end
 table.insert(args, ARGV[1])
-for i = 6, #ARGV do table.insert(args, ARGV[i]) end
+for i = 7, #ARGV do table.insert(args, ARGV[i]) end
 local ok = redis.pcall('XADD', unpack(args))
 if type(ok) == 'table' and ok.err then
   if string.find(ok.err, 'equal or smaller') then return 0 end
@@ -52,6 +70,23 @@ if ARGV[3] ~= '' then redis.call('SET', KEYS[3], ARGV[3]) end
 return 1
 """
 _PUBLISH_SHA = hashlib.sha1(_PUBLISH.encode()).hexdigest()
+_UNCHECKED = "*"  # the sink does not know what the stream holds yet
+
+
+class LostEntriesError(SamstreamError):
+    """Redis no longer holds frames the job published (restarted from an older snapshot, or failed
+    over to a lagging replica): the stream's newest frame is ``newest`` (None: empty), not
+    ``expected``. Nothing was written."""
+
+    def __init__(self, job_id: str, expected: int, newest: int | None) -> None:
+        had = "no frame" if newest is None else f"frame {newest}"
+        super().__init__(
+            f"Redis lost published frames of job {job_id!r}: its masks stream ends at {had}, "
+            f"but frame {expected} was published"
+        )
+        self.job_id = job_id
+        self.expected = expected
+        self.newest = newest
 
 
 class RedisSink:
@@ -79,6 +114,9 @@ class RedisSink:
         self.maxlen = maxlen
         self.notice = notice
         self.publisher = Publisher(client, keys, job_id, maxlen)
+        # The newest frame the masks stream must hold before the next publish (None: no frame);
+        # learnt from the resume point, then from each publish.
+        self._newest: int | str | None = _UNCHECKED
 
     def publish(self, result: FrameResult, snapshot: Mapping[str, Any] | None) -> bool:
         return self.publish_many([(result, snapshot)])[0]
@@ -96,6 +134,7 @@ class RedisSink:
         """The script calls (keys and arguments) that publish ``items``."""
         keys = [self.keys.masks(self.job_id), self.keys.job(self.job_id), self.keys.state(self.job_id)]
         calls = []
+        want = self._newest
         for result, snapshot in items:
             fields = encode_entry(result, self.notice)
             state = b"" if snapshot is None else pack_state(result.frame_index, snapshot)
@@ -105,7 +144,9 @@ class RedisSink:
                 state,
                 str(result.frame_index),
                 repr(time.time()),
+                "" if want is None else str(want),
             ]
+            want = result.frame_index
             args += [x for kv in fields.items() for x in kv]
             calls.append([*keys, *args])
         return calls
@@ -113,7 +154,32 @@ class RedisSink:
     def resume_point(self) -> ResumePoint:
         from pipeline.jobs.resume import load
 
-        return load(self.client, self.keys, self.job_id)
+        point = load(self.client, self.keys, self.job_id)
+        self._newest = point.last_published
+        return point
+
+    def _answered(
+        self, items: Sequence[tuple[FrameResult, Any]], replies: Sequence[Any]
+    ) -> list[bool] | Exception:
+        """The flags of ``items``' script replies, or the error that stopped them; learns what the
+        stream now holds."""
+        flags = []
+        for (result, _), reply in zip(items, replies, strict=True):
+            if isinstance(reply, Exception):
+                return reply
+            if isinstance(reply, list):  # ["lost", newest]: nothing of this job was written
+                expected = self._newest
+                self._newest = _UNCHECKED
+                newest = int(reply[1])
+                return LostEntriesError(
+                    self.job_id,
+                    expected if isinstance(expected, int) else result.frame_index,
+                    None if newest < 0 else newest,
+                )
+            # Added or refused as published before: the stream holds this frame (or a later one).
+            self._newest = result.frame_index
+            flags.append(bool(reply))
+        return flags
 
     def event(self, type: str, *, frame: int | None, track: int | None, detail: str | None) -> None:
         self.publisher.event(type, frame=frame, track=track, detail=detail)
@@ -125,7 +191,8 @@ def publish_jobs(
 ) -> list[list[bool] | Exception]:
     """Publish several jobs' frames in one round trip: each frame by its own script (atomic), all
     sent in one pipeline. For each job, one flag per frame (False: published before), or the error
-    that stopped it (``no such job``, Redis refusing writes): one job's trouble is not another's.
+    that stopped it (``no such job``, Redis refusing writes, :class:`LostEntriesError`): one job's
+    trouble is not another's.
 
     Raises:
         RedisUnavailableError: Redis cannot be reached (every job's frames are unpublished).
@@ -141,10 +208,8 @@ def publish_jobs(
     with redis_errors(_what(batches)):
         replies = _run(client, calls)
     out: list[list[bool] | Exception] = []
-    for start, count in spans:
-        mine = replies[start : start + count]
-        error = next((r for r in mine if isinstance(r, Exception)), None)
-        out.append(error if error is not None else [bool(r) for r in mine])
+    for (sink, items), (start, count) in zip(batches, spans, strict=True):
+        out.append(sink._answered(items, replies[start : start + count]))
     return out
 
 

@@ -6,16 +6,20 @@ import contextlib
 import os
 import signal
 import socket
+import subprocess
 import time
 from pathlib import Path
 
 import numpy as np
 import psutil
 import pytest
+import redis
 from pycocotools import mask as coco
 
 from pipeline.samples import write_clip
+from pipeline.streams import Keys, MaskReader, connect, read_events
 from tests.fixtures.media import truncate_file, write_audio_only, write_text_as_mp4
+from tests.fixtures.redis_snapshot import SnapshotRedis
 from tests.workers.conftest import cli, popen, wait_for_entries
 from tests.workers.test_video_job import _prompts_file, _reference_masks
 
@@ -140,3 +144,52 @@ def test_bad_inputs_fail_the_job_with_one_line(kind: str, tmp_path: Path, result
     assert job["status"] == "failed"
     assert job["error"] and "\n" not in job["error"]
     assert job["error"] in errors[0]
+
+
+def test_redis_restarted_from_an_older_snapshot_mid_job_loses_nothing(
+    clip60: Path, checkpoint: Path, tmp_path: Path
+) -> None:
+    server = SnapshotRedis(tmp_path / "redis")
+    (tmp_path / "redis").mkdir()
+    server.start()
+    try:
+        prompts, data = _prompts_file(tmp_path / "t.yaml"), tmp_path / "out"
+        args = [*_run_args(clip60, prompts, checkpoint, data, "lossy"), "--redis-url", server.url]
+        proc = popen(*args)
+        r = _Seen(connect(server.url))
+        r.wait(10, proc)
+        snapshot = r.client.pipeline(transaction=True)  # what the snapshot holds, exactly
+        snapshot.xlen(r.keys.masks("lossy"))
+        snapshot.save()
+        saved = snapshot.execute()[0]
+        r.wait(saved + 12, proc)
+        server.kill()  # the frames published since the SAVE are gone
+        server.start()
+        out, err = proc.communicate(timeout=240)
+        assert proc.returncode == 0, err
+        assert "succeeded: 60 frames" in out, err
+        _check_complete(r, "lossy", clip60, checkpoint)  # no gap, no duplicate, the same masks
+        lost = [e for e in read_events(r.client, r.keys, "lossy") if e.type == "redis_lost"]
+        assert len(lost) == 1 and lost[0].data["first"] == saved, lost
+    finally:
+        server.kill()
+
+
+class _Seen:
+    """A job's entries read back from a Redis server given by URL."""
+
+    def __init__(self, client: redis.Redis) -> None:
+        self.client, self.keys = client, Keys()
+
+    def raw_ids(self, job_id: str) -> list[str]:
+        return [eid for eid, _ in self.client.xrange(self.keys.masks(job_id))]  # type: ignore[union-attr]
+
+    def entries(self, job_id: str) -> list:  # type: ignore[type-arg]
+        return list(MaskReader(self.client, self.keys, job_id).read())
+
+    def wait(self, count: int, proc: subprocess.Popen[str], timeout: float = 120) -> None:
+        deadline = time.monotonic() + timeout
+        while len(self.raw_ids("lossy")) < count:
+            assert proc.poll() is None, proc.communicate()
+            assert time.monotonic() < deadline, "no progress"
+            time.sleep(0.05)

@@ -12,7 +12,7 @@ from pipeline.frames import FrameResult
 from pipeline.jobs.resume import ResumePoint, load
 from pipeline.prompts import Prompt
 from pipeline.streams import JobStore, Keys
-from pipeline.streams.sink import RedisSink, pack_state, publish_jobs, unpack_state
+from pipeline.streams.sink import LostEntriesError, RedisSink, pack_state, publish_jobs, unpack_state
 from pipeline.tracking.state import TrackState
 
 
@@ -131,3 +131,39 @@ def test_the_checkpoint_frame_is_read_without_the_logits(redis_client: redis.Red
     assert load(redis_client, keys, "job", with_snapshot=False) == ResumePoint(5, 5)
     redis_client.set(keys.state("job"), json.dumps({"frame": 3, "tracker": _snapshot(binary=False)}))
     assert read_state_frame(redis_client, keys, "job") == 3  # a state written as plain JSON
+
+
+def test_a_stream_that_lost_published_frames_is_refused_and_nothing_is_written(
+    redis_client: redis.Redis, keys: Keys
+) -> None:
+    JobStore(redis_client, keys).create("job", {"source": "clip.mp4"})
+    sink = RedisSink(redis_client, keys, "job")
+    sink.resume_point()
+    assert (
+        sink.publish_many([(FrameResult(i, i / 30, 1.0, 64, 48, (), {}), None) for i in range(5)])
+        == [True] * 5
+    )
+    # Redis loses frames 3 and 4 (as a restart from an older snapshot would): the stream ends at 2.
+    redis_client.xdel(keys.masks("job"), "3-1", "4-1")
+    redis_client.execute_command("XSETID", keys.masks("job"), "2-1")
+    with pytest.raises(LostEntriesError) as lost:
+        sink.publish_many([(FrameResult(i, i / 30, 1.0, 64, 48, (), {}), None) for i in (5, 6)])
+    assert (lost.value.expected, lost.value.newest) == (4, 2)
+    assert "lost published frames" in str(lost.value)
+    assert [e[0] for e in redis_client.xrange(keys.masks("job"))] == ["0-1", "1-1", "2-1"]
+    # A sink that learns the stream again from the resume point goes on from what Redis holds.
+    again = RedisSink(redis_client, keys, "job")
+    assert again.resume_point().last_published == 2
+    assert again.publish_many([(FrameResult(3, 0.1, 1.0, 64, 48, (), {}), None)]) == [True]
+
+
+def test_a_frame_published_before_is_not_taken_for_a_loss(redis_client: redis.Redis, keys: Keys) -> None:
+    JobStore(redis_client, keys).create("job", {"source": "clip.mp4"})
+    first, second = RedisSink(redis_client, keys, "job"), RedisSink(redis_client, keys, "job")
+    first.resume_point(), second.resume_point()
+    frames = [(FrameResult(i, i / 30, 1.0, 64, 48, (), {}), None) for i in range(4)]
+    assert first.publish_many(frames) == [True] * 4
+    # A retried call (the same frames, from a sink that had seen none of them) writes nothing again.
+    assert second.publish_many(frames[:2]) == [False, False]
+    assert second.publish_many(frames[2:]) == [False, False]
+    assert len(redis_client.xrange(keys.masks("job"))) == 4
