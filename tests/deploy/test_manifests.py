@@ -879,3 +879,17 @@ def test_docs_mention_every_deploy_file(doc: str) -> None:
     for path in DEPLOY.rglob("*"):
         if path.is_file() and path.name != "README.md":
             assert path.relative_to(DEPLOY).as_posix() in text, f"{doc} does not mention {path}"
+
+
+def test_deploy_docs_have_a_security_model_and_size_redis() -> None:
+    text = (ROOT / "docs" / "deploy.md").read_text()
+    sections = re.split(r"^## ", text, flags=re.M)
+    (security,) = [s for s in sections if s.startswith("Security model")]
+    protected, _, operator = security.partition("What the operator must still do")
+    assert operator, "the section says what is left to the operator"
+    for topic in ("bearer token", "--allow-hosts", "redacted", "SHA-256", "authOptions", "NetworkPolic"):
+        assert topic in protected, f"the security model does not cover {topic}"
+    for duty in ("TLS", "rotate", "out of git", "exec into", "Size Redis"):
+        assert duty in operator, f"the operator's duties do not include {duty}"
+    (sizing,) = [s for s in re.split(r"^### ", text, flags=re.M) if s.startswith("Sizing Redis memory")]
+    assert "maxmemory" in sizing and "maxlen" in sizing and "256 KB" in sizing
