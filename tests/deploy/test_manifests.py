@@ -487,8 +487,9 @@ def test_ray_pods_cannot_reach_the_cloud_metadata_address() -> None:
         egress = traffic(name, "Egress")
         assert egress is not None, f"{name}: egress is not restricted"
         assert ((("any",), "all")) not in egress
-        blocks = [peer for peer, _ in egress if peer[0] == "ipBlock"]
-        assert blocks and all("169.254.169.254/32" in peer[2:] for peer in blocks), blocks
+        blocks = {peer[1]: peer[2:] for peer, _ in egress if peer[0] == "ipBlock"}
+        assert set(blocks) == {"0.0.0.0/0", "::/0"}, blocks
+        assert "169.254.169.254/32" in blocks["0.0.0.0/0"] and "fd00:ec2::254/128" in blocks["::/0"]
         assert ((("pods", f"ray.io/cluster={ray_cluster_name()}"), "all")) in egress
         assert (pods_like("samstream-redis"), ("TCP", 6379)) in egress
 
