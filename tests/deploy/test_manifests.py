@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import shlex
 from collections.abc import Iterator
@@ -327,17 +328,28 @@ def test_ray_token_authentication_is_on_for_every_ray_container() -> None:
     assert re.search(r"^ENV\s+RAY_AUTH_MODE=token\s*$", text, re.M), "the image should default to token auth"
 
 
-def test_the_installed_ray_knows_token_authentication() -> None:
-    """The mode the manifests ask for exists in the Ray they pin, when that is the Ray installed."""
+def test_the_installed_ray_reads_the_auth_mode_the_manifests_set() -> None:
+    """RAY_AUTH_MODE=token, as the containers and the image set it, turns on the pinned Ray's token
+    mode (checked in a fresh process: Ray reads its configuration once)."""
+    import subprocess
+    import sys
+
     import ray
 
     if ray.__version__ != ray_cluster_spec()["rayVersion"]:
         pytest.skip(
             f"Ray {ray.__version__} is installed, the manifests pin {ray_cluster_spec()['rayVersion']}"
         )
-    from ray._raylet import AuthenticationMode
-
-    assert AuthenticationMode.TOKEN.name == "TOKEN"
+    probe = (
+        "from ray._raylet import AuthenticationMode, get_authentication_mode; "
+        "print(get_authentication_mode() == AuthenticationMode.TOKEN)"
+    )
+    for mode, expected in (("token", "True"), ("disabled", "False")):
+        env = {**os.environ, "RAY_AUTH_MODE": mode}
+        out = subprocess.run(
+            [sys.executable, "-c", probe], env=env, capture_output=True, text=True, timeout=60
+        )
+        assert out.stdout.strip() == expected, (mode, out.stdout, out.stderr[-2000:])
 
 
 def test_the_dashboard_listens_on_the_head_loopback_only() -> None:
