@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import shlex
 from collections.abc import Iterator
@@ -101,8 +102,12 @@ def option(argv: list[str], name: str) -> str | None:
     return None
 
 
-def example_secret() -> dict[str, str]:
-    (secret,) = (d for d in docs_of(DEPLOY / "secrets.example.yaml") if d["kind"] == "Secret")
+def example_secret(name: str = "samstream-secrets") -> dict[str, str]:
+    (secret,) = (
+        d
+        for d in docs_of(DEPLOY / "secrets.example.yaml")
+        if d["kind"] == "Secret" and d["metadata"]["name"] == name
+    )
     return secret["stringData"]
 
 
@@ -184,12 +189,11 @@ def test_head_group_runs_ray_without_gpus_and_exposes_its_ports() -> None:
     params = head["rayStartParams"]
     assert isinstance(params, dict)
     assert params["num-gpus"] == "0"
-    assert params["dashboard-host"] == "0.0.0.0"
     container = ray_container(head)
     assert container["image"]
     assert gpu_limit(container) == 0
     ports = container_ports(container)
-    assert {6379, 8265, 8000, 9400} <= set(ports), ports
+    assert {6379, 8000, 9400} <= set(ports), ports
     metrics_port = int(params["metrics-export-port"])
     assert ports.get(metrics_port) == "metrics", "KubeRay and Prometheus look for the port named metrics"
 
@@ -287,13 +291,287 @@ def test_api_service_reaches_the_head_api_port() -> None:
     assert api_port == 8000 and ports[api_port] == "api"
 
 
+# --- closed control plane ------------------------------------------------------------------------
+
+RAY_DASHBOARD_PORT, RAY_CLIENT_PORT = 8265, 10001
+LOOPBACK = {"127.0.0.1", "localhost", "::1"}
+
+
+def version_tuple(version: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in re.findall(r"\d+", version)[:3])
+
+
+def ray_groups() -> list[dict[str, Any]]:
+    spec = ray_cluster_spec()
+    return [spec["headGroupSpec"], *spec["workerGroupSpecs"]]
+
+
+def env_value(container: dict[str, Any], var: str) -> str | None:
+    for entry in container.get("env", []):
+        if entry["name"] == var:
+            return entry.get("value")
+    return None
+
+
+def test_ray_token_authentication_is_on_for_every_ray_container() -> None:
+    """Without it, whoever reaches a Ray port runs code on the cluster and reads its secrets."""
+    spec = ray_cluster_spec()
+    assert version_tuple(spec["rayVersion"]) >= (2, 52, 0), "Ray token authentication needs Ray 2.52+"
+    auth = spec["authOptions"]
+    assert auth["mode"] == "token"
+    # KubeRay gives every Ray container RAY_AUTH_TOKEN from this Secret's key auth_token.
+    assert example_secret(auth["secretName"])["auth_token"]
+    for group in ray_groups():
+        # Set explicitly as well: an operator that drops authOptions leaves Ray refusing to start.
+        assert env_value(ray_container(group), "RAY_AUTH_MODE") == "token", group.get("groupName", "head")
+    text = DOCKERFILE.read_text()
+    assert re.search(r"^ENV\s+RAY_AUTH_MODE=token\s*$", text, re.M), "the image should default to token auth"
+
+
+def test_the_installed_ray_reads_the_auth_mode_the_manifests_set() -> None:
+    """RAY_AUTH_MODE=token, as the containers and the image set it, turns on the pinned Ray's token
+    mode (checked in a fresh process: Ray reads its configuration once)."""
+    import subprocess
+    import sys
+
+    import ray
+
+    if ray.__version__ != ray_cluster_spec()["rayVersion"]:
+        pytest.skip(
+            f"Ray {ray.__version__} is installed, the manifests pin {ray_cluster_spec()['rayVersion']}"
+        )
+    probe = (
+        "from ray._raylet import AuthenticationMode, get_authentication_mode; "
+        "print(get_authentication_mode() == AuthenticationMode.TOKEN)"
+    )
+    for mode, expected in (("token", "True"), ("disabled", "False")):
+        env = {**os.environ, "RAY_AUTH_MODE": mode}
+        out = subprocess.run(
+            [sys.executable, "-c", probe], env=env, capture_output=True, text=True, timeout=60
+        )
+        assert out.stdout.strip() == expected, (mode, out.stdout, out.stderr[-2000:])
+
+
+def test_the_dashboard_listens_on_the_head_loopback_only() -> None:
+    params = ray_cluster_spec()["headGroupSpec"]["rayStartParams"]
+    # KubeRay passes --dashboard-host=0.0.0.0 unless told otherwise.
+    assert params.get("dashboard-host") in LOOPBACK
+
+
+def kuberay_head_service_ports() -> dict[str, int]:
+    """The ports of the head Service KubeRay creates: those the head container declares, or, when
+    it declares none, KubeRay's defaults (which include the dashboard and the client server)."""
+    declared = container_ports(ray_container(ray_cluster_spec()["headGroupSpec"]))
+    if not declared:
+        return {
+            "client": RAY_CLIENT_PORT,
+            "gcs-server": 6379,
+            "dashboard": RAY_DASHBOARD_PORT,
+            "metrics": 8080,
+        }
+    return {name or f"{port}-port": port for port, name in declared.items()}
+
+
+def test_no_service_carries_the_dashboard_or_the_ray_client_port() -> None:
+    closed = {RAY_DASHBOARD_PORT, RAY_CLIENT_PORT}
+    head_ports = kuberay_head_service_ports()
+    assert not closed & set(head_ports.values()), f"KubeRay's head Service would carry {head_ports}"
+    assert "dashboard" not in head_ports and "client" not in head_ports
+    services = [d for d in all_docs() if d["kind"] == "Service"]
+    assert services
+    for service in services:
+        for port in service["spec"]["ports"]:
+            assert port["port"] not in closed and port.get("targetPort") not in closed, service["metadata"][
+                "name"
+            ]
+            assert port.get("targetPort") not in {"dashboard", "client"}, service["metadata"]["name"]
+        # Exposing a Service beyond the cluster is the operator's choice, behind TLS (docs/deploy.md).
+        assert service["spec"].get("type", "ClusterIP") == "ClusterIP", service["metadata"]["name"]
+    assert ray_cluster_spec()["headGroupSpec"].get("serviceType", "ClusterIP") == "ClusterIP"
+    assert not [d for d in all_docs() if d["kind"] in {"Ingress", "Route", "HTTPRoute", "Gateway"}]
+
+
+# What runs in a pod, and the labels its pods carry (KubeRay labels Ray pods by cluster and type).
+
+
+def pods() -> dict[str, tuple[dict[str, str], dict[str, Any]]]:
+    """Every pod template in deploy/: name -> (the pod's labels, its spec)."""
+    out: dict[str, tuple[dict[str, str], dict[str, Any]]] = {}
+    cluster = ray_cluster_name()
+    spec = ray_cluster_spec()
+    out["ray-head"] = (
+        {"ray.io/cluster": cluster, "ray.io/node-type": "head"},
+        spec["headGroupSpec"]["template"]["spec"],
+    )
+    for group in spec["workerGroupSpecs"]:
+        labels = {"ray.io/cluster": cluster, "ray.io/node-type": "worker", "ray.io/group": group["groupName"]}
+        out[f"ray-{group['groupName']}"] = (labels, group["template"]["spec"])
+    for doc in all_docs():
+        if doc["kind"] in {"Deployment", "StatefulSet", "DaemonSet", "Job"}:
+            template = doc["spec"]["template"]
+            out[doc["metadata"]["name"]] = (template["metadata"]["labels"], template["spec"])
+    return out
+
+
+def pod_labels_of(name: str) -> dict[str, str]:
+    return pods()[name][0]
+
+
+def selects(selector: dict[str, Any], labels: dict[str, str]) -> bool:
+    assert set(selector) <= {"matchLabels"}, "only matchLabels selectors are modelled here"
+    return all(labels.get(k) == v for k, v in selector.get("matchLabels", {}).items())
+
+
+Peer = tuple[str, ...]
+Port = tuple[str, int] | str
+
+
+def peer_of(peer: dict[str, Any]) -> Peer:
+    """A peer of a NetworkPolicy rule: pods of this namespace with these labels, or an IP block."""
+    assert "namespaceSelector" not in peer, "peers in other namespaces are not expected"
+    if "podSelector" in peer:
+        assert set(peer["podSelector"]) <= {"matchLabels"}
+        return ("pods", *sorted(f"{k}={v}" for k, v in peer["podSelector"].get("matchLabels", {}).items()))
+    block = peer["ipBlock"]
+    return ("ipBlock", block["cidr"], *sorted(block.get("except", [])))
+
+
+def admitted(rules: list[dict[str, Any]], peers_key: str) -> set[tuple[Peer, Port]]:
+    """The (peer, port) pairs a list of ingress or egress rules admits; ``("any",)`` is any peer,
+    ``"all"`` any port."""
+    out: set[tuple[Peer, Port]] = set()
+    for rule in rules:
+        peers = [peer_of(p) for p in rule.get(peers_key, [])] or [("any",)]
+        ports: list[Port] = [(p.get("protocol", "TCP"), int(p["port"])) for p in rule.get("ports", [])] or [
+            "all"
+        ]
+        out.update((peer, port) for peer in peers for port in ports)
+    return out
+
+
+def traffic(pod: str, direction: str) -> set[tuple[Peer, Port]] | None:
+    """What the NetworkPolicies admit to (Ingress) or from (Egress) a pod; None: not restricted."""
+    labels = pod_labels_of(pod)
+    key, peers_key = ("ingress", "from") if direction == "Ingress" else ("egress", "to")
+    policies = [
+        d
+        for d in all_docs()
+        if d["kind"] == "NetworkPolicy"
+        and selects(d["spec"]["podSelector"], labels)
+        and direction in d["spec"].get("policyTypes", ["Ingress"])
+    ]
+    if not policies:
+        return None
+    return set().union(*(admitted(p["spec"].get(key, []), peers_key) for p in policies))
+
+
+def pods_like(name: str) -> Peer:
+    return (
+        "pods",
+        *sorted(f"{k}={v}" for k, v in pod_labels_of(name).items() if k == "app.kubernetes.io/name"),
+    )
+
+
+def test_network_policies_admit_exactly_what_each_pod_needs() -> None:
+    spec = ray_cluster_spec()
+    head = ray_container(spec["headGroupSpec"])
+    argv = serve_argv(script_of(head))
+    api_port, api_metrics = int(option(argv, "--port") or 8000), int(option(argv, "--metrics-port") or 0)
+    ray_metrics = int(spec["headGroupSpec"]["rayStartParams"]["metrics-export-port"])
+    (redis,) = pods()["samstream-redis"][1]["containers"]
+    (redis_port,) = container_ports(redis)
+    (prometheus,) = pods()["samstream-prometheus"][1]["containers"]
+    (prometheus_port,) = container_ports(prometheus)
+
+    ray: Peer = ("pods", f"ray.io/cluster={ray_cluster_name()}")
+    prom = pods_like("samstream-prometheus")
+    from_prometheus = {(prom, ("TCP", ray_metrics))}
+    between_ray = {(ray, "all")}  # the GCS, raylets, object managers and workers: many ports
+
+    assert traffic("ray-head", "Ingress") == between_ray | from_prometheus | {
+        (("any",), ("TCP", api_port)),
+        (prom, ("TCP", api_metrics)),
+    }
+    for group in spec["workerGroupSpecs"]:
+        assert traffic(f"ray-{group['groupName']}", "Ingress") == between_ray | from_prometheus
+    assert traffic("samstream-redis", "Ingress") == {(ray, ("TCP", redis_port))}
+    assert traffic("samstream-redis", "Egress") == set(), "Redis opens no connection"
+    assert traffic("samstream-prometheus", "Ingress") == {(("pods",), ("TCP", prometheus_port))}
+
+
+def test_ray_pods_cannot_reach_the_cloud_metadata_address() -> None:
+    for group in ray_groups():
+        name = "ray-head" if group is ray_cluster_spec()["headGroupSpec"] else f"ray-{group['groupName']}"
+        egress = traffic(name, "Egress")
+        assert egress is not None, f"{name}: egress is not restricted"
+        assert ((("any",), "all")) not in egress
+        blocks = {peer[1]: peer[2:] for peer, _ in egress if peer[0] == "ipBlock"}
+        assert set(blocks) == {"0.0.0.0/0", "::/0"}, blocks
+        assert "169.254.169.254/32" in blocks["0.0.0.0/0"] and "fd00:ec2::254/128" in blocks["::/0"]
+        assert ((("pods", f"ray.io/cluster={ray_cluster_name()}"), "all")) in egress
+        assert (pods_like("samstream-redis"), ("TCP", 6379)) in egress
+
+
+def test_network_policies_select_pods_that_exist() -> None:
+    policies = [d for d in all_docs() if d["kind"] == "NetworkPolicy"]
+    assert {p["metadata"]["name"] for p in policies} >= {"samstream-ray", "samstream-api", "samstream-redis"}
+    for policy in policies:
+        assert any(selects(policy["spec"]["podSelector"], labels) for labels, _ in pods().values())
+        for rule in policy["spec"].get("ingress", []) + policy["spec"].get("egress", []):
+            for peer in rule.get("from", []) + rule.get("to", []):
+                if peer.get("podSelector", {}).get("matchLabels"):
+                    assert any(selects(peer["podSelector"], labels) for labels, _ in pods().values()), peer
+    for name in pods():
+        assert traffic(name, "Ingress") is not None, f"no NetworkPolicy restricts what reaches {name}"
+
+
+def containers() -> Iterator[tuple[str, dict[str, Any], dict[str, Any]]]:
+    """(where, container, pod spec) for every container and init container, and KubeRay's
+    autoscaler sidecar (its securityContext is set in autoscalerOptions)."""
+    for name, (_, spec) in pods().items():
+        for container in [*spec.get("initContainers", []), *spec["containers"]]:
+            yield f"{name}/{container['name']}", container, spec
+    yield (
+        "ray-head/autoscaler",
+        ray_cluster_spec()["autoscalerOptions"],
+        ray_cluster_spec()["headGroupSpec"]["template"]["spec"],
+    )
+
+
+def test_every_container_runs_unprivileged() -> None:
+    found = list(containers())
+    assert len(found) >= 6
+    for where, container, pod in found:
+        sc = container.get("securityContext", {})
+        assert sc.get("allowPrivilegeEscalation") is False, where
+        assert sc.get("capabilities", {}).get("drop") == ["ALL"], where
+        assert not sc.get("capabilities", {}).get("add"), where
+        assert sc.get("runAsNonRoot") is True, where
+        assert not sc.get("privileged"), where
+        user = sc.get("runAsUser", pod.get("securityContext", {}).get("runAsUser"))
+        assert user is not None and user != 0, where
+
+
+def test_dockerfile_ends_as_a_numeric_non_root_user_and_exposes_no_control_port() -> None:
+    lines = [
+        ln.strip() for ln in DOCKERFILE.read_text().splitlines() if ln.strip() and not ln.startswith("#")
+    ]
+    users = [ln.split()[1] for ln in lines if ln.startswith("USER ")]
+    # A number lets the kubelet check runAsNonRoot from the image alone.
+    assert re.fullmatch(r"[1-9]\d*(:\d+)?", users[-1]), users[-1]
+    exposed = {int(p) for ln in lines if ln.startswith("EXPOSE ") for p in ln.split()[1:]}
+    assert not exposed & {RAY_DASHBOARD_PORT, RAY_CLIENT_PORT}
+
+
 # --- Redis and secrets ---------------------------------------------------------------------------
 
 
 def test_example_secret_holds_only_placeholders() -> None:
     data = example_secret()
     assert set(data) == {"api-token", "redis-password", "redis-url"}
-    for key, value in data.items():
+    ray_auth = example_secret("samstream-ray-auth")
+    assert set(ray_auth) == {"auth_token"}, "KubeRay reads Ray's token from the key auth_token"
+    for key, value in {**data, **ray_auth}.items():
         assert "change-me" in value, f"{key} should be an obvious placeholder"
 
 
@@ -319,7 +597,6 @@ def test_redis_requires_the_secret_password_and_persists_to_a_volume() -> None:
     conf = one("ConfigMap", conf_volume["configMap"]["name"])["data"]["redis.conf"]
     directives = dict(line.split(None, 1) for line in conf.splitlines() if line and not line.startswith("#"))
     assert directives["appendonly"] == "yes"
-    assert directives["maxmemory-policy"] == "noeviction", "evicting a masks stream loses results"
     assert "requirepass" not in directives, "the password belongs in the Secret"
 
     claims = {c["metadata"]["name"]: c for c in sts["spec"]["volumeClaimTemplates"]}
@@ -327,6 +604,63 @@ def test_redis_requires_the_secret_password_and_persists_to_a_volume() -> None:
     data_claim = next(name for name in claims if mounts.get(name) == directives["dir"])
     assert claims[data_claim]["spec"]["resources"]["requests"]["storage"]
     assert sts["spec"]["serviceName"] == "samstream-redis"
+
+
+K8S_UNITS = {
+    "Ki": 2**10,
+    "Mi": 2**20,
+    "Gi": 2**30,
+    "Ti": 2**40,
+    "k": 10**3,
+    "M": 10**6,
+    "G": 10**9,
+    "T": 10**12,
+}
+REDIS_UNITS = {"kb": 2**10, "mb": 2**20, "gb": 2**30, "k": 10**3, "m": 10**6, "g": 10**9}
+
+
+def k8s_bytes(quantity: str) -> int:
+    m = re.fullmatch(r"(\d+)([KMGT]i?|k)?", quantity)
+    assert m, quantity
+    return int(m.group(1)) * K8S_UNITS.get(m.group(2) or "", 1)
+
+
+def redis_bytes(value: str) -> int:
+    m = re.fullmatch(r"(\d+)(kb|mb|gb|k|m|g)?", value.lower())
+    assert m, value
+    return int(m.group(1)) * REDIS_UNITS.get(m.group(2) or "", 1)
+
+
+def test_unit_parsers() -> None:
+    assert k8s_bytes("8Gi") == 8 * 2**30 and k8s_bytes("512Mi") == 512 * 2**20 and k8s_bytes("1G") == 10**9
+    assert redis_bytes("5gb") == 5 * 2**30 and redis_bytes("5g") == 5 * 10**9 and redis_bytes("100") == 100
+
+
+def redis_directives() -> dict[str, str]:
+    sts = one("StatefulSet", "samstream-redis")
+    (conf_volume,) = (v for v in sts["spec"]["template"]["spec"]["volumes"] if "configMap" in v)
+    conf = one("ConfigMap", conf_volume["configMap"]["name"])["data"]["redis.conf"]
+    return dict(
+        line.split(None, 1) for line in conf.splitlines() if line.strip() and not line.startswith("#")
+    )
+
+
+def test_redis_maxmemory_leaves_room_below_the_container_limit() -> None:
+    """Without maxmemory Redis grows until the kernel kills it, then crash-loops replaying its AOF.
+    An AOF rewrite forks, and pages written meanwhile are copied: keep a quarter of the limit free
+    at least (docs/deploy.md sizes both)."""
+    (container,) = one("StatefulSet", "samstream-redis")["spec"]["template"]["spec"]["containers"]
+    limit = k8s_bytes(container["resources"]["limits"]["memory"])
+    assert container["resources"]["requests"]["memory"] == container["resources"]["limits"]["memory"]
+    maxmemory = redis_bytes(redis_directives()["maxmemory"])
+    assert 0 < maxmemory <= 0.75 * limit, (maxmemory, limit)
+
+
+def test_redis_evicts_only_keys_that_expire() -> None:
+    """Finished jobs' keys carry an expiry (--keep); a running job's and a live stream's do not. A
+    volatile policy may drop the former when full and never the latter; allkeys-* would drop masks
+    of running jobs."""
+    assert redis_directives()["maxmemory-policy"] == "volatile-lru"
 
 
 # --- Prometheus ----------------------------------------------------------------------------------
@@ -564,3 +898,17 @@ def test_docs_mention_every_deploy_file(doc: str) -> None:
     for path in DEPLOY.rglob("*"):
         if path.is_file() and path.name != "README.md":
             assert path.relative_to(DEPLOY).as_posix() in text, f"{doc} does not mention {path}"
+
+
+def test_deploy_docs_have_a_security_model_and_size_redis() -> None:
+    text = (ROOT / "docs" / "deploy.md").read_text()
+    sections = re.split(r"^## ", text, flags=re.M)
+    (security,) = [s for s in sections if s.startswith("Security model")]
+    protected, _, operator = security.partition("What the operator must still do")
+    assert operator, "the section says what is left to the operator"
+    for topic in ("bearer token", "--allow-hosts", "redacted", "SHA-256", "authOptions", "NetworkPolic"):
+        assert topic in protected, f"the security model does not cover {topic}"
+    for duty in ("TLS", "rotate", "out of git", "exec into", "Size Redis"):
+        assert duty in operator, f"the operator's duties do not include {duty}"
+    (sizing,) = [s for s in re.split(r"^### ", text, flags=re.M) if s.startswith("Sizing Redis memory")]
+    assert "maxmemory" in sizing and "maxlen" in sizing and "256 KB" in sizing
