@@ -7,7 +7,7 @@ from __future__ import annotations
 import errno
 import re
 from typing import TYPE_CHECKING
-from urllib.parse import unquote, urlsplit
+from urllib.parse import parse_qsl, unquote, urlsplit
 
 if TYPE_CHECKING:
     from av.container import InputContainer
@@ -35,7 +35,9 @@ def redact(uri: str) -> str:
     alone (``https://TOKEN@host/``, how many services take a token) becomes ``***@``.
     """
     match = _AUTHORITY.match(uri)
-    if match and "@" in match.group(2):
+    if match is None:  # a path: nothing secret in it ('?' and '#' are part of the file's name)
+        return uri
+    if "@" in match.group(2):
         userinfo, host = match.group(2).rsplit("@", 1)  # a password may hold an unescaped '@'
         user, has_password, _ = userinfo.partition(":")
         shown = f"{user}:***" if has_password else "***"
@@ -48,8 +50,12 @@ def redact_text(text: str, source: str | None = None) -> str:
     ``source`` hidden wherever they appear, also outside a URL (FFmpeg may quote a part of it)."""
     if source:
         text = text.replace(source, redact(source))
-        parts = urlsplit(source) if scheme_of(source) not in (None, "file") else None
+        parts = urlsplit(source) if _AUTHORITY.match(source) else None
         secrets = [] if parts is None else [parts.password, parts.query, parts.fragment]
+        if parts is not None and parts.password is None:
+            secrets.append(parts.username)  # a user name alone is a token
+        if parts is not None:
+            secrets += [value for _, value in parse_qsl(parts.query)]  # quoted one by one
         for secret in filter(None, secrets):
             for form in {secret, unquote(secret)}:
                 if len(form) >= 3:  # shorter ones would garble the text and hide next to nothing

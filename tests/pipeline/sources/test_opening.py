@@ -22,6 +22,7 @@ from pipeline.sources.opening import redact, redact_text
         ("http://[::1]:8080/x.mp4", "http://[::1]:8080/x.mp4"),
         ("https://h.example/a@b.mp4", "https://h.example/a@b.mp4"),  # an '@' in the path is no user
         ("/data/clip.mp4", "/data/clip.mp4"),
+        ("/data/take?1#2.mp4", "/data/take?1#2.mp4"),  # a path's '?' and '#' are part of its name
     ],
 )
 def test_redact_hides_credentials_query_and_fragment(uri: str, shown: str) -> None:
@@ -39,4 +40,6 @@ def test_redact_text_hides_every_url_and_the_sources_secrets() -> None:
         "'https://x:***@other.example/p?…'; FFmpeg said: auth *** rejected for ***"
     )
     assert redact_text("no URL here: 3 frames", source) == "no URL here: 3 frames"
+    signed = "https://ghp_T0k3n@h.example/a.mp4?Expires=99&Signature=f00dfeed"
+    assert redact_text("sig f00dfeed refused for ghp_T0k3n", signed) == "sig *** refused for ***"
     assert redact_text("local /data/a.mp4 missing", "/data/a.mp4") == "local /data/a.mp4 missing"
