@@ -5,6 +5,9 @@ runs in the cluster (a :class:`Backend` starts it). So an API process can stop a
 run several times side by side, and the jobs go on.
 
 Every request, ``/openapi.json`` included, needs ``Authorization: Bearer <token>``: 401 otherwise.
+The service's limits (:class:`ApiSettings`) answer 429, 409, 422 or 413 saying which option sets
+them; its own failures answer 500 or 503 with an error id, the details going to its log only
+(:mod:`pipeline.api.internal`).
 """
 
 from __future__ import annotations
