@@ -5,13 +5,16 @@ runs in the cluster (a :class:`Backend` starts it). So an API process can stop a
 run several times side by side, and the jobs go on.
 
 Every request, ``/openapi.json`` included, needs ``Authorization: Bearer <token>``: 401 otherwise.
+The service's limits (:class:`ApiSettings`) answer 429, 409, 422 or 413 saying which option sets
+them; its own failures answer 500 or 503 with an error id, the details going to its log only
+(:mod:`pipeline.api.internal`).
 """
 
 from __future__ import annotations
 
 import hmac
 import itertools
-import json
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
@@ -22,7 +25,11 @@ from fastapi.responses import JSONResponse
 from fastapi.security import HTTPBearer
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from pipeline.api.internal import InternalErrors, logged, unavailable
+from pipeline.api.limits import BodyLimit, TrackSlots, spec_track_ids
 from pipeline.api.models import (
+    MAX_TRACKS,
+    TRACKS_CEILING,
     Accepted,
     EventPage,
     EventView,
@@ -46,6 +53,8 @@ from pipeline.streams.keys import new_job_id
 VERSION = "1"
 T = TypeVar("T")
 JOB_ID = r"^[A-Za-z0-9_.-]{1,128}$"
+IMAGE_SIZES = (256, 512, 1024)  # the encoder takes multiples of 16; each size is compiled and kept
+RETRY_AFTER_S = 30  # told to clients over the active-job limit: about the time a short job takes
 
 
 class Backend(Protocol):
@@ -68,6 +77,10 @@ class ApiSettings:
         prefix: Redis key prefix.
         image_size: encoder size of jobs that do not choose one.
         weights: the weights of the service's model (stored in each job's spec).
+        max_jobs: most jobs and streams queued or running at once (more: 429).
+        max_tracks: most tracks of one job, those added while it runs included (more: 409).
+        image_sizes: the encoder sizes a job may choose (others: 422); ``image_size`` is one.
+        max_body_kb: largest request body in KiB (more: 413).
     """
 
     token: str
@@ -75,19 +88,40 @@ class ApiSettings:
     prefix: str = "samstream:"
     image_size: int = 1024
     weights: str = "official"
+    max_jobs: int = 256
+    max_tracks: int = MAX_TRACKS
+    image_sizes: tuple[int, ...] = IMAGE_SIZES
+    max_body_kb: int = 256
 
     def __post_init__(self) -> None:
         if not self.token:
             raise InvalidInputError("the API needs a token (--token or SAMSTREAM_API_TOKEN)")
+        if self.max_jobs < 1:
+            raise InvalidInputError(f"--max-jobs must be >= 1, got {self.max_jobs}")
+        if not 1 <= self.max_tracks <= TRACKS_CEILING:
+            raise InvalidInputError(f"--max-tracks must be 1 to {TRACKS_CEILING}, got {self.max_tracks}")
+        if self.max_body_kb < 1:
+            raise InvalidInputError(f"--max-body-kb must be >= 1, got {self.max_body_kb}")
+        bad = [n for n in self.image_sizes if n % 16 or not 64 <= n <= 4096]
+        if not self.image_sizes or bad:
+            raise InvalidInputError(
+                f"--image-sizes must list multiples of 16 from 64 to 4096, got {list(self.image_sizes)}"
+            )
+        if self.image_size not in self.image_sizes:
+            raise InvalidInputError(
+                f"the service's --image-size {self.image_size} must be one of --image-sizes "
+                f"{','.join(map(str, self.image_sizes))}"
+            )
 
 
 class HttpError(Exception):
-    """An HTTP error answer: its status and ``detail`` (a message, or FastAPI's 422 list)."""
+    """An HTTP error answer: its status, ``detail`` (a message, or FastAPI's 422 list), headers."""
 
-    def __init__(self, status: int, detail: Any) -> None:
+    def __init__(self, status: int, detail: Any, headers: dict[str, str] | None = None) -> None:
         super().__init__(str(detail))
         self.status = status
         self.detail = detail
+        self.headers = headers
 
 
 class BearerAuth:
@@ -113,8 +147,23 @@ class BearerAuth:
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
     401: {"model": Problem, "description": "missing or wrong bearer token"},
+    413: {"model": Problem, "description": "request body over the service's limit (--max-body-kb)"},
     422: {"model": Problem, "description": "invalid request (detail names the field)"},
-    503: {"model": Problem, "description": "Redis or the cluster is unreachable"},
+    500: {"model": Problem, "description": "internal error: detail has an id the service's log holds"},
+    503: {"model": Problem, "description": "Redis or the cluster is unreachable (detail has an error id)"},
+}
+_TOO_MANY: dict[int | str, dict[str, Any]] = {
+    429: {
+        "model": Problem,
+        "description": "the service runs as many jobs and streams as it takes (--max-jobs)",
+        "headers": {"Retry-After": {"description": "seconds to wait", "schema": {"type": "integer"}}},
+    }
+}
+_TRACK_CONFLICT: dict[int | str, dict[str, Any]] = {
+    409: {
+        "model": Problem,
+        "description": "the job is finished, or has as many tracks as it may (--max-tracks)",
+    }
 }
 _NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"model": Problem, "description": "no such job"}}
 _CONFLICT: dict[int | str, dict[str, Any]] = {409: {"model": Problem, "description": "state forbids it"}}
@@ -134,17 +183,26 @@ def create_app(settings: ApiSettings, client: redis.Redis, backend: Backend) -> 
         ),
         responses=_ERRORS,
     )
+    # Added innermost first: the token is checked before a body is read or a route runs.
+    app.add_middleware(InternalErrors)
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_kb * 1024)
     app.add_middleware(BearerAuth, token=settings.token)
+    slots = TrackSlots(client, keys, settings.max_tracks)
+    creating = threading.Lock()  # one count-then-create at a time (in this process)
+    commanding = threading.Lock()  # a track's slot and its command in the same order
     bearer = HTTPBearer(auto_error=False, description="the service's API token")
     secured = [Security(bearer)]
 
     @app.exception_handler(HttpError)
     async def _api_error(request: Request, exc: HttpError) -> JSONResponse:
-        return JSONResponse({"detail": exc.detail}, status_code=exc.status)
+        return JSONResponse({"detail": exc.detail}, status_code=exc.status, headers=exc.headers)
 
     @app.exception_handler(RedisUnavailableError)
-    async def _redis_down(request: Request, exc: RedisUnavailableError) -> JSONResponse:
-        return JSONResponse({"detail": str(exc)}, status_code=503)
+    @app.exception_handler(redis.RedisError)
+    async def _redis_down(request: Request, exc: Exception) -> JSONResponse:
+        error_id = logged(f"{request.method} {request.url.path}: Redis failed", exc)
+        detail = unavailable("service unavailable: its Redis does not answer", error_id)
+        return JSONResponse({"detail": detail}, status_code=503, headers={"Retry-After": "5"})
 
     def job(job_id: str, live: bool) -> JobInfo:
         try:
@@ -159,7 +217,18 @@ def create_app(settings: ApiSettings, client: redis.Redis, backend: Backend) -> 
     def view(info: JobInfo) -> JobView:
         return JobView.of(info, keys.masks(info.job_id), keys.events(info.job_id))
 
+    def check_limits(body: JobBody) -> None:
+        """The service's own limits on a job's spec (the models hold only the absolute ones)."""
+        if body.image_size is not None and body.image_size not in settings.image_sizes:
+            allowed = ", ".join(map(str, settings.image_sizes))
+            msg = f"image_size must be one of {allowed} (this service's sizes), got {body.image_size}"
+            raise HttpError(422, [invalid(["image_size"], msg)])
+        if len(body.tracks) > settings.max_tracks:
+            msg = f"a job has at most {settings.max_tracks} tracks on this service, got {len(body.tracks)}"
+            raise HttpError(422, [invalid(["tracks"], msg)])
+
     def spec_of(body: JobBody, live: bool) -> JobSpec:
+        check_limits(body)
         try:
             source = settings.policy.check(body.source)
             _check_kind(source, live)
@@ -198,22 +267,33 @@ def create_app(settings: ApiSettings, client: redis.Redis, backend: Backend) -> 
             response_model=JobView,
             operation_id=f"create_{one}",
             summary=f"Create a {one}",
-            responses={**_CONFLICT},
+            responses={**_CONFLICT, **_TOO_MANY},
             dependencies=secured,
             tags=[kind],
         )
         def create(body: JobBody) -> JobView:
             spec = spec_of(body, live)
             job_id = body.job_id or new_job_id()
-            try:
-                store.create(job_id, spec.to_dict())
-            except JobError:
-                raise HttpError(409, f"a job {job_id!r} exists already") from None
+            with creating:
+                active = store.count_active()
+                if active >= settings.max_jobs:
+                    raise HttpError(
+                        429,
+                        f"this service runs {active} jobs and streams (queued or running), the most it "
+                        f"takes (--max-jobs {settings.max_jobs}); try again when one has ended",
+                        {"Retry-After": str(RETRY_AFTER_S)},
+                    )
+                try:
+                    store.create(job_id, spec.to_dict())
+                except JobError:
+                    raise HttpError(409, f"a job {job_id!r} exists already") from None
             try:
                 backend.submit(job_id)
             except Exception as exc:
-                store.set_status(job_id, JobStatus.FAILED, f"could not be started: {exc}")
-                raise HttpError(503, f"{one} {job_id} could not be started: {exc}") from None
+                error_id = logged(f"{one} {job_id} could not be started", exc)
+                reason = "could not be started: the cluster did not take it"
+                store.set_status(job_id, JobStatus.FAILED, f"{reason} (error id {error_id})")
+                raise HttpError(503, f"{one} {job_id} {unavailable(reason, error_id)}") from None
             return view(store.get(job_id))
 
         @app.get(
@@ -271,7 +351,7 @@ def create_app(settings: ApiSettings, client: redis.Redis, backend: Backend) -> 
             response_model=Accepted,
             operation_id=f"add_{one}_track",
             summary="Add a track, or re-prompt one (applies from the next frame)",
-            responses={**_NOT_FOUND, **_CONFLICT},
+            responses={**_NOT_FOUND, **_TRACK_CONFLICT},
             dependencies=secured,
             tags=[kind],
         )
@@ -283,7 +363,16 @@ def create_app(settings: ApiSettings, client: redis.Redis, backend: Backend) -> 
                 prompt = body.to_prompt()
             except InvalidInputError as exc:
                 raise HttpError(422, [invalid([], exc)]) from None
-            send(client, keys, job_id, Command(body.action, body.id, prompt))
+            with commanding:
+                if body.action == "add":
+                    fits, count = slots.take(job_id, body.id, spec_track_ids(info.spec))
+                    if not fits:
+                        raise HttpError(
+                            409,
+                            f"{one} {job_id} has {count} tracks, the most this service allows "
+                            f"(--max-tracks {settings.max_tracks}): remove one first",
+                        )
+                send(client, keys, job_id, Command(body.action, body.id, prompt))
             return Accepted(id=job_id, command=body.action, track=body.id)
 
         @app.delete(
@@ -300,7 +389,9 @@ def create_app(settings: ApiSettings, client: redis.Redis, backend: Backend) -> 
             info = job(job_id, live)
             if info.status.terminal:
                 raise HttpError(409, f"{one} {job_id} is {info.status.value}: its tracks are final")
-            send(client, keys, job_id, Command("remove", track_id))
+            with commanding:  # the command first: a slot is never free while its track may be there
+                send(client, keys, job_id, Command("remove", track_id))
+                slots.free(job_id, track_id, spec_track_ids(info.spec))
             return Accepted(id=job_id, command="remove", track=track_id)
 
         @app.get(
@@ -340,20 +431,9 @@ def create_app(settings: ApiSettings, client: redis.Redis, backend: Backend) -> 
             tags=[kind],
         )
         def events(job_id: str = path_id, after: str | None = AFTER, count: int = COUNT) -> EventPage:
-            job(job_id, live)
+            source = str(job(job_id, live).spec.get("source", ""))
             found = _page(read_events(client, keys, job_id, after, count), count)
-            page = [
-                EventView(
-                    id=e.entry_id,
-                    type=e.type,
-                    time=e.time,
-                    frame=e.frame,
-                    track=e.track,
-                    detail=e.detail,
-                    data=json.loads(json.dumps(e.data, default=str)),
-                )
-                for e in found
-            ]
+            page = [EventView.of(e, source) for e in found]
             return EventPage(events=page, next=page[-1].id if page else after)
 
     add_routes("jobs", live=False)
@@ -363,8 +443,8 @@ def create_app(settings: ApiSettings, client: redis.Redis, backend: Backend) -> 
     def health() -> Health:
         try:
             client.ping()
-        except redis.RedisError:
-            raise HttpError(503, "Redis does not answer") from None
+        except redis.RedisError as exc:
+            raise HttpError(503, unavailable("Redis does not answer", logged("health check", exc))) from None
         return Health(status="ok", redis=True)
 
     return app

@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pipeline.streams import JobStatus, JobStore
+
+if TYPE_CHECKING:
+    from wsgiref.simple_server import WSGIServer
 
 
 class JobsCollector:
@@ -32,10 +35,16 @@ class JobsCollector:
         yield active
 
 
-def serve_metrics(store: JobStore, port: int, addr: str = "0.0.0.0") -> None:
-    """Serve ``/metrics`` on every interface (Prometheus scrapes it from another pod)."""
+def serve_metrics(store: JobStore, port: int, addr: str) -> WSGIServer:
+    """Serve ``/metrics`` on ``addr`` (``serve``'s ``--metrics-host``, else its ``--host``: where
+    Prometheus scrapes it from another pod, that is ``0.0.0.0`` there), in a daemon thread.
+
+    Returns:
+        The server (``shutdown()`` stops it).
+    """
     from prometheus_client import CollectorRegistry, start_http_server
 
     registry = CollectorRegistry()
     registry.register(JobsCollector(store))
-    start_http_server(port, addr=addr, registry=registry)
+    server, _ = start_http_server(port, addr=addr, registry=registry)
+    return server

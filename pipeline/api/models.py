@@ -7,6 +7,7 @@ whose :class:`~pipeline.errors.InvalidInputError` is turned into a 422 naming th
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Sequence
 from typing import Any, Literal
@@ -15,10 +16,12 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from pipeline.errors import InvalidInputError
 from pipeline.prompts import Prompt, TrackSpec
-from pipeline.streams import JobInfo
+from pipeline.sources.opening import redact, redact_text
+from pipeline.streams import Event, JobInfo
 
 Coordinate = float
-MAX_TRACKS = 64
+MAX_TRACKS = 64  # the default of a service's --max-tracks
+TRACKS_CEILING = 1024  # what any service takes at most (a job's checkpoint grows with its tracks)
 
 
 def _finite(values: list[float]) -> list[float]:
@@ -85,13 +88,20 @@ class JobBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     source: str = Field(min_length=1, max_length=4096, examples=["https://example.com/clip.mp4"])
-    tracks: list[TrackBody] = Field(min_length=1, max_length=MAX_TRACKS)
+    tracks: list[TrackBody] = Field(
+        min_length=1, max_length=TRACKS_CEILING, description="at most the service's --max-tracks (64)"
+    )
     job_id: str | None = Field(
         default=None, pattern=r"^[A-Za-z0-9_.-]{1,128}$", description="default: a new id is made"
     )
     stride: int = Field(default=1, ge=1, le=10_000, description="process every n-th frame (jobs)")
     image_size: int | None = Field(
-        default=None, ge=64, le=4096, multiple_of=16, description="encoder input size; default the service's"
+        default=None,
+        ge=64,
+        le=4096,
+        multiple_of=16,
+        description="encoder input size, one of the service's --image-sizes (256, 512, 1024); "
+        "default the service's",
     )
     maxlen: int | None = Field(default=None, ge=1, le=10**9, description="keep about this many entries")
     give_up_s: float = Field(
@@ -113,7 +123,11 @@ class TrackCommandBody(PromptBody):
 
 
 class JobView(BaseModel):
-    """A job or live stream as stored: its spec, status and progress."""
+    """A job or live stream as stored: its spec, status and progress.
+
+    Its ``source`` and ``error`` are redacted (credentials, query, fragment hidden): whoever may
+    read the job is not told the secrets its submitter gave to reach the video.
+    """
 
     id: str
     kind: Literal["job", "stream"]
@@ -132,16 +146,17 @@ class JobView(BaseModel):
 
     @classmethod
     def of(cls, info: JobInfo, masks: str, events: str) -> JobView:
+        source = str(info.spec.get("source", ""))
         return cls(
             id=info.job_id,
             kind="stream" if info.spec.get("live") else "job",
             status=info.status.value,
-            source=str(info.spec.get("source", "")),
+            source=redact(source),
             tracks=list(info.spec.get("tracks", [])),
             frames_done=info.frames_done,
             frames_total=info.frames_total,
             last_frame=info.last_frame,
-            error=info.error,
+            error=None if info.error is None else redact_text(info.error, source),
             created=info.created,
             started=info.started,
             finished=info.finished,
@@ -182,6 +197,8 @@ class MaskPage(BaseModel):
 
 
 class EventView(BaseModel):
+    """One event; its ``detail`` and the text in ``data`` redacted as :class:`JobView` is."""
+
     id: str
     type: str
     time: float
@@ -189,6 +206,19 @@ class EventView(BaseModel):
     track: int | None
     detail: str | None
     data: dict[str, Any]
+
+    @classmethod
+    def of(cls, event: Event, source: str) -> EventView:
+        """The view of ``event`` of a job reading ``source``."""
+        return cls(
+            id=event.entry_id,
+            type=event.type,
+            time=event.time,
+            frame=event.frame,
+            track=event.track,
+            detail=None if event.detail is None else redact_text(event.detail, source),
+            data=_redacted(json.loads(json.dumps(event.data, default=str)), source),
+        )
 
 
 class EventPage(BaseModel):
@@ -205,6 +235,17 @@ class Problem(BaseModel):
     """An error: ``detail`` says what is wrong (for 422: a list of ``{loc, msg}``)."""
 
     detail: Any
+
+
+def _redacted(value: Any, source: str) -> Any:
+    """A JSON value with every string in it (keys too) passed through :func:`redact_text`."""
+    if isinstance(value, str):
+        return redact_text(value, source)
+    if isinstance(value, dict):
+        return {_redacted(k, source): _redacted(v, source) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_redacted(v, source) for v in value]
+    return value
 
 
 def invalid(where: Sequence[str | int], exc: InvalidInputError | str) -> dict[str, Any]:

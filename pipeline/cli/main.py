@@ -225,6 +225,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="Prometheus /metrics (default 9400; 0: off)",
     )
     g.add_argument(
+        "--metrics-host",
+        metavar="ADDR",
+        help="address /metrics listens on (default: --host's)",
+    )
+    g.add_argument(
         "--allow-schemes",
         default="http,https,rtsp,rtsps",
         metavar="LIST",
@@ -301,6 +306,34 @@ def build_parser() -> argparse.ArgumentParser:
         default=0.0,
         metavar="G",
         help="GPUs each tracker host asks Ray for, fractions allowed (0: the CPU)",
+    )
+    lim = sv.add_argument_group("limits (what one client may ask of the service)")
+    lim.add_argument(
+        "--max-jobs",
+        type=int,
+        default=256,
+        metavar="N",
+        help="jobs and streams queued or running at once; more are refused with 429 (256)",
+    )
+    lim.add_argument(
+        "--max-tracks",
+        type=int,
+        default=64,
+        metavar="N",
+        help="tracks of one job, those added while it runs included; more: 409 (64)",
+    )
+    lim.add_argument(
+        "--image-sizes",
+        default="256,512,1024",
+        metavar="LIST",
+        help="encoder sizes a job may choose; --image-size must be one (256,512,1024)",
+    )
+    lim.add_argument(
+        "--max-body-kb",
+        type=int,
+        default=256,
+        metavar="KB",
+        help="largest request body; more: 413 (256)",
     )
     _add_redis_options(sv)
     _add_model_options(sv)

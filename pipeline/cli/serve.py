@@ -19,6 +19,14 @@ def _port(value: int, what: str, zero_ok: bool = False) -> int:
     return value
 
 
+def _sizes(text: str) -> tuple[int, ...]:
+    """``--image-sizes``: a comma-separated list of sizes (checked by ApiSettings)."""
+    try:
+        return tuple(int(item) for item in text.split(",") if item.strip())
+    except ValueError:
+        raise InvalidInputError(f"--image-sizes must be a list like 256,512,1024, got {text!r}") from None
+
+
 def serve(args: argparse.Namespace) -> int:
     from pipeline.api import ApiSettings
     from pipeline.sources.policy import SourcePolicy
@@ -36,7 +44,12 @@ def serve(args: argparse.Namespace) -> int:
         prefix=args.prefix,
         image_size=model.image_size,
         weights=model.weights.value,
+        max_jobs=args.max_jobs,
+        max_tracks=args.max_tracks,
+        image_sizes=_sizes(args.image_sizes),
+        max_body_kb=args.max_body_kb,
     )
+    metrics_host = args.metrics_host or args.host
     from workers.pool import PoolConfig
 
     pool = PoolConfig(
@@ -103,12 +116,14 @@ def serve(args: argparse.Namespace) -> int:
         if resumed:
             print(f"samstream serve: resumed {len(resumed)} unfinished jobs: {', '.join(resumed)}", file=err)
         if args.metrics_port:
-            serve_metrics(store, args.metrics_port)
+            serve_metrics(store, args.metrics_port, metrics_host)
         app = create_app(settings, client, backend)
         print(
             f"samstream serve: API on http://{args.host}:{args.port} (OpenAPI at /openapi.json), "
             f"Redis {redact(url)}"
-            + (f", metrics on :{args.metrics_port}/metrics" if args.metrics_port else ""),
+            + (
+                f", metrics on http://{metrics_host}:{args.metrics_port}/metrics" if args.metrics_port else ""
+            ),
             file=err,
         )
         if made_token:

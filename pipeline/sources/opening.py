@@ -7,6 +7,7 @@ from __future__ import annotations
 import errno
 import re
 from typing import TYPE_CHECKING
+from urllib.parse import parse_qsl, unquote, urlsplit
 
 if TYPE_CHECKING:
     from av.container import InputContainer
@@ -23,10 +24,49 @@ def scheme_of(uri: str) -> str | None:
     return "file" if uri.lower().startswith("file:") else None
 
 
+_AUTHORITY = re.compile(r"^([A-Za-z][A-Za-z0-9+.\-]*://)([^/?#]*)")
+_URL_IN_TEXT = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*://[^\s'\"<>()\[\]{}]+")
+
+
 def redact(uri: str) -> str:
-    """The URL for messages: password and query (signed URLs carry secrets there) hidden."""
-    uri = re.sub(r"^([A-Za-z][A-Za-z0-9+.\-]*://[^/@:]*):[^/@]*@", r"\1:***@", uri)
-    return re.sub(r"\?.*$", "?…", uri)
+    """The URL for messages: credentials, query and fragment (signed URLs carry secrets there) hidden.
+
+    ``rtsp://admin:pw@cam/live?token=x#t`` becomes ``rtsp://admin:***@cam/live?…``; a user name
+    alone (``https://TOKEN@host/``, how many services take a token) becomes ``***@``.
+    """
+    match = _AUTHORITY.match(uri)
+    if match is None:  # a path: nothing secret in it ('?' and '#' are part of the file's name)
+        return uri
+    if "@" in match.group(2):
+        userinfo, host = match.group(2).rsplit("@", 1)  # a password may hold an unescaped '@'
+        user, has_password, _ = userinfo.partition(":")
+        shown = f"{user}:***" if has_password else "***"
+        uri = f"{match.group(1)}{shown}@{host}{uri[match.end() :]}"
+    return re.sub(r"([?#]).*$", r"\1…", uri, flags=re.DOTALL)
+
+
+def redact_text(text: str, source: str | None = None) -> str:
+    """``text`` (an error, an event's detail) with every URL in it redacted, and the secrets of
+    ``source`` hidden wherever they appear, also outside a URL (FFmpeg may quote a part of it)."""
+    if source:
+        text = text.replace(source, redact(source))
+        parts = urlsplit(source) if _AUTHORITY.match(source) else None
+        secrets = [] if parts is None else [parts.password, parts.query, parts.fragment]
+        if parts is not None and parts.password is None:
+            secrets.append(parts.username)  # a user name alone is a token
+        if parts is not None:
+            secrets += [value for _, value in parse_qsl(parts.query)]  # quoted one by one
+        for secret in filter(None, secrets):
+            for form in {secret, unquote(secret)}:
+                if len(form) >= 3:  # shorter ones would garble the text and hide next to nothing
+                    text = text.replace(form, "***")
+    return _URL_IN_TEXT.sub(_redact_match, text)
+
+
+def _redact_match(match: re.Match[str]) -> str:
+    url = match.group(0)
+    bare = url.rstrip(".,:;!")  # the sentence's punctuation after a URL stays
+    return redact(bare) + url[len(bare) :]
 
 
 def scrubbed(exc: BaseException) -> BaseException:

@@ -239,6 +239,17 @@ class JobStore:
             hashes = pipe.execute()
         return [_job_info(job_id, raw) for job_id, raw in zip(ids, hashes, strict=True) if raw]
 
+    def count_active(self) -> int:
+        """How many indexed jobs are queued or running (one round trip; their specs are not read)."""
+        active = (JobStatus.QUEUED.value, JobStatus.RUNNING.value)
+        with redis_errors("counting active jobs"):
+            members: Any = self._client.zrange(self._keys.jobs_index(), 0, -1)
+            pipe = self._client.pipeline(transaction=False)
+            for job_id in members:
+                pipe.hget(self._keys.job(as_text(job_id)), "status")
+            statuses = pipe.execute()
+        return sum(1 for s in statuses if s is not None and as_text(s) in active)
+
     def record_dropped(self, job_id: str, dropped: int) -> None:
         """Record how many frames a live job has dropped so far (hash field ``dropped``)."""
         _check_count(dropped, "dropped frames")

@@ -64,6 +64,11 @@ class Keys:
         tracks' logits as raw bytes, see :mod:`pipeline.streams.sink`): ``{prefix}job:{id}:state``."""
         return f"{self.job(job_id)}:state"
 
+    def tracks(self, job_id: str) -> str:
+        """Set of the track ids the API counts against its track limit (and ``0``, so that it
+        outlives the removal of every track): ``{prefix}job:{id}:tracks``."""
+        return f"{self.job(job_id)}:tracks"
+
     def jobs_index(self) -> str:
         """Sorted set of every job id, scored by creation time (epoch s): ``{prefix}jobs``."""
         return f"{self.prefix}jobs"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import pytest
@@ -94,13 +95,24 @@ def test_a_taken_job_id_is_a_conflict(api: TestClient) -> None:
 
 
 def test_a_job_the_cluster_cannot_start_fails_with_503(
-    api: TestClient, backend: RecordingBackend, redis_client: redis.Redis, prefix: str
+    api: TestClient,
+    backend: RecordingBackend,
+    redis_client: redis.Redis,
+    prefix: str,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     backend.fail_next = True
     r = api.post("/jobs", json={**JOB, "job_id": "nope"})
     assert r.status_code == 503 and "could not be started" in r.json()["detail"]
+    error_id = re.search(r"error id ([0-9a-f]{12})", r.json()["detail"]).group(1)  # type: ignore[union-attr]
     info = JobStore(redis_client, Keys(prefix)).get("nope")
-    assert info.status is JobStatus.FAILED and "cluster unreachable" in (info.error or "")
+    assert info.status is JobStatus.FAILED and f"error id {error_id}" in (info.error or "")
+    # The cause is in the service's log under that id, and nowhere a client can read it.
+    logged = [rec for rec in caplog.records if error_id in rec.getMessage()]
+    assert logged and "cluster unreachable" in str(logged[0].exc_info[1])  # type: ignore[index]
+    assert (
+        "cluster unreachable" not in r.text + api.get("/jobs/nope").text + api.get("/jobs/nope/events").text
+    )
 
 
 def test_unknown_jobs_are_404_and_kinds_do_not_mix(api: TestClient) -> None:

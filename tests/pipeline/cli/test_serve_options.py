@@ -1,0 +1,40 @@
+"""``samstream serve``'s limit and address options, as parsed (the service itself needs Ray: see
+``tests/workers/test_serve_cli.py``)."""
+
+from __future__ import annotations
+
+import pytest
+
+from pipeline.cli.main import build_parser
+from pipeline.cli.serve import _sizes
+from pipeline.errors import InvalidInputError
+
+
+def test_limits_have_their_documented_defaults() -> None:
+    args = build_parser().parse_args(["serve"])
+    assert (args.max_jobs, args.max_tracks, args.max_body_kb) == (256, 64, 256)
+    assert _sizes(args.image_sizes) == (256, 512, 1024)
+    assert args.metrics_host is None  # serve then uses --host
+
+
+def test_limits_are_given_on_the_command_line() -> None:
+    argv = [
+        "serve",
+        "--max-jobs",
+        "8",
+        "--max-tracks",
+        "4",
+        "--image-sizes",
+        "512, 1024",
+        "--max-body-kb",
+        "16",
+    ]
+    argv += ["--metrics-host", "10.0.0.5"]
+    args = build_parser().parse_args(argv)
+    assert (args.max_jobs, args.max_tracks, args.max_body_kb, args.metrics_host) == (8, 4, 16, "10.0.0.5")
+    assert _sizes(args.image_sizes) == (512, 1024)
+
+
+def test_image_sizes_that_are_not_numbers_are_refused() -> None:
+    with pytest.raises(InvalidInputError, match="--image-sizes must be a list like 256,512,1024"):
+        _sizes("256,big")
