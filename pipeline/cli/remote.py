@@ -128,3 +128,10 @@ def cancel(args: argparse.Namespace) -> int:
         + (" (stops before its next frame)" if job["status"] == "running" else "")
     )
     return 0
+
+
+def delete(args: argparse.Namespace) -> int:
+    with client(args) as api:
+        kind = api.delete_data(args.job)
+    print(f"deleted: every key of {kind[:-1]} {args.job}")
+    return 0

@@ -30,12 +30,19 @@ def serve(args: argparse.Namespace) -> int:
     token = token or secrets.token_urlsafe(24)
     policy = SourcePolicy.parse(args.allow_schemes, args.allow_local_files)
     model = model_config(args)
+    from pipeline.streams.retention import parse_keep
+
+    keep_s = parse_keep(args.keep)
+    max_keep_s = keep_s if args.max_keep is None else parse_keep(args.max_keep, "--max-keep")
     settings = ApiSettings(
         token=token,
         policy=policy,
         prefix=args.prefix,
         image_size=model.image_size,
         weights=model.weights.value,
+        keep_s=keep_s,
+        max_keep_s=max_keep_s,
+        max_maxlen=args.max_maxlen,
     )
     from workers.pool import PoolConfig
 

@@ -64,6 +64,16 @@ class Keys:
         tracks' logits as raw bytes, see :mod:`pipeline.streams.sink`): ``{prefix}job:{id}:state``."""
         return f"{self.job(job_id)}:state"
 
+    def of_job(self, job_id: str) -> tuple[str, str, str, str, str]:
+        """Every key of one job: hash, masks, events, control, state (they expire and go together)."""
+        return (
+            self.job(job_id),
+            self.masks(job_id),
+            self.events(job_id),
+            self.control(job_id),
+            self.state(job_id),
+        )
+
     def jobs_index(self) -> str:
         """Sorted set of every job id, scored by creation time (epoch s): ``{prefix}jobs``."""
         return f"{self.prefix}jobs"
