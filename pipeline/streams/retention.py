@@ -55,10 +55,10 @@ def parse_keep(text: str, option: str = "--keep") -> int | None:
 
 
 def format_keep(seconds: int | None) -> str:
-    """``7d``, ``12h``, ``90m``, ``45s`` or ``never``: the largest unit that divides ``seconds``."""
+    """``7d``, ``12h``, ``90m``, ``45s`` or ``never``: the largest unit (up to days) that divides ``seconds``."""
     if seconds is None:
         return NEVER
-    for unit in ("w", "d", "h", "m"):
+    for unit in ("d", "h", "m"):
         if seconds % _UNITS[unit] == 0:
             return f"{seconds // _UNITS[unit]}{unit}"
     return f"{seconds}s"

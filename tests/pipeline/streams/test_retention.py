@@ -41,7 +41,8 @@ def test_a_keep_that_is_no_duration_names_the_option_and_the_forms(text: str) ->
 
 
 @pytest.mark.parametrize(
-    ("seconds", "text"), [(None, "never"), (45, "45s"), (5400, "90m"), (DEFAULT_KEEP_S, "1w")]
+    ("seconds", "text"),
+    [(None, "never"), (45, "45s"), (5400, "90m"), (DEFAULT_KEEP_S, "7d"), (14 * 86_400, "14d")],
 )
 def test_format_keep_uses_the_largest_whole_unit(seconds: int | None, text: str) -> None:
     assert format_keep(seconds) == text
