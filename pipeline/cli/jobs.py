@@ -50,7 +50,13 @@ def status(args: argparse.Namespace) -> int:
         if args.json:
             print(
                 json.dumps(
-                    {**info.__dict__, "status": info.status.value, "entries": reader.count()}, default=str
+                    {
+                        **info.__dict__,
+                        "status": info.status.value,
+                        "entries": reader.count(),
+                        "expires": info.expires,
+                    },
+                    default=str,
                 )
             )
             return 0
@@ -65,6 +71,8 @@ def status(args: argparse.Namespace) -> int:
         )
         if info.error:
             print(f"error     {info.error}")
+        if info.expires is not None:
+            print(f"expires   {_when(info.expires)} (its data leaves Redis; samstream delete: now)")
     return 0
 
 

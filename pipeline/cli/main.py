@@ -211,6 +211,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_job_options(sb)
     sb.add_argument("--image-size", type=int, metavar="N", help="encoder input size (default: the service's)")
     sb.add_argument("--wait", action="store_true", help="wait for the job to end, showing its progress")
+    sb.add_argument(
+        "--keep",
+        metavar="TIME",
+        help="keep its data this long once it has ended: 3600, 90m, 12h, 7d (default and most: the service's)",
+    )
     _add_api_options(sb, required=True)
     sb.set_defaults(handler="pipeline.cli.remote:submit")
 

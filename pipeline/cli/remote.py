@@ -39,6 +39,15 @@ def job_body(args: argparse.Namespace) -> tuple[dict[str, Any], bool]:
         body["maxlen"] = spec.maxlen
     if spec.tracking:
         body["tracking"] = spec.tracking
+    if args.keep is not None:
+        from pipeline.streams.retention import parse_keep
+
+        keep_s = parse_keep(args.keep)
+        if keep_s is None:
+            raise InvalidInputError(
+                "--keep never: a service keeps a job's data at most its own maximum; give a duration"
+            )
+        body["keep_s"] = keep_s
     return body, spec.live
 
 

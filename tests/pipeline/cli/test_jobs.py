@@ -125,3 +125,25 @@ def test_delete_through_the_api(api_url: str, client: redis.Redis, prefix: str) 
 
     r = sam("delete", "s1", *where)
     assert r.returncode == 1 and "no job or stream 's1'" in r.stderr
+
+
+def test_submit_keep_and_status_show_how_long_a_job_stays(
+    api_url: str, server: EmbeddedRedis, client: redis.Redis, prefix: str
+) -> None:
+    where = ["--api", api_url, "--token", TOKEN]
+    r = sam(
+        "submit", "https://videos.example/a.mp4", "--point", "1,1", "--job-id", "k1", "--keep", "1h", *where
+    )
+    assert r.returncode == 0, r.stderr
+    store = JobStore(client, Keys(prefix))
+    assert store.get("k1").keep_s == 3600
+    r = sam("submit", "https://videos.example/a.mp4", "--point", "1,1", "--keep", "8d", *where)
+    assert r.returncode == 1 and "keep_s must be at most 604800 (7d" in r.stderr
+    r = sam("submit", "https://videos.example/a.mp4", "--point", "1,1", "--keep", "never", *where)
+    assert r.returncode == 1 and "--keep never: a service keeps" in r.stderr
+
+    store.set_status("k1", JobStatus.FAILED, "x")
+    r = sam("status", "k1", "--redis-url", server.url, "--prefix", prefix)
+    assert r.returncode == 0, r.stderr
+    expires = time.strftime("%Y-%m-%d %H:%M", time.localtime(store.get("k1").expires))  # type: ignore[arg-type]
+    assert f"expires   {expires}" in r.stdout
