@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import pytest
 import redis
 
 import pipeline.streams.jobs as jobs_module
 from pipeline.errors import InvalidInputError, JobError
-from pipeline.streams import JobStatus, JobStore, Keys, read_events
+from pipeline.streams import EmbeddedRedis, JobStatus, JobStore, Keys, connect, read_events
 from pipeline.streams.control import Command, send
 from pipeline.streams.sink import RedisSink
 from tests.pipeline.streams.conftest import make_result
@@ -187,3 +188,17 @@ def test_status_events_are_trimmed(
     n = redis_client.xlen(keys.events("j"))
     assert 100 <= n <= 100 + 200, n  # MAXLEN ~ trims whole macro-nodes (100 entries by default)
     assert [e.detail for e in read_events(redis_client, keys, "j")][-2:] == ["running", "failed"]
+
+
+def test_delete_frees_a_redis_that_refuses_writes(tmp_path: Path) -> None:
+    with EmbeddedRedis(tmp_path) as server:
+        client = connect(server.url)
+        keys = Keys()
+        store = _all_keys_written(client, keys, "old")
+        store.set_status("old", JobStatus.SUCCEEDED)
+        client.config_set("maxmemory", 1)  # full: noeviction refuses every write that adds data
+        with pytest.raises(redis.ResponseError, match="OOM"):
+            store.create("new", {})
+        assert store.delete("old") is True
+        assert client.exists(*keys.of_job("old")) == 0 and client.zcard(keys.jobs_index()) == 0
+        client.close()
