@@ -26,6 +26,7 @@ from pipeline.model.weights import resolve_checkpoint
 from pipeline.spec import JobSpec
 from pipeline.streams import JobStore, Keys, Publisher, connect, redact
 from pipeline.streams.keys import new_job_id
+from pipeline.streams.retention import DEFAULT_KEEP_S
 from pipeline.streams.server import open_redis
 
 if TYPE_CHECKING:
@@ -45,6 +46,7 @@ class LocalRun:
         prefix: Redis key prefix.
         metrics_port: serve Prometheus metrics on this port (None: no server).
         progress: show a progress bar on stderr.
+        keep_s: seconds the job's keys stay in Redis once it has ended; None: until deleted.
     """
 
     job_id: str | None = None
@@ -53,6 +55,7 @@ class LocalRun:
     prefix: str = "samstream:"
     metrics_port: int | None = None
     progress: bool = True
+    keep_s: int | None = DEFAULT_KEEP_S
 
 
 def _resolve_weights(model: ModelConfig) -> ModelConfig:
@@ -134,7 +137,7 @@ def run_local(spec: JobSpec, model: ModelConfig, run: LocalRun, out: TextIO = sy
         keys = Keys(run.prefix)
         store = JobStore(client, keys)
         lifecycle = Lifecycle(store, stop_reason="stopped on request")
-        admitted = lifecycle.admit(job_id, spec)
+        admitted = lifecycle.admit(job_id, spec, keep_s=run.keep_s)
         if admitted is None:
             done = store.get(job_id).frames_done
             print(f"job {job_id} finished already: {done} frames in {keys.masks(job_id)}", file=out)

@@ -21,7 +21,7 @@ from typing import Any, Protocol, TypeVar
 
 import redis
 from fastapi import FastAPI, Path, Query, Request, Security
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from fastapi.security import HTTPBearer
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -49,6 +49,7 @@ from pipeline.spec import JobSpec
 from pipeline.streams import JobInfo, JobStatus, JobStore, Keys, MaskReader, read_events
 from pipeline.streams.control import Command, send
 from pipeline.streams.keys import new_job_id
+from pipeline.streams.retention import DEFAULT_KEEP_S, MAX_MAXLEN, check_keep, default_maxlen, format_keep
 
 VERSION = "1"
 T = TypeVar("T")
@@ -81,6 +82,9 @@ class ApiSettings:
         max_tracks: most tracks of one job, those added while it runs included (more: 409).
         image_sizes: the encoder sizes a job may choose (others: 422); ``image_size`` is one.
         max_body_kb: largest request body in KiB (more: 413).
+        keep_s: seconds a finished job's keys stay in Redis unless it asks for less (None: for ever).
+        max_keep_s: the longest ``keep_s`` a job may ask for (None: no bound).
+        max_maxlen: the most masks entries a job or stream may ask to keep.
     """
 
     token: str
@@ -92,6 +96,9 @@ class ApiSettings:
     max_tracks: int = MAX_TRACKS
     image_sizes: tuple[int, ...] = IMAGE_SIZES
     max_body_kb: int = 256
+    keep_s: int | None = DEFAULT_KEEP_S
+    max_keep_s: int | None = DEFAULT_KEEP_S
+    max_maxlen: int = MAX_MAXLEN
 
     def __post_init__(self) -> None:
         if not self.token:
@@ -112,6 +119,41 @@ class ApiSettings:
                 f"the service's --image-size {self.image_size} must be one of --image-sizes "
                 f"{','.join(map(str, self.image_sizes))}"
             )
+        check_keep(self.keep_s, "--keep")
+        check_keep(self.max_keep_s, "--max-keep")
+        if self.max_keep_s is not None and (self.keep_s is None or self.keep_s > self.max_keep_s):
+            raise InvalidInputError(
+                f"--keep ({format_keep(self.keep_s)}) is longer than --max-keep ({format_keep(self.max_keep_s)})"
+            )
+        if isinstance(self.max_maxlen, bool) or not isinstance(self.max_maxlen, int) or self.max_maxlen < 1:
+            raise InvalidInputError(f"--max-maxlen must be an int >= 1, got {self.max_maxlen!r}")
+
+    def keep_of(self, asked: int | None) -> int | None:
+        """How long a job that asks for ``asked`` seconds (None: the default) is kept.
+
+        Raises:
+            InvalidInputError: it asks for more than :attr:`max_keep_s`.
+        """
+        if asked is None:
+            return self.keep_s
+        if self.max_keep_s is not None and asked > self.max_keep_s:
+            raise InvalidInputError(
+                f"keep_s must be at most {self.max_keep_s} ({format_keep(self.max_keep_s)}, "
+                f"this service's maximum), got {asked}"
+            )
+        return asked
+
+    def maxlen_of(self, asked: int | None, live: bool) -> int | None:
+        """The masks entries a job keeps: ``asked``, else the CLI's default (live: 10,000; files: all).
+
+        Raises:
+            InvalidInputError: it asks for more than :attr:`max_maxlen`.
+        """
+        if asked is not None and asked > self.max_maxlen:
+            raise InvalidInputError(
+                f"maxlen must be at most {self.max_maxlen} (this service's maximum), got {asked}"
+            )
+        return default_maxlen(asked, live)
 
 
 class HttpError(Exception):
@@ -241,6 +283,10 @@ def create_app(settings: ApiSettings, client: redis.Redis, backend: Backend) -> 
             except InvalidInputError as exc:
                 raise HttpError(422, [invalid(["tracks", i], exc)]) from None
         try:
+            maxlen = settings.maxlen_of(body.maxlen, live)
+        except InvalidInputError as exc:
+            raise HttpError(422, [invalid(["maxlen"], exc)]) from None
+        try:
             return JobSpec(
                 source=source,
                 tracks=tuple(tracks),
@@ -248,7 +294,7 @@ def create_app(settings: ApiSettings, client: redis.Redis, backend: Backend) -> 
                 image_size=body.image_size or settings.image_size,
                 weights=settings.weights,
                 live=live,
-                maxlen=body.maxlen,
+                maxlen=maxlen,
                 give_up_s=body.give_up_s,
                 tracking=dict(body.tracking),
             )
@@ -273,6 +319,10 @@ def create_app(settings: ApiSettings, client: redis.Redis, backend: Backend) -> 
         )
         def create(body: JobBody) -> JobView:
             spec = spec_of(body, live)
+            try:
+                keep_s = settings.keep_of(body.keep_s)
+            except InvalidInputError as exc:
+                raise HttpError(422, [invalid(["keep_s"], exc)]) from None
             job_id = body.job_id or new_job_id()
             with creating:
                 active = store.count_active()
@@ -284,7 +334,7 @@ def create_app(settings: ApiSettings, client: redis.Redis, backend: Backend) -> 
                         {"Retry-After": str(RETRY_AFTER_S)},
                     )
                 try:
-                    store.create(job_id, spec.to_dict())
+                    store.create(job_id, spec.to_dict(), keep_s=keep_s)
                 except JobError:
                     raise HttpError(409, f"a job {job_id!r} exists already") from None
             try:
@@ -344,6 +394,34 @@ def create_app(settings: ApiSettings, client: redis.Redis, backend: Backend) -> 
             if info.status is JobStatus.QUEUED or not backend.running(job_id):
                 store.set_status(job_id, JobStatus.CANCELLED, "cancelled on request")
             return view(store.get(job_id))
+
+        @app.delete(
+            f"/{kind}/{{job_id}}/data",
+            status_code=204,
+            response_class=Response,
+            operation_id=f"delete_{one}_data",
+            summary=f"Delete a finished {one}'s data at once: its masks, events, state and record",
+            responses={
+                204: {"description": f"the {one}'s keys are gone"},
+                **_NOT_FOUND,
+                409: {"model": Problem, "description": f"the {one} is queued or running: cancel it first"},
+            },
+            dependencies=secured,
+            tags=[kind],
+        )
+        def delete_data(job_id: str = path_id) -> Response:
+            job(job_id, live)
+            try:
+                existed = store.delete(job_id)
+            except JobError:
+                info = job(job_id, live)
+                raise HttpError(
+                    409,
+                    f"{one} {job_id} is {info.status.value}: cancel it first (DELETE /{kind}/{job_id})",
+                ) from None
+            if not existed:  # gone (expired, deleted) since it was read above
+                raise HttpError(404, f"no {one} {job_id!r}")
+            return Response(status_code=204)
 
         @app.post(
             f"/{kind}/{{job_id}}/tracks",

@@ -57,7 +57,7 @@ class ApiClient:
             raise JobError(_detail(r))
         if r.status_code >= 400:
             raise ApiError(f"the API said {r.status_code}: {_detail(r)}")
-        return r.json()
+        return r.json() if r.content else None  # 204: no body
 
     # -- jobs ---------------------------------------------------------------------------------------
 
@@ -86,6 +86,12 @@ class ApiClient:
     def cancel(self, job_id: str) -> dict[str, Any]:
         result: dict[str, Any] = self.request("DELETE", f"/{self.kind_of(job_id)}/{job_id}")
         return result
+
+    def delete_data(self, job_id: str) -> str:
+        """Delete a finished job's or stream's data; its kind (``jobs`` or ``streams``)."""
+        kind = self.kind_of(job_id)
+        self.request("DELETE", f"/{kind}/{job_id}/data")
+        return kind
 
     def track(self, job_id: str, action: str, track: int, prompt: dict[str, Any] | None) -> dict[str, Any]:
         kind = self.kind_of(job_id)

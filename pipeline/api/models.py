@@ -103,7 +103,13 @@ class JobBody(BaseModel):
         description="encoder input size, one of the service's --image-sizes (256, 512, 1024); "
         "default the service's",
     )
-    maxlen: int | None = Field(default=None, ge=1, le=10**9, description="keep about this many entries")
+    maxlen: int | None = Field(
+        default=None,
+        ge=1,
+        le=10**9,
+        description="keep about this many masks entries; default: streams 10000, jobs all "
+        "(at most the service's maximum, 1000000 unless it says otherwise)",
+    )
     give_up_s: float = Field(
         default=30.0, gt=0, le=86_400, description="live: fail after this long without frames"
     )
@@ -112,6 +118,13 @@ class JobBody(BaseModel):
         max_length=16,
         description="tracking settings: min_score, lost_after, box_margin, …",
         examples=[{"min_score": 0.5}],
+    )
+    keep_s: int | None = Field(
+        default=None,
+        ge=1,
+        le=100 * 365 * 86_400,
+        description="seconds its data (masks, events, record) stays once it has ended; default and "
+        "maximum: the service's (7 days unless it says otherwise)",
     )
 
 
@@ -143,6 +156,12 @@ class JobView(BaseModel):
     finished: float | None
     masks_stream: str
     events_stream: str
+    keep_s: int | None = Field(
+        default=None, description="seconds its data stays once it has ended; null: kept"
+    )
+    expires: float | None = Field(
+        default=None, description="when its data goes (epoch s); null while it runs or if kept"
+    )
 
     @classmethod
     def of(cls, info: JobInfo, masks: str, events: str) -> JobView:
@@ -162,6 +181,8 @@ class JobView(BaseModel):
             finished=info.finished,
             masks_stream=masks,
             events_stream=events,
+            keep_s=info.keep_s,
+            expires=info.expires,
         )
 
 

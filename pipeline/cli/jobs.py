@@ -1,4 +1,4 @@
-"""``samstream status | watch | render``: read a job's results from Redis."""
+"""``samstream status | watch | render | track | cancel | delete``: a job's results in Redis."""
 
 from __future__ import annotations
 
@@ -50,7 +50,13 @@ def status(args: argparse.Namespace) -> int:
         if args.json:
             print(
                 json.dumps(
-                    {**info.__dict__, "status": info.status.value, "entries": reader.count()}, default=str
+                    {
+                        **info.__dict__,
+                        "status": info.status.value,
+                        "entries": reader.count(),
+                        "expires": info.expires,
+                    },
+                    default=str,
                 )
             )
             return 0
@@ -65,6 +71,8 @@ def status(args: argparse.Namespace) -> int:
         )
         if info.error:
             print(f"error     {info.error}")
+        if info.expires is not None:
+            print(f"expires   {_when(info.expires)} (its data leaves Redis; samstream delete: now)")
     return 0
 
 
@@ -162,4 +170,22 @@ def cancel(args: argparse.Namespace) -> int:
 
     _send(args, Command("stop"))
     print(f"sent: stop to job {args.job}")
+    return 0
+
+
+def delete(args: argparse.Namespace) -> int:
+    """Remove every key of a job that has ended (through the API when given one)."""
+    if _remote(args):
+        from pipeline.cli import remote
+
+        return remote.delete(args)
+    with _store(args) as (store, _, info):
+        try:
+            store.delete(info.job_id)
+        except JobError:
+            raise JobError(
+                f"job {info.job_id} is {store.get(info.job_id).status.value}: cancel it first "
+                f"(samstream cancel {info.job_id}), then delete it"
+            ) from None
+    print(f"deleted: every key of job {info.job_id}")
     return 0

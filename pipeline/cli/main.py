@@ -142,6 +142,13 @@ def build_parser() -> argparse.ArgumentParser:
     _add_redis_options(run)
     run.add_argument("--metrics-port", type=int, metavar="PORT", help="serve Prometheus metrics on this port")
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
+    run.add_argument(
+        "--keep",
+        default="7d",
+        metavar="TIME",
+        help="keep the job's data in Redis this long once it has ended: 3600, 90m, 12h, 7d, 2w "
+        "or 'never' (default 7d)",
+    )
     _add_model_options(run)
     run.set_defaults(handler="pipeline.cli.run:run")
 
@@ -190,12 +197,25 @@ def build_parser() -> argparse.ArgumentParser:
     _add_api_options(sp)
     sp.set_defaults(handler="pipeline.cli.jobs:cancel")
 
+    dl = sub.add_parser(
+        "delete", help="remove an ended job's data from Redis at once: masks, events, state, record"
+    )
+    dl.add_argument("job", metavar="JOB", help="job id")
+    _add_redis_options(dl)
+    _add_api_options(dl)
+    dl.set_defaults(handler="pipeline.cli.jobs:delete")
+
     sb = sub.add_parser("submit", help="submit a job or live stream to a samstream service (its REST API)")
     sb.add_argument("source", metavar="SOURCE", help="video URL (or a file on the service's machines)")
     sb.add_argument("--job-id", metavar="ID", help="job id (default: the service makes one)")
     _add_job_options(sb)
     sb.add_argument("--image-size", type=int, metavar="N", help="encoder input size (default: the service's)")
     sb.add_argument("--wait", action="store_true", help="wait for the job to end, showing its progress")
+    sb.add_argument(
+        "--keep",
+        metavar="TIME",
+        help="keep its data this long once it has ended: 3600, 90m, 12h, 7d (default and most: the service's)",
+    )
     _add_api_options(sb, required=True)
     sb.set_defaults(handler="pipeline.cli.remote:submit")
 
@@ -237,6 +257,25 @@ def build_parser() -> argparse.ArgumentParser:
     )
     g.add_argument(
         "--allow-local-files", action="store_true", help="accept paths on the service's machines as sources"
+    )
+    g.add_argument(
+        "--keep",
+        default="7d",
+        metavar="TIME",
+        help="keep a job's data in Redis this long once it has ended, unless the job asks for less "
+        "(keep_s): 3600, 90m, 12h, 7d, 2w or 'never' (default 7d)",
+    )
+    g.add_argument(
+        "--max-keep",
+        metavar="TIME",
+        help="the longest keep_s a job may ask for (default: --keep)",
+    )
+    g.add_argument(
+        "--max-maxlen",
+        type=int,
+        default=1_000_000,
+        metavar="N",
+        help="the most masks entries a job or stream may ask to keep (maxlen; default 1000000)",
     )
     pool = sv.add_argument_group("encoder pool (Ray Serve, autoscaled)")
     pool.add_argument("--min-encoders", type=int, default=0, metavar="N", help="replicas kept when idle (0)")

@@ -39,6 +39,15 @@ def job_body(args: argparse.Namespace) -> tuple[dict[str, Any], bool]:
         body["maxlen"] = spec.maxlen
     if spec.tracking:
         body["tracking"] = spec.tracking
+    if args.keep is not None:
+        from pipeline.streams.retention import parse_keep
+
+        keep_s = parse_keep(args.keep)
+        if keep_s is None:
+            raise InvalidInputError(
+                "--keep never: a service keeps a job's data at most its own maximum; give a duration"
+            )
+        body["keep_s"] = keep_s
     return body, spec.live
 
 
@@ -127,4 +136,11 @@ def cancel(args: argparse.Namespace) -> int:
         f"{job['kind']} {job['id']}: {job['status']}"
         + (" (stops before its next frame)" if job["status"] == "running" else "")
     )
+    return 0
+
+
+def delete(args: argparse.Namespace) -> int:
+    with client(args) as api:
+        kind = api.delete_data(args.job)
+    print(f"deleted: every key of {kind[:-1]} {args.job}")
     return 0

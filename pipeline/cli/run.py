@@ -10,9 +10,7 @@ from pipeline.errors import InvalidInputError
 from pipeline.prompts import load_prompts_file, tracks_from_cli
 from pipeline.spec import JobSpec
 from pipeline.streams.keys import validate_job_id
-
-# Live jobs keep about this many masks entries unless told otherwise (MAXLEN ~).
-LIVE_MAXLEN = 10_000
+from pipeline.streams.retention import default_maxlen, parse_keep
 
 
 def is_live_uri(source: str) -> bool:
@@ -34,7 +32,7 @@ def build_spec(args: argparse.Namespace, image_size: int, weights: str) -> JobSp
         source=args.source,
         live=live,
         give_up_s=args.give_up,
-        maxlen=args.maxlen if args.maxlen is not None else (LIVE_MAXLEN if live else None),
+        maxlen=default_maxlen(args.maxlen, live),
         tracks=tuple(tracks),
         stride=args.stride,
         image_size=image_size,
@@ -54,6 +52,7 @@ def build_spec(args: argparse.Namespace, image_size: int, weights: str) -> JobSp
 def run(args: argparse.Namespace) -> int:
     spec = build_spec(args, args.image_size, args.weights if not args.checkpoint else "official")
     model = model_config(args)
+    keep_s = parse_keep(args.keep)
     if args.job_id is not None:
         validate_job_id(args.job_id)
     if args.metrics_port is not None and not 0 < args.metrics_port < 65536:
@@ -68,5 +67,6 @@ def run(args: argparse.Namespace) -> int:
         prefix=args.prefix,
         metrics_port=args.metrics_port,
         progress=not args.no_progress,
+        keep_s=keep_s,
     )
     return run_local(spec, model, options)

@@ -38,6 +38,10 @@ def serve(args: argparse.Namespace) -> int:
     token = token or secrets.token_urlsafe(24)
     policy = SourcePolicy.parse(args.allow_schemes, args.allow_local_files)
     model = model_config(args)
+    from pipeline.streams.retention import parse_keep
+
+    keep_s = parse_keep(args.keep)
+    max_keep_s = keep_s if args.max_keep is None else parse_keep(args.max_keep, "--max-keep")
     settings = ApiSettings(
         token=token,
         policy=policy,
@@ -48,6 +52,9 @@ def serve(args: argparse.Namespace) -> int:
         max_tracks=args.max_tracks,
         image_sizes=_sizes(args.image_sizes),
         max_body_kb=args.max_body_kb,
+        keep_s=keep_s,
+        max_keep_s=max_keep_s,
+        max_maxlen=args.max_maxlen,
     )
     metrics_host = args.metrics_host or args.host
     from workers.pool import PoolConfig

@@ -11,6 +11,8 @@ through them:
   file's length recorded.
 * :meth:`Lifecycle.end`: the job ended: ``succeeded`` (a file read to its end, a live job stopped),
   ``cancelled`` (a file job stopped early, interrupted) or ``failed`` (with its one-line reason).
+  Its keys then expire after its ``keep_s`` (written by :meth:`JobStore.set_status` in the same
+  step), unless it runs again first.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from pipeline.errors import JobError, SamstreamError
 from pipeline.jobs.resume import ResumePoint, load
 from pipeline.spec import JobSpec
 from pipeline.streams.jobs import JobInfo, JobStatus, JobStore
+from pipeline.streams.retention import DEFAULT_KEEP_S
 
 if TYPE_CHECKING:
     from pipeline.sources.video import SourceInfo
@@ -74,14 +77,23 @@ class Lifecycle:
         self.store = store
         self.stop_reason = stop_reason
 
-    def admit(self, job_id: str, spec: JobSpec, total_frames: int | None = None) -> JobInfo | None:
+    def admit(
+        self,
+        job_id: str,
+        spec: JobSpec,
+        total_frames: int | None = None,
+        keep_s: int | None = DEFAULT_KEEP_S,
+    ) -> JobInfo | None:
         """Create the job (``queued``), or take up the existing one; None if it succeeded already.
+
+        ``keep_s``: how long its keys stay once it has ended (None: until deleted); a job taken up
+        again is kept as long as its latest run says.
 
         Raises:
             JobError: a job with this id exists with another spec.
         """
         if not self.store.exists(job_id):
-            self.store.create(job_id, spec.to_dict(), total_frames=total_frames)
+            self.store.create(job_id, spec.to_dict(), total_frames=total_frames, keep_s=keep_s)
             return self.store.get(job_id)
         info = self.store.get(job_id)
         if info.spec != spec.to_dict():
@@ -89,7 +101,10 @@ class Lifecycle:
                 f"job {job_id!r} exists with another spec (source {info.spec.get('source')!r}); "
                 "use another --job-id to start a new job"
             )
-        return None if info.status is JobStatus.SUCCEEDED else info
+        if info.status is JobStatus.SUCCEEDED:
+            return None
+        self.store.set_keep(job_id, keep_s)
+        return info
 
     def begin(self, job_id: str, again: bool = False) -> Start | None:
         """Mark the job ``running`` and say where it goes on; None if it has ended (nothing to do).

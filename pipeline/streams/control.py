@@ -4,6 +4,9 @@ Each entry has a ``cmd`` field (``add``, ``remove``, ``reprompt``, ``stop``) and
 commands, ``track`` (the id) and ``prompt`` (JSON ``{"points": [[x, y], ...], "labels": [1, ...],
 "box": [x0, y0, x1, y1]}``). A command applies from the next frame the job processes, and is
 answered by an event (``track_added``, ``track_removed``, ``track_reprompted``, ``error``).
+
+The stream is trimmed to about :data:`~pipeline.streams.retention.CONTROL_MAXLEN` entries as
+commands are sent (far more than its driver leaves unread), and lives as long as the job's hash.
 """
 
 from __future__ import annotations
@@ -15,13 +18,25 @@ from typing import Any
 
 import redis
 
-from pipeline.errors import InvalidInputError
+from pipeline.errors import InvalidInputError, JobError
 from pipeline.prompts import Prompt
 from pipeline.streams.connection import redis_errors
 from pipeline.streams.keys import Keys
+from pipeline.streams.retention import CONTROL_MAXLEN
 from pipeline.streams.wire import as_text
 
 COMMANDS = ("add", "remove", "reprompt", "stop")
+
+# Appends a command to the control stream of a job that exists, trimmed, and gives the stream the
+# hash's TTL: a command sent as the job ended must not leave a key that outlives the job.
+# KEYS: job hash, control stream. ARGV: maxlen, the command's field/value pairs.
+_SEND = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return false end
+local id = redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[1], '*', unpack(ARGV, 2))
+local ttl = redis.call('PTTL', KEYS[1])
+if ttl > 0 then redis.call('PEXPIRE', KEYS[2], ttl) end
+return id
+"""
 
 
 @dataclass(frozen=True)
@@ -60,9 +75,16 @@ class Command:
 
 
 def send(client: redis.Redis, keys: Keys, job_id: str, command: Command) -> str:
-    """Append a command to the job's control stream; returns its entry id."""
+    """Append a command to the job's control stream; returns its entry id.
+
+    Raises:
+        JobError: no such job (nothing is written).
+    """
+    args: list[str | int] = [CONTROL_MAXLEN, *(x for kv in command.fields().items() for x in kv)]
     with redis_errors(f"sending {command.cmd!r} to job {job_id!r}"):
-        eid: Any = client.xadd(keys.control(job_id), command.fields())  # type: ignore[arg-type]
+        eid: Any = client.eval(_SEND, 2, keys.job(job_id), keys.control(job_id), *args)
+    if eid is None:
+        raise JobError(f"no job {job_id!r} (no hash at {keys.job(job_id)})")
     return as_text(eid)
 
 

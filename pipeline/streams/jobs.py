@@ -15,27 +15,73 @@ import redis
 from pipeline.errors import InvalidInputError, JobError
 from pipeline.streams.connection import redis_errors
 from pipeline.streams.keys import Keys, validate_job_id
+from pipeline.streams.retention import DEFAULT_KEEP_S, EVENTS_MAXLEN, check_keep
 from pipeline.streams.wire import WIRE_VERSION, as_text, encode_event
 
 # Creates the hash only if absent, indexes it and appends the first status event, atomically.
-# KEYS: job hash, jobs index, events stream. ARGV: job id, created time, n, n hash args, event args.
+# KEYS: job hash, jobs index, events stream. ARGV: job id, created time, events maxlen, n, n hash
+# args, event args.
 _CREATE = """
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
-local n = tonumber(ARGV[3])
-redis.call('HSET', KEYS[1], unpack(ARGV, 4, 3 + n))
+local n = tonumber(ARGV[4])
+redis.call('HSET', KEYS[1], unpack(ARGV, 5, 4 + n))
 redis.call('ZADD', KEYS[2], ARGV[2], ARGV[1])
-redis.call('XADD', KEYS[3], '*', unpack(ARGV, 4 + n))
+redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[3], '*', unpack(ARGV, 5 + n))
 return 1
 """
 
-# Updates fields of an existing hash (never creates one); with a second key, appends an event.
-# KEYS: job hash [, events stream]. ARGV: n, n hash args [, event args].
+# Updates fields of an existing hash (never creates one). KEYS: job hash. ARGV: n, n hash args.
 _UPDATE = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+redis.call('HSET', KEYS[1], unpack(ARGV, 2, 1 + tonumber(ARGV[1])))
+return 1
+"""
+
+# A status change: the hash's fields, a status event, and the job's keys' life: a terminal status
+# gives every key of the job the TTL in the hash's keep_s (none: kept), any other status takes the
+# TTL away again (a resumed job must not lose its keys half-way).
+# KEYS: the job's keys in Keys.of_job's order: hash, masks, events, control, state, tracks.
+# ARGV: n, n hash args, terminal ('1' or '0'), events maxlen, event args.
+_STATUS = """
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
 local n = tonumber(ARGV[1])
 redis.call('HSET', KEYS[1], unpack(ARGV, 2, 1 + n))
-if #KEYS > 1 then redis.call('XADD', KEYS[2], '*', unpack(ARGV, 2 + n)) end
+redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[3 + n], '*', unpack(ARGV, 4 + n))
+local keep = nil
+if ARGV[2 + n] == '1' then keep = tonumber(redis.call('HGET', KEYS[1], 'keep_s')) end
+for i = 1, #KEYS do
+  if keep then redis.call('EXPIRE', KEYS[i], keep) else redis.call('PERSIST', KEYS[i]) end
+end
 return 1
+"""
+
+# Deletes every key of a job that is not queued or running, and its index entry.
+# KEYS: jobs index, then the job's keys (hash first). ARGV: job id.
+# Returns the status of a job that may not go, else 1 (deleted) or 0 (there was no hash).
+_DELETE = """
+local status = redis.call('HGET', KEYS[2], 'status')
+if status == 'queued' or status == 'running' then return status end
+local existed = redis.call('EXISTS', KEYS[2])
+redis.call('DEL', unpack(KEYS, 2))
+redis.call('ZREM', KEYS[1], ARGV[1])
+return existed
+"""
+
+# Drops index entries whose hash has gone (expired or deleted), with whatever keys of theirs were
+# written after the TTL was set. Checked here, atomically: a job made again meanwhile stays.
+# KEYS: jobs index, then the same number of keys per job (Keys.of_job, hash first). ARGV: the job ids.
+_PRUNE = """
+local gone = 0
+local per = (#KEYS - 1) / #ARGV
+for i = 1, #ARGV do
+  local first = 2 + per * (i - 1)
+  if redis.call('EXISTS', KEYS[first]) == 0 then
+    redis.call('DEL', unpack(KEYS, first, first + per - 1))
+    redis.call('ZREM', KEYS[1], ARGV[i])
+    gone = gone + 1
+  end
+end
+return gone
 """
 
 
@@ -79,6 +125,7 @@ class JobInfo:
         started: epoch seconds it last entered ``running``, or None.
         finished: epoch seconds it last entered a terminal status, or None (cleared when it runs again).
         updated: epoch seconds of the last change to the hash.
+        keep_s: seconds its keys are kept once it has ended; None: kept until deleted.
     """
 
     job_id: str
@@ -92,13 +139,23 @@ class JobInfo:
     started: float | None
     finished: float | None
     updated: float
+    keep_s: int | None = None
+
+    @property
+    def expires(self) -> float | None:
+        """Epoch seconds at which the job's keys expire: None while it runs or if kept for ever."""
+        if not self.status.terminal or self.finished is None or self.keep_s is None:
+            return None
+        return self.finished + self.keep_s
 
 
 class JobStore:
     """Reads and writes job hashes (``{prefix}job:{id}``) and the jobs index.
 
     Every status change also appends a ``status`` event (``detail`` = the new status, ``data.error``
-    when an error is given) to the job's events stream, in the same atomic step.
+    when an error is given) to the job's events stream, in the same atomic step; the events stream
+    is trimmed to about :data:`~pipeline.streams.retention.EVENTS_MAXLEN` entries. A terminal status
+    gives every key of the job (:meth:`Keys.of_job`) the TTL of its ``keep_s``, in that same step.
     """
 
     def __init__(self, client: redis.Redis, keys: Keys) -> None:
@@ -106,6 +163,9 @@ class JobStore:
         self._keys = keys
         self._create = client.register_script(_CREATE)
         self._update = client.register_script(_UPDATE)
+        self._status = client.register_script(_STATUS)
+        self._delete = client.register_script(_DELETE)
+        self._prune = client.register_script(_PRUNE)
 
     @property
     def client(self) -> redis.Redis:
@@ -117,19 +177,28 @@ class JobStore:
         """The key names this store uses."""
         return self._keys
 
-    def create(self, job_id: str, spec: Mapping[str, Any], total_frames: int | None = None) -> JobInfo:
+    def create(
+        self,
+        job_id: str,
+        spec: Mapping[str, Any],
+        total_frames: int | None = None,
+        keep_s: int | None = DEFAULT_KEEP_S,
+    ) -> JobInfo:
         """Create a ``queued`` job.
 
         Args:
             job_id: the new job's id (see :func:`~pipeline.streams.keys.validate_job_id`).
             spec: the job spec; stored as JSON, so it must be JSON-serialisable.
             total_frames: frames the job will process, or None if unknown.
+            keep_s: seconds its keys are kept once it has ended (hash field ``keep_s``); None: until
+                deleted.
 
         Raises:
             JobError: a job with this id exists already.
-            InvalidInputError: bad id, spec not JSON-serialisable, or negative total.
+            InvalidInputError: bad id, spec not JSON-serialisable, negative total or bad keep.
         """
         validate_job_id(job_id)
+        check_keep(keep_s)
         try:
             spec_json = json.dumps(dict(spec), sort_keys=True, allow_nan=False)
         except (TypeError, ValueError) as e:
@@ -149,9 +218,10 @@ class JobStore:
             "started": "",
             "finished": "",
             "updated": repr(now),
+            "keep_s": _keep_field(keep_s),
         }
         event = encode_event("status", time_s=now, detail=JobStatus.QUEUED.value)
-        args: builtins.list[str | int] = [job_id, repr(now), 2 * len(hash_fields)]
+        args: builtins.list[str | int] = [job_id, repr(now), EVENTS_MAXLEN, 2 * len(hash_fields)]
         args += [*_flat(hash_fields), *_flat(event)]
         keys = [self._keys.job(job_id), self._keys.jobs_index(), self._keys.events(job_id)]
         with redis_errors(f"creating job {job_id!r}"):
@@ -164,7 +234,8 @@ class JobStore:
         """Set a job's status, stamp ``started``/``finished``, and append a ``status`` event.
 
         Any transition is allowed (a failed or cancelled job may be resumed: ``running`` again).
-        ``error`` replaces the stored error; leaving it None clears it.
+        ``error`` replaces the stored error; leaving it None clears it. A terminal status sets the
+        TTL of every key of the job to its ``keep_s``; any other status removes their TTL.
 
         Raises:
             JobError: no such job.
@@ -180,7 +251,39 @@ class JobStore:
         event = encode_event(
             "status", time_s=float(now), detail=status.value, data={"error": error} if error else None
         )
-        self._write(job_id, fields, event, f"setting job {job_id!r} to {status.value}")
+        keys = self._keys.of_job(job_id)
+        args: builtins.list[str | int] = [2 * len(fields), *_flat(fields)]
+        args += ["1" if status.terminal else "0", EVENTS_MAXLEN, *_flat(event)]
+        with redis_errors(f"setting job {job_id!r} to {status.value}"):
+            done = self._status(keys=list(keys), args=args)
+        if not done:
+            raise JobError(f"no job {job_id!r} (no hash at {keys[0]})")
+
+    def set_keep(self, job_id: str, keep_s: int | None) -> None:
+        """Keep the job's keys ``keep_s`` seconds (None: until deleted) after it next ends.
+
+        Raises:
+            JobError: no such job.
+            InvalidInputError: ``keep_s`` is not None or 1 s to 100 years.
+        """
+        check_keep(keep_s)
+        self._write(job_id, {"keep_s": _keep_field(keep_s)}, f"setting how long job {job_id!r} is kept")
+
+    def delete(self, job_id: str) -> bool:
+        """Remove every key of a job that has ended, and its index entry, at once.
+
+        Returns:
+            True if the job existed; False if it did not (its leftover keys, if any, are gone too).
+
+        Raises:
+            JobError: the job is queued or running (cancel it first).
+        """
+        keys = [self._keys.jobs_index(), *self._keys.of_job(job_id)]
+        with redis_errors(f"deleting job {job_id!r}"):
+            reply: Any = self._delete(keys=keys, args=[job_id])
+        if isinstance(reply, int):
+            return bool(reply)
+        raise JobError(f"job {job_id!r} is {as_text(reply)}: cancel it first, then delete its data")
 
     def progress(self, job_id: str, frames_done: int, last_frame: int | None) -> None:
         """Record how far a job got.
@@ -201,14 +304,14 @@ class JobStore:
             "last_frame": "" if last_frame is None else str(last_frame),
             "updated": repr(time.time()),
         }
-        self._write(job_id, fields, None, f"recording progress of job {job_id!r}")
+        self._write(job_id, fields, f"recording progress of job {job_id!r}")
 
     def set_total(self, job_id: str, total_frames: int | None) -> None:
         """Record how many frames the job will process (learnt once its source is open)."""
         if total_frames is not None:
             _check_count(total_frames, "total frames")
         fields = {"frames_total": "" if total_frames is None else str(total_frames)}
-        self._write(job_id, fields, None, f"recording the length of job {job_id!r}")
+        self._write(job_id, fields, f"recording the length of job {job_id!r}")
 
     def get(self, job_id: str) -> JobInfo:
         """The job's current state.
@@ -229,7 +332,11 @@ class JobStore:
             return bool(self._client.exists(self._keys.job(job_id)))
 
     def list(self) -> builtins.list[JobInfo]:
-        """Every indexed job whose hash still exists, oldest first."""
+        """Every indexed job whose hash still exists, oldest first.
+
+        The ids of jobs whose hash has gone (expired) leave the index here, with any keys of theirs
+        left over: whatever lists jobs (the API, the metrics, the reconciler) keeps the index clean.
+        """
         with redis_errors("listing jobs"):
             members: Any = self._client.zrange(self._keys.jobs_index(), 0, -1)
             ids = [as_text(i) for i in members]
@@ -237,6 +344,8 @@ class JobStore:
             for job_id in ids:
                 pipe.hgetall(self._keys.job(job_id))
             hashes = pipe.execute()
+            gone = [job_id for job_id, raw in zip(ids, hashes, strict=True) if not raw]
+            self._forget(gone)
         return [_job_info(job_id, raw) for job_id, raw in zip(ids, hashes, strict=True) if raw]
 
     def count_active(self) -> int:
@@ -250,20 +359,28 @@ class JobStore:
             statuses = pipe.execute()
         return sum(1 for s in statuses if s is not None and as_text(s) in active)
 
+    def _forget(self, job_ids: builtins.list[str]) -> None:
+        """Drop index entries (and leftover keys) of jobs whose hash has gone, a chunk a script."""
+        for i in range(0, len(job_ids), 500):
+            chunk = job_ids[i : i + 500]
+            keys = [self._keys.jobs_index()]
+            for job_id in chunk:
+                keys += self._keys.of_job(job_id)
+            self._prune(keys=keys, args=chunk)
+
     def record_dropped(self, job_id: str, dropped: int) -> None:
         """Record how many frames a live job has dropped so far (hash field ``dropped``)."""
         _check_count(dropped, "dropped frames")
         self._write(
             job_id,
             {"dropped": str(dropped), "updated": repr(time.time())},
-            None,
             f"recording drops of {job_id!r}",
         )
 
     def record_placement(self, job_id: str, source_host: int, tracker_host: int) -> None:
         """Record which source host and tracker host of its driver run the job (for operators)."""
         fields = {"source_host": str(source_host), "tracker_host": str(tracker_host)}
-        self._write(job_id, fields, None, f"recording where job {job_id!r} runs")
+        self._write(job_id, fields, f"recording where job {job_id!r} runs")
 
     def record_dropped_many(self, dropped: Mapping[str, int]) -> None:
         """:meth:`record_dropped` for many jobs in one round trip (jobs gone meanwhile are skipped)."""
@@ -279,12 +396,9 @@ class JobStore:
         with redis_errors("recording drops"):
             pipe.execute()
 
-    def _write(self, job_id: str, fields: dict[str, str], event: dict[str, str] | None, what: str) -> None:
+    def _write(self, job_id: str, fields: dict[str, str], what: str) -> None:
         keys = [self._keys.job(job_id)]
         args: builtins.list[str | int] = [2 * len(fields), *_flat(fields)]
-        if event is not None:
-            keys.append(self._keys.events(job_id))
-            args.extend(_flat(event))
         with redis_errors(what):
             done = self._update(keys=keys, args=args)
         if not done:
@@ -313,9 +427,15 @@ def _job_info(job_id: str, raw: Mapping[Any, Any]) -> JobInfo:
             started=opt_float("started"),
             finished=opt_float("finished"),
             updated=float(f.get("updated") or f["created"]),
+            keep_s=opt_int("keep_s"),
         )
     except (KeyError, ValueError) as e:
         raise JobError(f"job {job_id!r} has a malformed hash: {type(e).__name__}: {e}") from None
+
+
+def _keep_field(keep_s: int | None) -> str:
+    # "" (or no field: jobs written before keep_s existed) keeps the job until it is deleted.
+    return "" if keep_s is None else str(keep_s)
 
 
 def _check_count(value: object, what: str) -> None:

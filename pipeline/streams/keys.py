@@ -69,6 +69,17 @@ class Keys:
         outlives the removal of every track): ``{prefix}job:{id}:tracks``."""
         return f"{self.job(job_id)}:tracks"
 
+    def of_job(self, job_id: str) -> tuple[str, ...]:
+        """Every key of one job: hash, masks, events, control, state, tracks (they expire and go together)."""
+        return (
+            self.job(job_id),
+            self.masks(job_id),
+            self.events(job_id),
+            self.control(job_id),
+            self.state(job_id),
+            self.tracks(job_id),
+        )
+
     def jobs_index(self) -> str:
         """Sorted set of every job id, scored by creation time (epoch s): ``{prefix}jobs``."""
         return f"{self.prefix}jobs"

@@ -11,6 +11,7 @@ from pipeline.errors import InvalidInputError
 from pipeline.frames import FrameResult
 from pipeline.streams.connection import redis_errors
 from pipeline.streams.keys import Keys, validate_job_id
+from pipeline.streams.retention import EVENTS_MAXLEN
 from pipeline.streams.wire import encode_entry, encode_event, entry_id, frame_of
 
 # Redis's reply to an XADD whose explicit ID is not above the stream's last ID. The last ID is kept
@@ -31,7 +32,9 @@ class Publisher:
         job_id: the job whose streams are written.
         maxlen: keep about this many masks entries (``XADD MAXLEN ~``; Redis trims whole macro-nodes,
             so the stream may hold somewhat more); None keeps every entry.
-        events_maxlen: the same for the events stream; None keeps every event.
+        events_maxlen: the same for the events stream (default
+            :data:`~pipeline.streams.retention.EVENTS_MAXLEN`: a long live job's events would grow
+            without end); None keeps every event.
     """
 
     def __init__(
@@ -41,7 +44,7 @@ class Publisher:
         job_id: str,
         maxlen: int | None = None,
         *,
-        events_maxlen: int | None = None,
+        events_maxlen: int | None = EVENTS_MAXLEN,
     ) -> None:
         for name, value in (("maxlen", maxlen), ("events_maxlen", events_maxlen)):
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):

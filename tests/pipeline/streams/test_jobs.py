@@ -1,14 +1,20 @@
-"""The job hash on a real Redis: lifecycle, progress, listing, status events."""
+"""The job hash on a real Redis: lifecycle, progress, listing, status events, expiry, deletion."""
 
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import pytest
 import redis
 
+import pipeline.streams.jobs as jobs_module
+from pipeline.api.limits import TrackSlots
 from pipeline.errors import InvalidInputError, JobError
-from pipeline.streams import JobStatus, JobStore, Keys, read_events
+from pipeline.streams import EmbeddedRedis, JobStatus, JobStore, Keys, connect, read_events
+from pipeline.streams.control import Command, send
+from pipeline.streams.sink import RedisSink
+from tests.pipeline.streams.conftest import make_result
 
 pytestmark = pytest.mark.integration
 
@@ -82,3 +88,119 @@ def test_list_oldest_first(redis_client: redis.Redis, keys: Keys) -> None:
         store.create(job_id, {"n": job_id})
     redis_client.delete(keys.job("a"))  # a hash removed by hand is skipped
     assert [(j.job_id, j.spec["n"]) for j in store.list()] == [("b", "b"), ("c", "c")]
+
+
+def _all_keys_written(client: redis.Redis, keys: Keys, job_id: str) -> JobStore:
+    """A job with every one of its keys, each by its real writer: hash and events (the store),
+    masks and state (the sink), control (a command)."""
+    store = JobStore(client, keys)
+    store.create(job_id, {"source": "a.mp4"}, keep_s=100)
+    store.set_status(job_id, JobStatus.RUNNING)
+    RedisSink(client, keys, job_id).publish(make_result(0), {"version": 1, "tracks": []})
+    send(client, keys, job_id, Command("stop"))
+    TrackSlots(client, keys, 64).take(job_id, 1, [])
+    assert client.exists(*keys.of_job(job_id)) == len(keys.of_job(job_id))
+    return store
+
+
+def _ttls(client: redis.Redis, keys: Keys, job_id: str) -> list[int]:
+    return [int(client.ttl(k)) for k in keys.of_job(job_id)]  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("ending", [JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED])
+def test_a_terminal_status_sets_the_ttl_of_every_key_and_not_before(
+    redis_client: redis.Redis, keys: Keys, ending: JobStatus
+) -> None:
+    store = _all_keys_written(redis_client, keys, "j")
+    assert _ttls(redis_client, keys, "j") == [-1] * len(keys.of_job("j"))  # queued, then running: no TTL
+    store.set_status("j", ending, "why" if ending is not JobStatus.SUCCEEDED else None)
+    assert all(90 < t <= 100 for t in _ttls(redis_client, keys, "j")), _ttls(redis_client, keys, "j")
+    info = store.get("j")
+    assert info.keep_s == 100 and info.expires == pytest.approx(info.finished + 100)  # type: ignore[operator]
+
+
+def test_a_job_that_runs_again_keeps_its_keys(redis_client: redis.Redis, keys: Keys) -> None:
+    store = _all_keys_written(redis_client, keys, "j")
+    store.set_status("j", JobStatus.CANCELLED, "interrupted")
+    store.set_status("j", JobStatus.RUNNING)  # resumed (samstream run with its id)
+    assert _ttls(redis_client, keys, "j") == [-1] * len(keys.of_job("j"))
+    assert store.get("j").expires is None
+    store.set_keep("j", 3600)  # the run that resumed it asked for another keep
+    store.set_status("j", JobStatus.SUCCEEDED)
+    assert all(3590 < t <= 3600 for t in _ttls(redis_client, keys, "j"))
+
+
+def test_a_job_kept_for_ever_gets_no_ttl(redis_client: redis.Redis, keys: Keys) -> None:
+    store = JobStore(redis_client, keys)
+    store.create("j", {}, keep_s=None)
+    store.set_status("j", JobStatus.SUCCEEDED)
+    assert _ttls(redis_client, keys, "j")[0] == -1 and store.get("j").expires is None
+    assert store.get("j").keep_s is None
+    with pytest.raises(InvalidInputError, match="keep_s"):
+        store.create("k", {}, keep_s=0)
+    with pytest.raises(InvalidInputError, match="keep_s"):
+        store.set_keep("j", -5)
+
+
+@pytest.mark.slow
+def test_an_expired_job_leaves_the_listing_and_no_key(redis_client: redis.Redis, keys: Keys) -> None:
+    store = JobStore(redis_client, keys)
+    store.create("gone", {}, keep_s=1)
+    store.create("stays", {}, keep_s=1)
+    store.create("again", {}, keep_s=1)
+    store.set_status("gone", JobStatus.SUCCEEDED)
+    # A frame published as the job was cancelled makes its masks stream after the TTL was set:
+    # it must go with the job all the same.
+    RedisSink(redis_client, keys, "gone").publish(make_result(0), None)
+    store.set_status("again", JobStatus.FAILED, "x")
+    store.set_status("again", JobStatus.RUNNING)
+    time.sleep(2.2)
+    assert [i.job_id for i in store.list()] == ["stays", "again"]
+    assert redis_client.zrange(keys.jobs_index(), 0, -1) == ["stays", "again"]
+    assert redis_client.exists(*keys.of_job("gone")) == 0
+    with pytest.raises(JobError, match="'gone'"):
+        store.get("gone")
+
+
+def test_delete_removes_every_key_of_an_ended_job_only(redis_client: redis.Redis, keys: Keys) -> None:
+    store = _all_keys_written(redis_client, keys, "j")
+    with pytest.raises(JobError, match="running: cancel it first"):
+        store.delete("j")
+    assert redis_client.exists(*keys.of_job("j")) == 5  # refused: nothing touched
+    store.create("q", {})
+    with pytest.raises(JobError, match="queued: cancel it first"):
+        store.delete("q")
+    store.set_status("j", JobStatus.CANCELLED, "cancelled on request")
+    assert store.delete("j") is True
+    assert redis_client.exists(*keys.of_job("j")) == 0
+    assert redis_client.zrange(keys.jobs_index(), 0, -1) == ["q"]
+    assert store.delete("j") is False  # no such job
+    assert [i.job_id for i in store.list()] == ["q"]
+
+
+def test_status_events_are_trimmed(
+    redis_client: redis.Redis, keys: Keys, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(jobs_module, "EVENTS_MAXLEN", 100)
+    store = JobStore(redis_client, keys)
+    store.create("j", {})
+    for _ in range(200):
+        store.set_status("j", JobStatus.RUNNING)
+        store.set_status("j", JobStatus.FAILED, "x")
+    n = redis_client.xlen(keys.events("j"))
+    assert 100 <= n <= 100 + 200, n  # MAXLEN ~ trims whole macro-nodes (100 entries by default)
+    assert [e.detail for e in read_events(redis_client, keys, "j")][-2:] == ["running", "failed"]
+
+
+def test_delete_frees_a_redis_that_refuses_writes(tmp_path: Path) -> None:
+    with EmbeddedRedis(tmp_path) as server:
+        client = connect(server.url)
+        keys = Keys()
+        store = _all_keys_written(client, keys, "old")
+        store.set_status("old", JobStatus.SUCCEEDED)
+        client.config_set("maxmemory", 1)  # full: noeviction refuses every write that adds data
+        with pytest.raises(redis.ResponseError, match="OOM"):
+            store.create("new", {})
+        assert store.delete("old") is True
+        assert client.exists(*keys.of_job("old")) == 0 and client.zcard(keys.jobs_index()) == 0
+        client.close()

@@ -7,6 +7,7 @@ import redis
 
 from pipeline.errors import InvalidInputError
 from pipeline.streams import EmbeddedRedis, Keys, MaskReader, Publisher, read_events
+from pipeline.streams.retention import EVENTS_MAXLEN
 from tests.pipeline.streams.conftest import make_result
 
 pytestmark = pytest.mark.integration
@@ -75,6 +76,20 @@ def test_events(redis_client: redis.Redis, keys: Keys) -> None:
     assert events[0].entry_id == first
     assert (events[0].frame, events[0].track, events[0].data) == (12, 2, {"iou": 0.25})
     assert [e.type for e in read_events(redis_client, keys, "job4", start_after=first)] == ["reconnect"]
+
+
+def test_events_are_trimmed_by_default(redis_client: redis.Redis, keys: Keys) -> None:
+    pub = Publisher(redis_client, keys, "chatty")  # a long live job: tracks lost and found for ever
+    for i in range(EVENTS_MAXLEN + 300):
+        pub.event("track_lost", frame=i, track=1)
+    n = redis_client.xlen(keys.events("chatty"))
+    assert EVENTS_MAXLEN <= n <= EVENTS_MAXLEN + 200, n  # MAXLEN ~: whole macro-nodes of 100
+    newest = list(read_events(redis_client, keys, "chatty"))[-1]
+    assert newest.frame == EVENTS_MAXLEN + 299
+    kept = Publisher(redis_client, keys, "kept", events_maxlen=None)
+    for i in range(300):
+        kept.event("track_lost", frame=i)
+    assert redis_client.xlen(keys.events("kept")) == 300
 
 
 def test_works_with_a_bytes_client(redis_server: EmbeddedRedis, keys: Keys) -> None:

@@ -1,0 +1,151 @@
+"""``samstream delete`` as a user runs it: against Redis directly and through the REST API, one
+clear line when the job runs or does not exist."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+import uvicorn
+
+from pipeline.api import ApiSettings, create_app
+from pipeline.api.limits import TrackSlots
+from pipeline.streams import EmbeddedRedis, JobStatus, JobStore, Keys, connect
+from pipeline.streams.control import Command, send
+from pipeline.streams.sink import RedisSink
+from tests.pipeline.api.conftest import TOKEN, RecordingBackend
+from tests.pipeline.streams.conftest import free_port, make_result
+
+pytestmark = pytest.mark.integration
+
+EXE = str(Path(sys.executable).with_name("samstream"))
+
+
+def sam(*args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "SAMSTREAM_API_URL": "", "SAMSTREAM_API_TOKEN": ""}
+    return subprocess.run([EXE, *args], capture_output=True, text=True, timeout=60, env=env)
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedRedis]:
+    with EmbeddedRedis(tmp_path_factory.mktemp("cli-redis")) as s:
+        yield s
+
+
+@pytest.fixture
+def client(server: EmbeddedRedis) -> Iterator[redis.Redis]:
+    c = connect(server.url)
+    yield c
+    c.close()
+
+
+@pytest.fixture
+def prefix() -> str:
+    return f"cli-{uuid.uuid4().hex[:10]}:"
+
+
+def _job(client: redis.Redis, keys: Keys, job_id: str, live: bool = False) -> JobStore:
+    """A running job with every key, each written by its real writer."""
+    store = JobStore(client, keys)
+    store.create(job_id, {"source": "a.mp4", "live": live})
+    store.set_status(job_id, JobStatus.RUNNING)
+    RedisSink(client, keys, job_id).publish(make_result(0), {"version": 1, "tracks": []})
+    send(client, keys, job_id, Command("remove", 1))
+    TrackSlots(client, keys, 64).take(job_id, 2, [])
+    assert client.exists(*keys.of_job(job_id)) == len(keys.of_job(job_id))
+    return store
+
+
+def test_delete_removes_an_ended_jobs_keys_and_refuses_a_running_one(
+    server: EmbeddedRedis, client: redis.Redis, prefix: str
+) -> None:
+    keys = Keys(prefix)
+    store = _job(client, keys, "j1")
+    where = ["--redis-url", server.url, "--prefix", prefix]
+
+    r = sam("delete", "j1", *where)
+    assert r.returncode == 1, r.stderr
+    assert r.stderr.strip() == (
+        "samstream: error: job j1 is running: cancel it first (samstream cancel j1), then delete it"
+    )
+    assert client.exists(*keys.of_job("j1")) == len(keys.of_job("j1"))
+
+    store.set_status("j1", JobStatus.CANCELLED, "stopped on request")
+    r = sam("delete", "j1", *where)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "deleted: every key of job j1"
+    assert client.exists(*keys.of_job("j1")) == 0 and client.zcard(keys.jobs_index()) == 0
+
+    r = sam("delete", "j1", *where)
+    assert r.returncode == 1 and r.stderr.startswith("samstream: error: no job 'j1'")
+    assert "Traceback" not in r.stderr
+
+
+@pytest.fixture
+def api_url(client: redis.Redis, prefix: str) -> Iterator[str]:
+    """The REST API on a loopback port, over the test's Redis (jobs 'run' on a recording backend)."""
+    settings = ApiSettings(token=TOKEN, prefix=prefix)
+    port = free_port()
+    config = uvicorn.Config(
+        create_app(settings, client, RecordingBackend()), host="127.0.0.1", port=port, log_level="warning"
+    )
+    api = uvicorn.Server(config)
+    thread = threading.Thread(target=api.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not api.started:
+        assert time.monotonic() < deadline and thread.is_alive(), "the API did not start"
+        time.sleep(0.05)
+    yield f"http://127.0.0.1:{port}"
+    api.should_exit = True
+    thread.join(10)
+
+
+def test_delete_through_the_api(api_url: str, client: redis.Redis, prefix: str) -> None:
+    keys = Keys(prefix)
+    store = _job(client, keys, "s1", live=True)
+    where = ["--api", api_url, "--token", TOKEN]
+
+    r = sam("delete", "s1", *where)
+    assert r.returncode == 1
+    assert r.stderr.strip() == (
+        "samstream: error: the API said 409: stream s1 is running: cancel it first (DELETE /streams/s1)"
+    )
+    store.set_status("s1", JobStatus.SUCCEEDED)
+    r = sam("delete", "s1", *where)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "deleted: every key of stream s1"
+    assert client.exists(*keys.of_job("s1")) == 0
+
+    r = sam("delete", "s1", *where)
+    assert r.returncode == 1 and "no job or stream 's1'" in r.stderr
+
+
+def test_submit_keep_and_status_show_how_long_a_job_stays(
+    api_url: str, server: EmbeddedRedis, client: redis.Redis, prefix: str
+) -> None:
+    where = ["--api", api_url, "--token", TOKEN]
+    r = sam(
+        "submit", "https://videos.example/a.mp4", "--point", "1,1", "--job-id", "k1", "--keep", "1h", *where
+    )
+    assert r.returncode == 0, r.stderr
+    store = JobStore(client, Keys(prefix))
+    assert store.get("k1").keep_s == 3600
+    r = sam("submit", "https://videos.example/a.mp4", "--point", "1,1", "--keep", "8d", *where)
+    assert r.returncode == 1 and "keep_s must be at most 604800 (7d" in r.stderr
+    r = sam("submit", "https://videos.example/a.mp4", "--point", "1,1", "--keep", "never", *where)
+    assert r.returncode == 1 and "--keep never: a service keeps" in r.stderr
+
+    store.set_status("k1", JobStatus.FAILED, "x")
+    r = sam("status", "k1", "--redis-url", server.url, "--prefix", prefix)
+    assert r.returncode == 0, r.stderr
+    expires = time.strftime("%Y-%m-%d %H:%M", time.localtime(store.get("k1").expires))  # type: ignore[arg-type]
+    assert f"expires   {expires}" in r.stdout
