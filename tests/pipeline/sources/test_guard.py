@@ -1,0 +1,196 @@
+"""Every connection FFmpeg makes for a guarded source is checked: real loopback servers.
+
+The guard is allowed 127.0.0.1 only; 127.0.0.2 and ::1 are loopback too, and refused, so a
+server there stands for any address inside the service's network. Each test checks that the
+refused server received nothing at all.
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from pipeline.errors import InvalidInputError, SourceError
+from pipeline.samples import write_clip
+from pipeline.sources.addresses import BLOCKED, UNREACHABLE, AddressRules
+from pipeline.sources.guard import NetworkGuard, check_url_options
+from pipeline.sources.live import LiveSource
+from pipeline.sources.video import VideoSource
+from tests.fixtures.http import serve_directory
+from tests.fixtures.streams import RtspServer, StreamSender, free_port, rtsp_server_available
+
+pytestmark = pytest.mark.integration
+
+GUARD = NetworkGuard(AddressRules.parse("127.0.0.1"))
+PLAYLIST = "#EXTM3U\n#EXT-X-VERSION:3\n#EXT-X-TARGETDURATION:1\n#EXT-X-MEDIA-SEQUENCE:0\n{key}#EXTINF:1.0,\n{segment}\n#EXT-X-ENDLIST\n"
+FAST = {"open_timeout_s": 3, "read_timeout_s": 3}
+
+
+@pytest.fixture(scope="module")
+def media(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("guard-media")
+    write_clip(root / "clip.mp4", frames=10, width=64, height=48)
+    write_clip(root / "segment.ts", frames=10, width=64, height=48)
+    (root / "key.bin").write_bytes(bytes(16))
+    return root
+
+
+@pytest.fixture(params=["127.0.0.2", "::1"])
+def refused(request: pytest.FixtureRequest, media: Path) -> Iterator[tuple[str, list[str]]]:
+    """A server on a refused loopback address: its base URL and the paths it was asked for."""
+    seen: list[str] = []
+    with serve_directory(media, request.param, seen=seen) as base:
+        yield base, seen
+
+
+def _frames(uri: str, guard: NetworkGuard | None = GUARD) -> int:
+    with VideoSource(uri, guard=guard, **FAST) as video:
+        return sum(1 for _ in video.frames(image_size=None))
+
+
+def _error(uri: str) -> str:
+    with pytest.raises(SourceError) as err:
+        _frames(uri)
+    return str(err.value)
+
+
+def test_an_allowed_server_plays_through_the_guard(media: Path) -> None:
+    (media / "ok.m3u8").write_text(PLAYLIST.format(key="", segment="segment.ts"))
+    with serve_directory(media) as base:
+        assert _frames(f"{base}/clip.mp4") == 10
+        assert _frames(f"{base}/ok.m3u8") == 10
+
+
+def test_a_redirect_to_a_refused_address_is_blocked(media: Path, refused: tuple[str, list[str]]) -> None:
+    target, seen = refused
+    with serve_directory(media, redirects={"/r.mp4": f"{target}/clip.mp4"}) as base:
+        assert _frames(f"{base}/r.mp4", guard=None) == 10  # unguarded (``run``), the redirect is followed
+        assert seen == ["/clip.mp4"]
+        seen.clear()
+        message = _error(f"{base}/r.mp4")
+    assert message == f"cannot open video {base}/r.mp4: {BLOCKED}"
+    assert seen == []
+    assert target.split("//")[1] not in message  # the target is not named
+
+
+def test_a_playlist_whose_segment_is_on_a_refused_address_is_blocked(
+    media: Path, refused: tuple[str, list[str]]
+) -> None:
+    target, seen = refused
+    (media / "far.m3u8").write_text(PLAYLIST.format(key="", segment=f"{target}/segment.ts"))
+    with serve_directory(media) as base:
+        message = _error(f"{base}/far.m3u8")
+    assert message.endswith(BLOCKED)
+    assert seen == []
+
+
+def test_a_playlist_whose_key_is_on_a_refused_address_is_blocked(
+    media: Path, refused: tuple[str, list[str]]
+) -> None:
+    target, seen = refused
+    key = f'#EXT-X-KEY:METHOD=AES-128,URI="{target}/key.bin"\n'
+    (media / "key.m3u8").write_text(PLAYLIST.format(key=key, segment="segment.ts"))
+    with serve_directory(media) as base:
+        message = _error(f"{base}/key.m3u8")
+    assert message.endswith(BLOCKED)
+    assert seen == []
+
+
+def test_a_segment_blocked_after_good_ones_fails_the_video(
+    media: Path, refused: tuple[str, list[str]]
+) -> None:
+    """FFmpeg skips a segment it cannot open; the guard does not let that pass for the end."""
+    target, seen = refused
+    lines = "".join(f"#EXTINF:1.0,\n{s}\n" for s in ("segment.ts", "segment.ts", f"{target}/segment.ts"))
+    (media / "late.m3u8").write_text(PLAYLIST.format(key="", segment="").replace("#EXTINF:1.0,\n\n", lines))
+    with serve_directory(media) as base, pytest.raises(SourceError, match="blocked"):
+        _frames(f"{base}/late.m3u8")
+    assert seen == []
+
+
+def test_refused_closed_silent_and_unknown_hosts_read_the_same(media: Path) -> None:
+    """No caller can tell a closed port from a silent one, or from a name that does not exist."""
+    closed = free_port()
+    silent = socket.create_server(("127.0.0.1", 0))
+    try:
+        urls = [
+            f"http://127.0.0.1:{closed}/clip.mp4",
+            f"http://127.0.0.1:{silent.getsockname()[1]}/clip.mp4",
+            "http://no-such-host.invalid/clip.mp4",
+        ]
+        for url in urls:
+            assert _error(url) == f"cannot open video {url}: {UNREACHABLE}"
+    finally:
+        silent.close()
+
+
+def test_demuxers_that_open_urls_of_their_own_are_not_used(
+    media: Path, refused: tuple[str, list[str]]
+) -> None:
+    """``concat`` (as ``dash``, ``sdp``, image sequences) opens URLs without the proxy: not read."""
+    target, seen = refused
+    (media / "list.ffconcat").write_text(f"ffconcat version 1.0\nfile '{target}/clip.mp4'\n")
+    with serve_directory(media) as base, pytest.raises(SourceError, match="not a video format"):
+        _frames(f"{base}/list.ffconcat")
+    assert seen == []
+
+
+@pytest.mark.parametrize("protocol", ["http", "tcp"])
+def test_live_feeds_play_through_the_guard(protocol: str) -> None:
+    with StreamSender(protocol) as sender:
+        live = LiveSource(sender.url, image_size=None, open_timeout_s=5, guard=GUARD)
+        with live:
+            assert live.latest(timeout_s=5) is not None
+
+
+def test_a_live_feed_on_a_refused_address_is_blocked_before_connecting() -> None:
+    listener = socket.create_server(("127.0.0.2", 0))
+    listener.settimeout(0.5)
+    port = listener.getsockname()[1]
+    try:
+        for url in (f"rtsp://127.0.0.2:{port}/s", f"tcp://127.0.0.2:{port}", f"http://127.0.0.2:{port}/s"):
+            with pytest.raises(SourceError, match="blocked"):
+                LiveSource(url, open_timeout_s=2, guard=GUARD)
+        with pytest.raises(TimeoutError):
+            listener.accept()  # nothing connected
+    finally:
+        listener.close()
+
+
+def test_a_live_feed_that_cannot_connect_says_only_that() -> None:
+    port = free_port()
+    for url in (f"tcp://127.0.0.1:{port}", f"rtsp://127.0.0.1:{port}/s", "rtsp://no-such-host.invalid/s"):
+        with pytest.raises(SourceError) as err:
+            LiveSource(url, open_timeout_s=2, guard=GUARD)
+        assert str(err.value) == f"cannot open live source {url}: {UNREACHABLE}"
+
+
+@pytest.mark.skipif(not rtsp_server_available(), reason="no GStreamer RTSP server on this machine")
+def test_rtsp_plays_through_the_guard_by_the_checked_address() -> None:
+    with RtspServer() as server:
+        url = server.url.replace("127.0.0.1", "localhost")
+        guard = NetworkGuard(AddressRules.parse("127.0.0.1"))  # by address: localhost resolves to it
+        with pytest.raises(SourceError, match="blocked"):
+            LiveSource(url, open_timeout_s=5, guard=NetworkGuard())
+        with LiveSource(server.url, open_timeout_s=10, guard=guard) as live:
+            assert live.latest(timeout_s=10) is not None
+
+
+@pytest.mark.parametrize("url", ["rtsp://8.8.8.8/s?http", "tcp://8.8.8.8:1?listen", "udp://@:5000"])
+def test_urls_that_listen_or_tunnel_are_refused_by_the_guard_too(url: str) -> None:
+    with pytest.raises(InvalidInputError):
+        check_url_options(url)
+    with pytest.raises(SourceError, match=r"not accepted|must name"):
+        LiveSource(url, open_timeout_s=1, guard=GUARD)
+
+
+def test_closing_a_source_stops_its_proxy(media: Path) -> None:
+    with serve_directory(media) as base:
+        before = threading.active_count()
+        for _ in range(5):
+            assert _frames(f"{base}/clip.mp4") == 10
+        assert threading.active_count() <= before + 2
