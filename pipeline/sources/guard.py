@@ -115,9 +115,9 @@ class NetworkGuard:
 
     rules: AddressRules = field(default_factory=AddressRules)
 
-    def session(self, connect_timeout_s: float, idle_timeout_s: float) -> GuardSession:
+    def session(self, connect_timeout_s: float, answer_timeout_s: float) -> GuardSession:
         """A source's guard: its proxy and what it saw."""
-        return GuardSession(self.rules, connect_timeout_s, idle_timeout_s)
+        return GuardSession(self.rules, connect_timeout_s, answer_timeout_s)
 
 
 class GuardSession:
@@ -126,13 +126,13 @@ class GuardSession:
     Args:
         rules: which addresses may be reached.
         connect_timeout_s: most time to connect to a target.
-        idle_timeout_s: a relayed connection with no data either way for this long is closed.
+        answer_timeout_s: most time to wait for a request's or a response's head.
     """
 
-    def __init__(self, rules: AddressRules, connect_timeout_s: float, idle_timeout_s: float) -> None:
+    def __init__(self, rules: AddressRules, connect_timeout_s: float, answer_timeout_s: float) -> None:
         self.rules = rules
         self.connect_timeout_s = connect_timeout_s
-        self.idle_timeout_s = idle_timeout_s
+        self.answer_timeout_s = answer_timeout_s
         self._proxy: GuardProxy | None = None
         self._blocked = False
         self._unreachable = False
@@ -199,7 +199,7 @@ class GuardSession:
             if self._closed:
                 raise SourceError("the source is closed")
             if self._proxy is None:
-                self._proxy = GuardProxy(self.rules, self.connect_timeout_s, self.idle_timeout_s)
+                self._proxy = GuardProxy(self.rules, self.connect_timeout_s, self.answer_timeout_s)
             self._proxy.unreachable = False
             return self._proxy
 
@@ -260,14 +260,16 @@ class GuardProxy:
 
     Plain http requests (absolute-form) are sent on with ``Connection: close``; ``CONNECT`` (https)
     is tunnelled. A refused target gets ``403`` and sets :attr:`blocked`; one that cannot be
-    resolved or connected to gets ``502`` and sets :attr:`unreachable`. Each connection is relayed
-    by a thread of its own until either side closes or ``idle_timeout_s`` passes without data.
+    resolved or connected to, or that sends no response head within ``answer_timeout_s``, gets
+    ``502`` and sets :attr:`unreachable`. Each connection is then relayed by a thread of its own
+    until either side closes (FFmpeg's own read timeout ends a stalled one) or the proxy is
+    closed; a reader that pauses (its buffer full) only pauses the relay.
     """
 
-    def __init__(self, rules: AddressRules, connect_timeout_s: float, idle_timeout_s: float) -> None:
+    def __init__(self, rules: AddressRules, connect_timeout_s: float, answer_timeout_s: float) -> None:
         self.rules = rules
         self.connect_timeout_s = connect_timeout_s
-        self.idle_timeout_s = idle_timeout_s
+        self.answer_timeout_s = answer_timeout_s
         self.blocked = False
         self.unreachable = False
         self._listener = socket.create_server(("127.0.0.1", 0))
@@ -300,7 +302,7 @@ class GuardProxy:
     def _serve(self, client: socket.socket) -> None:
         upstream: socket.socket | None = None
         try:
-            client.settimeout(self.idle_timeout_s)
+            client.settimeout(self.answer_timeout_s)
             head, rest = _read_head(client)
             if head is None:
                 return
@@ -337,7 +339,9 @@ class GuardProxy:
                     client.sendall(_answer(502, "Bad Gateway"))
                     return
                 client.sendall(_close_response(response) + body)
-            _relay(client, upstream, self.idle_timeout_s)
+            client.settimeout(None)  # FFmpeg may pause reading for as long as its pipeline waits
+            upstream.settimeout(None)
+            _relay(client, upstream)
         except (OSError, ValueError):
             with contextlib.suppress(OSError):
                 client.sendall(_answer(400, "Bad Request"))
@@ -364,7 +368,7 @@ class GuardProxy:
                     self._open.discard(sock)
                 sock.close()
                 continue
-            sock.settimeout(self.idle_timeout_s)
+            sock.settimeout(self.answer_timeout_s)
             return sock
         return None
 
@@ -436,16 +440,13 @@ def _answer(status: int, text: str) -> bytes:
     return f"HTTP/1.1 {status} {text}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".encode()
 
 
-def _relay(a: socket.socket, b: socket.socket, idle_timeout_s: float) -> None:
-    """Copy bytes both ways until either side closes or nothing moves for ``idle_timeout_s``."""
+def _relay(a: socket.socket, b: socket.socket) -> None:
+    """Copy bytes both ways until either side closes (or the proxy shuts both down)."""
     with selectors.DefaultSelector() as sel:
         sel.register(a, selectors.EVENT_READ, b)
         sel.register(b, selectors.EVENT_READ, a)
         while True:
-            ready = sel.select(idle_timeout_s)
-            if not ready:
-                return
-            for key, _ in ready:
+            for key, _ in sel.select():
                 src: socket.socket = key.fileobj  # type: ignore[assignment]
                 chunk = src.recv(65536)
                 if not chunk:
