@@ -11,14 +11,17 @@ lookup for a rebinding DNS to answer); a refused target gets a 403 and marks the
 and the job fails with :data:`~pipeline.sources.addresses.BLOCKED`, naming no target.
 
 Demuxers that open further URLs without those options (``concat``, ``dash``, ``sdp``, image
-sequences, …) are kept out by FFmpeg's ``format_whitelist``. RTSP and TCP feeds are resolved and
-checked before opening and then opened by the checked address; RTSP is held to interleaved TCP
-(no ``?udp``/``?http`` tunnelling, no http in its protocols). A failed connection is reported as
+sequences, …) are kept out by FFmpeg's ``format_whitelist``. RTSP, RTSPS and TCP feeds are
+resolved and checked before opening. TCP is then opened by the checked address, and RTSP through
+an :class:`RtspRelay` to it that ends the connection at a redirect (FFmpeg would follow one on a
+connection of its own). RTSP is held to interleaved TCP: no ``?udp``/``?http`` in the URL, no
+http or udp among its protocols. A failed connection is reported as
 :data:`~pipeline.sources.addresses.UNREACHABLE` whatever the cause (refused, timed out, no such
 host): the reason would tell a caller which ports and names exist inside the network.
 
-Not covered: an RTSP server's redirect (3xx) is followed by FFmpeg on a connection of its own,
-which this guard does not see.
+Not covered: RTSPS is encrypted end to end, so its redirects cannot be read on the way; an RTSPS
+server can redirect FFmpeg to an address the guard would refuse (and FFmpeg looks its name up
+again). Leave ``rtsps`` out of ``--allow-schemes`` where that matters.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ import errno
 import ipaddress
 import logging
 import os
+import re
 import selectors
 import socket
 import threading
@@ -134,6 +138,7 @@ class GuardSession:
         self.connect_timeout_s = connect_timeout_s
         self.answer_timeout_s = answer_timeout_s
         self._proxy: GuardProxy | None = None
+        self._relays: list[RtspRelay] = []  # one per RTSP connection made (reconnects make more)
         self._blocked = False
         self._unreachable = False
         self._closed = False
@@ -142,7 +147,11 @@ class GuardSession:
     @property
     def blocked(self) -> bool:
         """Whether anything this source tried to reach was refused (sticky)."""
-        return self._blocked or (self._proxy is not None and self._proxy.blocked)
+        return (
+            self._blocked
+            or (self._proxy is not None and self._proxy.blocked)
+            or any(r.blocked for r in self._relays)
+        )
 
     def prepare(self, uri: str) -> tuple[str, dict[str, str]]:
         """The URL to give FFmpeg and the options that guard it.
@@ -172,8 +181,21 @@ class GuardSession:
         except UnreachableError:
             self._unreachable = True
             raise
-        if scheme in ("rtsp", "tcp"):  # by the checked address: FFmpeg does not look the name up again
+        if scheme == "tcp":  # by the checked address: FFmpeg does not look the name up again
             uri = _with_host(parts, addresses[0])
+        elif scheme == "rtsp":  # through a relay to the checked address, which refuses redirects
+            port = parts.port or DEFAULT_PORTS[scheme]
+            relay = RtspRelay(addresses, port, self.connect_timeout_s, self.answer_timeout_s)
+            with self._lock:
+                if self._closed:
+                    relay.close()
+                    raise SourceError("the source is closed")
+                done = [r for r in self._relays if r.idle()]  # earlier connections, ended
+                self._blocked = self._blocked or any(r.blocked for r in done)
+                self._relays = [r for r in self._relays if r not in done] + [relay]
+            for old in done:
+                old.close()
+            uri = _with_host(parts, ipaddress.ip_address("127.0.0.1"), relay.port)
         if scheme in ("rtsp", "rtsps"):  # interleaved: no connection but the checked one
             options["rtsp_transport"] = "tcp"
         return uri, options
@@ -187,6 +209,7 @@ class GuardSession:
         if (
             self._unreachable
             or (self._proxy is not None and self._proxy.unreachable)
+            or any(r.unreachable for r in self._relays)
             or _connection_error(exc)
         ):
             return UNREACHABLE
@@ -206,12 +229,12 @@ class GuardSession:
     def close(self) -> None:
         """Stop the proxy and every connection it relays. Idempotent."""
         with self._lock:
+            self._blocked = self.blocked
             self._closed = True
             proxy, self._proxy = self._proxy, None
-            if proxy is not None:
-                self._blocked = self._blocked or proxy.blocked
-        if proxy is not None:
-            proxy.close()
+            relays, self._relays = self._relays, []
+        for listener in [*([proxy] if proxy is not None else []), *relays]:
+            listener.close()
 
 
 def _connection_error(exc: BaseException) -> bool:
@@ -238,10 +261,12 @@ def _connection_error(exc: BaseException) -> bool:
     )
 
 
-def _with_host(parts: SplitResult, ip: IPAddress) -> str:
+def _with_host(parts: SplitResult, ip: IPAddress, port: int | None = None) -> str:
+    """The URL with ``ip`` (and ``port``, if given) for its host (and port)."""
     literal = f"[{ip}]" if isinstance(ip, ipaddress.IPv6Address) else str(ip)
     userinfo = parts.netloc.rpartition("@")[0]
-    netloc = (userinfo + "@" if userinfo else "") + literal + (f":{parts.port}" if parts.port else "")
+    port = port or parts.port
+    netloc = (userinfo + "@" if userinfo else "") + literal + (f":{port}" if port else "")
     return parts._replace(netloc=netloc).geturl()
 
 
@@ -255,29 +280,21 @@ def _unset_no_proxy() -> None:
         os.environ.setdefault("no_grpc_proxy", value)
 
 
-class GuardProxy:
-    """An HTTP forward proxy on 127.0.0.1 that reaches only addresses ``rules`` allows.
+class _Listener:
+    """A listening socket on 127.0.0.1 whose every connection a thread of its own serves."""
 
-    Plain http requests (absolute-form) are sent on with ``Connection: close``; ``CONNECT`` (https)
-    is tunnelled. A refused target gets ``403`` and sets :attr:`blocked`; one that cannot be
-    resolved or connected to, or that sends no response head within ``answer_timeout_s``, gets
-    ``502`` and sets :attr:`unreachable`. Each connection is then relayed by a thread of its own
-    until either side closes (FFmpeg's own read timeout ends a stalled one) or the proxy is
-    closed; a reader that pauses (its buffer full) only pauses the relay.
-    """
-
-    def __init__(self, rules: AddressRules, connect_timeout_s: float, answer_timeout_s: float) -> None:
-        self.rules = rules
+    def __init__(self, connect_timeout_s: float, answer_timeout_s: float) -> None:
         self.connect_timeout_s = connect_timeout_s
         self.answer_timeout_s = answer_timeout_s
         self.blocked = False
         self.unreachable = False
         self._listener = socket.create_server(("127.0.0.1", 0))
-        self.url = f"http://127.0.0.1:{self._listener.getsockname()[1]}"
+        self.port: int = self._listener.getsockname()[1]
         self._open: set[socket.socket] = set()
         self._lock = threading.Lock()
         self._closed = False
-        threading.Thread(target=self._accept, name=f"guard proxy {self.url}", daemon=True).start()
+        name = f"{type(self).__name__} :{self.port}"
+        threading.Thread(target=self._accept, name=name, daemon=True).start()
 
     def _accept(self) -> None:
         while True:
@@ -289,7 +306,7 @@ class GuardProxy:
                 client.close()
                 return
             threading.Thread(
-                target=self._serve, args=(client,), name="guard proxy relay", daemon=True
+                target=self._run, args=(client,), name=f"{type(self).__name__} relay", daemon=True
             ).start()
 
     def _track(self, sock: socket.socket) -> bool:
@@ -299,8 +316,75 @@ class GuardProxy:
             self._open.add(sock)
             return True
 
-    def _serve(self, client: socket.socket) -> None:
-        upstream: socket.socket | None = None
+    def _untrack(self, sock: socket.socket) -> None:
+        with self._lock:
+            self._open.discard(sock)
+        with contextlib.suppress(OSError):
+            sock.close()
+
+    def idle(self) -> bool:
+        """Whether no connection is open now."""
+        with self._lock:
+            return not self._open
+
+    def _run(self, client: socket.socket) -> None:
+        upstream: list[socket.socket] = []
+        try:
+            self._serve(client, upstream)
+        finally:
+            for sock in (client, *upstream):
+                self._untrack(sock)
+
+    def _serve(self, client: socket.socket, upstream: list[socket.socket]) -> None:
+        raise NotImplementedError
+
+    def _connect(self, addresses: list[IPAddress], port: int) -> socket.socket | None:
+        """A connection to the first of the (checked) addresses that answers, or None."""
+        for ip in addresses:
+            family = socket.AF_INET6 if isinstance(ip, ipaddress.IPv6Address) else socket.AF_INET
+            sock = socket.socket(family, socket.SOCK_STREAM)
+            if not self._track(sock):
+                sock.close()
+                return None
+            sock.settimeout(self.connect_timeout_s)
+            try:
+                sock.connect((str(ip), port))
+            except OSError:
+                self._untrack(sock)
+                continue
+            sock.settimeout(self.answer_timeout_s)
+            return sock
+        return None
+
+    def close(self) -> None:
+        """Stop listening and end every relayed connection. Idempotent."""
+        with self._lock:
+            self._closed = True
+            socks, self._open = list(self._open), set()
+        for sock in [self._listener, *socks]:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+            with contextlib.suppress(OSError):
+                sock.close()
+
+
+class GuardProxy(_Listener):
+    """An HTTP forward proxy on 127.0.0.1 that reaches only addresses ``rules`` allows.
+
+    Plain http requests (absolute-form) are sent on with ``Connection: close``; ``CONNECT`` (https)
+    is tunnelled. A refused target gets ``403`` and sets :attr:`blocked`; one that cannot be
+    resolved or connected to, or that sends no response head within ``answer_timeout_s``, gets
+    ``502`` and sets :attr:`unreachable`. Each connection is then relayed by a thread of its own
+    until either side closes (FFmpeg's own read timeout ends a stalled one) or the proxy is
+    closed; a reader that pauses (its buffer full) only pauses the relay.
+    """
+
+    def __init__(self, rules: AddressRules, connect_timeout_s: float, answer_timeout_s: float) -> None:
+        super().__init__(connect_timeout_s, answer_timeout_s)
+        self.rules = rules
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    def _serve(self, client: socket.socket, opened: list[socket.socket]) -> None:
         try:
             client.settimeout(self.answer_timeout_s)
             head, rest = _read_head(client)
@@ -324,6 +408,7 @@ class GuardProxy:
                 self.unreachable = True
                 client.sendall(_answer(502, "Bad Gateway"))
                 return
+            opened.append(upstream)
             if method == "CONNECT":
                 client.sendall(b"HTTP/1.1 200 Connection established\r\n\r\n")
                 if rest:
@@ -345,43 +430,97 @@ class GuardProxy:
         except (OSError, ValueError):
             with contextlib.suppress(OSError):
                 client.sendall(_answer(400, "Bad Request"))
-        finally:
-            for sock in (client, upstream):
-                if sock is not None:
-                    with self._lock:
-                        self._open.discard(sock)
-                    with contextlib.suppress(OSError):
-                        sock.close()
 
-    def _connect(self, addresses: list[IPAddress], port: int) -> socket.socket | None:
-        for ip in addresses:
-            family = socket.AF_INET6 if isinstance(ip, ipaddress.IPv6Address) else socket.AF_INET
-            sock = socket.socket(family, socket.SOCK_STREAM)
-            if not self._track(sock):
-                sock.close()
-                return None
-            sock.settimeout(self.connect_timeout_s)
-            try:
-                sock.connect((str(ip), port))
-            except OSError:
-                with self._lock:
-                    self._open.discard(sock)
-                sock.close()
-                continue
-            sock.settimeout(self.answer_timeout_s)
-            return sock
-        return None
 
-    def close(self) -> None:
-        """Stop listening and end every relayed connection. Idempotent."""
-        with self._lock:
-            self._closed = True
-            socks, self._open = list(self._open), set()
-        for sock in [self._listener, *socks]:
-            with contextlib.suppress(OSError):
-                sock.shutdown(socket.SHUT_RDWR)
-            with contextlib.suppress(OSError):
-                sock.close()
+class RtspRelay(_Listener):
+    """A relay on 127.0.0.1 to one checked RTSP server, that ends the connection at a redirect.
+
+    FFmpeg follows an RTSP ``3xx`` answer to wherever its ``Location`` points, on a connection
+    of its own; the relay reads the server's messages (RTSP answers, and ``$``-framed interleaved
+    packets), and a redirect closes the connection and sets :attr:`blocked` instead.
+
+    Args:
+        addresses: the server's checked addresses.
+        port: its port.
+    """
+
+    def __init__(
+        self, addresses: list[IPAddress], port: int, connect_timeout_s: float, answer_timeout_s: float
+    ) -> None:
+        super().__init__(connect_timeout_s, answer_timeout_s)
+        self.addresses = addresses
+        self.target_port = port
+
+    def _serve(self, client: socket.socket, opened: list[socket.socket]) -> None:
+        upstream = self._connect(self.addresses, self.target_port)
+        if upstream is None:
+            self.unreachable = True
+            return
+        opened.append(upstream)
+        upstream.settimeout(None)
+        pending = b""
+        with selectors.DefaultSelector() as sel:
+            sel.register(client, selectors.EVENT_READ, upstream)
+            sel.register(upstream, selectors.EVENT_READ, client)
+            while True:
+                for key, _ in sel.select():
+                    try:
+                        chunk = key.fileobj.recv(65536)  # type: ignore[union-attr]
+                    except OSError:
+                        return
+                    if not chunk:
+                        return
+                    if key.fileobj is client:
+                        upstream.sendall(chunk)
+                        continue
+                    try:
+                        whole, pending = _rtsp_units(pending + chunk)
+                    except _Redirect:
+                        self.blocked = True
+                        log.info("rtsp relay: refused a redirect from the server")
+                        return
+                    except ValueError:
+                        return
+                    if whole:
+                        client.sendall(whole)
+
+
+class _Redirect(Exception):
+    """The RTSP server answered 3xx."""
+
+
+_RTSP_REDIRECT = re.compile(rb"^RTSP/\d\.\d\s+3\d\d")
+_CONTENT_LENGTH = re.compile(rb"\r\ncontent-length\s*:\s*(\d+)", re.IGNORECASE)
+
+
+def _rtsp_units(data: bytes) -> tuple[bytes, bytes]:
+    """(the whole messages and interleaved packets at the start of ``data``, the rest).
+
+    Raises:
+        _Redirect: a message is a 3xx answer.
+        ValueError: a message head too long to be one.
+    """
+    at = 0
+    while at < len(data):
+        if data[at : at + 1] == b"$":  # $, channel, 16-bit length, payload
+            if len(data) - at < 4:
+                break
+            end = at + 4 + int.from_bytes(data[at + 2 : at + 4], "big")
+        else:
+            blank = data.find(b"\r\n\r\n", at)
+            if blank < 0:
+                if len(data) - at > _HEAD_LIMIT:
+                    raise ValueError("RTSP head too long")
+                break
+            head = data[at : blank + 4]
+            if _RTSP_REDIRECT.match(head):
+                raise _Redirect()
+            length = _CONTENT_LENGTH.search(head)
+            end = blank + 4 + (int(length.group(1)) if length else 0)
+        if end > len(data):
+            break
+        at = end
+    return data[:at], data[at:]
 
 
 def _read_head(sock: socket.socket) -> tuple[bytes | None, bytes]:

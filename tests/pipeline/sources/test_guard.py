@@ -170,7 +170,7 @@ def test_a_live_feed_that_cannot_connect_says_only_that() -> None:
 
 
 @pytest.mark.skipif(not rtsp_server_available(), reason="no GStreamer RTSP server on this machine")
-def test_rtsp_plays_through_the_guard_by_the_checked_address() -> None:
+def test_rtsp_plays_through_the_guard_relay_to_the_checked_address() -> None:
     with RtspServer() as server:
         url = server.url.replace("127.0.0.1", "localhost")
         guard = NetworkGuard(AddressRules.parse("127.0.0.1"))  # by address: localhost resolves to it
@@ -194,3 +194,78 @@ def test_closing_a_source_stops_its_proxy(media: Path) -> None:
         for _ in range(5):
             assert _frames(f"{base}/clip.mp4") == 10
         assert threading.active_count() <= before + 2
+
+
+class _RedirectingRtsp:
+    """An RTSP server on 127.0.0.1 that answers every request with ``302`` to ``location``
+    (after an interleaved packet first, when ``packet_first``: FFmpeg skips those while waiting)."""
+
+    def __init__(self, location: str, packet_first: bool = False) -> None:
+        self.location, self.packet_first = location, packet_first
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.url = f"rtsp://127.0.0.1:{self.listener.getsockname()[1]}/cam"
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:
+                return
+            with conn:
+                data = b""
+                while b"\r\n\r\n" not in data:
+                    chunk = conn.recv(4096)
+                    if not chunk:
+                        break
+                    data += chunk
+                cseq = next(
+                    (
+                        ln.split(b":")[1].strip()
+                        for ln in data.split(b"\r\n")
+                        if ln.lower().startswith(b"cseq")
+                    ),
+                    b"1",
+                )
+                packet = b"$\x00\x00\x04abcd" if self.packet_first else b""
+                conn.sendall(
+                    packet
+                    + b"RTSP/1.0 302 Moved\r\nCSeq: "
+                    + cseq
+                    + b"\r\nLocation: "
+                    + self.location.encode()
+                    + b"\r\n\r\n"
+                )
+
+    def close(self) -> None:
+        self.listener.close()
+
+
+@pytest.mark.parametrize("packet_first", [False, True])
+def test_an_rtsp_redirect_to_a_refused_address_is_blocked(packet_first: bool) -> None:
+    inside = socket.create_server(("127.0.0.2", 0))
+    inside.settimeout(1.0)
+    server = _RedirectingRtsp(f"rtsp://127.0.0.2:{inside.getsockname()[1]}/x", packet_first)
+    try:
+        with pytest.raises(SourceError):  # unguarded (``run``): FFmpeg follows the redirect
+            LiveSource(server.url, open_timeout_s=2)
+        inside.accept()[0].close()
+        with pytest.raises(SourceError) as err:
+            LiveSource(server.url, open_timeout_s=2, guard=GUARD)
+        assert str(err.value) == f"cannot open live source {server.url}: {BLOCKED}"
+        with pytest.raises(TimeoutError):
+            inside.accept()  # the guarded one never came
+    finally:
+        server.close()
+        inside.close()
+
+
+def test_rtsp_units_pass_answers_and_packets_whole_and_refuse_redirects() -> None:
+    from pipeline.sources.guard import _Redirect, _rtsp_units
+
+    answer = b"RTSP/1.0 200 OK\r\nCSeq: 2\r\nContent-Length: 3\r\n\r\nv=0"
+    packet = b"$\x01\x00\x02hi"
+    assert _rtsp_units(answer + packet + b"$\x01\x00\x05ab") == (answer + packet, b"$\x01\x00\x05ab")
+    assert _rtsp_units(answer[:20]) == (b"", answer[:20])
+    with pytest.raises(_Redirect):
+        _rtsp_units(packet + b"RTSP/1.0 301 Moved Permanently\r\nCSeq: 3\r\nLocation: rtsp://h/\r\n\r\n")
