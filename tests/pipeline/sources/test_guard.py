@@ -7,7 +7,10 @@ refused server received nothing at all.
 
 from __future__ import annotations
 
+import shutil
 import socket
+import ssl
+import subprocess
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -139,7 +142,7 @@ def test_demuxers_that_open_urls_of_their_own_are_not_used(
     assert seen == []
 
 
-@pytest.mark.parametrize("protocol", ["http", "tcp"])
+@pytest.mark.parametrize("protocol", ["http", "tcp", "udp"])
 def test_live_feeds_play_through_the_guard(protocol: str) -> None:
     with StreamSender(protocol) as sender:
         live = LiveSource(sender.url, image_size=None, open_timeout_s=5, guard=GUARD)
@@ -269,3 +272,39 @@ def test_rtsp_units_pass_answers_and_packets_whole_and_refuse_redirects() -> Non
     assert _rtsp_units(answer[:20]) == (b"", answer[:20])
     with pytest.raises(_Redirect):
         _rtsp_units(packet + b"RTSP/1.0 301 Moved Permanently\r\nCSeq: 3\r\nLocation: rtsp://h/\r\n\r\n")
+
+
+def test_https_goes_through_the_guard_too(media: Path, tmp_path: Path) -> None:
+    """https is tunnelled by ``CONNECT``: a redirect to a refused address never connects there."""
+    inside = socket.create_server(("127.0.0.2", 0))
+    inside.settimeout(1.0)
+    redirects = {"/r.mp4": f"https://127.0.0.2:{inside.getsockname()[1]}/clip.mp4"}
+    try:
+        with serve_directory(media, redirects=redirects) as base:
+            with pytest.raises(SourceError):  # unguarded: it connects (and fails at TLS)
+                VideoSource(f"{base}/r.mp4", open_timeout_s=2, read_timeout_s=2)
+            inside.accept()[0].close()
+            assert _error(f"{base}/r.mp4") == f"cannot open video {base}/r.mp4: {BLOCKED}"
+        with pytest.raises(TimeoutError):
+            inside.accept()
+    finally:
+        inside.close()
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="no openssl to make a certificate")
+def test_an_allowed_https_server_plays_through_the_guard(media: Path, tmp_path: Path) -> None:
+    key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1",
+         "-keyout", str(key), "-out", str(cert)],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    seen: list[str] = []
+    with serve_directory(media, seen=seen, tls=context) as base:
+        assert base.startswith("https://")
+        assert _frames(f"{base}/clip.mp4") == 10
+        assert seen and set(seen) == {"/clip.mp4"}
+        with pytest.raises(SourceError, match="blocked"):  # the same server, not allowed
+            _frames(f"{base}/clip.mp4", guard=NetworkGuard())
