@@ -18,7 +18,7 @@ from pipeline.samples import write_clip
 from pipeline.sources.addresses import BLOCKED, UNREACHABLE
 from tests.fixtures.http import serve_directory
 from tests.fixtures.serve import ServeProcess
-from tests.fixtures.streams import free_port
+from tests.fixtures.streams import StreamSender, free_port
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -57,6 +57,7 @@ def test_jobs_reach_only_allowed_addresses_and_say_blocked_or_could_not_connect(
                 "--data-dir", str(tmp_path / "data"), "--weights", "null", "--image-size", "256",
                 "--encoder-gpus", "0", "--min-encoders", "1", "--max-encoders", "1",
                 "--source-hosts", "1", "--metrics-port", "0", "--allow-hosts", "127.0.0.1",
+                "--allow-schemes", "http,udp",
             ]  # fmt: skip
             service = ServeProcess(args, tmp_path, "guard-test-token")
             try:
@@ -76,6 +77,14 @@ def test_jobs_reach_only_allowed_addresses_and_say_blocked_or_could_not_connect(
                         assert r.status_code == 201, r.text
                     views = {job_id: _ended(api, job_id, service) for job_id in jobs}
                     events = {j: api.get(f"/jobs/{j}/events").text for j in jobs}
+                    with StreamSender("udp") as feed:  # a live feed on the allowed address plays
+                        body = {"source": feed.url, "tracks": TRACKS, "job_id": "feed"}
+                        assert api.post("/streams", json=body).status_code == 201
+                        deadline = time.monotonic() + 60
+                        while not api.get("/streams/feed/masks").json()["entries"]:
+                            assert time.monotonic() < deadline, service.log()
+                            time.sleep(0.5)
+                        assert api.delete("/streams/feed").status_code == 202
             finally:
                 service.stop()
     assert views["plain"]["status"] == "succeeded", views["plain"]
