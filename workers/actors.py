@@ -24,6 +24,7 @@ import ray
 from pipeline.config import ModelConfig
 from pipeline.frames import EncodedFrame, Frame
 from pipeline.prompts import Prompt
+from pipeline.sources.guard import NetworkGuard
 from pipeline.sources.host import ReadRequest
 from pipeline.tracker_host import TrackReply, TrackSetup
 
@@ -39,12 +40,12 @@ def _threads(n: int | None) -> None:
 
 
 class SourceHostWorker:
-    """Decodes many jobs' sources (CPU)."""
+    """Decodes many jobs' sources (CPU); with a ``guard`` (a service's), every connection is checked."""
 
-    def __init__(self) -> None:
-        from pipeline.sources.host import SourceHost
+    def __init__(self, guard: NetworkGuard | None = None) -> None:
+        from pipeline.sources.host import SourceHost, guarded_opener
 
-        self.host = SourceHost()
+        self.host = SourceHost(guarded_opener(guard))
 
     def read(self, groups: Sequence[Sequence[ReadRequest]], wait_s: float) -> tuple[Any, ...]:
         """The replies, then one list of frames per group (Ray returns them as separate objects)."""

@@ -23,6 +23,7 @@ from pipeline.config import ModelConfig
 from pipeline.errors import SamstreamError
 from pipeline.jobs.driver import DriverOptions, JobDriver
 from pipeline.jobs.lifecycle import Lifecycle, unfinished
+from pipeline.sources.guard import NetworkGuard
 from pipeline.streams import JobStore, Keys, Publisher, connect
 from workers.pool import PoolConfig
 from workers.transport import HostResources
@@ -47,6 +48,8 @@ class ServiceConfig:
         hosts: source hosts started with the driver (more are started as jobs need them).
         decoders: tracker hosts started with the driver.
         driver_cpus: CPUs the driver actor asks for.
+        guard: where the sources' connections may go (the API checks the URLs given; the
+            source hosts check every connection FFmpeg makes for them).
     """
 
     model: ModelConfig
@@ -58,6 +61,7 @@ class ServiceConfig:
     hosts: int = 1
     decoders: int = 1
     driver_cpus: float = 0.25
+    guard: NetworkGuard = field(default_factory=NetworkGuard)
 
 
 class DriverService:
@@ -85,6 +89,7 @@ class DriverService:
             config.resources,
             hosts=config.hosts,
             decoders=config.decoders,
+            guard=config.guard,
         )
 
         def event(job_id: str, kind: str, detail: str | None) -> None:

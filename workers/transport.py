@@ -25,6 +25,7 @@ from pipeline.config import ModelConfig
 from pipeline.errors import InvalidInputError, JobError, SamstreamError
 from pipeline.jobs.transport import Numbered
 from pipeline.prompts import Prompt
+from pipeline.sources.guard import NetworkGuard
 from pipeline.sources.host import ReadRequest
 from pipeline.tracker_host import TrackSetup
 from workers.actors import EncoderActor, SourceHostActor, TrackerHostActor
@@ -105,6 +106,8 @@ class RayTransport:
         resources: what each host asks Ray for.
         hosts: source hosts to start at once.
         decoders: tracker hosts to start at once.
+        guard: what every connection of the source hosts' sources is checked against (a
+            service's; None: ``run``, which reads whatever its own user names).
     """
 
     def __init__(
@@ -116,8 +119,10 @@ class RayTransport:
         resources: HostResources | None = None,
         hosts: int = 1,
         decoders: int = 1,
+        guard: NetworkGuard | None = None,
     ) -> None:
         self.model = model
+        self.guard = guard
         self.redis_url = redis_url
         self.prefix = prefix
         self.encoders = encoders
@@ -141,7 +146,7 @@ class RayTransport:
     def add_host(self) -> int:
         r = self.resources
         return self._hosts.add(
-            SourceHostActor.options(num_cpus=r.host_cpus, **_memory(r.host_memory_mb)).remote()
+            SourceHostActor.options(num_cpus=r.host_cpus, **_memory(r.host_memory_mb)).remote(self.guard)
         )
 
     def add_decoder(self) -> int:

@@ -101,6 +101,7 @@ class _Service:
         exe = str(Path(sys.executable).with_name("samstream"))
         args = [
             exe, "serve", "--weights", "null", "--image-size", str(image_size), "--allow-schemes", "udp",
+            "--allow-hosts", "127.0.0.1",  # the feeds are sent on loopback, which serve refuses by default
             "--encoder-gpus", "0", "--encoder-cpus", "1", "--min-encoders", "1", "--max-encoders", "1",
             "--idle-s", "3600", "--port", str(self.port), "--metrics-port", "0", "--data-dir", str(folder),
             "--token", self.token,

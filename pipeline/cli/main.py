@@ -277,6 +277,13 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="the most masks entries a job or stream may ask to keep (maxlen; default 1000000)",
     )
+    g.add_argument(
+        "--allow-hosts",
+        default="",
+        metavar="LIST",
+        help="hosts, IPs and CIDR networks sources may reach although they are loopback, private, "
+        "link-local or metadata addresses (refused by default), e.g. cams.lan,10.1.0.0/16",
+    )
     pool = sv.add_argument_group("encoder pool (Ray Serve, autoscaled)")
     pool.add_argument("--min-encoders", type=int, default=0, metavar="N", help="replicas kept when idle (0)")
     pool.add_argument("--max-encoders", type=int, default=4, metavar="N", help="most replicas (4)")

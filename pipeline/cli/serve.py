@@ -36,7 +36,7 @@ def serve(args: argparse.Namespace) -> int:
     token = args.token or os.environ.get("SAMSTREAM_API_TOKEN")
     made_token = not token
     token = token or secrets.token_urlsafe(24)
-    policy = SourcePolicy.parse(args.allow_schemes, args.allow_local_files)
+    policy = SourcePolicy.parse(args.allow_schemes, args.allow_local_files, args.allow_hosts)
     model = model_config(args)
     from pipeline.streams.retention import parse_keep
 
@@ -96,6 +96,7 @@ def serve(args: argparse.Namespace) -> int:
 
     from pipeline.api import create_app, recover
     from pipeline.api.metrics import serve_metrics
+    from pipeline.sources.guard import NetworkGuard
     from pipeline.streams import JobStore, Keys, connect, redact
     from pipeline.streams.server import open_redis
     from workers.pool import start_pool
@@ -116,7 +117,17 @@ def serve(args: argparse.Namespace) -> int:
             file=err,
         )
         backend = RayBackend(
-            ServiceConfig(model, url, args.prefix, pool, driver, resources, hosts=source_hosts, decoders=1)
+            ServiceConfig(
+                model,
+                url,
+                args.prefix,
+                pool,
+                driver,
+                resources,
+                hosts=source_hosts,
+                decoders=1,
+                guard=NetworkGuard(policy.addresses),  # the API's rule, for every connection
+            )
         )
         store = JobStore(client, Keys(args.prefix))
         resumed = recover(store, backend)

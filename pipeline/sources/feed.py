@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
-from pipeline.errors import InvalidInputError
+from pipeline.errors import InvalidInputError, SourceError
 from pipeline.sources.opening import (
     error_reason,
     protocol_options,
@@ -32,6 +32,8 @@ if TYPE_CHECKING:
     from av.container import InputContainer
     from av.video.frame import VideoFrame
     from av.video.stream import VideoStream
+
+    from pipeline.sources.guard import GuardSession
 
 LIVE_SCHEMES = ("rtsp", "rtsps", "udp", "tcp", "http", "https")
 ALLOWED = "expected an rtsp://, rtsps://, udp://, tcp://, http:// or https:// URL, or a camera /dev/videoN"
@@ -113,31 +115,48 @@ class FeedSettings:
 class Feed:
     """One open connection: its container, video stream and packets; one thread at a time."""
 
-    def __init__(self, settings: FeedSettings, container: InputContainer, stream: VideoStream) -> None:
+    def __init__(
+        self,
+        settings: FeedSettings,
+        container: InputContainer,
+        stream: VideoStream,
+        guard: GuardSession | None = None,
+    ) -> None:
         self.settings = settings
         self.container = container
         self.stream = stream
+        self.guard = guard
         self._packets = container.demux(stream)
 
     @classmethod
-    def open(cls, settings: FeedSettings, open_s: float) -> Feed:
+    def open(cls, settings: FeedSettings, open_s: float, guard: GuardSession | None = None) -> Feed:
         """Connect, probe, and find the video stream, each step within ``open_s``.
+
+        ``guard``: a service's source, every connection checked (:mod:`pipeline.sources.guard`).
 
         Raises:
             FeedLost: unreachable, refused, timed out, not a stream FFmpeg reads, or no video in it.
         """
         import av
 
+        uri, options = settings.uri, dict(settings.options)
+        if guard is not None and not settings.is_device:
+            try:
+                uri, guarded = guard.prepare(uri)
+            except (SourceError, InvalidInputError) as exc:
+                raise FeedLost(str(exc)) from None
+            options.update(guarded)
         try:
             container = av.open(
-                settings.uri,
+                uri,
                 mode="r",
                 format="v4l2" if settings.is_device else None,
-                options=dict(settings.options),
+                options=options,
                 timeout=(open_s, settings.stall_timeout_s),
             )
         except av.FFmpegError as exc:
-            raise FeedLost(_reason(exc, settings, open_s)) from scrubbed(exc)
+            reason = _reason(exc, settings, open_s)
+            raise FeedLost(guard.reason(exc, reason) if guard else reason) from scrubbed(exc)
         stream = video_stream(container)
         if stream is None:
             kinds = stream_kinds(container)
@@ -145,7 +164,7 @@ class Feed:
             raise FeedLost(f"it has no video stream (streams: {kinds})")
         # Frame threads would add a frame of latency each: slice threads only.
         stream.thread_type = "SLICE"
-        return cls(settings, container, stream)
+        return cls(settings, container, stream, guard)
 
     def frames(self, first_within_s: float) -> Iterator[Decoded]:
         """(decoded frame, perf_counter before its decoding), while the connection lasts.
@@ -165,6 +184,7 @@ class Feed:
                     decoded = packet.decode()
                 except av.error.InvalidDataError:
                     decoded = []  # a damaged packet (datagrams lost): the decoder resyncs later
+                self._check_guard()
                 for av_frame in decoded:
                     yield av_frame, t0
                     limit, last, seen = stall_s, time.monotonic(), True
@@ -174,8 +194,17 @@ class Feed:
                         raise FeedLost(f"no video frame for {limit:g} s (data comes, pictures do not)")
                     raise FeedLost(f"no video frame within {self.settings.open_timeout_s:g} s of connecting")
         except av.FFmpegError as exc:
-            raise FeedLost(_reason(exc, self.settings)) from scrubbed(exc)
+            reason = _reason(exc, self.settings)
+            raise FeedLost(self.guard.reason(exc, reason) if self.guard else reason) from scrubbed(exc)
+        self._check_guard()
         raise FeedLost("the stream ended")
+
+    def _check_guard(self) -> None:
+        """A refused connection (an HLS segment, a redirect) ends the feed, whatever FFmpeg made of it."""
+        if self.guard is not None and self.guard.blocked:
+            from pipeline.sources.addresses import BLOCKED
+
+            raise FeedLost(BLOCKED)
 
     def info(self, first: VideoFrame) -> SourceInfo:
         """What the feed holds, from its stream and its first decoded frame."""

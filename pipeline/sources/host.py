@@ -14,6 +14,7 @@ request that names it: a file at the requested position, a live feed at its pres
 from __future__ import annotations
 
 import contextlib
+import functools
 import gc
 import threading
 import time
@@ -22,8 +23,9 @@ from dataclasses import dataclass, field, replace
 
 from pipeline.errors import SamstreamError
 from pipeline.frames import Frame
+from pipeline.sources.guard import NetworkGuard
 from pipeline.sources.reader import FileReader, LiveReader, Notify, Reader
-from pipeline.sources.video import SourceInfo
+from pipeline.sources.video import SourceInfo, VideoSource
 
 # Frames a file source decodes ahead of the pipeline.
 FILE_QUEUE = 16
@@ -93,15 +95,26 @@ class ReadReply:
 Opener = Callable[[SourceSpec, "int | None", Notify], Reader]
 
 
-def open_reader(spec: SourceSpec, after: int | None, notify: Notify) -> Reader:
+def open_reader(
+    spec: SourceSpec, after: int | None, notify: Notify, guard: NetworkGuard | None = None
+) -> Reader:
     """The reader of a job's source (blocks while connecting and probing).
 
+    ``guard``: a service's host: every connection the source makes is checked (None: ``run``'s
+    hosts, which read whatever their own user names).
+
     Raises:
-        SamstreamError: the source cannot be opened (bad input, unreachable, not a video).
+        SamstreamError: the source cannot be opened (bad input, unreachable, blocked, not a video).
     """
     if spec.live:
-        return LiveReader(spec.uri, spec.image_size, spec.give_up_s, after, notify)
-    return FileReader(spec.uri, spec.image_size, spec.stride, FILE_QUEUE, notify)
+        return LiveReader(spec.uri, spec.image_size, spec.give_up_s, after, notify, guard)
+    opener = functools.partial(VideoSource, guard=guard) if guard is not None else VideoSource
+    return FileReader(spec.uri, spec.image_size, spec.stride, FILE_QUEUE, notify, opener)
+
+
+def guarded_opener(guard: NetworkGuard | None) -> Opener:
+    """:func:`open_reader` with every connection checked by ``guard`` (None: unchecked)."""
+    return open_reader if guard is None else functools.partial(open_reader, guard=guard)
 
 
 @dataclass

@@ -38,6 +38,8 @@ from pipeline.sources.video import SourceInfo, to_frame
 if TYPE_CHECKING:
     from av.video.frame import VideoFrame
 
+    from pipeline.sources.guard import NetworkGuard
+
 SOURCE_LOST = "source_lost"
 SOURCE_RESTORED = "source_restored"
 DEFAULT_OPEN_TIMEOUT_S = 5.0
@@ -80,6 +82,7 @@ class LiveSource:
         options: FFmpeg options, over this module's defaults (``rtsp_transport``, …).
         on_frame: called on the reader thread after each frame reaches the mailbox (and when the
             thread ends), so that a host reading many feeds waits on one event.
+        guard: a service's source: every connection checked (:mod:`pipeline.sources.guard`).
 
     Example::
 
@@ -105,6 +108,7 @@ class LiveSource:
         on_event: EventCallback | None = None,
         options: Mapping[str, str] | None = None,
         on_frame: Callable[[], None] | None = None,
+        guard: NetworkGuard | None = None,
     ) -> None:
         self.settings = FeedSettings.from_uri(uri, open_timeout_s, stall_timeout_s, options)
         self.uri, self.name = self.settings.uri, self.settings.name
@@ -126,19 +130,27 @@ class LiveSource:
         self._next_index = 0
 
         open_s = self.settings.open_timeout_s
+        self._guard = (
+            guard.session(open_s, self.settings.stall_timeout_s)
+            if guard is not None and not self.settings.is_device
+            else None
+        )
         started = time.monotonic()
         try:
-            feed = Feed.open(self.settings, open_s)
+            feed = Feed.open(self.settings, open_s, self._guard)
         except FeedLost as exc:
+            self._close_guard()
             raise SourceError(f"cannot open live source {self.name}: {exc.reason}") from exc.__cause__
         frames = feed.frames(open_s - (time.monotonic() - started))
         try:
             first = next(frames)
         except FeedLost as exc:
             feed.close()
+            self._close_guard()
             raise SourceError(f"cannot read live source {self.name}: {exc.reason}") from exc.__cause__ or exc
         except BaseException:
             feed.close()
+            self._close_guard()
             raise
         self._info = feed.info(first[0])
         self._start: _Start | None = (feed, frames, first)  # the thread takes it
@@ -229,9 +241,14 @@ class LiveSource:
         until that call's own timeout (``open_timeout_s`` or ``stall_timeout_s``) ends it.
         """
         self._thread.stop()
+        self._close_guard()
         # Callbacks into the owner make reference cycles that would keep the decoder (its frames
         # and threads) alive until Python's next full collection: drop them.
         self._on_event = None
+
+    def _close_guard(self) -> None:
+        if self._guard is not None:
+            self._guard.close()
 
     def __enter__(self) -> LiveSource:
         return self
@@ -273,7 +290,7 @@ class LiveSource:
                     attempts += 1
                     open_s = max(min(self.settings.open_timeout_s, remaining), 0.1)
                     try:
-                        feed = Feed.open(self.settings, open_s)
+                        feed = Feed.open(self.settings, open_s, self._guard)
                     except FeedLost as exc:
                         lost, error = exc.reason, exc.__cause__ or exc
                         continue

@@ -15,11 +15,14 @@ import dataclasses
 import time
 from collections import deque
 from collections.abc import Callable
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from pipeline.errors import SamstreamError
 from pipeline.frames import Frame
 from pipeline.sources.video import SourceInfo, VideoPass, VideoSource
+
+if TYPE_CHECKING:
+    from pipeline.sources.guard import NetworkGuard
 
 Notify = Callable[[], None]
 
@@ -140,6 +143,7 @@ class LiveReader:
         after: the last frame the job has (a resumed job's last published one): the feed's
             frames are numbered after it, so that frame numbers keep increasing.
         on_frame: called on the reader thread when a new frame is in the mailbox.
+        guard: a service's source: every connection checked (:mod:`pipeline.sources.guard`).
 
     Raises:
         SourceError: the first connection fails (raised by the constructor).
@@ -152,6 +156,7 @@ class LiveReader:
         give_up_s: float = 30.0,
         after: int | None = None,
         on_frame: Notify | None = None,
+        guard: NetworkGuard | None = None,
     ) -> None:
         from pipeline.sources.live import LiveSource
 
@@ -159,7 +164,12 @@ class LiveReader:
         self._offset = 0 if after is None else after + 1
         self._dropped_seen = 0
         self.source = LiveSource(
-            uri, image_size=image_size, give_up_s=give_up_s, on_event=self._on_event, on_frame=on_frame
+            uri,
+            image_size=image_size,
+            give_up_s=give_up_s,
+            on_event=self._on_event,
+            on_frame=on_frame,
+            guard=guard,
         )
 
     def _on_event(self, kind: str, detail: str) -> None:

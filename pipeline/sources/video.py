@@ -49,6 +49,8 @@ if TYPE_CHECKING:
     from av.video.frame import VideoFrame
     from av.video.stream import VideoStream
 
+    from pipeline.sources.guard import GuardSession, NetworkGuard
+
 URL_SCHEMES = ("http", "https")
 DEFAULT_OPEN_TIMEOUT_S = 10.0
 DEFAULT_READ_TIMEOUT_S = 10.0
@@ -140,6 +142,7 @@ class VideoSource:
         open_timeout_s: float = DEFAULT_OPEN_TIMEOUT_S,
         read_timeout_s: float = DEFAULT_READ_TIMEOUT_S,
         queue_size: int = DEFAULT_QUEUE_SIZE,
+        guard: NetworkGuard | None = None,
     ) -> None:
         self.uri, self.is_url = _parse_uri(uri)
         self.name = redact(self.uri) if self.is_url else self.uri
@@ -154,19 +157,32 @@ class VideoSource:
         self._readers: set[VideoPass] = set()
         self._closed = False
         self._pending: OpenedVideo | None = None
+        # A URL read for a service: every connection checked (see pipeline.sources.guard).
+        self._guard: GuardSession | None = (
+            guard.session(open_timeout_s, read_timeout_s) if guard is not None and self.is_url else None
+        )
 
-        opened = self._open()
+        try:
+            opened = self._open()
+        except BaseException:
+            self._close_guard()
+            raise
         try:
             first = opened.next_frame()
         except DecodeFailure as exc:
             opened.close()
-            raise SourceError(f"cannot read video {self.name}: {exc.reason}") from exc.__cause__ or exc
+            self._close_guard()
+            reason = self._reason(exc.__cause__, exc.reason)
+            raise SourceError(f"cannot read video {self.name}: {reason}") from exc.__cause__ or exc
         except BaseException:
             opened.close()
+            self._close_guard()
             raise
         if first is None:
             opened.close()
-            raise SourceError(f"cannot read video {self.name}: no video frames in it (empty, or cut short?)")
+            self._close_guard()
+            reason = self._reason(None, "no video frames in it (empty, or cut short?)")
+            raise SourceError(f"cannot read video {self.name}: {reason}")
         self._orientation = orientation_of(first)
         self._info = _make_info(self.uri, opened.container, opened.stream, first, self._orientation)
         opened.first = first
@@ -270,6 +286,24 @@ class VideoSource:
             reader.thread.stop()
         if pending is not None:
             pending.close()
+        self._close_guard()
+
+    def _close_guard(self) -> None:
+        if self._guard is not None:
+            self._guard.close()
+
+    def _reason(self, exc: BaseException | None, fallback: str) -> str:
+        """The reason to report: ``fallback``, unless a guarded source was blocked or could not connect."""
+        if self._guard is None:
+            return fallback
+        return self._guard.reason(exc if exc is not None else SourceError(fallback), fallback)
+
+    def _check_guard(self) -> None:
+        """Raise when the guard refused something this source tried to reach (an HLS segment, …)."""
+        if self._guard is not None and self._guard.blocked:
+            from pipeline.sources.addresses import BLOCKED
+
+            raise SourceError(f"video {self.name} stopped: {BLOCKED}")
 
     def __enter__(self) -> VideoSource:
         return self
@@ -297,10 +331,14 @@ class VideoSource:
             self._check_file()
         # "file:" stops FFmpeg from reading a path like "a:b.mp4" as protocol "a".
         target = self.uri if self.is_url else "file:" + os.path.abspath(self.uri)
+        options = protocol_options(scheme_of(target))
+        if self._guard is not None:
+            try:
+                target, options = self._guard.prepare(target)
+            except (SourceError, InvalidInputError) as exc:
+                raise SourceError(f"cannot open video {self.name}: {exc}") from None
         try:
-            container = av.open(
-                target, mode="r", timeout=self._timeouts, options=protocol_options(scheme_of(target))
-            )
+            container = av.open(target, mode="r", timeout=self._timeouts, options=options)
         except av.FFmpegError as exc:
             reason = error_reason(exc, self._timeouts)
             if isinstance(exc, av.error.InvalidDataError):
@@ -309,6 +347,7 @@ class VideoSource:
                     if not self.is_url and _looks_like_mp4(self.uri)
                     else "not a video file, or corrupt (FFmpeg cannot read its format)"
                 )
+            reason = self._reason(exc, reason)
             raise SourceError(f"cannot open video {self.name}: {reason}") from exc
         try:
             stream = video_stream(container)
@@ -336,7 +375,9 @@ class VideoSource:
     def _error(self, failure: DecodeFailure, decoded: int) -> SourceError:
         """The SourceError for a read failure after ``decoded`` frames were read."""
         where = f"after frame {decoded - 1}" if decoded else "before the first frame"
-        return SourceError(f"video {self.name} ended early {where}: {failure.reason}")
+        return SourceError(
+            f"video {self.name} ended early {where}: {self._reason(failure.__cause__, failure.reason)}"
+        )
 
 
 # FFmpeg's colour spaces (AVColorSpace) whose matrix the encoder's device converts: BT.709, and
@@ -488,6 +529,7 @@ class VideoPass:
             t0 = time.perf_counter()
             while not stopping.is_set():
                 av_frame = opened.next_frame()
+                self.source._check_guard()  # a segment refused is no end of the video
                 if av_frame is None:
                     break
                 number, self.decoded = self.decoded, self.decoded + 1

@@ -21,7 +21,7 @@ import pytest
 from pipeline.bench.feeds import TsClip, UdpFeeds, free_udp_ports
 from pipeline.samples import write_clip
 from pipeline.streams import EmbeddedRedis, Keys, connect
-from tests.fixtures.serve import ServeProcess
+from tests.fixtures.serve import ALLOW_LOOPBACK, ServeProcess
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(600)]
 
@@ -51,7 +51,7 @@ def test_a_killed_source_host_comes_back_and_only_its_streams_pause(tmp_path: Pa
     with EmbeddedRedis(tmp_path / "redis") as redis_server:
         args = [
             "--redis-url", redis_server.url, "--weights", "null", "--image-size", "256",
-            "--allow-schemes", "udp", "--allow-local-files", "--encoder-gpus", "0",
+            "--allow-schemes", "udp", *ALLOW_LOOPBACK, "--allow-local-files", "--encoder-gpus", "0",
             "--min-encoders", "1", "--max-encoders", "1", "--source-hosts", "2", "--metrics-port", "0",
         ]  # fmt: skip
         service = ServeProcess(args, tmp_path, "hosts-test-token")
@@ -137,7 +137,8 @@ def test_streams_coming_and_going_by_the_hundred_leave_the_hosts_as_they_were(tm
     with EmbeddedRedis(tmp_path / "redis") as redis_server:
         args = [
             "--redis-url", redis_server.url, "--weights", "null", "--image-size", "256",
-            "--allow-schemes", "udp", "--encoder-gpus", "0", "--min-encoders", "1", "--max-encoders", "1",
+            "--allow-schemes", "udp", *ALLOW_LOOPBACK, "--encoder-gpus", "0", "--min-encoders", "1",
+            "--max-encoders", "1",
             "--source-hosts", "2", "--metrics-port", "0",
         ]  # fmt: skip
         service = ServeProcess(args, tmp_path, "churn-test-token")
