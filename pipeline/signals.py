@@ -74,6 +74,11 @@ class InterruptOnSignals:
             signal.signal(s, h)
         self._previous = {}
 
+    @property
+    def signum(self) -> int | None:
+        """The signal taken in the block (the first one), or None."""
+        return self._fired[0] if self._fired else None
+
     def reassert(self) -> None:
         """Take the signals back from whoever set handlers since (``ray.init`` sets SIGTERM's)."""
         if self._previous:
