@@ -14,7 +14,7 @@ import pytest
 
 from pipeline.samples import write_clip
 from pipeline.streams import EmbeddedRedis, Keys, connect
-from pipeline.streams.server import STATE_FILE
+from pipeline.streams.server import CONFIG_FILE, STATE_FILE
 from tests.fixtures.serve import ServeProcess
 from tests.workers.conftest import cli, popen, wait_for_entries
 
@@ -93,6 +93,8 @@ def test_a_signal_to_the_run_process_leaves_the_job_resumable(
 
     again = cli(*args)
     assert again.returncode == 0, again.stderr
+    password = (data / "redis" / CONFIG_FILE).read_text().split()[-1]
+    assert password not in out + err + again.stdout + again.stderr  # the embedded Redis's, never shown
     assert f"resuming after frame {stopped_at - 1}" in again.stderr
     assert f"job sig succeeded: {FRAMES} frames" in again.stdout
     r = results(data)
