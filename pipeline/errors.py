@@ -31,6 +31,10 @@ class WeightsUnavailableError(CheckpointError):
     """No checkpoint file is given, none is cached, and the download failed."""
 
 
+class UnsafeCacheError(SamstreamError):
+    """A cached file that runs as code (a compiled encoder) lies where another user could change it."""
+
+
 class SourceError(SamstreamError):
     """A video source cannot be opened or decoded."""
 

@@ -23,6 +23,7 @@ from pipeline.jobs.driver import DriverOptions, JobDriver, Listener
 from pipeline.jobs.lifecycle import Ending, Lifecycle
 from pipeline.metrics import PrometheusMetrics
 from pipeline.model.weights import resolve_checkpoint
+from pipeline.signals import InterruptOnSignals, exit_code, signal_name
 from pipeline.spec import JobSpec
 from pipeline.streams import JobStore, Keys, Publisher, connect, redact
 from pipeline.streams.keys import new_job_id
@@ -31,6 +32,7 @@ from pipeline.streams.server import open_redis
 
 if TYPE_CHECKING:
     from pipeline.sources.video import SourceInfo
+    from workers.transport import RayTransport
 
 GPU_BATCH = 16  # frames per encoder call on a GPU (and for the benchmark's null model)
 
@@ -128,10 +130,14 @@ def layout(model: ModelConfig) -> Layout:
 
 
 def run_local(spec: JobSpec, model: ModelConfig, run: LocalRun, out: TextIO = sys.stdout) -> int:
-    """Run (or resume) a job end to end. Returns the process exit code; the job hash says why."""
+    """Run (or resume) a job end to end. Returns the process exit code; the job hash says why.
+
+    SIGINT or SIGTERM sent to this process (``kill``, ``docker stop``) ends it as Ctrl-C does: the
+    job is left resumable, Ray and the embedded Redis are shut down, and the code is 130 or 143.
+    """
     job_id = run.job_id or new_job_id()
     err = sys.stderr
-    with ExitStack() as stack:
+    with InterruptOnSignals() as signals, ExitStack() as stack:
         url = open_redis(stack, run.redis_url, run.out_dir / "redis")
         client = connect(url)
         keys = Keys(run.prefix)
@@ -172,6 +178,7 @@ def run_local(spec: JobSpec, model: ModelConfig, run: LocalRun, out: TextIO = sy
         try:
             model = _resolve_weights(model)
             _ray_init(stack)
+            signals.reassert()  # ray.init sets a SIGTERM handler that exits at once
             if _first_compile(model):
                 print(
                     "samstream: first run at this image size here: compiling the image encoder "
@@ -193,9 +200,11 @@ def run_local(spec: JobSpec, model: ModelConfig, run: LocalRun, out: TextIO = sy
             lifecycle.end(job_id, spec, Ending.FAILED, str(exc))
             print(f"samstream: error: job {job_id} failed: {exc}", file=err)
             return 1
-        except KeyboardInterrupt:
-            print(f"samstream: interrupted; resume with --job-id {job_id}", file=err)
-            return 130
+        except KeyboardInterrupt as exc:
+            name = signal_name(exc)
+            how = "interrupted" if name == "SIGINT" else f"interrupted ({name})"
+            print(f"samstream: {how}; resume with --job-id {job_id}", file=err)
+            return exit_code(exc)
         except BaseException as exc:
             # A bug, not a user mistake: the job is marked failed, the traceback goes on.
             lifecycle.end(job_id, spec, Ending.FAILED, f"internal error: {type(exc).__name__}: {exc}")
@@ -235,7 +244,7 @@ def _driver(
     lay = layout(model)
     encoders = OwnEncoders(model, lay.encoders, lay.encoder_gpus, lay.encoder_threads)
     transport = RayTransport(model, url, prefix, encoders, HostResources(decoder_gpus=lay.decoder_gpus))
-    stack.callback(transport.shutdown)
+    stack.callback(_end_ray, transport)
     keys = store.keys
 
     def event(job_id: str, kind: str, detail: str | None) -> None:
@@ -244,6 +253,31 @@ def _driver(
     return JobDriver(
         transport, lifecycle, ControlBus(store.client, keys), event, lay.options, metrics, listener
     )
+
+
+def _end_ray(transport: RayTransport) -> None:
+    """Let the last closes run, then shut this run's Ray down, actors and all.
+
+    Killing the actors one by one first would fail their calls in flight, and Ray's driver prints
+    each failure (``(raylet) Task EncoderWorker.encode failed … retried``) after our last line;
+    ``ray.shutdown`` stops that printer first. Calls still in flight (an interrupted job's frames)
+    then fail inside Ray's C++ core, which logs each to file descriptor 2 ("Failed to push error to
+    driver"): expected while everything is being stopped, so that descriptor points at /dev/null for
+    the shutdown only.
+    """
+    import ray
+
+    transport.settle()
+    sys.stderr.flush()
+    saved = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        ray.shutdown()
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
 
 
 def probe(source: str) -> SourceInfo:

@@ -220,9 +220,16 @@ class RayTransport:
                 raise JobError("a worker died and could not be restarted") from None
             raise
 
+    def settle(self, timeout_s: float = 2.0) -> None:
+        """Wait up to ``timeout_s`` for the calls nobody waits for (commands, closes) to run."""
+        if self._unanswered:
+            ray.wait(
+                self._unanswered, num_returns=len(self._unanswered), timeout=timeout_s, fetch_local=False
+            )
+            self._unanswered = []
+
     def shutdown(self) -> None:
-        if self._unanswered:  # let the last closes run, rather than fail them by killing
-            ray.wait(self._unanswered, num_returns=len(self._unanswered), timeout=2.0, fetch_local=False)
+        self.settle()  # let the last closes run, rather than fail them by killing
         for actor in [*self._hosts.values(), *self._decoders.values()]:
             _kill(actor)
         shutdown = getattr(self.encoders, "shutdown", None)

@@ -461,9 +461,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SamstreamError as exc:
         print(f"samstream: error: {exc}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:  # Ctrl-C, or SIGINT/SIGTERM where pipeline.signals takes them
+        from pipeline.signals import exit_code
+
         print("samstream: interrupted", file=sys.stderr)
-        return 130
+        return exit_code(exc)
     except BrokenPipeError:
         # `samstream watch JOB | head`: the reader went away; not an error.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())

@@ -6,6 +6,8 @@ import argparse
 import contextlib
 import os
 import secrets
+import signal
+import socket
 import sys
 from pathlib import Path
 
@@ -25,6 +27,35 @@ def _sizes(text: str) -> tuple[int, ...]:
         return tuple(int(item) for item in text.split(",") if item.strip())
     except ValueError:
         raise InvalidInputError(f"--image-sizes must be a list like 256,512,1024, got {text!r}") from None
+
+
+def _check_free(host: str, port: int, what: str) -> None:
+    """Refuse now, in one line, a port that another process holds (not after Ray has started)."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        raise InvalidInputError(f"cannot listen on {host!r} for {what}: {exc.strerror}") from None
+    family, kind, proto, _, address = infos[0]
+    with socket.socket(family, kind, proto) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn and prometheus do
+        try:
+            s.bind(address)
+        except OSError as exc:
+            raise InvalidInputError(
+                f"{what} {port} on {host} is not free ({exc.strerror}): another process listens there; "
+                f"stop it or pick another {what}"
+            ) from None
+
+
+def _require_shared_redis(address: str | None, redis_url: str | None) -> None:
+    """Workers of a cluster (``--address``) run on other nodes: an embedded Redis on 127.0.0.1 is not
+    theirs to reach, so the service needs the URL of a Redis every node reaches."""
+    if address and not redis_url:
+        raise InvalidInputError(
+            f"--address {address} runs jobs on a Ray cluster whose other nodes cannot reach an embedded "
+            "Redis on this machine's 127.0.0.1: give --redis-url URL (or SAMSTREAM_REDIS_URL) of a "
+            "Redis every node reaches"
+        )
 
 
 def serve(args: argparse.Namespace) -> int:
@@ -87,6 +118,10 @@ def serve(args: argparse.Namespace) -> int:
     if source_hosts < 1:
         raise InvalidInputError(f"--source-hosts must be >= 1, got {source_hosts}")
     redis_url = args.redis_url or os.environ.get("SAMSTREAM_REDIS_URL")
+    _require_shared_redis(args.address, redis_url)
+    _check_free(args.host, args.port, "--port")
+    if args.metrics_port:
+        _check_free(metrics_host, args.metrics_port, "--metrics-port")
     if model.weights.value == "official":
         from pipeline.model.weights import resolve_checkpoint
 
@@ -96,6 +131,7 @@ def serve(args: argparse.Namespace) -> int:
 
     from pipeline.api import create_app, recover
     from pipeline.api.metrics import serve_metrics
+    from pipeline.signals import InterruptOnSignals
     from pipeline.sources.guard import NetworkGuard
     from pipeline.streams import JobStore, Keys, connect, redact
     from pipeline.streams.server import open_redis
@@ -103,10 +139,14 @@ def serve(args: argparse.Namespace) -> int:
     from workers.service import RayBackend, ServiceConfig, connect_ray
 
     err = sys.stderr
-    with contextlib.ExitStack() as stack:
+    # SIGINT or SIGTERM to this process alone (docker stop, systemd) ends it as Ctrl-C does: the API
+    # stops, jobs on a cluster (--address) go on, a local Ray and the embedded Redis are shut down.
+    with InterruptOnSignals() as signals, contextlib.ExitStack() as stack:
         url = open_redis(stack, redis_url, Path(args.data_dir) / "redis")
         client = connect(url)
         connect_ray(args.address)
+        signals.reassert()  # ray.init sets a SIGTERM handler that exits at once
+        stack.callback(_disconnect_ray)
         print(f"samstream serve: Ray {'at ' + args.address if args.address else 'started here'}", file=err)
         _, deployed = start_pool(model, pool)
         print(
@@ -134,7 +174,10 @@ def serve(args: argparse.Namespace) -> int:
         if resumed:
             print(f"samstream serve: resumed {len(resumed)} unfinished jobs: {', '.join(resumed)}", file=err)
         if args.metrics_port:
-            serve_metrics(store, args.metrics_port, metrics_host)
+            try:
+                serve_metrics(store, args.metrics_port, metrics_host)
+            except OSError as exc:  # taken since the check above
+                raise InvalidInputError(f"--metrics-port {args.metrics_port}: {exc.strerror}") from None
         app = create_app(settings, client, backend)
         print(
             f"samstream serve: API on http://{args.host}:{args.port} (OpenAPI at /openapi.json), "
@@ -147,5 +190,17 @@ def serve(args: argparse.Namespace) -> int:
         if made_token:
             print(f"samstream serve: no --token given; this run's token is: {token}", file=err)
         err.flush()
-        uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
-    return 0
+        # uvicorn takes SIGINT and SIGTERM while it runs, and raises the one taken again once stopped
+        with contextlib.suppress(KeyboardInterrupt):
+            uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+        if signals.signum is None:
+            return 0
+        print(f"samstream serve: stopped ({signal.Signals(signals.signum).name})", file=err)
+        return 128 + signals.signum
+
+
+def _disconnect_ray() -> None:
+    """Leave Ray: a cluster's detached job runner goes on; a local Ray (no --address) stops."""
+    import ray
+
+    ray.shutdown()

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import copy
 import os
+import stat
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pipeline.errors import UnsafeCacheError
 from pipeline.model.weights import default_cache_dir
 
 # Rows of the 256×256 feature map one tile of the convolutional stage covers (measured best of 4-64).
@@ -120,14 +122,44 @@ def _artifact_key(encoder: nn.Module, image_size: int, batch: int) -> str:
     return h.hexdigest()[:20]
 
 
+def check_private(path: Path, what: str) -> None:
+    """Raise :class:`UnsafeCacheError` unless ``path`` is this user's and nobody else may write it.
+
+    A compiled package is machine code that this process runs: a package (or a folder) that another
+    user can write is one they can swap for theirs.
+    """
+    st = path.stat()
+    problem = None
+    if st.st_uid != os.getuid():
+        problem = f"belongs to user id {st.st_uid}, not to you ({os.getuid()})"
+    elif writers := [
+        who for bit, who in ((stat.S_IWGRP, "its group"), (stat.S_IWOTH, "others")) if st.st_mode & bit
+    ]:
+        problem = f"is writable by {' and '.join(writers)} (mode {stat.S_IMODE(st.st_mode):04o})"
+    if problem:
+        raise UnsafeCacheError(
+            f"not loading compiled encoders: the {what} {path} {problem}, so another user could put "
+            f"code there that samstream would run. Make it yours and private (chown, chmod go-w), "
+            "point SAMSTREAM_CACHE_DIR at a private folder, or run with --compile eager"
+        )
+
+
 def load_or_build_package(prepared: nn.Module, example: torch.Tensor, path: Path) -> Any:
-    """The AOTInductor package at ``path``, exported and compiled (frozen weights) if not there yet."""
+    """The AOTInductor package at ``path``, exported and compiled (frozen weights) if not there yet.
+
+    Its folder is made mode 0700 when created here; a folder or package that is not the user's
+    own, or that group or others may write, is refused (:func:`check_private`).
+
+    Raises:
+        UnsafeCacheError: the folder or the package is not private to this user.
+    """
     import logging
     import tempfile
 
     log = logging.getLogger(__name__)
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    check_private(path.parent, "cache folder")
     if not path.is_file():
-        path.parent.mkdir(parents=True, exist_ok=True)
         log.warning("compiling the image encoder for this machine (once; cached at %s)", path)
         fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".part.pt2", dir=path.parent)
         os.close(fd)
@@ -141,6 +173,7 @@ def load_or_build_package(prepared: nn.Module, example: torch.Tensor, path: Path
         finally:
             if os.path.exists(tmp):
                 os.unlink(tmp)
+    check_private(path, "package")
     return _load_package(path)
 
 

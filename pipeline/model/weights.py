@@ -6,12 +6,15 @@ layout of the official ``vit_t`` model, which kornia's MobileSAM takes without r
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import sys
 import tempfile
 import urllib.error
 import urllib.request
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -25,9 +28,75 @@ RELEASE_URLS: tuple[str, ...] = (
     "https://github.com/ChaoningZhang/MobileSAM/raw/a509aac54fdd7af59f843135f2f7cee307283c88/weights/mobile_sam.pt",
     "https://huggingface.co/kornia/mobile_sam/resolve/main/mobile_sam.pt",
 )
-# The release is 40.7 MB of float32 tensors (10,140,231 values); anything far off is not it.
-RELEASE_SIZE_RANGE = (39_000_000, 43_000_000)
 DOWNLOAD_TIMEOUT_S = 30.0
+# Next to the cached file: its SHA-256 and the (size, mtime, ctime, inode) it was computed for, so a
+# start hashes 40 MB only when the file changed. A write changes ctime, which no user can set back.
+DIGEST_SUFFIX = ".sha256.json"
+
+
+@dataclass(frozen=True)
+class Release:
+    """The released checkpoint: its exact size and SHA-256 (lowercase hex)."""
+
+    size: int
+    sha256: str
+
+
+# mobile_sam.pt as released (commit a509aac of ChaoningZhang/MobileSAM; the same bytes on Hugging Face).
+RELEASE = Release(size=40_728_226, sha256="6dbb90523a35330fedd7f1d3dfc66f995213d81b29a5ca8108dbcdd4e37d6c2f")
+
+
+def sha256_of(path: Path) -> str:
+    """SHA-256 of the file at ``path``, lowercase hex."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _stamp(path: Path) -> list[int]:
+    st = path.stat()
+    return [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino]
+
+
+def _recorded_digest(path: Path) -> str:
+    """The SHA-256 of ``path``: from its sidecar if the file has not changed since, else computed (and recorded)."""
+    sidecar = path.with_name(path.name + DIGEST_SUFFIX)
+    stamp = _stamp(path)
+    try:
+        record = json.loads(sidecar.read_text())
+        if record["stamp"] == stamp and isinstance(record["sha256"], str):
+            return record["sha256"]
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    digest = sha256_of(path)
+    if _stamp(path) == stamp:  # not changed while it was read
+        try:
+            tmp = sidecar.with_suffix(".tmp")
+            tmp.write_text(json.dumps({"stamp": stamp, "sha256": digest}) + "\n")
+            tmp.replace(sidecar)
+        except OSError:
+            pass  # a read-only cache: hashed again at the next start, still checked
+    return digest
+
+
+def check_release(path: Path, release: Release | None = None) -> None:
+    """Raise :class:`CheckpointError` unless the cached ``path`` has the release's size and SHA-256.
+
+    The message names both hashes and both ways out: delete the file (it is downloaded again), or
+    pass ``--checkpoint PATH`` for weights of one's own.
+    """
+    want = release or RELEASE
+    size = path.stat().st_size
+    got = _recorded_digest(path) if size == want.size else sha256_of(path)
+    if size == want.size and got == want.sha256:
+        return
+    raise CheckpointError(
+        f"cached weights {path} are not the MobileSAM release: {size:,} bytes, SHA-256 {got}; the release is "
+        f"{want.size:,} bytes, SHA-256 {want.sha256}. Delete {path} to download it again, "
+        "or pass --checkpoint PATH to use weights of your own"
+    )
 
 
 def default_cache_dir() -> Path:
@@ -120,13 +189,15 @@ def download(
     dest: Path,
     timeout: float = DOWNLOAD_TIMEOUT_S,
     quiet: bool = False,
-    size_range: tuple[int, int] = RELEASE_SIZE_RANGE,
+    release: Release | None = None,
 ) -> Path:
-    """Download the first URL that answers to ``dest`` (atomically), checking size and layout.
+    """Download the first URL that answers to ``dest`` (atomically), checking size, SHA-256 and layout.
 
     Raises:
-        WeightsUnavailableError: no URL gave a file of the released size; the message names each failure.
+        WeightsUnavailableError: no URL gave the release's bytes; the message names each failure
+            (for a wrong file, its SHA-256 and the release's).
     """
+    want = release or RELEASE
     dest.parent.mkdir(parents=True, exist_ok=True)
     failures: list[str] = []
     for url in urls:
@@ -135,18 +206,23 @@ def download(
             with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as resp:
                 total = int(resp.headers.get("Content-Length") or 0)
                 done = 0
+                digest = hashlib.sha256()
                 if not quiet:
                     print(f"downloading MobileSAM weights from {url}", file=sys.stderr)
                 while chunk := resp.read(1 << 20):
                     out.write(chunk)
+                    digest.update(chunk)
                     done += len(chunk)
                     if not quiet and total:
                         print(f"\r  {done / 1e6:6.1f} / {total / 1e6:.1f} MB", end="", file=sys.stderr)
                 if not quiet and total:
                     print(file=sys.stderr)
-            lo, hi = size_range
-            if not lo <= done <= hi:
-                raise CheckpointError(f"got {done} bytes, the release has {lo}-{hi}")
+            got = digest.hexdigest()
+            if done != want.size or got != want.sha256:
+                raise CheckpointError(
+                    f"got {done:,} bytes with SHA-256 {got}, the release is {want.size:,} bytes "
+                    f"with SHA-256 {want.sha256}"
+                )
             verify_release(Path(tmp))
             os.replace(tmp, dest)
             return dest
@@ -167,8 +243,18 @@ def resolve_checkpoint(
     cache_dir: Path | None = None,
     urls: Sequence[str] = RELEASE_URLS,
     allow_download: bool = True,
+    release: Release | None = None,
 ) -> Path:
-    """The checkpoint to load: ``checkpoint`` if given, else the cached release, downloaded once if needed."""
+    """The checkpoint to load: ``checkpoint`` if given, else the cached release, downloaded once if needed.
+
+    A given ``checkpoint`` is the user's own and is not compared with the release. The cached
+    release is checked (size and SHA-256) at every call; its hash is recomputed only when the
+    file changed since it was last hashed.
+
+    Raises:
+        CheckpointError: ``checkpoint`` is missing, or the cached file is not the release.
+        WeightsUnavailableError: nothing cached and the download failed (or is not allowed).
+    """
     if checkpoint is not None:
         p = Path(checkpoint).expanduser()
         if not p.is_file():
@@ -176,10 +262,11 @@ def resolve_checkpoint(
         return p
     cached = (cache_dir or default_cache_dir()) / CHECKPOINT_NAME
     if cached.is_file():
+        check_release(cached, release)
         return cached
     if not allow_download:
         raise WeightsUnavailableError(
             f"no MobileSAM weights: no --checkpoint given and none cached at {cached}. "
             f"Pass --checkpoint PATH to a {CHECKPOINT_NAME}, or run with --weights random for a smoke test."
         )
-    return download(urls, cached)
+    return download(urls, cached, release=release)

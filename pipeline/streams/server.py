@@ -7,9 +7,11 @@ import fcntl
 import json
 import logging
 import os
+import secrets
 import shutil
 import signal
 import socket
+import stat
 import subprocess
 import time
 from collections.abc import Iterator
@@ -26,6 +28,10 @@ from pipeline.errors import RedisUnavailableError
 STATE_FILE = "samstream-redis.json"
 LOCK_FILE = "samstream-redis.lock"
 USERS_FILE = "samstream-redis.users"
+# The server's config: the password (requirepass) every client needs. A file of mode 0600 in a folder
+# of mode 0700, read by each samstream process that uses the folder; never on a command line (any
+# user can read /proc/PID/cmdline) nor printed.
+CONFIG_FILE = "samstream-redis.conf"
 LOG_FILE = "redis.log"
 _HOST = "127.0.0.1"
 _PORT_ATTEMPTS = 3
@@ -65,6 +71,11 @@ class EmbeddedRedis:
     stopping it (SIGKILL), the next :meth:`start` on the same folder finds it alive and reuses it,
     data and all; if it is gone, a new server reloads the data from the folder.
 
+    The server asks for a password (``requirepass``), made at random the first time a folder is used
+    and kept in ``data_dir/samstream-redis.conf`` (mode 0600; ``data_dir`` itself is made mode 0700),
+    so other users of the machine can neither connect nor read the data. :attr:`url` carries the
+    password: hand it to clients, and print only ``redact(url)``.
+
     Use it as a context manager, or call :meth:`start` and :meth:`stop`. Every process that starts
     or reuses the server is recorded (``samstream-redis.users``); :meth:`stop` shuts the server down
     unless another live process still uses it (a `samstream watch` beside a run, say).
@@ -94,14 +105,15 @@ class EmbeddedRedis:
         self._proc: subprocess.Popen[bytes] | None = None
         self._port: int | None = None
         self._pid: int | None = None
+        self._password: str | None = None
         self._reused = False
 
     @property
     def url(self) -> str:
-        """``redis://127.0.0.1:{port}/0`` of the running server."""
-        if self._port is None:
+        """``redis://:{password}@127.0.0.1:{port}/0`` of the running server (secret: print it redacted)."""
+        if self._port is None or self._password is None:
             raise RedisUnavailableError(f"the embedded Redis for {self.data_dir} is not started")
-        return f"redis://{_HOST}:{self._port}/0"
+        return f"redis://:{self._password}@{_HOST}:{self._port}/0"
 
     @property
     def port(self) -> int | None:
@@ -128,9 +140,11 @@ class EmbeddedRedis:
         """
         if self._port is not None:
             return self.url
-        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         self.data_dir = self.data_dir.resolve()
+        _make_private(self.data_dir)
         with self._locked():
+            self._password = _password(self.data_dir / CONFIG_FILE)
             if not self._reuse():
                 self._launch()
             self._write_users(sorted({*self._live_users(), os.getpid()}))
@@ -150,9 +164,9 @@ class EmbeddedRedis:
             self._write_users(users)
             if users:  # another live process (a concurrent `samstream watch`, say) still uses it
                 log.info("leaving the embedded Redis for %s running for processes %s", self.data_dir, users)
-                self._proc = self._port = self._pid = None
+                self._proc = self._port = self._pid = self._password = None
                 return
-            client = _client(port, connect_timeout_s=2.0, timeout_s=self._stop_timeout_s)
+            client = _client(port, self._password, connect_timeout_s=2.0, timeout_s=self._stop_timeout_s)
             try:
                 client.shutdown(save=True)
             except redis.RedisError as e:
@@ -170,6 +184,7 @@ class EmbeddedRedis:
         self._proc = None
         self._port = None
         self._pid = None
+        self._password = None
 
     def __enter__(self) -> EmbeddedRedis:
         self.start()
@@ -188,7 +203,7 @@ class EmbeddedRedis:
         if not _pid_alive(pid):
             return False
         deadline = time.monotonic() + self._startup_timeout_s
-        reply = _probe(port, deadline, self._loading_timeout_s, alive=lambda: _pid_alive(pid))
+        reply = _probe(port, self._password, deadline, self._loading_timeout_s, alive=lambda: _pid_alive(pid))
         if reply is not None and reply["pid"] == pid and Path(reply["dir"]).resolve() == self.data_dir:
             self._port, self._pid, self._reused = port, pid, True
             log.info("reusing the embedded Redis left for %s (pid %d, port %d)", self.data_dir, pid, port)
@@ -207,6 +222,7 @@ class EmbeddedRedis:
             port = _free_port()
             cmd = [
                 exe,
+                str(self.data_dir / CONFIG_FILE),  # first: the password, read from the private file
                 "--bind", _HOST,
                 "--port", str(port),
                 "--dir", str(self.data_dir),
@@ -228,7 +244,13 @@ class EmbeddedRedis:
             self._write_state(port, proc.pid)
             deadline = time.monotonic() + self._startup_timeout_s
             try:
-                reply = _probe(port, deadline, self._loading_timeout_s, alive=lambda p=proc: p.poll() is None)
+                reply = _probe(
+                    port,
+                    self._password,
+                    deadline,
+                    self._loading_timeout_s,
+                    alive=lambda p=proc: p.poll() is None,
+                )
             except BaseException:  # Ctrl-C while waiting: do not leave a half-started server behind
                 _discard(proc, self.data_dir / STATE_FILE)
                 raise
@@ -302,13 +324,15 @@ class EmbeddedRedis:
                 fcntl.flock(lock, fcntl.LOCK_UN)
 
 
-def _probe(port: int, deadline: float, loading_timeout_s: float, alive: Any) -> dict[str, Any] | None:
+def _probe(
+    port: int, password: str | None, deadline: float, loading_timeout_s: float, alive: Any
+) -> dict[str, Any] | None:
     """Wait until the server on ``port`` answers and has loaded its data; its pid and dir, or None.
 
     Gives up at ``deadline`` if it never answered, ``loading_timeout_s`` after its first (LOADING)
     answer, or as soon as ``alive()`` turns false.
     """
-    client = _client(port, connect_timeout_s=0.5, timeout_s=2.0)
+    client = _client(port, password, connect_timeout_s=0.5, timeout_s=2.0)
     try:
         while alive():
             try:
@@ -321,7 +345,7 @@ def _probe(port: int, deadline: float, loading_timeout_s: float, alive: Any) -> 
             except (redis.ConnectionError, redis.TimeoutError):
                 pass
             except redis.ResponseError:
-                return None  # something else (e.g. a password-protected server) holds the port
+                return None  # something else (e.g. a server with another password) holds the port
             if time.monotonic() >= deadline:
                 return None
             time.sleep(0.02)
@@ -330,16 +354,51 @@ def _probe(port: int, deadline: float, loading_timeout_s: float, alive: Any) -> 
         client.close()
 
 
-def _client(port: int, connect_timeout_s: float, timeout_s: float) -> redis.Redis:
+def _client(port: int, password: str | None, connect_timeout_s: float, timeout_s: float) -> redis.Redis:
     # No retries: redis-py 8 retries a failed command with backoff (seconds), while here a refused
     # connection is an answer (not up yet, or gone after SHUTDOWN).
     return redis.Redis(
         host=_HOST,
         port=port,
+        password=password,
         socket_connect_timeout=connect_timeout_s,
         socket_timeout=timeout_s,
         retry=Retry(NoBackoff(), 0),
     )
+
+
+def _make_private(folder: Path) -> None:
+    """Make ``folder`` mode 0700, or refuse a folder of another user (who could read the password)."""
+    st = folder.stat()
+    if st.st_uid != os.getuid():
+        raise RedisUnavailableError(
+            f"the embedded Redis's data folder {folder} belongs to user id {st.st_uid}, not to you "
+            f"({os.getuid()}): pass another --data-dir, or --redis-url URL of a running server"
+        )
+    if stat.S_IMODE(st.st_mode) != 0o700:
+        folder.chmod(0o700)
+
+
+def _password(config: Path) -> str:
+    """The folder's Redis password: read from ``config``, or made and written there (mode 0600)."""
+    try:
+        text = config.read_text()
+    except FileNotFoundError:
+        password = secrets.token_hex(32)  # hex: no quoting in the config file nor in the URL
+        fd = os.open(config.with_suffix(".tmp"), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as out:
+            out.write(
+                f"# the password of this folder's embedded Redis, made by samstream\nrequirepass {password}\n"
+            )
+        config.with_suffix(".tmp").replace(config)
+        return password
+    if config.stat().st_mode & 0o077:
+        config.chmod(0o600)
+    for line in text.splitlines():
+        key, _, value = line.strip().partition(" ")
+        if key == "requirepass" and value.strip():
+            return value.strip()
+    raise RedisUnavailableError(f"{config} holds no 'requirepass PASSWORD' line: delete it to make a new one")
 
 
 def _discard(proc: subprocess.Popen[bytes], state_file: Path) -> None:

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import os
+import stat
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from torch import nn
 
 from pipeline.config import ModelConfig
+from pipeline.errors import UnsafeCacheError
 from pipeline.model import DecodeRequest, MobileSam
-from pipeline.model.accelerate import _load_package, prepare_encoder, tile_conv_stage
+from pipeline.model.accelerate import _load_package, load_or_build_package, prepare_encoder, tile_conv_stage
 from pipeline.model.architecture import build_mobile_sam
 from pipeline.prompts import Prompt
 from tests.conftest import sample_rgb
@@ -82,3 +86,50 @@ def test_package_loader_equals_torchs_public_loader(checkpoint: Path, tmp_path: 
     x = torch.randn(1, 3, 256, 256).contiguous(memory_format=torch.channels_last)
     expected = torch._inductor.aoti_load_package(str(package))(x)
     assert torch.equal(_load_package(package)(x), expected)
+    assert stat.S_IMODE(package.parent.stat().st_mode) == 0o700  # the folder made for packages is private
+
+    # The same package, once others may write it, is not loaded by a new model.
+    package.chmod(0o666)
+    again = MobileSam.from_config(
+        ModelConfig(
+            checkpoint=checkpoint, image_size=256, device="cpu", compile="compiled", cache_dir=tmp_path
+        )
+    )
+    with pytest.raises(UnsafeCacheError, match="writable by its group and others"):
+        again.encode([sample_rgb(240, 320, 0)])
+
+
+def _refused(path: Path) -> str:
+    """The error of loading (or building) the package at ``path``; nothing is compiled on the way."""
+    with pytest.raises(UnsafeCacheError) as err:
+        load_or_build_package(nn.Identity(), torch.zeros(1, 3, 8, 8), path)
+    return str(err.value)
+
+
+def test_a_cache_folder_others_can_write_is_refused(tmp_path: Path) -> None:
+    folder = tmp_path / "compiled"
+    folder.mkdir()
+    folder.chmod(0o777)
+    msg = _refused(folder / "encoder-256-abc.pt2")
+    assert f"cache folder {folder} is writable by its group and others (mode 0777)" in msg
+    assert "SAMSTREAM_CACHE_DIR" in msg and "--compile eager" in msg
+    assert list(folder.iterdir()) == []  # not compiled into it either
+    folder.chmod(0o775)
+    assert "writable by its group (mode 0775)" in _refused(folder / "encoder-256-abc.pt2")
+
+
+def test_a_package_others_can_write_is_refused(tmp_path: Path) -> None:
+    folder = tmp_path / "compiled"
+    folder.mkdir(mode=0o700)
+    package = folder / "encoder-256-abc.pt2"
+    package.write_bytes(b"whatever another user put here")
+    package.chmod(0o646)
+    assert f"package {package} is writable by others (mode 0646)" in _refused(package)
+
+
+@pytest.mark.skipif(os.getuid() != 0, reason="giving a folder to another user takes root")
+def test_another_users_cache_folder_is_refused(tmp_path: Path) -> None:
+    folder = tmp_path / "compiled"
+    folder.mkdir(mode=0o700)
+    os.chown(folder, 4321, -1)
+    assert "belongs to user id 4321, not to you" in _refused(folder / "encoder-256-abc.pt2")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -10,14 +12,19 @@ import torch
 
 from pipeline.config import ModelConfig
 from pipeline.errors import CheckpointError, WeightsUnavailableError
+from pipeline.model import weights
 from pipeline.model.architecture import build_mobile_sam
 from pipeline.model.segmenter import load_sam
 from pipeline.model.weights import (
+    DIGEST_SUFFIX,
+    RELEASE,
     RELEASE_URLS,
+    Release,
     check_layout,
     download,
     load_state_dict,
     resolve_checkpoint,
+    sha256_of,
 )
 from tests.fixtures.http import serve_directory
 
@@ -95,10 +102,66 @@ def test_pickled_objects_are_refused(tmp_path: Path) -> None:
         load_state_dict(f)
 
 
+def _release_of(path: Path) -> Release:
+    """A stand-in release: the test checkpoint's own size and hash (the real one is not downloaded)."""
+    return Release(path.stat().st_size, sha256_of(path))
+
+
+def test_the_release_is_pinned() -> None:
+    assert Release(40_728_226, "6dbb90523a35330fedd7f1d3dfc66f995213d81b29a5ca8108dbcdd4e37d6c2f") == RELEASE
+
+
 def test_cached_release_is_used_without_network(tmp_path: Path, checkpoint: Path) -> None:
     (tmp_path / "mobile_sam.pt").write_bytes(checkpoint.read_bytes())
-    got = resolve_checkpoint(None, tmp_path, urls=["http://127.0.0.1:9/never-asked"])
+    release = _release_of(checkpoint)
+    got = resolve_checkpoint(None, tmp_path, urls=["http://127.0.0.1:9/never-asked"], release=release)
     assert got == tmp_path / "mobile_sam.pt"
+
+
+def test_cached_file_is_checked_at_every_load_and_a_change_is_caught(
+    tmp_path: Path, checkpoint: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cached = tmp_path / "mobile_sam.pt"
+    cached.write_bytes(checkpoint.read_bytes())
+    monkeypatch.setattr(weights, "RELEASE", _release_of(checkpoint))  # as loaders call it: no argument
+    assert resolve_checkpoint(None, tmp_path, allow_download=False) == cached
+    sidecar = tmp_path / ("mobile_sam.pt" + DIGEST_SUFFIX)
+    assert json.loads(sidecar.read_text())["sha256"] == weights.RELEASE.sha256
+
+    hashed: list[Path] = []
+    real = weights.sha256_of
+    monkeypatch.setattr(weights, "sha256_of", lambda p: hashed.append(p) or real(p))
+    assert resolve_checkpoint(None, tmp_path, allow_download=False) == cached
+    assert hashed == []  # unchanged since hashed: the recorded hash is used
+
+    # One byte changed in place, its modification time put back: the change time still tells.
+    stat = cached.stat()
+    with open(cached, "r+b") as f:
+        f.seek(stat.st_size // 2)
+        byte = f.read(1)
+        f.seek(stat.st_size // 2)
+        f.write(bytes([byte[0] ^ 0xFF]))
+    os.utime(cached, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    with pytest.raises(CheckpointError) as err:
+        resolve_checkpoint(None, tmp_path, allow_download=False)
+    msg = str(err.value)
+    assert hashed == [cached]
+    assert sha256_of(cached) in msg and weights.RELEASE.sha256 in msg  # both hashes
+    assert f"Delete {cached} to download it again" in msg and "--checkpoint PATH" in msg  # both ways out
+
+
+def test_a_cached_file_of_another_size_names_both_hashes(tmp_path: Path) -> None:
+    cached = tmp_path / "mobile_sam.pt"
+    cached.write_bytes(b"not the weights")
+    with pytest.raises(CheckpointError) as err:
+        resolve_checkpoint(None, tmp_path, allow_download=False)
+    msg = str(err.value)
+    assert "15 bytes" in msg and "40,728,226 bytes" in msg
+    assert sha256_of(cached) in msg and RELEASE.sha256 in msg and "--checkpoint PATH" in msg
+
+
+def test_a_given_checkpoint_is_not_compared_with_the_release(checkpoint: Path) -> None:
+    assert resolve_checkpoint(checkpoint, allow_download=False) == checkpoint
 
 
 def test_offline_without_file_names_both_ways_out(tmp_path: Path) -> None:
@@ -126,18 +189,36 @@ def test_download_verifies_and_caches(http_dir: tuple[str, Path], tmp_path: Path
     cache = tmp_path / "cache"
     # The first URL gives a file of the wrong size, the second one is missing, the third one is good.
     got = resolve_checkpoint(
-        None, cache, urls=[f"{base}/small.pt", f"{base}/missing.pt", f"{base}/mobile_sam.pt"]
+        None,
+        cache,
+        urls=[f"{base}/small.pt", f"{base}/missing.pt", f"{base}/mobile_sam.pt"],
+        release=_release_of(checkpoint),
     )
     assert got == cache / "mobile_sam.pt"
     assert got.read_bytes() == checkpoint.read_bytes()
     assert not list(cache.glob("*.part"))  # no partial file left behind
 
 
+def test_download_of_a_wrong_file_names_both_hashes(
+    http_dir: tuple[str, Path], tmp_path: Path, checkpoint: Path
+) -> None:
+    base, root = http_dir
+    (root / "mobile_sam.pt").write_bytes(checkpoint.read_bytes())  # a MobileSAM, but not the release
+    cache = tmp_path / "cache"
+    with pytest.raises(WeightsUnavailableError) as err:
+        resolve_checkpoint(None, cache, urls=[f"{base}/mobile_sam.pt"])
+    msg = str(err.value)
+    assert sha256_of(checkpoint) in msg and RELEASE.sha256 in msg and "40,728,226 bytes" in msg
+    assert "--checkpoint PATH" in msg
+    assert not list(cache.iterdir())  # nothing cached, no partial file
+
+
 def test_download_rejects_a_file_of_the_wrong_layout(http_dir: tuple[str, Path], tmp_path: Path) -> None:
     base, root = http_dir
-    torch.save({"w": torch.zeros(10_300_000)}, root / "other.pt")  # release-sized, wrong tensors
+    torch.save({"w": torch.zeros(10_300_000)}, root / "other.pt")  # wrong tensors, hash taken as good
+    release = _release_of(root / "other.pt")
     with pytest.raises(WeightsUnavailableError, match="not in the MobileSAM"):
-        download([f"{base}/other.pt"], tmp_path / "mobile_sam.pt", quiet=True)
+        download([f"{base}/other.pt"], tmp_path / "mobile_sam.pt", quiet=True, release=release)
     assert not (tmp_path / "mobile_sam.pt").exists()
 
 
