@@ -9,7 +9,7 @@ import secrets
 import sys
 from pathlib import Path
 
-from pipeline.cli.options import model_config
+from pipeline.cli.options import media_limits, model_config
 from pipeline.errors import InvalidInputError
 
 
@@ -55,6 +55,7 @@ def serve(args: argparse.Namespace) -> int:
         streams_per_host=args.streams_per_host,
         tracks_per_decoder=args.tracks_per_decoder,
         host_idle_s=args.host_idle_s,
+        media=media_limits(args),
     )
     resources = HostResources(
         host_cpus=args.host_cpus,

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field, replace
 
 from pipeline.errors import SamstreamError
 from pipeline.frames import Frame
+from pipeline.sources.limits import MediaLimits
 from pipeline.sources.reader import FileReader, LiveReader, Notify, Reader
 from pipeline.sources.video import SourceInfo
 
@@ -39,6 +40,7 @@ class SourceSpec:
         stride: file jobs: every n-th frame.
         live: a live feed (newest frame first) rather than a file (every frame).
         give_up_s: live feeds: fail after this long without a frame.
+        limits: pixels per frame (every source), frames and duration (files) it may have.
     """
 
     uri: str
@@ -46,6 +48,7 @@ class SourceSpec:
     stride: int = 1
     live: bool = False
     give_up_s: float = 30.0
+    limits: MediaLimits = field(default_factory=MediaLimits)
 
 
 @dataclass(frozen=True)
@@ -100,8 +103,10 @@ def open_reader(spec: SourceSpec, after: int | None, notify: Notify) -> Reader:
         SamstreamError: the source cannot be opened (bad input, unreachable, not a video).
     """
     if spec.live:
-        return LiveReader(spec.uri, spec.image_size, spec.give_up_s, after, notify)
-    return FileReader(spec.uri, spec.image_size, spec.stride, FILE_QUEUE, notify)
+        return LiveReader(
+            spec.uri, spec.image_size, spec.give_up_s, after, notify, spec.limits.max_frame_pixels
+        )
+    return FileReader(spec.uri, spec.image_size, spec.stride, FILE_QUEUE, notify, limits=spec.limits)
 
 
 @dataclass
