@@ -66,9 +66,6 @@ class OpenedVideo:
         except StopIteration:
             return None
         except av.FFmpegError as exc:
-            if isinstance(exc, av.error.ArgumentError) and self.limits.max_frame_pixels is not None:
-                # EINVAL from a decoder: a picture size it refused (``max_pixels``, or its own bounds).
-                raise LimitExceeded(self.limits.refused_size()) from exc
             reason = error_reason(exc, self.timeouts)
             if isinstance(exc, av.error.InvalidDataError):
                 reason = "truncated or corrupt data (FFmpeg: invalid data)"
@@ -95,12 +92,17 @@ class OpenedVideo:
                 if not (packet.is_corrupt or last_corrupt):
                     raise
                 continue  # a partial packet (or the flush after it): the check below reports it
+            except av.error.ArgumentError as exc:
+                if self.limits.max_frame_pixels is None:
+                    raise
+                # EINVAL from the decoder: a picture size it refused (``max_pixels``, or its own bounds).
+                raise LimitExceeded(self.limits.refused_size()) from exc
             for frame in frames:
                 self.limits.check_size(frame.width, frame.height)
-                time = frame.time
+                shown = frame.time
                 if first_time is None:
-                    first_time = time
-                seconds = None if time is None or first_time is None else time - first_time
+                    first_time = shown
+                seconds = None if shown is None or first_time is None else shown - first_time
                 self.limits.check_position(count, seconds)
                 count += 1
                 yield frame

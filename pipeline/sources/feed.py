@@ -181,6 +181,12 @@ class Feed:
                     decoded = packet.decode()
                 except av.error.InvalidDataError:
                     decoded = []  # a damaged packet (datagrams lost): the decoder resyncs later
+                except av.error.ArgumentError:
+                    if limits.max_frame_pixels is None:
+                        raise
+                    # EINVAL from the decoder: a picture size it refused (``max_pixels``, or its own
+                    # bounds); not a loss that reconnecting mends.
+                    raise SourceError(f"live source {self.settings.name}: {limits.refused_size()}") from None
                 for av_frame in decoded:
                     try:
                         limits.check_size(av_frame.width, av_frame.height)
@@ -194,9 +200,6 @@ class Feed:
                         raise FeedLost(f"no video frame for {limit:g} s (data comes, pictures do not)")
                     raise FeedLost(f"no video frame within {self.settings.open_timeout_s:g} s of connecting")
         except av.FFmpegError as exc:
-            if isinstance(exc, av.error.ArgumentError) and limits.max_frame_pixels is not None:
-                # EINVAL from the decoder: a picture size it refused (``max_pixels``, or its own bounds).
-                raise SourceError(f"live source {self.settings.name}: {limits.refused_size()}") from None
             raise FeedLost(_reason(exc, self.settings)) from scrubbed(exc)
         raise FeedLost("the stream ended")
 

@@ -33,6 +33,7 @@ class LimitExceeded(Exception):
 
 
 def _megapixels(pixels: int) -> str:
+    """``134 Mpx``, ``35.4 Mpx``, ``0.0768 Mpx``: three significant digits."""
     return f"{pixels / 1e6:.3g} Mpx"
 
 
@@ -98,11 +99,14 @@ class MediaLimits:
             )
 
     def refused_size(self) -> str:
-        """The reason for a decoder that refused a picture by its size (``max_pixels``, EINVAL)."""
-        limit = _megapixels(self.max_frame_pixels) if self.max_frame_pixels is not None else "FFmpeg's"
+        """The reason for a decoder that refused a picture by its size (``max_pixels``: EINVAL).
+
+        FFmpeg says nothing more, and its probe could not tell the size either: the message
+        cannot give it.
+        """
         return (
-            f"the decoder refused a frame larger than the limit of {limit} per frame "
-            "(--max-frame-pixels), or of an invalid size"
+            f"the decoder refused a frame larger than the limit of {_megapixels(self.max_frame_pixels or 0)} "
+            "per frame (--max-frame-pixels), or of an invalid size"
         )
 
     def check_declared(self, frames: int | None, seconds: float | None) -> None:
