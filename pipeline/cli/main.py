@@ -273,6 +273,13 @@ def build_parser() -> argparse.ArgumentParser:
     pool.add_argument(
         "--idle-s", type=float, default=60.0, metavar="S", help="idle seconds before a replica goes (60)"
     )
+    pool.add_argument(
+        "--encoder-sizes",
+        type=int,
+        default=4,
+        metavar="N",
+        help="image sizes whose model each replica keeps loaded; the least recently used goes (4)",
+    )
     hosts = sv.add_argument_group("stream hosts and tracker hosts (many jobs per process)")
     hosts.add_argument(
         "--source-hosts",

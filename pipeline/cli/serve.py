@@ -45,6 +45,7 @@ def serve(args: argparse.Namespace) -> int:
         gpus=args.encoder_gpus,
         cpus=args.encoder_cpus,
         downscale_delay_s=args.idle_s,
+        max_sizes=args.encoder_sizes,
     )
     from pipeline.jobs.driver import DriverOptions
     from workers.transport import HostResources
