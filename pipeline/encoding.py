@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
 import numpy as np
 
+from pipeline.errors import InvalidInputError
 from pipeline.frames import EncodedFrame, Frame, Yuv420
 from pipeline.model.types import Embedding, Size
 
@@ -49,17 +51,29 @@ class SizedEncoders:
     """Encodes frames of any image sizes (many jobs' frames in one call): one model per size.
 
     Args:
-        load: builds the model of an image size (called once per size, when first needed).
+        load: builds the model of an image size (called when a size is first needed, and again
+            after it was dropped).
+        max_sizes: most models kept (each holds its weights, and its compiled code, on the
+            device); the least recently used is dropped for a new size. None: no limit.
     """
 
-    def __init__(self, load: Callable[[int], ImageEncoder]) -> None:
+    def __init__(self, load: Callable[[int], ImageEncoder], max_sizes: int | None = None) -> None:
+        if max_sizes is not None and max_sizes < 1:
+            raise InvalidInputError(f"max_sizes must be None or >= 1, got {max_sizes}")
         self._load = load
-        self.encoders: dict[int, FrameEncoder] = {}
+        self.max_sizes = max_sizes
+        self.encoders: OrderedDict[int, FrameEncoder] = OrderedDict()  # least recently used first
 
     def encoder(self, size: int) -> FrameEncoder:
-        if size not in self.encoders:
-            self.encoders[size] = FrameEncoder(self._load(size))
-        return self.encoders[size]
+        if size in self.encoders:
+            self.encoders.move_to_end(size)
+            return self.encoders[size]
+        if self.max_sizes is not None:
+            # Dropped before the new one loads: the device never holds more than max_sizes models.
+            while len(self.encoders) >= self.max_sizes:
+                self.encoders.popitem(last=False)
+        encoder = self.encoders[size] = FrameEncoder(self._load(size))
+        return encoder
 
     def encode(self, frames: Sequence[Frame]) -> list[EncodedFrame]:
         """Every frame's embedding, in order; one encoder call per image size among them."""

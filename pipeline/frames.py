@@ -89,6 +89,8 @@ class EncodedFrame:
         index, pts, capture_time, original_size, job_id: as in :class:`Frame`.
         embedding: the frame's :class:`~pipeline.model.types.Embedding`.
         timings: seconds spent per stage so far (``decode``, ``preprocess``, ``encode``).
+        error: why the encoder could not encode the frame (``embedding`` is None then): the
+            frame's job fails with it, the other jobs of the same call go on.
     """
 
     index: int
@@ -98,6 +100,7 @@ class EncodedFrame:
     embedding: Any
     timings: dict[str, float] = field(default_factory=dict)
     job_id: str = ""
+    error: str | None = None
 
 
 @dataclass(frozen=True)

@@ -220,12 +220,16 @@ class TrackerHost:
             One reply per job named by the frames and by ``setups``, in the order they first appear.
         """
         queues: dict[str, deque[EncodedFrame]] = {}
+        errors: dict[str, str] = {}
         for f in frames:
             if f.job_id in setups:  # a job without a setup has ended: its frames are left alone
                 queues.setdefault(f.job_id, deque()).append(f)
-        errors: dict[str, str] = {}
+                if f.error is not None:  # the encoder could not encode this job's frames
+                    errors.setdefault(f.job_id, f.error)
         decoders: dict[str, TrackDecoder] = {}
         for job_id in queues:
+            if job_id in errors:
+                continue
             try:
                 decoders[job_id] = self._decoder(job_id, setups[job_id])
             except SamstreamError as exc:

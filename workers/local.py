@@ -12,7 +12,7 @@ import os
 import sys
 from collections.abc import Sequence
 from contextlib import ExitStack
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 
@@ -24,6 +24,7 @@ from pipeline.jobs.lifecycle import Ending, Lifecycle
 from pipeline.metrics import PrometheusMetrics
 from pipeline.model.weights import resolve_checkpoint
 from pipeline.signals import InterruptOnSignals, exit_code, signal_name
+from pipeline.sources.limits import MediaLimits
 from pipeline.spec import JobSpec
 from pipeline.streams import JobStore, Keys, Publisher, connect, redact
 from pipeline.streams.keys import new_job_id
@@ -49,6 +50,7 @@ class LocalRun:
         metrics_port: serve Prometheus metrics on this port (None: no server).
         progress: show a progress bar on stderr.
         keep_s: seconds the job's keys stay in Redis once it has ended; None: until deleted.
+        limits: what the source may hold (pixels per frame; frames and duration).
     """
 
     job_id: str | None = None
@@ -58,6 +60,7 @@ class LocalRun:
     metrics_port: int | None = None
     progress: bool = True
     keep_s: int | None = DEFAULT_KEEP_S
+    limits: MediaLimits = field(default_factory=MediaLimits)
 
 
 def _resolve_weights(model: ModelConfig) -> ModelConfig:
@@ -117,15 +120,14 @@ def layout(model: ModelConfig) -> Layout:
     """
     import ray
 
-    one = {"max_hosts": 1, "max_decoders": 1}
-    batched = DriverOptions(batch_frames=GPU_BATCH, file_window=4 * GPU_BATCH, **one)
+    batched = DriverOptions(batch_frames=GPU_BATCH, file_window=4 * GPU_BATCH, max_hosts=1, max_decoders=1)
     if model.weights is Weights.NULL:
         return Layout(batched)
     gpus = int(ray.cluster_resources().get("GPU", 0))
     if gpus >= 1:
         return Layout(batched, encoders=gpus, encoder_gpus=0.9, decoder_gpus=0.1)
     # One live frame in flight: the frame taken is always the newest when the encoder has room.
-    cpu = DriverOptions(batch_frames=1, file_window=3, live_in_flight=1, **one)
+    cpu = DriverOptions(batch_frames=1, file_window=3, live_in_flight=1, max_hosts=1, max_decoders=1)
     return Layout(cpu, encoder_threads=os.cpu_count())
 
 
@@ -151,7 +153,7 @@ def run_local(spec: JobSpec, model: ModelConfig, run: LocalRun, out: TextIO = sy
         try:
             # A file is probed here, to fail fast and clearly; a live feed is opened once, by its
             # source host (some servers take one client only).
-            source_info = None if spec.live else probe(spec.source)
+            source_info = None if spec.live else probe(spec.source, run.limits)
             start = lifecycle.begin(job_id, again=True)
             if start is None:  # pragma: no cover - admitted above, so it has not succeeded
                 return 0
@@ -188,7 +190,7 @@ def run_local(spec: JobSpec, model: ModelConfig, run: LocalRun, out: TextIO = sy
             progress = _Progress(total, store.get(job_id).frames_done, run.progress, err)
             stack.callback(progress.close)
             listener = _RunListener(progress)
-            driver = _driver(model, url, run.prefix, store, lifecycle, metrics, listener, stack)
+            driver = _driver(model, url, run.prefix, store, lifecycle, metrics, listener, stack, run.limits)
             driver.add(start)
             try:
                 driver.run(until_idle=True)
@@ -236,6 +238,7 @@ def _driver(
     metrics: PrometheusMetrics,
     listener: Listener,
     stack: ExitStack,
+    limits: MediaLimits | None = None,
 ) -> JobDriver:
     """A driver over Ray actors of this run: one source host, encoders, one tracker host."""
     from pipeline.streams.control import ControlBus
@@ -250,9 +253,8 @@ def _driver(
     def event(job_id: str, kind: str, detail: str | None) -> None:
         Publisher(store.client, keys, job_id).event(kind, detail=detail)
 
-    return JobDriver(
-        transport, lifecycle, ControlBus(store.client, keys), event, lay.options, metrics, listener
-    )
+    options = lay.options if limits is None else replace(lay.options, media=limits)
+    return JobDriver(transport, lifecycle, ControlBus(store.client, keys), event, options, metrics, listener)
 
 
 def _end_ray(transport: RayTransport) -> None:
@@ -280,15 +282,15 @@ def _end_ray(transport: RayTransport) -> None:
         os.close(devnull)
 
 
-def probe(source: str) -> SourceInfo:
+def probe(source: str, limits: MediaLimits | None = None) -> SourceInfo:
     """Open a video once, to fail fast and clearly on bad input (before any worker starts).
 
     Raises:
-        SamstreamError: the video cannot be read.
+        SamstreamError: the video cannot be read, or goes past ``limits``.
     """
     from pipeline.sources.video import VideoSource
 
-    with VideoSource(source) as video:
+    with VideoSource(source, limits=limits) as video:
         return video.info
 
 

@@ -1,8 +1,11 @@
 """The shared encoder pool of ``samstream serve``: one Ray Serve deployment for every job.
 
-Each replica holds MobileSAM's image encoder (one per image size it is asked for) and asks Ray for
-``gpus`` GPUs (fractions allowed). Requests are a tick's frames (of many jobs); Serve's dynamic batching
-joins several requests into one encoder call. Serve's autoscaler keeps between
+Each replica holds MobileSAM's image encoder (one per image size it is asked for, the
+``max_sizes`` most recently used) and asks Ray for ``gpus`` GPUs (fractions allowed). Requests are
+a tick's frames (of many jobs); Serve's dynamic batching joins several requests into one encoder
+call. When that call fails, the replica encodes each request's jobs one by one: a job whose frames
+cannot be encoded gets them back marked with the error (its tracker host fails that job alone),
+and every other job of the batch goes on. Serve's autoscaler keeps between
 ``min_replicas`` and ``max_replicas`` replicas, following the requests in flight; a replica that
 cannot be placed is a pending resource demand, which the Ray autoscaler (cluster launcher or
 KubeRay) answers by adding a GPU node, and removes again once idle.
@@ -11,6 +14,7 @@ KubeRay) answers by adding a GPU node, and removes again once idle.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any
@@ -18,10 +22,12 @@ from typing import Any
 from ray import serve
 
 from pipeline.config import ModelConfig
-from pipeline.errors import InvalidInputError
+from pipeline.errors import InvalidInputError, SamstreamError
 from pipeline.frames import EncodedFrame, Frame
 
 APP = "samstream-encoders"
+DEFAULT_MAX_SIZES = 4
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -37,6 +43,7 @@ class PoolConfig:
         batch_wait_s: how long a replica waits for more requests to fill a batch.
         target_ongoing: requests in flight per replica the autoscaler aims at.
         downscale_delay_s: idle time before a replica is removed.
+        max_sizes: image sizes whose model a replica keeps loaded (least recently used dropped).
     """
 
     min_replicas: int = 0
@@ -47,6 +54,7 @@ class PoolConfig:
     batch_wait_s: float = 0.01
     target_ongoing: float = 2.0
     downscale_delay_s: float = 30.0
+    max_sizes: int = DEFAULT_MAX_SIZES
 
     def __post_init__(self) -> None:
         if self.min_replicas < 0 or self.max_replicas < 1 or self.min_replicas > self.max_replicas:
@@ -58,6 +66,8 @@ class PoolConfig:
             raise InvalidInputError(f"GPUs and CPUs per encoder must be >= 0, got {self.gpus}, {self.cpus}")
         if self.max_batch < 1 or self.batch_wait_s < 0 or self.target_ongoing <= 0:
             raise InvalidInputError("encoder batching: max_batch >= 1, batch_wait_s >= 0, target_ongoing > 0")
+        if self.max_sizes < 1:
+            raise InvalidInputError(f"image sizes kept per encoder must be >= 1, got {self.max_sizes}")
 
     def deployment_options(self) -> dict[str, Any]:
         """The Serve deployment options that carry this config."""
@@ -81,12 +91,18 @@ class PoolConfig:
 class EncoderReplica:
     """One replica: encodes batches of frames from any job, at whatever image size each job uses."""
 
-    def __init__(self, model: ModelConfig, max_batch: int = 8, batch_wait_s: float = 0.01) -> None:
+    def __init__(
+        self,
+        model: ModelConfig,
+        max_batch: int = 8,
+        batch_wait_s: float = 0.01,
+        max_sizes: int = DEFAULT_MAX_SIZES,
+    ) -> None:
         from pipeline.encoding import SizedEncoders
         from pipeline.model.segmenter import load_model
 
         self.model = model
-        self.encoders = SizedEncoders(lambda size: load_model(replace(model, image_size=size)))
+        self.encoders = SizedEncoders(lambda size: load_model(replace(model, image_size=size)), max_sizes)
         # Torch threads: Ray sets OMP_NUM_THREADS to the replica's CPUs, and torch follows it.
         batcher: Any = self.encode_batch  # serve.batch's wrapper (typed as the plain method)
         batcher.set_max_batch_size(max_batch)
@@ -102,13 +118,57 @@ class EncoderReplica:
         return await asyncio.to_thread(self._encode_requests, requests)
 
     def _encode_requests(self, requests: Sequence[Sequence[Frame]]) -> list[list[EncodedFrame]]:
+        """Each request's frames encoded, in request order; never raises for a frame's sake."""
         frames = [f for request in requests for f in request]
-        encoded = self.encoders.encode(frames)  # one call per image size among them
+        try:
+            encoded = self.encoders.encode(frames)  # one call per image size among them
+        except Exception:
+            log.warning("encoding a batch of %d requests failed; encoding its jobs one by one", len(requests))
+            return [self._encode_by_job(request) for request in requests]
         out, at = [], 0
         for request in requests:  # in request order
             out.append(encoded[at : at + len(request)])
             at += len(request)
         return out
+
+    def _encode_by_job(self, request: Sequence[Frame]) -> list[EncodedFrame]:
+        """A request's frames encoded one job at a time; a job whose frames fail gets them back
+        marked with the error (``EncodedFrame.error``), in place."""
+        by_job: dict[str, list[int]] = {}
+        for i, f in enumerate(request):
+            by_job.setdefault(f.job_id, []).append(i)
+        out: list[EncodedFrame | None] = [None] * len(request)
+        for job_id, idx in by_job.items():
+            frames = [request[i] for i in idx]
+            try:
+                encoded = self.encoders.encode(frames)
+            except Exception as exc:
+                error = _failure(exc, job_id)
+                encoded = [
+                    EncodedFrame(
+                        f.index,
+                        f.pts,
+                        f.capture_time,
+                        f.original_size,
+                        None,
+                        dict(f.timings),
+                        f.job_id,
+                        error,
+                    )
+                    for f in frames
+                ]
+            for i, e in zip(idx, encoded, strict=True):
+                out[i] = e
+        return [e for e in out if e is not None]
+
+
+def _failure(exc: Exception, job_id: str) -> str:
+    """What a job is told when its frames cannot be encoded (one line; a bug is logged whole)."""
+    if isinstance(exc, SamstreamError):
+        return f"the encoder cannot encode this job's frames: {exc}"
+    log.error("encoding the frames of job %s failed", job_id, exc_info=exc)
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    return f"internal error in the encoder: {type(exc).__name__}: {first}"
 
 
 EncoderDeployment: Any = serve.deployment(EncoderReplica)
@@ -125,7 +185,7 @@ def start_pool(model: ModelConfig, config: PoolConfig) -> tuple[Any, bool]:
     if APP in serve.status().applications:
         return serve.get_app_handle(APP), False
     app = EncoderDeployment.options(**config.deployment_options()).bind(
-        model, config.max_batch, config.batch_wait_s
+        model, config.max_batch, config.batch_wait_s, config.max_sizes
     )
     return serve.run(app, name=APP, route_prefix=None, blocking=False), True
 

@@ -97,6 +97,35 @@ def _add_job_options(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_media_options(p: argparse.ArgumentParser, service: bool = False) -> None:
+    """Limits on what a source may hold (``run`` and ``serve``; see ``pipeline.sources.limits``)."""
+    from pipeline.sources.limits import DEFAULT_MAX_FRAME_PIXELS, SERVICE_MAX_DURATION_S, SERVICE_MAX_FRAMES
+
+    g = p.add_argument_group("media limits (0: no limit)")
+    g.add_argument(
+        "--max-frame-pixels",
+        type=int,
+        default=DEFAULT_MAX_FRAME_PIXELS,
+        metavar="N",
+        help=f"a source whose frames have more pixels fails at open (default {DEFAULT_MAX_FRAME_PIXELS}, 8192x4320)",
+    )
+    frames, seconds = (SERVICE_MAX_FRAMES, SERVICE_MAX_DURATION_S) if service else (0, 0.0)
+    g.add_argument(
+        "--max-frames",
+        type=int,
+        default=frames,
+        metavar="N",
+        help=f"a file with more frames fails (at open when its index says so; default {frames})",
+    )
+    g.add_argument(
+        "--max-duration-s",
+        type=float,
+        default=seconds,
+        metavar="S",
+        help=f"a file lasting longer fails (at open when its container says so; default {seconds:g})",
+    )
+
+
 def _add_api_options(p: argparse.ArgumentParser, required: bool = False) -> None:
     g = p.add_argument_group("API (samstream serve)")
     g.add_argument(
@@ -149,6 +178,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="keep the job's data in Redis this long once it has ended: 3600, 90m, 12h, 7d, 2w "
         "or 'never' (default 7d)",
     )
+    _add_media_options(run)
     _add_model_options(run)
     run.set_defaults(handler="pipeline.cli.run:run")
 
@@ -294,6 +324,13 @@ def build_parser() -> argparse.ArgumentParser:
     pool.add_argument(
         "--idle-s", type=float, default=60.0, metavar="S", help="idle seconds before a replica goes (60)"
     )
+    pool.add_argument(
+        "--encoder-sizes",
+        type=int,
+        default=4,
+        metavar="N",
+        help="image sizes whose model each replica keeps loaded; the least recently used goes (4)",
+    )
     hosts = sv.add_argument_group("stream hosts and tracker hosts (many jobs per process)")
     hosts.add_argument(
         "--source-hosts",
@@ -381,6 +418,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="KB",
         help="largest request body; more: 413 (256)",
     )
+    _add_media_options(sv, service=True)
     _add_redis_options(sv)
     _add_model_options(sv)
     sv.set_defaults(handler="pipeline.cli.serve:serve")

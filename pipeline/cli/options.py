@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 
 from pipeline.config import ModelConfig
+from pipeline.sources.limits import MediaLimits
 
 
 def cache_dir() -> Path | None:
@@ -28,3 +29,8 @@ def model_config(args: argparse.Namespace, single_image: bool = False) -> ModelC
         checkpoint=Path(args.checkpoint) if args.checkpoint else None,
         cache_dir=cache_dir(),
     )
+
+
+def media_limits(args: argparse.Namespace) -> MediaLimits:
+    """``--max-frame-pixels``, ``--max-frames`` and ``--max-duration-s`` (0: no limit)."""
+    return MediaLimits.from_options(args.max_frame_pixels, args.max_frames, args.max_duration_s)

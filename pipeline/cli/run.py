@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from pipeline.cli.options import model_config
+from pipeline.cli.options import media_limits, model_config
 from pipeline.errors import InvalidInputError
 from pipeline.prompts import load_prompts_file, tracks_from_cli
 from pipeline.spec import JobSpec
@@ -68,5 +68,6 @@ def run(args: argparse.Namespace) -> int:
         metrics_port=args.metrics_port,
         progress=not args.no_progress,
         keep_s=keep_s,
+        limits=media_limits(args),
     )
     return run_local(spec, model, options)

@@ -11,7 +11,7 @@ import socket
 import sys
 from pathlib import Path
 
-from pipeline.cli.options import model_config
+from pipeline.cli.options import media_limits, model_config
 from pipeline.errors import InvalidInputError
 
 
@@ -96,6 +96,7 @@ def serve(args: argparse.Namespace) -> int:
         gpus=args.encoder_gpus,
         cpus=args.encoder_cpus,
         downscale_delay_s=args.idle_s,
+        max_sizes=args.encoder_sizes,
     )
     from pipeline.jobs.driver import DriverOptions
     from workers.transport import HostResources
@@ -106,6 +107,7 @@ def serve(args: argparse.Namespace) -> int:
         streams_per_host=args.streams_per_host,
         tracks_per_decoder=args.tracks_per_decoder,
         host_idle_s=args.host_idle_s,
+        media=media_limits(args),
     )
     resources = HostResources(
         host_cpus=args.host_cpus,

@@ -45,6 +45,7 @@ from pipeline.jobs.placement import Placement
 from pipeline.jobs.transport import Handle, Transport
 from pipeline.metrics import Metrics, NullMetrics
 from pipeline.sources.host import ReadReply, ReadRequest, SourceSpec
+from pipeline.sources.limits import MediaLimits
 from pipeline.streams.control import Command, ControlBus
 from pipeline.tracker_host import OWNER, PART, TrackReply, TrackSetup
 
@@ -70,6 +71,7 @@ class DriverOptions:
         host_idle_s: a host started for more jobs stops once it held none for this long.
         drops_every_s: how often live jobs' drop counts are written to their hashes (and the
             gauges of jobs, tracks and frames in flight set).
+        media: what every job's source may hold (pixels per frame; a file's frames and duration).
     """
 
     batch_frames: int = 8
@@ -85,6 +87,7 @@ class DriverOptions:
     drain_s: float = 60.0
     host_idle_s: float = 60.0
     drops_every_s: float = 1.0
+    media: MediaLimits = field(default_factory=MediaLimits)
 
     def __post_init__(self) -> None:
         for name in ("batch_frames", "file_window", "live_in_flight", "max_frames_in_flight"):
@@ -254,7 +257,14 @@ class JobDriver:
             setup = replace(setup, tracks=shares[0], role=OWNER, others=others)
         job = _Job(
             start,
-            SourceSpec(spec.source, spec.image_size, spec.stride, spec.live, spec.give_up_s),
+            SourceSpec(
+                spec.source,
+                spec.image_size,
+                spec.stride,
+                spec.live,
+                spec.give_up_s,
+                limits=self.options.media,
+            ),
             setup,
             host,
             decoders[0],

@@ -6,6 +6,7 @@ import os
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
+from pipeline.sources.limits import LimitExceeded, MediaLimits
 from pipeline.sources.opening import error_reason
 
 if TYPE_CHECKING:
@@ -29,6 +30,7 @@ class OpenedVideo:
         container, stream: the input and its video stream.
         timeouts: (open, read) seconds the input was opened with, None for a local file.
         path: the local file read (for the truncation check), None for a URL.
+        limits: checked on every decoded frame (the decoder is told the pixel limit too).
     """
 
     def __init__(
@@ -37,16 +39,23 @@ class OpenedVideo:
         stream: VideoStream,
         timeouts: tuple[float, float] | None,
         path: str | None,
+        limits: MediaLimits | None = None,
     ) -> None:
         self.timeouts = timeouts
         self.path = path
+        self.limits = limits or MediaLimits()
         self.container = container
         self.stream = stream
         self.first: VideoFrame | None = None  # decoded at open, not yet handed out
         self._decoded = self._decode()
 
     def next_frame(self) -> VideoFrame | None:
-        """The next decoded frame, or None at the end; raises DecodeFailure when reading fails."""
+        """The next decoded frame, or None at the end.
+
+        Raises:
+            DecodeFailure: reading failed.
+            LimitExceeded: the frame lies past a limit (too many pixels, frames or seconds).
+        """
         import av
 
         if self.first is not None:
@@ -73,6 +82,7 @@ class OpenedVideo:
         import av
 
         last_corrupt = False
+        count, first_time = 0, None
         for packet in self.container.demux(self.stream):
             if packet.size:  # the final empty packet only flushes the decoder
                 last_corrupt = packet.is_corrupt
@@ -82,7 +92,20 @@ class OpenedVideo:
                 if not (packet.is_corrupt or last_corrupt):
                     raise
                 continue  # a partial packet (or the flush after it): the check below reports it
-            yield from frames
+            except av.error.ArgumentError as exc:
+                if self.limits.max_frame_pixels is None:
+                    raise
+                # EINVAL from the decoder: a picture size it refused (``max_pixels``, or its own bounds).
+                raise LimitExceeded(self.limits.refused_size()) from exc
+            for frame in frames:
+                self.limits.check_size(frame.width, frame.height)
+                shown = frame.time
+                if first_time is None:
+                    first_time = shown
+                seconds = None if shown is None or first_time is None else shown - first_time
+                self.limits.check_position(count, seconds)
+                count += 1
+                yield frame
         if last_corrupt:
             raise DecodeFailure("truncated: the data ends inside a frame (file cut short?)")
         missing = self._missing_bytes()

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 from pipeline.errors import InvalidInputError, SourceError
+from pipeline.sources.limits import LimitExceeded, MediaLimits
 from pipeline.sources.opening import (
     error_reason,
     protocol_options,
@@ -76,6 +77,7 @@ class FeedSettings:
             the first frame.
         stall_timeout_s: most time without a frame (and for one blocking read) once connected.
         options: FFmpeg options, this module's defaults overridden by the caller's.
+        limits: the pixel limit of a frame (a feed has no frame or duration limit).
     """
 
     uri: str
@@ -83,6 +85,7 @@ class FeedSettings:
     open_timeout_s: float
     stall_timeout_s: float
     options: Mapping[str, str] = field(default_factory=dict)
+    limits: MediaLimits = field(default_factory=MediaLimits)
 
     @classmethod
     def from_uri(
@@ -91,6 +94,7 @@ class FeedSettings:
         open_timeout_s: float,
         stall_timeout_s: float,
         options: Mapping[str, str] | None = None,
+        limits: MediaLimits | None = None,
     ) -> FeedSettings:
         """Check the URI and timeouts; raises InvalidInputError naming what is wrong."""
         text, is_device = _parse_feed_uri(uri)
@@ -103,8 +107,10 @@ class FeedSettings:
             if is_device
             else {**_NETWORK_OPTIONS, **_SCHEME_OPTIONS.get(scheme, {}), **protocol_options(scheme)}
         )
-        merged = {**defaults, **(dict(options) if options else {})}
-        return cls(text, is_device, float(open_timeout_s), float(stall_timeout_s), merged)
+        limits = limits if limits is not None else MediaLimits()
+        # The pixel limit reaches the decoders FFmpeg's probe runs while opening, too.
+        merged = {**defaults, **limits.decoder_options(), **(dict(options) if options else {})}
+        return cls(text, is_device, float(open_timeout_s), float(stall_timeout_s), merged, limits)
 
     @property
     def name(self) -> str:
@@ -136,6 +142,7 @@ class Feed:
 
         Raises:
             FeedLost: unreachable, refused, timed out, not a stream FFmpeg reads, or no video in it.
+            SourceError: its frames have more pixels than the limit (no use trying again).
         """
         import av
 
@@ -162,6 +169,13 @@ class Feed:
             kinds = stream_kinds(container)
             container.close()
             raise FeedLost(f"it has no video stream (streams: {kinds})")
+        context = stream.codec_context
+        try:
+            settings.limits.check_size(context.width, context.height)  # 0 x 0 when the probe refused
+        except LimitExceeded as exc:
+            container.close()
+            raise SourceError(f"cannot open live source {settings.name}: {exc.reason}") from None
+        context.options = {**context.options, **settings.limits.decoder_options()}
         # Frame threads would add a frame of latency each: slice threads only.
         stream.thread_type = "SLICE"
         return cls(settings, container, stream, guard)
@@ -172,9 +186,11 @@ class Feed:
         Raises:
             FeedLost: the stream ended, failed, or gave no frame for ``stall_timeout_s`` (the
                 first one: within ``first_within_s``).
+            SourceError: a frame has more pixels than the limit (no use trying again).
         """
         import av
 
+        limits = self.settings.limits
         stall_s = self.settings.stall_timeout_s
         limit, last, seen = first_within_s, time.monotonic(), False
         try:
@@ -184,8 +200,18 @@ class Feed:
                     decoded = packet.decode()
                 except av.error.InvalidDataError:
                     decoded = []  # a damaged packet (datagrams lost): the decoder resyncs later
+                except av.error.ArgumentError:
+                    if limits.max_frame_pixels is None:
+                        raise
+                    # EINVAL from the decoder: a picture size it refused (``max_pixels``, or its own
+                    # bounds); not a loss that reconnecting mends.
+                    raise SourceError(f"live source {self.settings.name}: {limits.refused_size()}") from None
                 self._check_guard()
                 for av_frame in decoded:
+                    try:
+                        limits.check_size(av_frame.width, av_frame.height)
+                    except LimitExceeded as exc:
+                        raise SourceError(f"live source {self.settings.name}: {exc.reason}") from None
                     yield av_frame, t0
                     limit, last, seen = stall_s, time.monotonic(), True
                     t0 = time.perf_counter()

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field, replace
 from pipeline.errors import SamstreamError
 from pipeline.frames import Frame
 from pipeline.sources.guard import NetworkGuard
+from pipeline.sources.limits import MediaLimits
 from pipeline.sources.reader import FileReader, LiveReader, Notify, Reader
 from pipeline.sources.video import SourceInfo, VideoSource
 
@@ -41,6 +42,7 @@ class SourceSpec:
         stride: file jobs: every n-th frame.
         live: a live feed (newest frame first) rather than a file (every frame).
         give_up_s: live feeds: fail after this long without a frame.
+        limits: pixels per frame (every source), frames and duration (files) it may have.
     """
 
     uri: str
@@ -48,6 +50,7 @@ class SourceSpec:
     stride: int = 1
     live: bool = False
     give_up_s: float = 30.0
+    limits: MediaLimits = field(default_factory=MediaLimits)
 
 
 @dataclass(frozen=True)
@@ -107,9 +110,17 @@ def open_reader(
         SamstreamError: the source cannot be opened (bad input, unreachable, blocked, not a video).
     """
     if spec.live:
-        return LiveReader(spec.uri, spec.image_size, spec.give_up_s, after, notify, guard)
+        return LiveReader(
+            spec.uri,
+            spec.image_size,
+            spec.give_up_s,
+            after,
+            notify,
+            guard=guard,
+            max_frame_pixels=spec.limits.max_frame_pixels,
+        )
     opener = functools.partial(VideoSource, guard=guard) if guard is not None else VideoSource
-    return FileReader(spec.uri, spec.image_size, spec.stride, FILE_QUEUE, notify, opener)
+    return FileReader(spec.uri, spec.image_size, spec.stride, FILE_QUEUE, notify, opener, limits=spec.limits)
 
 
 def guarded_opener(guard: NetworkGuard | None) -> Opener:

@@ -32,6 +32,7 @@ from pipeline.errors import InvalidInputError, SourceError
 from pipeline.frames import Frame
 from pipeline.sources.decode_thread import DecodeThread, Emit
 from pipeline.sources.feed import Decoded, Feed, FeedLost, FeedSettings
+from pipeline.sources.limits import DEFAULT_MAX_FRAME_PIXELS, MediaLimits
 from pipeline.sources.orientation import Orientation, orientation_of
 from pipeline.sources.video import SourceInfo, to_frame
 
@@ -83,6 +84,8 @@ class LiveSource:
         on_frame: called on the reader thread after each frame reaches the mailbox (and when the
             thread ends), so that a host reading many feeds waits on one event.
         guard: a service's source: every connection checked (:mod:`pipeline.sources.guard`).
+        max_frame_pixels: most pixels (width × height) a frame may have (None: no limit); the
+            decoder refuses larger ones, and the source fails (it does not reconnect).
 
     Example::
 
@@ -93,7 +96,8 @@ class LiveSource:
 
     Raises:
         InvalidInputError: another scheme or path, or a bad option value.
-        SourceError: the first connection fails (unreachable, refused, timed out, not a video).
+        SourceError: the first connection fails (unreachable, refused, timed out, not a video),
+            or its frames have more pixels than ``max_frame_pixels``.
     """
 
     def __init__(
@@ -109,8 +113,11 @@ class LiveSource:
         options: Mapping[str, str] | None = None,
         on_frame: Callable[[], None] | None = None,
         guard: NetworkGuard | None = None,
+        max_frame_pixels: int | None = DEFAULT_MAX_FRAME_PIXELS,
     ) -> None:
-        self.settings = FeedSettings.from_uri(uri, open_timeout_s, stall_timeout_s, options)
+        self.settings = FeedSettings.from_uri(
+            uri, open_timeout_s, stall_timeout_s, options, MediaLimits(max_frame_pixels=max_frame_pixels)
+        )
         self.uri, self.name = self.settings.uri, self.settings.name
         if not isinstance(give_up_s, (int, float)) or isinstance(give_up_s, bool) or not give_up_s > 0:
             raise InvalidInputError(f"give_up_s must be > 0 seconds, got {give_up_s!r}")

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Protocol
 
 from pipeline.errors import SamstreamError
 from pipeline.frames import Frame
+from pipeline.sources.limits import DEFAULT_MAX_FRAME_PIXELS, MediaLimits
 from pipeline.sources.video import SourceInfo, VideoPass, VideoSource
 
 if TYPE_CHECKING:
@@ -63,9 +64,10 @@ class FileReader:
         queue_size: frames decoded ahead (bounds memory; the decode thread waits when full).
         on_frame: called on the decode thread when a frame is ready (or the pass ends).
         open_source: opens the source (a :class:`VideoSource` by default; tests give others).
+        limits: pixels per frame, frames and duration the source may have (None: the defaults).
 
     Raises:
-        SourceError: the source cannot be opened (raised by the constructor).
+        SourceError: the source cannot be opened, or goes past ``limits`` (raised by the constructor).
     """
 
     def __init__(
@@ -76,11 +78,12 @@ class FileReader:
         queue_size: int = 8,
         on_frame: Notify | None = None,
         open_source: Callable[..., VideoSource] = VideoSource,
+        limits: MediaLimits | None = None,
     ) -> None:
         self.image_size = image_size
         self.stride = stride
         self._on_frame = on_frame
-        self._source = open_source(uri, queue_size=queue_size)
+        self._source = open_source(uri, queue_size=queue_size, limits=limits)
         self._pass: VideoPass | None = None
         self._next: int | None = None  # the number the pass yields next
         self._error: SamstreamError | None = None  # met after frames that were handed out first
@@ -144,6 +147,7 @@ class LiveReader:
             frames are numbered after it, so that frame numbers keep increasing.
         on_frame: called on the reader thread when a new frame is in the mailbox.
         guard: a service's source: every connection checked (:mod:`pipeline.sources.guard`).
+        max_frame_pixels: most pixels a frame may have (None: no limit); a larger one fails the source.
 
     Raises:
         SourceError: the first connection fails (raised by the constructor).
@@ -157,6 +161,7 @@ class LiveReader:
         after: int | None = None,
         on_frame: Notify | None = None,
         guard: NetworkGuard | None = None,
+        max_frame_pixels: int | None = DEFAULT_MAX_FRAME_PIXELS,
     ) -> None:
         from pipeline.sources.live import LiveSource
 
@@ -170,6 +175,7 @@ class LiveReader:
             on_event=self._on_event,
             on_frame=on_frame,
             guard=guard,
+            max_frame_pixels=max_frame_pixels,
         )
 
     def _on_event(self, kind: str, detail: str) -> None:

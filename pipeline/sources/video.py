@@ -14,6 +14,11 @@ file whose index lies at its end (MP4 written without ``faststart``) fails at op
 whose index comes first opens, yields every frame that decodes, then raises ``SourceError``
 (``ended early``) in place of the first missing frame: a truncated file is never mistaken for a
 complete one.
+
+Limits (:class:`~pipeline.sources.limits.MediaLimits`): frames with more pixels than allowed
+fail at open, before any of them is decoded whole; a video whose container declares more frames
+or seconds than allowed fails at open, and one that turns out longer raises ``SourceError``
+(``stopped after frame …``) in place of the first frame past the limit.
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ from pipeline.frames import Frame, Size, Yuv420
 from pipeline.model.transforms import resize_longest_fast
 from pipeline.sources.decode_thread import DecodeThread, Emit, reraise
 from pipeline.sources.demux import DecodeFailure, OpenedVideo
+from pipeline.sources.limits import LimitExceeded, MediaLimits
 from pipeline.sources.opening import (
     error_reason,
     protocol_options,
@@ -130,9 +136,12 @@ class VideoSource:
             for frame in src.frames(stride=2, image_size=1024):
                 ...  # frame.image: (h, w, 3) uint8 RGB with max(h, w) == 1024
 
+    ``limits`` bound the pixels of a frame (by default
+    :data:`~pipeline.sources.limits.DEFAULT_MAX_FRAME_PIXELS`) and the video's frames and duration.
+
     Raises:
         InvalidInputError: the URI has a scheme other than http/https (``file:`` included).
-        SourceError: the source cannot be opened or holds no decodable video.
+        SourceError: the source cannot be opened, holds no decodable video, or goes past ``limits``.
     """
 
     def __init__(
@@ -143,7 +152,9 @@ class VideoSource:
         read_timeout_s: float = DEFAULT_READ_TIMEOUT_S,
         queue_size: int = DEFAULT_QUEUE_SIZE,
         guard: NetworkGuard | None = None,
+        limits: MediaLimits | None = None,
     ) -> None:
+        self.limits = limits if limits is not None else MediaLimits()
         self.uri, self.is_url = _parse_uri(uri)
         self.name = redact(self.uri) if self.is_url else self.uri
         for label, value in (("open_timeout_s", open_timeout_s), ("read_timeout_s", read_timeout_s)):
@@ -174,6 +185,10 @@ class VideoSource:
             self._close_guard()
             reason = self._reason(exc.__cause__, exc.reason)
             raise SourceError(f"cannot read video {self.name}: {reason}") from exc.__cause__ or exc
+        except LimitExceeded as exc:
+            opened.close()
+            self._close_guard()
+            raise SourceError(f"cannot read video {self.name}: {exc.reason}") from exc
         except BaseException:
             opened.close()
             self._close_guard()
@@ -331,12 +346,14 @@ class VideoSource:
             self._check_file()
         # "file:" stops FFmpeg from reading a path like "a:b.mp4" as protocol "a".
         target = self.uri if self.is_url else "file:" + os.path.abspath(self.uri)
-        options = protocol_options(scheme_of(target))
+        # The pixel limit reaches the decoders FFmpeg's probe runs while opening, too.
+        options = {**protocol_options(scheme_of(target)), **self.limits.decoder_options()}
         if self._guard is not None:
             try:
-                target, options = self._guard.prepare(target)
+                target, guarded = self._guard.prepare(target)
             except (SourceError, InvalidInputError) as exc:
                 raise SourceError(f"cannot open video {self.name}: {exc}") from None
+            options = {**guarded, **self.limits.decoder_options()}
         try:
             container = av.open(target, mode="r", timeout=self._timeouts, options=options)
         except av.FFmpegError as exc:
@@ -358,10 +375,23 @@ class VideoSource:
             kinds = stream_kinds(container)
             container.close()
             raise SourceError(f"cannot read video {self.name}: it has no video stream (streams: {kinds})")
+        self._check_declared(container, stream)
         # Slice threads only: frame threads add latency, report decode errors frames late, and a
         # source worker hosts many sources whose threads already fill its cores.
         stream.thread_type = "SLICE"
-        return OpenedVideo(container, stream, self._timeouts, None if self.is_url else self.uri)
+        return OpenedVideo(container, stream, self._timeouts, None if self.is_url else self.uri, self.limits)
+
+    def _check_declared(self, container: InputContainer, stream: VideoStream) -> None:
+        """Fail (closing ``container``) when what the container says goes past the limits; tell the
+        decoder the pixel limit. Nothing is decoded here: the probe refused larger pictures."""
+        context = stream.codec_context
+        try:
+            self.limits.check_size(context.width, context.height)  # 0 x 0 when the probe refused
+            self.limits.check_declared(stream.frames or None, _declared_seconds(container, stream))
+        except LimitExceeded as exc:
+            container.close()
+            raise SourceError(f"cannot read video {self.name}: {exc.reason}") from None
+        context.options = {**context.options, **self.limits.decoder_options()}
 
     def _check_file(self) -> None:
         path = Path(self.uri)
@@ -378,6 +408,11 @@ class VideoSource:
         return SourceError(
             f"video {self.name} ended early {where}: {self._reason(failure.__cause__, failure.reason)}"
         )
+
+    def _limit_error(self, exceeded: LimitExceeded, decoded: int) -> SourceError:
+        """The SourceError for a frame past a limit, after ``decoded`` frames were read."""
+        where = f"after frame {decoded - 1}" if decoded else "before the first frame"
+        return SourceError(f"video {self.name} stopped {where}: {exceeded.reason}")
 
 
 # FFmpeg's colour spaces (AVColorSpace) whose matrix the encoder's device converts: BT.709, and
@@ -456,6 +491,13 @@ def _yuv420(av_frame: VideoFrame, orientation: Orientation, image_size: int) -> 
     )
 
 
+def _declared_seconds(container: InputContainer, stream: VideoStream) -> float | None:
+    """The video's duration as its stream (else its container) declares it; None if neither does."""
+    if stream.duration and stream.time_base:
+        return float(stream.duration * stream.time_base)
+    return container.duration / 1_000_000 if container.duration else None  # AV_TIME_BASE
+
+
 def _make_info(
     uri: str, container: InputContainer, stream: VideoStream, first: VideoFrame, orientation: Orientation
 ) -> SourceInfo:
@@ -464,11 +506,7 @@ def _make_info(
     fps = float(rate) if rate else None
     frame_count: int | None = stream.frames or None
     if frame_count is None and fps:
-        if stream.duration and stream.time_base:
-            seconds = float(stream.duration * stream.time_base)
-        else:
-            seconds = container.duration / 1_000_000 if container.duration else 0.0  # AV_TIME_BASE
-        frame_count = round(seconds * fps) or None
+        frame_count = round((_declared_seconds(container, stream) or 0.0) * fps) or None
     return SourceInfo(
         uri=uri,
         width=width,
@@ -547,4 +585,6 @@ class VideoPass:
     def _raise(self, error: BaseException) -> NoReturn:
         if isinstance(error, DecodeFailure):
             raise self.source._error(error, self.decoded) from error.__cause__ or error
+        if isinstance(error, LimitExceeded):
+            raise self.source._limit_error(error, self.decoded) from error
         reraise(error)

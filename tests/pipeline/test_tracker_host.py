@@ -132,3 +132,18 @@ def test_a_split_jobs_owner_publishes_each_frame_whole_or_not_at_all(store: JobS
     assert [s.index for s in reply.summaries if s.published] == [12, 13, 14]
     assert reply.rewind is not None
     assert _entries(store.client, store.keys, "job") == list(range(15))
+
+
+def test_frames_the_encoder_could_not_encode_fail_their_job_alone(store: JobStore) -> None:
+    host = TrackerHost(lambda size, n: stub(), store.client, store.keys)
+    for job in ("ok", "bad"):
+        store.create(job, {"source": job})
+    setups = {job: TrackSetup(tracks(), image_size=256) for job in ("ok", "bad")}
+    error = "the encoder cannot encode this job's frames: image size must be a multiple of 16"
+    bad = [EncodedFrame(t, t / 30, 0.0, SIZE, None, {}, "bad", error) for t in range(3)]
+    replies = host.process(setups, _frames("ok", range(3)) + bad)
+    by_job = {r.job_id: r for r in replies}
+    assert by_job["bad"].error == error and by_job["bad"].summaries == ()
+    assert by_job["ok"].error is None and [s.index for s in by_job["ok"].summaries] == [0, 1, 2]
+    assert _entries(store.client, store.keys, "ok") == [0, 1, 2]
+    assert _entries(store.client, store.keys, "bad") == []

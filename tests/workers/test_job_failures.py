@@ -18,7 +18,7 @@ from pycocotools import mask as coco
 
 from pipeline.samples import write_clip
 from pipeline.streams import Keys, MaskReader, connect, read_events
-from tests.fixtures.media import truncate_file, write_audio_only, write_text_as_mp4
+from tests.fixtures.media import truncate_file, write_audio_only, write_png_frames, write_text_as_mp4
 from tests.fixtures.redis_snapshot import SnapshotRedis
 from tests.workers.conftest import cli, popen, wait_for_entries
 from tests.workers.test_video_job import _prompts_file, _reference_masks
@@ -124,11 +124,15 @@ def _bad(kind: str, tmp: Path) -> str:
     if kind == "empty":
         (tmp / "empty.mp4").write_bytes(b"")
         return str(tmp / "empty.mp4")
+    if kind == "media-bomb":  # one 16384x8192 frame: past the default pixel limit
+        return str(write_png_frames(tmp / "bomb.mov", [(16384, 8192)]))
     return f"http://127.0.0.1:{_closed_port()}/clip.mp4"
 
 
 @pytest.mark.timeout(120)
-@pytest.mark.parametrize("kind", ["missing", "text", "truncated", "audio-only", "empty", "unreachable-url"])
+@pytest.mark.parametrize(
+    "kind", ["missing", "text", "truncated", "audio-only", "empty", "unreachable-url", "media-bomb"]
+)
 def test_bad_inputs_fail_the_job_with_one_line(kind: str, tmp_path: Path, results) -> None:
     source = _bad(kind, tmp_path)
     data = tmp_path / "out"
