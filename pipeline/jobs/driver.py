@@ -70,6 +70,11 @@ class DriverOptions:
         host_idle_s: a host started for more jobs stops once it held none for this long.
         drops_every_s: how often live jobs' drop counts are written to their hashes (and the
             gauges of jobs, tracks and frames in flight set).
+        stall_s: a file or URL job fails when its source gives no frame for this long.
+        stop_s: most time a stopped job (cancel) waits for its read and frames in flight before
+            its status is written, whatever its source or host does.
+        read_timeout_s: a source host that leaves a read unanswered this long is given up: its
+            jobs fail and it is replaced (generous: a new host may wait for a node to start).
     """
 
     batch_frames: int = 8
@@ -85,6 +90,9 @@ class DriverOptions:
     drain_s: float = 60.0
     host_idle_s: float = 60.0
     drops_every_s: float = 1.0
+    stall_s: float = 30.0
+    stop_s: float = 3.0
+    read_timeout_s: float = 120.0
 
     def __post_init__(self) -> None:
         for name in ("batch_frames", "file_window", "live_in_flight", "max_frames_in_flight"):
@@ -94,6 +102,9 @@ class DriverOptions:
             raise InvalidInputError("streams per host and tracks per decoder must be >= 1")
         if self.tick_s <= 0 or self.control_poll_s <= 0 or self.drain_s <= 0:
             raise InvalidInputError("tick, control poll and drain times must be > 0 seconds")
+        for name in ("stall_s", "stop_s", "read_timeout_s"):
+            if not getattr(self, name) > 0:
+                raise InvalidInputError(f"driver {name} must be > 0 seconds, got {getattr(self, name)}")
 
 
 class Listener:
@@ -162,6 +173,7 @@ class _Read:
     meta: Handle
     groups: list[_Group]
     jobs: frozenset[str] = frozenset()
+    since: float = field(default_factory=time.monotonic)
 
 
 class JobDriver:
@@ -254,7 +266,9 @@ class JobDriver:
             setup = replace(setup, tracks=shares[0], role=OWNER, others=others)
         job = _Job(
             start,
-            SourceSpec(spec.source, spec.image_size, spec.stride, spec.live, spec.give_up_s),
+            SourceSpec(
+                spec.source, spec.image_size, spec.stride, spec.live, spec.give_up_s, self.options.stall_s
+            ),
             setup,
             host,
             decoders[0],
@@ -289,6 +303,8 @@ class JobDriver:
             if read.meta in ready:
                 del self._reads[host]
                 self._read_done(read)
+            elif time.monotonic() - read.since > self.options.read_timeout_s:
+                self._give_up_host(read)
         self._submit_decodes(ready)
         for handle in [h for h in self._decoding if h in ready]:
             self._decode_done(self._decoding.pop(handle), handle)
@@ -374,9 +390,22 @@ class JobDriver:
                 self.metrics.encoder_batch(sum(group.counts.values()))
                 self._lanes.setdefault((group.host, group.decoder), deque()).append(group)
 
+    def _give_up_host(self, read: _Read) -> None:
+        """A host that does not answer: its jobs fail now, and later jobs go to another host."""
+        text = f"source host {read.host} did not answer for {self.options.read_timeout_s:g} s"
+        log.warning("%s; its jobs fail and it is replaced", text)
+        del self._reads[read.host]
+        for job in [j for j in self.jobs.values() if j.host == read.host]:
+            self._end(job, (Ending.FAILED, text))
+        self.placement.forget_host(read.host)
+        try:
+            self.transport.remove_host(read.host)
+        except Exception as exc:  # it is gone either way
+            log.warning("stopping source host %s: %s", read.host, exc)
+
     def _apply_read(self, job: _Job, reply: ReadReply, group: _Group) -> None:
         for kind, detail, _ in reply.events:
-            self.events(job.job_id, kind, detail)
+            self._event(job.job_id, kind, detail)
         if reply.dropped:
             job.dropped += reply.dropped
             self.metrics.frames_dropped(reply.dropped)
@@ -495,10 +524,10 @@ class JobDriver:
             if job is None:
                 continue
             if isinstance(command, InvalidInputError):
-                self.events(job_id, "error", str(command))
+                self._event(job_id, "error", str(command))
             elif command.cmd == "stop":
                 if job.ending is None:
-                    self.events(job_id, "stop_requested", None)
+                    self._event(job_id, "stop_requested", None)
                     self._finish(job, Ending.STOPPED, None)
             elif job.ending is None:
                 self._command(job, command)
@@ -537,7 +566,9 @@ class JobDriver:
                 job.ending = (Ending.FINISHED, None)
             if job.ending is None:
                 continue
-            draining = now - job.ending_since < self.options.drain_s
+            # A cancel is obeyed within stop_s whatever the source or its host does.
+            limit = self.options.stop_s if job.ending[0] is Ending.STOPPED else self.options.drain_s
+            draining = now - job.ending_since < limit
             # A read that names the job is answered first: its source is released after it, or
             # the host would open it again for that read, and keep it.
             reading = any(job.job_id in r.jobs for r in self._reads.values())
@@ -567,6 +598,13 @@ class JobDriver:
         """End every job now as interrupted (resumable), without waiting for frames in flight."""
         for job in list(self.jobs.values()):
             self._end(job, (Ending.INTERRUPTED, error))
+
+    def _event(self, job_id: str, kind: str, detail: str | None) -> None:
+        """Write a job event; one that cannot be written (Redis refusing) is logged, not fatal."""
+        try:
+            self.events(job_id, kind, detail)
+        except SamstreamError as exc:
+            log.warning("job %s: writing its %s event: %s", job_id, kind, exc)
 
     def _write_drops(self, jobs: Sequence[_Job] | None = None) -> None:
         changed = {

@@ -39,6 +39,7 @@ class SourceSpec:
         stride: file jobs: every n-th frame.
         live: a live feed (newest frame first) rather than a file (every frame).
         give_up_s: live feeds: fail after this long without a frame.
+        stall_s: files and URLs: fail after this long without a frame while one is wanted.
     """
 
     uri: str
@@ -46,6 +47,7 @@ class SourceSpec:
     stride: int = 1
     live: bool = False
     give_up_s: float = 30.0
+    stall_s: float = 30.0
 
 
 @dataclass(frozen=True)
@@ -101,7 +103,7 @@ def open_reader(spec: SourceSpec, after: int | None, notify: Notify) -> Reader:
     """
     if spec.live:
         return LiveReader(spec.uri, spec.image_size, spec.give_up_s, after, notify)
-    return FileReader(spec.uri, spec.image_size, spec.stride, FILE_QUEUE, notify)
+    return FileReader(spec.uri, spec.image_size, spec.stride, FILE_QUEUE, notify, stall_s=spec.stall_s)
 
 
 @dataclass
