@@ -90,7 +90,7 @@ class OpenedVideo:
                 return
             if self.stall_s is not None and time.monotonic() - waiting_since > self.stall_s:
                 raise DecodeFailure(f"no picture for {self.stall_s:g} s")
-            if packet.stream_index != index:
+            if packet.stream.index != index:  # (a flush packet's stream_index is always 0)
                 continue
             if packet.size:  # the final empty packet only flushes the decoder
                 last_corrupt = packet.is_corrupt
