@@ -38,6 +38,21 @@ if #KEYS > 1 then redis.call('XADD', KEYS[2], '*', unpack(ARGV, 2 + n)) end
 return 1
 """
 
+# _UPDATE for a job's last status, which must be written even when Redis is out of memory
+# (maxmemory with noeviction refuses HSET and XADD). Redis lets a script that has written once go
+# on writing (so that it never stops half done), and DEL is allowed when out of memory: so this
+# first deletes the job's control stream, which an ended job no longer reads (a job run again
+# reads only commands sent after it starts), then writes as _UPDATE does (a few hundred bytes).
+# KEYS: job hash, events stream, control stream. ARGV: as _UPDATE's.
+_END = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+redis.call('DEL', KEYS[3])
+local n = tonumber(ARGV[1])
+redis.call('HSET', KEYS[1], unpack(ARGV, 2, 1 + n))
+redis.call('XADD', KEYS[2], '*', unpack(ARGV, 2 + n))
+return 1
+"""
+
 
 class JobStatus(str, Enum):
     """Where a job is in its life. ``succeeded``, ``failed`` and ``cancelled`` are terminal."""
@@ -106,6 +121,7 @@ class JobStore:
         self._keys = keys
         self._create = client.register_script(_CREATE)
         self._update = client.register_script(_UPDATE)
+        self._end = client.register_script(_END)
 
     @property
     def client(self) -> redis.Redis:
@@ -164,7 +180,8 @@ class JobStore:
         """Set a job's status, stamp ``started``/``finished``, and append a ``status`` event.
 
         Any transition is allowed (a failed or cancelled job may be resumed: ``running`` again).
-        ``error`` replaces the stored error; leaving it None clears it.
+        ``error`` replaces the stored error; leaving it None clears it. A terminal status is
+        written even when Redis is out of memory (see ``_END``); it deletes the control stream.
 
         Raises:
             JobError: no such job.
@@ -180,7 +197,8 @@ class JobStore:
         event = encode_event(
             "status", time_s=float(now), detail=status.value, data={"error": error} if error else None
         )
-        self._write(job_id, fields, event, f"setting job {job_id!r} to {status.value}")
+        what = f"setting job {job_id!r} to {status.value}"
+        self._write(job_id, fields, event, what, end=status.terminal)
 
     def progress(self, job_id: str, frames_done: int, last_frame: int | None) -> None:
         """Record how far a job got.
@@ -268,14 +286,20 @@ class JobStore:
         with redis_errors("recording drops"):
             pipe.execute()
 
-    def _write(self, job_id: str, fields: dict[str, str], event: dict[str, str] | None, what: str) -> None:
+    def _write(
+        self, job_id: str, fields: dict[str, str], event: dict[str, str] | None, what: str, end: bool = False
+    ) -> None:
         keys = [self._keys.job(job_id)]
         args: builtins.list[str | int] = [2 * len(fields), *_flat(fields)]
         if event is not None:
             keys.append(self._keys.events(job_id))
             args.extend(_flat(event))
+        script = self._update
+        if end and event is not None:
+            keys.append(self._keys.control(job_id))
+            script = self._end
         with redis_errors(what):
-            done = self._update(keys=keys, args=args)
+            done = script(keys=keys, args=args)
         if not done:
             raise JobError(f"no job {job_id!r} (no hash at {keys[0]})")
 
