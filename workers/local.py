@@ -18,13 +18,14 @@ from typing import TYPE_CHECKING, TextIO
 
 from pipeline.config import ModelConfig, Weights
 from pipeline.decoding import FrameSummary
-from pipeline.errors import SamstreamError
+from pipeline.errors import InvalidInputError, SamstreamError
 from pipeline.jobs.driver import DriverOptions, JobDriver, Listener
 from pipeline.jobs.lifecycle import Ending, Lifecycle
 from pipeline.metrics import PrometheusMetrics
 from pipeline.model.weights import resolve_checkpoint
 from pipeline.spec import JobSpec
 from pipeline.streams import JobStore, Keys, Publisher, connect, redact
+from pipeline.streams.connection import DEFAULT_RETRY_S
 from pipeline.streams.keys import new_job_id
 from pipeline.streams.server import open_redis
 
@@ -45,6 +46,8 @@ class LocalRun:
         prefix: Redis key prefix.
         metrics_port: serve Prometheus metrics on this port (None: no server).
         progress: show a progress bar on stderr.
+        stall_s: fail the job when its file or URL gives no picture for this long.
+        redis_retry_s: retry Redis for this long while it is unreachable or refuses writes.
     """
 
     job_id: str | None = None
@@ -53,6 +56,14 @@ class LocalRun:
     prefix: str = "samstream:"
     metrics_port: int | None = None
     progress: bool = True
+    stall_s: float = 30.0
+    redis_retry_s: float = DEFAULT_RETRY_S
+
+    def __post_init__(self) -> None:
+        if not self.stall_s > 0 or not self.redis_retry_s >= 0:
+            raise InvalidInputError(
+                f"--stall-s must be > 0 and --redis-retry-s >= 0 seconds, got {self.stall_s}, {self.redis_retry_s}"
+            )
 
 
 def _resolve_weights(model: ModelConfig) -> ModelConfig:
@@ -130,7 +141,7 @@ def run_local(spec: JobSpec, model: ModelConfig, run: LocalRun, out: TextIO = sy
     err = sys.stderr
     with ExitStack() as stack:
         url = open_redis(stack, run.redis_url, run.out_dir / "redis")
-        client = connect(url)
+        client = connect(url, retry_s=run.redis_retry_s)
         keys = Keys(run.prefix)
         store = JobStore(client, keys)
         lifecycle = Lifecycle(store, stop_reason="stopped on request")
@@ -178,7 +189,7 @@ def run_local(spec: JobSpec, model: ModelConfig, run: LocalRun, out: TextIO = sy
             progress = _Progress(total, store.get(job_id).frames_done, run.progress, err)
             stack.callback(progress.close)
             listener = _RunListener(progress)
-            driver = _driver(model, url, run.prefix, store, lifecycle, metrics, listener, stack)
+            driver = _driver(model, url, run.prefix, store, lifecycle, metrics, listener, stack, run)
             driver.add(start)
             try:
                 driver.run(until_idle=True)
@@ -224,6 +235,7 @@ def _driver(
     metrics: PrometheusMetrics,
     listener: Listener,
     stack: ExitStack,
+    run: LocalRun | None = None,
 ) -> JobDriver:
     """A driver over Ray actors of this run: one source host, encoders, one tracker host."""
     from pipeline.streams.control import ControlBus
@@ -231,7 +243,15 @@ def _driver(
 
     lay = layout(model)
     encoders = OwnEncoders(model, lay.encoders, lay.encoder_gpus, lay.encoder_threads)
-    transport = RayTransport(model, url, prefix, encoders, HostResources(decoder_gpus=lay.decoder_gpus))
+    run = run or LocalRun()
+    transport = RayTransport(
+        model,
+        url,
+        prefix,
+        encoders,
+        HostResources(decoder_gpus=lay.decoder_gpus),
+        redis_retry_s=run.redis_retry_s,
+    )
     stack.callback(transport.shutdown)
     keys = store.keys
 
@@ -239,7 +259,13 @@ def _driver(
         Publisher(store.client, keys, job_id).event(kind, detail=detail)
 
     return JobDriver(
-        transport, lifecycle, ControlBus(store.client, keys), event, lay.options, metrics, listener
+        transport,
+        lifecycle,
+        ControlBus(store.client, keys),
+        event,
+        replace(lay.options, stall_s=run.stall_s),
+        metrics,
+        listener,
     )
 
 

@@ -24,6 +24,7 @@ from pipeline.errors import SamstreamError
 from pipeline.jobs.driver import DriverOptions, JobDriver
 from pipeline.jobs.lifecycle import Lifecycle, unfinished
 from pipeline.streams import JobStore, Keys, Publisher, connect
+from pipeline.streams.connection import DEFAULT_RETRY_S
 from workers.pool import PoolConfig
 from workers.transport import HostResources
 
@@ -47,6 +48,9 @@ class ServiceConfig:
         hosts: source hosts started with the driver (more are started as jobs need them).
         decoders: tracker hosts started with the driver.
         driver_cpus: CPUs the driver actor asks for.
+        redis_retry_s: how long the driver and tracker hosts retry Redis while it is unreachable
+            or refuses writes, before the jobs concerned fail.
+        reconcile_s: how often ``serve`` looks for unfinished jobs that no driver runs.
     """
 
     model: ModelConfig
@@ -58,6 +62,8 @@ class ServiceConfig:
     hosts: int = 1
     decoders: int = 1
     driver_cpus: float = 0.25
+    redis_retry_s: float = DEFAULT_RETRY_S
+    reconcile_s: float = 5.0
 
 
 class DriverService:
@@ -74,7 +80,7 @@ class DriverService:
         from workers.transport import RayTransport
 
         self.config = config
-        client = connect(config.redis_url)
+        client = connect(config.redis_url, retry_s=config.redis_retry_s)
         keys = Keys(config.prefix)
         self.store = JobStore(client, keys)
         transport = RayTransport(
@@ -85,6 +91,7 @@ class DriverService:
             config.resources,
             hosts=config.hosts,
             decoders=config.decoders,
+            redis_retry_s=config.redis_retry_s,
         )
 
         def event(job_id: str, kind: str, detail: str | None) -> None:
@@ -98,7 +105,6 @@ class DriverService:
             config.driver,
             RayMetrics(),
         )
-        self._submitted: set[str] = set()
         for job_id in unfinished(self.store):  # after a restart: every job that had not ended
             self.submit(job_id)
         self._thread = threading.Thread(target=self._loop, name="samstream-driver", daemon=True)
@@ -114,14 +120,15 @@ class DriverService:
 
     def submit(self, job_id: str) -> None:
         """Run (or resume) a queued job."""
-        self._submitted.add(job_id)
         self.driver.submit(job_id)
 
     def holds(self, job_id: str) -> bool:
         """Whether this driver runs the job (or is about to)."""
-        return self.driver.holds(job_id) or (
-            job_id in self._submitted and not self.driver.lifecycle.terminal(job_id)
-        )
+        return self.driver.holds(job_id)
+
+    def held(self) -> set[str]:
+        """Every job this driver runs or is about to (see :meth:`JobDriver.held`)."""
+        return self.driver.held()
 
     def stats(self) -> dict[str, int]:
         t = self.driver.transport
@@ -152,13 +159,25 @@ class RayBackend:
         self.driver = driver_actor(config)
 
     def submit(self, job_id: str) -> None:
-        ray.get(self.driver.submit.remote(job_id), timeout=30)
+        try:
+            ray.get(self.driver.submit.remote(job_id), timeout=30)
+        except ray.exceptions.RayActorError:  # dead for good (killed): a new driver takes over
+            log.warning("the driver actor is gone; starting another")
+            self.driver = driver_actor(self.config)
+            ray.get(self.driver.submit.remote(job_id), timeout=30)
 
     def running(self, job_id: str) -> bool:
         try:
             return bool(ray.get(self.driver.holds.remote(job_id), timeout=30))
         except (ray.exceptions.RayError, SamstreamError):
             return False
+
+    def held(self) -> set[str]:
+        """Every job the driver runs or is about to (empty when it does not answer)."""
+        try:
+            return set(ray.get(self.driver.held.remote(), timeout=30))
+        except (ray.exceptions.RayError, SamstreamError):
+            return set()
 
 
 def connect_ray(address: str | None) -> None:

@@ -26,6 +26,7 @@ from pipeline.errors import InvalidInputError, JobError, SamstreamError
 from pipeline.jobs.transport import Numbered
 from pipeline.prompts import Prompt
 from pipeline.sources.host import ReadRequest
+from pipeline.streams.connection import DEFAULT_RETRY_S
 from pipeline.tracker_host import TrackSetup
 from workers.actors import EncoderActor, SourceHostActor, TrackerHostActor
 
@@ -105,6 +106,7 @@ class RayTransport:
         resources: what each host asks Ray for.
         hosts: source hosts to start at once.
         decoders: tracker hosts to start at once.
+        redis_retry_s: how long tracker hosts retry Redis while it is unreachable or refuses writes.
     """
 
     def __init__(
@@ -116,8 +118,10 @@ class RayTransport:
         resources: HostResources | None = None,
         hosts: int = 1,
         decoders: int = 1,
+        redis_retry_s: float = DEFAULT_RETRY_S,
     ) -> None:
         self.model = model
+        self.redis_retry_s = redis_retry_s
         self.redis_url = redis_url
         self.prefix = prefix
         self.encoders = encoders
@@ -149,7 +153,7 @@ class RayTransport:
         return self._decoders.add(
             TrackerHostActor.options(
                 num_cpus=r.decoder_cpus, num_gpus=r.decoder_gpus, **_memory(r.decoder_memory_mb)
-            ).remote(self.model, self.redis_url, self.prefix)
+            ).remote(self.model, self.redis_url, self.prefix, redis_retry_s=self.redis_retry_s)
         )
 
     def remove_host(self, host: int) -> None:

@@ -68,5 +68,7 @@ def run(args: argparse.Namespace) -> int:
         prefix=args.prefix,
         metrics_port=args.metrics_port,
         progress=not args.no_progress,
+        stall_s=args.stall_s,
+        redis_retry_s=args.redis_retry_s,
     )
     return run_local(spec, model, options)

@@ -55,6 +55,7 @@ def serve(args: argparse.Namespace) -> int:
         streams_per_host=args.streams_per_host,
         tracks_per_decoder=args.tracks_per_decoder,
         host_idle_s=args.host_idle_s,
+        stall_s=args.stall_s,
     )
     resources = HostResources(
         host_cpus=args.host_cpus,
@@ -76,6 +77,7 @@ def serve(args: argparse.Namespace) -> int:
 
     from pipeline.api import create_app, recover
     from pipeline.api.metrics import serve_metrics
+    from pipeline.api.reconcile import Reconciler
     from pipeline.streams import JobStore, Keys, connect, redact
     from pipeline.streams.server import open_redis
     from workers.pool import start_pool
@@ -96,12 +98,26 @@ def serve(args: argparse.Namespace) -> int:
             file=err,
         )
         backend = RayBackend(
-            ServiceConfig(model, url, args.prefix, pool, driver, resources, hosts=source_hosts, decoders=1)
+            ServiceConfig(
+                model,
+                url,
+                args.prefix,
+                pool,
+                driver,
+                resources,
+                hosts=source_hosts,
+                decoders=1,
+                redis_retry_s=args.redis_retry_s,
+            )
         )
         store = JobStore(client, Keys(args.prefix))
         resumed = recover(store, backend)
         if resumed:
             print(f"samstream serve: resumed {len(resumed)} unfinished jobs: {', '.join(resumed)}", file=err)
+        # From now on, a job whose runner is gone is found and resumed within seconds.
+        reconciler = Reconciler(store, backend, every_s=backend.config.reconcile_s)
+        reconciler.start()
+        stack.callback(reconciler.stop)
         if args.metrics_port:
             serve_metrics(store, args.metrics_port)
         app = create_app(settings, client, backend)

@@ -208,6 +208,7 @@ class JobDriver:
         self.listener = listener or Listener()
         self.jobs: dict[str, _Job] = {}
         self._inbox: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
+        self._queued: set[str] = set()  # submitted, not yet taken up (read from other threads)
         self._reads: dict[int, _Read] = {}  # source host -> its read in flight
         self._lanes: dict[tuple[int, int], deque[_Group]] = {}  # (host, decoder) -> groups to decode
         self._decoding: dict[Handle, _Group] = {}
@@ -225,10 +226,16 @@ class JobDriver:
 
         ``again``: run it even if it failed or was cancelled (see :meth:`Lifecycle.begin`).
         """
+        self._queued.add(job_id)
         self._inbox.put(("again" if again else "job", job_id))
 
     def holds(self, job_id: str) -> bool:
-        return job_id in self.jobs
+        """Whether the job runs here, or was submitted and is about to be taken up."""
+        return job_id in self.jobs or job_id in self._queued
+
+    def held(self) -> set[str]:
+        """Every job :meth:`holds` (for reconciling: an unfinished job not in it has no runner)."""
+        return set(self.jobs.copy()) | self._queued.copy()  # copies: atomic against the loop's changes
 
     def stop(self) -> None:
         """Make :meth:`run` return after its current turn."""
@@ -324,14 +331,17 @@ class JobDriver:
                 kind, value = self._inbox.get_nowait()
             except queue.Empty:
                 return
-            if value not in self.jobs:
-                try:
-                    start = self.lifecycle.begin(value, again=kind == "again")
-                except SamstreamError as exc:
-                    log.warning("job %s cannot start: %s", value, exc)
-                    continue
-                if start is not None:
-                    self.add(start)
+            try:
+                if value not in self.jobs:
+                    try:
+                        start = self.lifecycle.begin(value, again=kind == "again")
+                    except SamstreamError as exc:
+                        log.warning("job %s cannot start: %s", value, exc)
+                        continue
+                    if start is not None:
+                        self.add(start)
+            finally:  # only once it is in self.jobs: holds() is never False in between
+                self._queued.discard(value)
 
     # -- reads --
 
