@@ -255,7 +255,13 @@ class JobDriver:
 
         A job with more tracks than a tracker host follows (``tracks_per_decoder``) is split by
         track over several: the first share's host (the owner) publishes each frame whole.
+
+        Raises:
+            RedisUnavailableError: its control stream cannot be read (nothing was taken up; the
+                job, left ``running``, is resumed by the next reconcile).
         """
+        # First, so that a job is never held without its commands (a cancel) reaching it.
+        self.control.add(start.job_id, everything=start.first_run)
         spec = start.spec
         size = self.options.tracks_per_decoder
         shares = [spec.tracks[i : i + size] for i in range(0, len(spec.tracks), size)] or [()]
@@ -284,7 +290,6 @@ class JobDriver:
             parts=parts,
         )
         self.jobs[start.job_id] = job
-        self.control.add(start.job_id, everything=start.first_run)
         try:
             self.lifecycle.placed(start.job_id, host, decoders[0])
         except SamstreamError as exc:  # informational only
@@ -333,13 +338,11 @@ class JobDriver:
                 return
             try:
                 if value not in self.jobs:
-                    try:
-                        start = self.lifecycle.begin(value, again=kind == "again")
-                    except SamstreamError as exc:
-                        log.warning("job %s cannot start: %s", value, exc)
-                        continue
+                    start = self.lifecycle.begin(value, again=kind == "again")
                     if start is not None:
                         self.add(start)
+            except SamstreamError as exc:  # left as it was, or running: the reconciler resumes it
+                log.warning("job %s cannot start: %s", value, exc)
             finally:  # only once it is in self.jobs: holds() is never False in between
                 self._queued.discard(value)
 
