@@ -77,7 +77,14 @@ class EncoderWorker:
 class TrackerHostWorker:
     """Follows many jobs' tracks and publishes their masks (prompt encoder + mask decoder)."""
 
-    def __init__(self, model: ModelConfig, redis_url: str, prefix: str, threads: int | None = 1) -> None:
+    def __init__(
+        self,
+        model: ModelConfig,
+        redis_url: str,
+        prefix: str,
+        threads: int | None = 1,
+        redis_retry_s: float = 30.0,
+    ) -> None:
         from pipeline.model.segmenter import load_model
         from pipeline.streams import Keys, connect
         from pipeline.tracker_host import TrackerHost
@@ -85,7 +92,7 @@ class TrackerHostWorker:
         _threads(threads)
         self.host = TrackerHost(
             lambda size, tracks: load_model(replace(model, image_size=size), tracks=tracks),
-            connect(redis_url),
+            connect(redis_url, retry_s=redis_retry_s),  # a Redis restart does not fail its jobs
             Keys(prefix),
         )
 

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, TextIO
 
 from pipeline.config import ModelConfig, Weights
 from pipeline.decoding import FrameSummary
-from pipeline.errors import SamstreamError
+from pipeline.errors import InvalidInputError, SamstreamError
 from pipeline.jobs.driver import DriverOptions, JobDriver, Listener
 from pipeline.jobs.lifecycle import Ending, Lifecycle
 from pipeline.metrics import PrometheusMetrics
@@ -27,6 +27,7 @@ from pipeline.signals import InterruptOnSignals, exit_code, signal_name
 from pipeline.sources.limits import MediaLimits
 from pipeline.spec import JobSpec
 from pipeline.streams import JobStore, Keys, Publisher, connect, redact
+from pipeline.streams.connection import DEFAULT_RETRY_S
 from pipeline.streams.keys import new_job_id
 from pipeline.streams.retention import DEFAULT_KEEP_S
 from pipeline.streams.server import open_redis
@@ -51,6 +52,8 @@ class LocalRun:
         progress: show a progress bar on stderr.
         keep_s: seconds the job's keys stay in Redis once it has ended; None: until deleted.
         limits: what the source may hold (pixels per frame; frames and duration).
+        stall_s: fail the job when its file or URL gives no picture for this long.
+        redis_retry_s: retry Redis for this long while it is unreachable or refuses writes.
     """
 
     job_id: str | None = None
@@ -61,6 +64,14 @@ class LocalRun:
     progress: bool = True
     keep_s: int | None = DEFAULT_KEEP_S
     limits: MediaLimits = field(default_factory=MediaLimits)
+    stall_s: float = 30.0
+    redis_retry_s: float = DEFAULT_RETRY_S
+
+    def __post_init__(self) -> None:
+        if not self.stall_s > 0 or not self.redis_retry_s >= 0:
+            raise InvalidInputError(
+                f"--stall-s must be > 0 and --redis-retry-s >= 0 seconds, got {self.stall_s}, {self.redis_retry_s}"
+            )
 
 
 def _resolve_weights(model: ModelConfig) -> ModelConfig:
@@ -141,7 +152,7 @@ def run_local(spec: JobSpec, model: ModelConfig, run: LocalRun, out: TextIO = sy
     err = sys.stderr
     with InterruptOnSignals() as signals, ExitStack() as stack:
         url = open_redis(stack, run.redis_url, run.out_dir / "redis")
-        client = connect(url)
+        client = connect(url, retry_s=run.redis_retry_s)
         keys = Keys(run.prefix)
         store = JobStore(client, keys)
         lifecycle = Lifecycle(store, stop_reason="stopped on request")
@@ -190,7 +201,7 @@ def run_local(spec: JobSpec, model: ModelConfig, run: LocalRun, out: TextIO = sy
             progress = _Progress(total, store.get(job_id).frames_done, run.progress, err)
             stack.callback(progress.close)
             listener = _RunListener(progress)
-            driver = _driver(model, url, run.prefix, store, lifecycle, metrics, listener, stack, run.limits)
+            driver = _driver(model, url, run.prefix, store, lifecycle, metrics, listener, stack, run)
             driver.add(start)
             try:
                 driver.run(until_idle=True)
@@ -238,7 +249,7 @@ def _driver(
     metrics: PrometheusMetrics,
     listener: Listener,
     stack: ExitStack,
-    limits: MediaLimits | None = None,
+    run: LocalRun | None = None,
 ) -> JobDriver:
     """A driver over Ray actors of this run: one source host, encoders, one tracker host."""
     from pipeline.streams.control import ControlBus
@@ -246,14 +257,22 @@ def _driver(
 
     lay = layout(model)
     encoders = OwnEncoders(model, lay.encoders, lay.encoder_gpus, lay.encoder_threads)
-    transport = RayTransport(model, url, prefix, encoders, HostResources(decoder_gpus=lay.decoder_gpus))
+    run = run or LocalRun()
+    transport = RayTransport(
+        model,
+        url,
+        prefix,
+        encoders,
+        HostResources(decoder_gpus=lay.decoder_gpus),
+        redis_retry_s=run.redis_retry_s,
+    )
     stack.callback(_end_ray, transport)
     keys = store.keys
 
     def event(job_id: str, kind: str, detail: str | None) -> None:
         Publisher(store.client, keys, job_id).event(kind, detail=detail)
 
-    options = lay.options if limits is None else replace(lay.options, media=limits)
+    options = replace(lay.options, media=run.limits, stall_s=run.stall_s)
     return JobDriver(transport, lifecycle, ControlBus(store.client, keys), event, options, metrics, listener)
 
 

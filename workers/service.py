@@ -25,6 +25,7 @@ from pipeline.jobs.driver import DriverOptions, JobDriver
 from pipeline.jobs.lifecycle import Lifecycle, unfinished
 from pipeline.sources.guard import NetworkGuard
 from pipeline.streams import JobStore, Keys, Publisher, connect
+from pipeline.streams.connection import DEFAULT_RETRY_S
 from workers.pool import PoolConfig
 from workers.transport import HostResources
 
@@ -50,6 +51,9 @@ class ServiceConfig:
         driver_cpus: CPUs the driver actor asks for.
         guard: where the sources' connections may go (the API checks the URLs given; the
             source hosts check every connection FFmpeg makes for them).
+        redis_retry_s: how long the driver and tracker hosts retry Redis while it is unreachable
+            or refuses writes, before the jobs concerned fail.
+        reconcile_s: how often ``serve`` looks for unfinished jobs that no driver runs.
     """
 
     model: ModelConfig
@@ -62,6 +66,8 @@ class ServiceConfig:
     decoders: int = 1
     driver_cpus: float = 0.25
     guard: NetworkGuard = field(default_factory=NetworkGuard)
+    redis_retry_s: float = DEFAULT_RETRY_S
+    reconcile_s: float = 5.0
 
 
 class DriverService:
@@ -78,7 +84,7 @@ class DriverService:
         from workers.transport import RayTransport
 
         self.config = config
-        client = connect(config.redis_url)
+        client = connect(config.redis_url, retry_s=config.redis_retry_s)
         keys = Keys(config.prefix)
         self.store = JobStore(client, keys)
         transport = RayTransport(
@@ -90,6 +96,7 @@ class DriverService:
             hosts=config.hosts,
             decoders=config.decoders,
             guard=config.guard,
+            redis_retry_s=config.redis_retry_s,
         )
 
         def event(job_id: str, kind: str, detail: str | None) -> None:
@@ -103,7 +110,6 @@ class DriverService:
             config.driver,
             RayMetrics(),
         )
-        self._submitted: set[str] = set()
         for job_id in unfinished(self.store):  # after a restart: every job that had not ended
             self.submit(job_id)
         self._thread = threading.Thread(target=self._loop, name="samstream-driver", daemon=True)
@@ -119,14 +125,15 @@ class DriverService:
 
     def submit(self, job_id: str) -> None:
         """Run (or resume) a queued job."""
-        self._submitted.add(job_id)
         self.driver.submit(job_id)
 
     def holds(self, job_id: str) -> bool:
         """Whether this driver runs the job (or is about to)."""
-        return self.driver.holds(job_id) or (
-            job_id in self._submitted and not self.driver.lifecycle.terminal(job_id)
-        )
+        return self.driver.holds(job_id)
+
+    def held(self) -> set[str]:
+        """Every job this driver runs or is about to (see :meth:`JobDriver.held`)."""
+        return self.driver.held()
 
     def stats(self) -> dict[str, int]:
         t = self.driver.transport
@@ -157,13 +164,25 @@ class RayBackend:
         self.driver = driver_actor(config)
 
     def submit(self, job_id: str) -> None:
-        ray.get(self.driver.submit.remote(job_id), timeout=30)
+        try:
+            ray.get(self.driver.submit.remote(job_id), timeout=30)
+        except ray.exceptions.RayActorError:  # dead for good (killed): a new driver takes over
+            log.warning("the driver actor is gone; starting another")
+            self.driver = driver_actor(self.config)
+            ray.get(self.driver.submit.remote(job_id), timeout=30)
 
     def running(self, job_id: str) -> bool:
         try:
             return bool(ray.get(self.driver.holds.remote(job_id), timeout=30))
         except (ray.exceptions.RayError, SamstreamError):
             return False
+
+    def held(self) -> set[str]:
+        """Every job the driver runs or is about to (empty when it does not answer)."""
+        try:
+            return set(ray.get(self.driver.held.remote(), timeout=30))
+        except (ray.exceptions.RayError, SamstreamError):
+            return set()
 
 
 def connect_ray(address: str | None) -> None:

@@ -27,6 +27,7 @@ from pipeline.jobs.transport import Numbered
 from pipeline.prompts import Prompt
 from pipeline.sources.guard import NetworkGuard
 from pipeline.sources.host import ReadRequest
+from pipeline.streams.connection import DEFAULT_RETRY_S
 from pipeline.tracker_host import TrackSetup
 from workers.actors import EncoderActor, SourceHostActor, TrackerHostActor
 
@@ -108,6 +109,7 @@ class RayTransport:
         decoders: tracker hosts to start at once.
         guard: what every connection of the source hosts' sources is checked against (a
             service's; None: ``run``, which reads whatever its own user names).
+        redis_retry_s: how long tracker hosts retry Redis while it is unreachable or refuses writes.
     """
 
     def __init__(
@@ -120,9 +122,11 @@ class RayTransport:
         hosts: int = 1,
         decoders: int = 1,
         guard: NetworkGuard | None = None,
+        redis_retry_s: float = DEFAULT_RETRY_S,
     ) -> None:
         self.model = model
         self.guard = guard
+        self.redis_retry_s = redis_retry_s
         self.redis_url = redis_url
         self.prefix = prefix
         self.encoders = encoders
@@ -154,7 +158,7 @@ class RayTransport:
         return self._decoders.add(
             TrackerHostActor.options(
                 num_cpus=r.decoder_cpus, num_gpus=r.decoder_gpus, **_memory(r.decoder_memory_mb)
-            ).remote(self.model, self.redis_url, self.prefix)
+            ).remote(self.model, self.redis_url, self.prefix, redis_retry_s=self.redis_retry_s)
         )
 
     def remove_host(self, host: int) -> None:

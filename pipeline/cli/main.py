@@ -140,6 +140,25 @@ def _add_api_options(p: argparse.ArgumentParser, required: bool = False) -> None
     )
 
 
+def _add_ending_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("jobs always end")
+    g.add_argument(
+        "--stall-s",
+        type=float,
+        default=30.0,
+        metavar="S",
+        help="fail a file or URL job whose source gives no picture for S seconds (default 30)",
+    )
+    g.add_argument(
+        "--redis-retry-s",
+        type=float,
+        default=30.0,
+        metavar="S",
+        help="retry Redis while it is unreachable or refuses writes for up to S seconds, "
+        "then fail the job (default 30)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="samstream",
@@ -179,6 +198,7 @@ def build_parser() -> argparse.ArgumentParser:
         "or 'never' (default 7d)",
     )
     _add_media_options(run)
+    _add_ending_options(run)
     _add_model_options(run)
     run.set_defaults(handler="pipeline.cli.run:run")
 
@@ -314,6 +334,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="hosts, IPs and CIDR networks sources may reach although they are loopback, private, "
         "link-local or metadata addresses (refused by default), e.g. cams.lan,10.1.0.0/16",
     )
+    _add_ending_options(sv)
     pool = sv.add_argument_group("encoder pool (Ray Serve, autoscaled)")
     pool.add_argument("--min-encoders", type=int, default=0, metavar="N", help="replicas kept when idle (0)")
     pool.add_argument("--max-encoders", type=int, default=4, metavar="N", help="most replicas (4)")

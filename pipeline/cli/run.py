@@ -69,5 +69,7 @@ def run(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
         keep_s=keep_s,
         limits=media_limits(args),
+        stall_s=args.stall_s,
+        redis_retry_s=args.redis_retry_s,
     )
     return run_local(spec, model, options)

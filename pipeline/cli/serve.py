@@ -108,6 +108,7 @@ def serve(args: argparse.Namespace) -> int:
         tracks_per_decoder=args.tracks_per_decoder,
         host_idle_s=args.host_idle_s,
         media=media_limits(args),
+        stall_s=args.stall_s,
     )
     resources = HostResources(
         host_cpus=args.host_cpus,
@@ -133,6 +134,7 @@ def serve(args: argparse.Namespace) -> int:
 
     from pipeline.api import create_app, recover
     from pipeline.api.metrics import serve_metrics
+    from pipeline.api.reconcile import Reconciler
     from pipeline.signals import InterruptOnSignals
     from pipeline.sources.guard import NetworkGuard
     from pipeline.streams import JobStore, Keys, connect, redact
@@ -169,12 +171,17 @@ def serve(args: argparse.Namespace) -> int:
                 hosts=source_hosts,
                 decoders=1,
                 guard=NetworkGuard(policy.addresses),  # the API's rule, for every connection
+                redis_retry_s=args.redis_retry_s,
             )
         )
         store = JobStore(client, Keys(args.prefix))
         resumed = recover(store, backend)
         if resumed:
             print(f"samstream serve: resumed {len(resumed)} unfinished jobs: {', '.join(resumed)}", file=err)
+        # From now on, a job whose runner is gone is found and resumed within seconds.
+        reconciler = Reconciler(store, backend, every_s=backend.config.reconcile_s)
+        reconciler.start()
+        stack.callback(reconciler.stop)
         if args.metrics_port:
             try:
                 serve_metrics(store, args.metrics_port, metrics_host)

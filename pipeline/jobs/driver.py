@@ -72,6 +72,11 @@ class DriverOptions:
         drops_every_s: how often live jobs' drop counts are written to their hashes (and the
             gauges of jobs, tracks and frames in flight set).
         media: what every job's source may hold (pixels per frame; a file's frames and duration).
+        stall_s: a file or URL job fails when its source gives no frame for this long.
+        stop_s: most time a stopped job (cancel) waits for its read and frames in flight before
+            its status is written, whatever its source or host does.
+        read_timeout_s: a source host that leaves a read unanswered this long is given up: its
+            jobs fail and it is replaced (generous: a new host may wait for a node to start).
     """
 
     batch_frames: int = 8
@@ -88,6 +93,9 @@ class DriverOptions:
     host_idle_s: float = 60.0
     drops_every_s: float = 1.0
     media: MediaLimits = field(default_factory=MediaLimits)
+    stall_s: float = 30.0
+    stop_s: float = 3.0
+    read_timeout_s: float = 120.0
 
     def __post_init__(self) -> None:
         for name in ("batch_frames", "file_window", "live_in_flight", "max_frames_in_flight"):
@@ -97,6 +105,9 @@ class DriverOptions:
             raise InvalidInputError("streams per host and tracks per decoder must be >= 1")
         if self.tick_s <= 0 or self.control_poll_s <= 0 or self.drain_s <= 0:
             raise InvalidInputError("tick, control poll and drain times must be > 0 seconds")
+        for name in ("stall_s", "stop_s", "read_timeout_s"):
+            if not getattr(self, name) > 0:
+                raise InvalidInputError(f"driver {name} must be > 0 seconds, got {getattr(self, name)}")
 
 
 class Listener:
@@ -165,6 +176,7 @@ class _Read:
     meta: Handle
     groups: list[_Group]
     jobs: frozenset[str] = frozenset()
+    since: float = field(default_factory=time.monotonic)
 
 
 class JobDriver:
@@ -199,6 +211,7 @@ class JobDriver:
         self.listener = listener or Listener()
         self.jobs: dict[str, _Job] = {}
         self._inbox: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
+        self._queued: set[str] = set()  # submitted, not yet taken up (read from other threads)
         self._reads: dict[int, _Read] = {}  # source host -> its read in flight
         self._lanes: dict[tuple[int, int], deque[_Group]] = {}  # (host, decoder) -> groups to decode
         self._decoding: dict[Handle, _Group] = {}
@@ -216,10 +229,16 @@ class JobDriver:
 
         ``again``: run it even if it failed or was cancelled (see :meth:`Lifecycle.begin`).
         """
+        self._queued.add(job_id)
         self._inbox.put(("again" if again else "job", job_id))
 
     def holds(self, job_id: str) -> bool:
-        return job_id in self.jobs
+        """Whether the job runs here, or was submitted and is about to be taken up."""
+        return job_id in self.jobs or job_id in self._queued
+
+    def held(self) -> set[str]:
+        """Every job :meth:`holds` (for reconciling: an unfinished job not in it has no runner)."""
+        return set(self.jobs.copy()) | self._queued.copy()  # copies: atomic against the loop's changes
 
     def stop(self) -> None:
         """Make :meth:`run` return after its current turn."""
@@ -239,7 +258,13 @@ class JobDriver:
 
         A job with more tracks than a tracker host follows (``tracks_per_decoder``) is split by
         track over several: the first share's host (the owner) publishes each frame whole.
+
+        Raises:
+            RedisUnavailableError: its control stream cannot be read (nothing was taken up; the
+                job, left ``running``, is resumed by the next reconcile).
         """
+        # First, so that a job is never held without its commands (a cancel) reaching it.
+        self.control.add(start.job_id, everything=start.first_run)
         spec = start.spec
         size = self.options.tracks_per_decoder
         shares = [spec.tracks[i : i + size] for i in range(0, len(spec.tracks), size)] or [()]
@@ -264,6 +289,7 @@ class JobDriver:
                 spec.live,
                 spec.give_up_s,
                 limits=self.options.media,
+                stall_s=self.options.stall_s,
             ),
             setup,
             host,
@@ -273,7 +299,6 @@ class JobDriver:
             parts=parts,
         )
         self.jobs[start.job_id] = job
-        self.control.add(start.job_id, everything=start.first_run)
         try:
             self.lifecycle.placed(start.job_id, host, decoders[0])
         except SamstreamError as exc:  # informational only
@@ -299,6 +324,8 @@ class JobDriver:
             if read.meta in ready:
                 del self._reads[host]
                 self._read_done(read)
+            elif time.monotonic() - read.since > self.options.read_timeout_s:
+                self._give_up_host(read)
         self._submit_decodes(ready)
         for handle in [h for h in self._decoding if h in ready]:
             self._decode_done(self._decoding.pop(handle), handle)
@@ -318,14 +345,15 @@ class JobDriver:
                 kind, value = self._inbox.get_nowait()
             except queue.Empty:
                 return
-            if value not in self.jobs:
-                try:
+            try:
+                if value not in self.jobs:
                     start = self.lifecycle.begin(value, again=kind == "again")
-                except SamstreamError as exc:
-                    log.warning("job %s cannot start: %s", value, exc)
-                    continue
-                if start is not None:
-                    self.add(start)
+                    if start is not None:
+                        self.add(start)
+            except SamstreamError as exc:  # left as it was, or running: the reconciler resumes it
+                log.warning("job %s cannot start: %s", value, exc)
+            finally:  # only once it is in self.jobs: holds() is never False in between
+                self._queued.discard(value)
 
     # -- reads --
 
@@ -384,9 +412,22 @@ class JobDriver:
                 self.metrics.encoder_batch(sum(group.counts.values()))
                 self._lanes.setdefault((group.host, group.decoder), deque()).append(group)
 
+    def _give_up_host(self, read: _Read) -> None:
+        """A host that does not answer: its jobs fail now, and later jobs go to another host."""
+        text = f"source host {read.host} did not answer for {self.options.read_timeout_s:g} s"
+        log.warning("%s; its jobs fail and it is replaced", text)
+        del self._reads[read.host]
+        for job in [j for j in self.jobs.values() if j.host == read.host]:
+            self._end(job, (Ending.FAILED, text))
+        self.placement.forget_host(read.host)
+        try:
+            self.transport.remove_host(read.host)
+        except Exception as exc:  # it is gone either way
+            log.warning("stopping source host %s: %s", read.host, exc)
+
     def _apply_read(self, job: _Job, reply: ReadReply, group: _Group) -> None:
         for kind, detail, _ in reply.events:
-            self.events(job.job_id, kind, detail)
+            self._event(job.job_id, kind, detail)
         if reply.dropped:
             job.dropped += reply.dropped
             self.metrics.frames_dropped(reply.dropped)
@@ -505,10 +546,10 @@ class JobDriver:
             if job is None:
                 continue
             if isinstance(command, InvalidInputError):
-                self.events(job_id, "error", str(command))
+                self._event(job_id, "error", str(command))
             elif command.cmd == "stop":
                 if job.ending is None:
-                    self.events(job_id, "stop_requested", None)
+                    self._event(job_id, "stop_requested", None)
                     self._finish(job, Ending.STOPPED, None)
             elif job.ending is None:
                 self._command(job, command)
@@ -547,7 +588,9 @@ class JobDriver:
                 job.ending = (Ending.FINISHED, None)
             if job.ending is None:
                 continue
-            draining = now - job.ending_since < self.options.drain_s
+            # A cancel is obeyed within stop_s whatever the source or its host does.
+            limit = self.options.stop_s if job.ending[0] is Ending.STOPPED else self.options.drain_s
+            draining = now - job.ending_since < limit
             # A read that names the job is answered first: its source is released after it, or
             # the host would open it again for that read, and keep it.
             reading = any(job.job_id in r.jobs for r in self._reads.values())
@@ -577,6 +620,13 @@ class JobDriver:
         """End every job now as interrupted (resumable), without waiting for frames in flight."""
         for job in list(self.jobs.values()):
             self._end(job, (Ending.INTERRUPTED, error))
+
+    def _event(self, job_id: str, kind: str, detail: str | None) -> None:
+        """Write a job event; one that cannot be written (Redis refusing) is logged, not fatal."""
+        try:
+            self.events(job_id, kind, detail)
+        except SamstreamError as exc:
+            log.warning("job %s: writing its %s event: %s", job_id, kind, exc)
 
     def _write_drops(self, jobs: Sequence[_Job] | None = None) -> None:
         changed = {

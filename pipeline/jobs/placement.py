@@ -67,9 +67,17 @@ class Placement:
 
     def release(self, host: int, shares: list[tuple[int, int]]) -> None:
         """A job placed on ``host`` and ``shares`` (tracker host, tracks) has ended."""
-        self.host_jobs[host] -= 1
+        if host in self.host_jobs:  # not a host given up meanwhile
+            self.host_jobs[host] -= 1
         for decoder, tracks in shares:
             self.decoder_tracks[decoder] -= tracks
+
+    def forget_host(self, host: int) -> None:
+        """A source host was given up (it stopped answering): no job goes there again."""
+        self.host_jobs.pop(host, None)
+        self._idle.pop(("host", host), None)
+        if self._kept is not None:
+            self._kept.discard(("host", host))
 
     def retire_idle(self, now: float, busy_hosts: set[int], busy_decoders: set[int]) -> None:
         """Stop the hosts started for more jobs once idle for ``host_idle_s`` (``busy_*``: hosts

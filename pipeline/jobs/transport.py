@@ -171,7 +171,8 @@ class InProcessTransport:
         return i
 
     def remove_host(self, host: int) -> None:
-        self._host_threads.pop(host).shutdown(wait=True)
+        # Not waiting: a host given up for not answering may never finish its call.
+        self._host_threads.pop(host).shutdown(wait=False, cancel_futures=True)
         self.source_hosts.pop(host).shutdown()
 
     def remove_decoder(self, decoder: int) -> None:

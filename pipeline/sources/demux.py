@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import threading
+import time
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
@@ -31,6 +33,8 @@ class OpenedVideo:
         timeouts: (open, read) seconds the input was opened with, None for a local file.
         path: the local file read (for the truncation check), None for a URL.
         limits: checked on every decoded frame (the decoder is told the pixel limit too).
+        stall_s: fail (``no picture for … s``) when no video frame came for this long while the
+            input goes on (a URL that sends only audio, or data that never decodes); None: never.
     """
 
     def __init__(
@@ -40,10 +44,14 @@ class OpenedVideo:
         timeouts: tuple[float, float] | None,
         path: str | None,
         limits: MediaLimits | None = None,
+        stall_s: float | None = None,
     ) -> None:
         self.timeouts = timeouts
         self.path = path
         self.limits = limits or MediaLimits()
+        self.stall_s = stall_s
+        # Set by the thread's owner to end reading between two packets (see _decode).
+        self.stopping: threading.Event | None = None
         self.container = container
         self.stream = stream
         self.first: VideoFrame | None = None  # decoded at open, not yet handed out
@@ -83,11 +91,21 @@ class OpenedVideo:
 
         last_corrupt = False
         count, first_time = 0, None
-        for packet in self.container.demux(self.stream):
+        index = self.stream.index
+        waiting_since = time.monotonic()
+        # Every stream's packets come back here (PyAV's demux(stream) skips the others inside one
+        # call, which a source that sends only audio never leaves): a stop or a stall ends it.
+        for packet in self.container.demux():
+            if self.stopping is not None and self.stopping.is_set():
+                return
+            if self.stall_s is not None and time.monotonic() - waiting_since > self.stall_s:
+                raise DecodeFailure(f"no picture for {self.stall_s:g} s")
+            if packet.stream.index != index:  # (a flush packet's stream_index is always 0)
+                continue
             if packet.size:  # the final empty packet only flushes the decoder
                 last_corrupt = packet.is_corrupt
             try:
-                frames = packet.decode()
+                frames = self.stream.decode(packet)
             except av.error.InvalidDataError:
                 if not (packet.is_corrupt or last_corrupt):
                     raise
@@ -106,6 +124,7 @@ class OpenedVideo:
                 self.limits.check_position(count, seconds)
                 count += 1
                 yield frame
+                waiting_since = time.monotonic()  # the wait for the next one starts when it is asked for
         if last_corrupt:
             raise DecodeFailure("truncated: the data ends inside a frame (file cut short?)")
         missing = self._missing_bytes()

@@ -43,6 +43,7 @@ class SourceSpec:
         live: a live feed (newest frame first) rather than a file (every frame).
         give_up_s: live feeds: fail after this long without a frame.
         limits: pixels per frame (every source), frames and duration (files) it may have.
+        stall_s: files and URLs: fail after this long without a frame while one is wanted.
     """
 
     uri: str
@@ -51,6 +52,7 @@ class SourceSpec:
     live: bool = False
     give_up_s: float = 30.0
     limits: MediaLimits = field(default_factory=MediaLimits)
+    stall_s: float = 30.0
 
 
 @dataclass(frozen=True)
@@ -120,7 +122,16 @@ def open_reader(
             max_frame_pixels=spec.limits.max_frame_pixels,
         )
     opener = functools.partial(VideoSource, guard=guard) if guard is not None else VideoSource
-    return FileReader(spec.uri, spec.image_size, spec.stride, FILE_QUEUE, notify, opener, limits=spec.limits)
+    return FileReader(
+        spec.uri,
+        spec.image_size,
+        spec.stride,
+        FILE_QUEUE,
+        notify,
+        opener,
+        limits=spec.limits,
+        stall_s=spec.stall_s,
+    )
 
 
 def guarded_opener(guard: NetworkGuard | None) -> Opener:

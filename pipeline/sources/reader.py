@@ -17,10 +17,10 @@ from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Protocol
 
-from pipeline.errors import SamstreamError
+from pipeline.errors import SamstreamError, SourceError
 from pipeline.frames import Frame
 from pipeline.sources.limits import DEFAULT_MAX_FRAME_PIXELS, MediaLimits
-from pipeline.sources.video import SourceInfo, VideoPass, VideoSource
+from pipeline.sources.video import DEFAULT_READ_TIMEOUT_S, SourceInfo, VideoPass, VideoSource
 
 if TYPE_CHECKING:
     from pipeline.sources.guard import NetworkGuard
@@ -65,6 +65,9 @@ class FileReader:
         on_frame: called on the decode thread when a frame is ready (or the pass ends).
         open_source: opens the source (a :class:`VideoSource` by default; tests give others).
         limits: pixels per frame, frames and duration the source may have (None: the defaults).
+        stall_s: :meth:`take` fails (``no picture for … s``) once the source gave no frame for
+            this long while asked for one (its decode thread is stopped by the same limit); None:
+            wait as long as the source goes on.
 
     Raises:
         SourceError: the source cannot be opened, or goes past ``limits`` (raised by the constructor).
@@ -79,11 +82,22 @@ class FileReader:
         on_frame: Notify | None = None,
         open_source: Callable[..., VideoSource] = VideoSource,
         limits: MediaLimits | None = None,
+        stall_s: float | None = None,
     ) -> None:
         self.image_size = image_size
         self.stride = stride
+        self.stall_s = stall_s
         self._on_frame = on_frame
-        self._source = open_source(uri, queue_size=queue_size, limits=limits)
+        if stall_s is None:
+            self._source = open_source(uri, queue_size=queue_size, limits=limits)
+        else:  # one blocked read is a stall too: it may not outlast the limit
+            read_s = min(DEFAULT_READ_TIMEOUT_S, stall_s)
+            self._source = open_source(
+                uri, queue_size=queue_size, limits=limits, stall_s=stall_s, read_timeout_s=read_s
+            )
+        # Since when the buffer was found empty at every take (None: it held a frame at the last).
+        # Only takes drain the buffer, so a decode thread that made any frame since then would show.
+        self._empty_since: float | None = None
         self._pass: VideoPass | None = None
         self._next: int | None = None  # the number the pass yields next
         self._error: SamstreamError | None = None  # met after frames that were handed out first
@@ -105,6 +119,8 @@ class FileReader:
             try:
                 frame = self._pass.get(timeout=0)
             except TimeoutError:
+                if not frames:
+                    self._watch()
                 return frames, False
             except SamstreamError as exc:
                 if not frames:
@@ -115,9 +131,21 @@ class FileReader:
                 return frames, True
             frames.append(frame)
             self._next = frame.index + self.stride
+            self._empty_since = None
         return frames, False
 
+    def _watch(self) -> None:
+        """The stall watchdog: raise once the buffer stayed empty for ``stall_s`` (non-blocking)."""
+        if self.stall_s is None:
+            return
+        now = time.monotonic()
+        if self._empty_since is None:
+            self._empty_since = now
+        elif now - self._empty_since > self.stall_s:
+            raise SourceError(f"video {self._source.name}: no picture for {self.stall_s:g} s")
+
     def _restart(self, start: int) -> None:
+        self._empty_since = None
         if self._pass is not None:
             self._pass.stop()
         self._pass = self._source.open_pass(start, self.stride, self.image_size, self._on_frame)

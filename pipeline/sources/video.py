@@ -130,6 +130,9 @@ class VideoSource:
     input). ``frames()`` may be called again for another pass; each pass reads the source anew
     (the first reuses the opening connection). Use as a context manager, or call :meth:`close`.
 
+    ``stall_s``: a pass whose input goes on without a video frame for this long (only audio, or
+    nothing at all) fails with ``no picture for … s``; None waits as long as the input goes on.
+
     Example::
 
         with VideoSource("clip.mp4") as src:
@@ -153,6 +156,7 @@ class VideoSource:
         queue_size: int = DEFAULT_QUEUE_SIZE,
         guard: NetworkGuard | None = None,
         limits: MediaLimits | None = None,
+        stall_s: float | None = None,
     ) -> None:
         self.limits = limits if limits is not None else MediaLimits()
         self.uri, self.is_url = _parse_uri(uri)
@@ -164,6 +168,9 @@ class VideoSource:
             raise InvalidInputError(f"queue_size must be an int >= 1, got {queue_size!r}")
         self._timeouts = (float(open_timeout_s), float(read_timeout_s)) if self.is_url else None
         self._queue_size = queue_size
+        if stall_s is not None and not stall_s > 0:
+            raise InvalidInputError(f"stall_s must be > 0 seconds, got {stall_s!r}")
+        self._stall_s = stall_s
         self._lock = threading.Lock()
         self._readers: set[VideoPass] = set()
         self._closed = False
@@ -379,7 +386,9 @@ class VideoSource:
         # Slice threads only: frame threads add latency, report decode errors frames late, and a
         # source worker hosts many sources whose threads already fill its cores.
         stream.thread_type = "SLICE"
-        return OpenedVideo(container, stream, self._timeouts, None if self.is_url else self.uri, self.limits)
+        return OpenedVideo(
+            container, stream, self._timeouts, None if self.is_url else self.uri, self.limits, self._stall_s
+        )
 
     def _check_declared(self, container: InputContainer, stream: VideoStream) -> None:
         """Fail (closing ``container``) when what the container says goes past the limits; tell the
@@ -563,6 +572,7 @@ class VideoPass:
         opened: OpenedVideo | None = None
         try:
             opened = self.source._take_opened()
+            opened.stopping = stopping
             next_wanted = self.start_at
             t0 = time.perf_counter()
             while not stopping.is_set():

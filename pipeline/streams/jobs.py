@@ -40,11 +40,17 @@ return 1
 # A status change: the hash's fields, a status event, and the job's keys' life: a terminal status
 # gives every key of the job the TTL in the hash's keep_s (none: kept), any other status takes the
 # TTL away again (a resumed job must not lose its keys half-way).
+# A job's last status must be written even when Redis is out of memory (maxmemory with noeviction
+# refuses HSET and XADD). Redis lets a script that has written once go on writing (so that it never
+# stops half done), and DEL is allowed when out of memory: so a terminal status first deletes the
+# job's control stream, which an ended job no longer reads (a job run again reads only commands
+# sent after it starts), then writes a few hundred bytes.
 # KEYS: the job's keys in Keys.of_job's order: hash, masks, events, control, state, tracks.
 # ARGV: n, n hash args, terminal ('1' or '0'), events maxlen, event args.
 _STATUS = """
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
 local n = tonumber(ARGV[1])
+if ARGV[2 + n] == '1' then redis.call('DEL', KEYS[4]) end
 redis.call('HSET', KEYS[1], unpack(ARGV, 2, 1 + n))
 redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[3 + n], '*', unpack(ARGV, 4 + n))
 local keep = nil
@@ -235,7 +241,9 @@ class JobStore:
 
         Any transition is allowed (a failed or cancelled job may be resumed: ``running`` again).
         ``error`` replaces the stored error; leaving it None clears it. A terminal status sets the
-        TTL of every key of the job to its ``keep_s``; any other status removes their TTL.
+        TTL of every key of the job to its ``keep_s``; any other status removes their TTL. A
+        terminal status is written even when Redis is out of memory (see ``_STATUS``); it deletes
+        the job's control stream, which an ended job no longer reads.
 
         Raises:
             JobError: no such job.

@@ -30,10 +30,10 @@ from typing import Any
 
 import redis
 
-from pipeline.errors import SamstreamError
+from pipeline.errors import RedisUnavailableError, SamstreamError
 from pipeline.frames import FrameResult
 from pipeline.jobs.resume import ResumePoint
-from pipeline.streams.connection import redis_errors
+from pipeline.streams.connection import redis_errors, refusal, refused, retry_of
 from pipeline.streams.keys import Keys, validate_job_id
 from pipeline.streams.publisher import Publisher
 from pipeline.streams.wire import encode_entry, entry_id
@@ -207,10 +207,53 @@ def publish_jobs(
         return [[] for _ in batches]
     with redis_errors(_what(batches)):
         replies = _run(client, calls)
+        replies = _retry_refused(client, calls, spans, replies)
     out: list[list[bool] | Exception] = []
     for (sink, items), (start, count) in zip(batches, spans, strict=True):
         out.append(sink._answered(items, replies[start : start + count]))
     return out
+
+
+def _retry_refused(
+    client: redis.Redis, calls: list[list[Any]], spans: list[tuple[int, int]], replies: list[Any]
+) -> list[Any]:
+    """Send again, with backoff, each job's calls from its first one Redis refused for now (out of
+    memory, read-only…), within the client's retry budget (:class:`BudgetRetry`, whose outage
+    clock this shares); a refusal left at the end becomes the job's
+    :class:`RedisUnavailableError`. A job whose later frame went in after a refused one is not
+    sent again (its frames would no longer be in order)."""
+    retry = retry_of(client)
+    replies = list(replies)
+    delay = 0.1
+    failed = False
+    while True:
+        again: list[int] = []
+        for start, count in spans:
+            mine = replies[start : start + count]
+            first = next((i for i, r in enumerate(mine) if refused_reply(r)), None)
+            if first is not None and not any(r == 1 for r in mine[first:]):
+                again += range(start + first, start + count)
+        if not again:
+            if failed and retry is not None:
+                retry.recovered()
+            break
+        failed = True
+        left = retry.failed() if retry is not None else 0.0
+        if left <= 0:
+            break
+        time.sleep(min(delay, left))
+        delay = min(2 * delay, 2.0)
+        for i, reply in zip(again, _run(client, [calls[i] for i in again]), strict=True):
+            replies[i] = reply
+    return [
+        RedisUnavailableError(f"Redis refused publishing a frame: {refusal(r)}") if refused_reply(r) else r
+        for r in replies
+    ]
+
+
+def refused_reply(reply: Any) -> bool:
+    """Whether a pipeline reply is Redis refusing for now (see :func:`~pipeline.streams.connection.refused`)."""
+    return isinstance(reply, redis.ResponseError) and refused(reply)
 
 
 def _what(batches: Sequence[tuple[RedisSink, Sequence[tuple[FrameResult, Any]]]]) -> str:

@@ -126,3 +126,60 @@ def test_describe_and_redact() -> None:
 
 def test_embedded_server_url_connects(redis_server: EmbeddedRedis) -> None:
     assert connect(redis_server.url).ping()
+
+
+def test_refusals_are_told_from_other_errors_whatever_class_redis_py_gives_them() -> None:
+    import redis
+
+    from pipeline.streams.connection import refusal
+
+    oom = redis.exceptions.OutOfMemoryError("command not allowed when used memory > 'maxmemory'.")
+    assert refusal(oom) == "OOM command not allowed when used memory > 'maxmemory'."
+    wrapped = redis.ResponseError(
+        "Error running script (call to f_1): @user_script:1: -OOM command not allowed"
+    )
+    assert refusal(wrapped) == "OOM command not allowed"
+    assert refusal(redis.exceptions.ReadOnlyError("You can't write against a read only replica.")) is not None
+    assert refusal(redis.ResponseError("MISCONF Redis is configured to save RDB snapshots")) is not None
+    assert refusal(redis.ResponseError("ERR wrong number of arguments")) is None
+    assert refusal(ValueError("OOM command not allowed")) is None
+
+
+def test_a_client_with_a_retry_time_gives_up_after_it_once_per_outage(tmp_path: Path) -> None:
+    from pipeline.streams.connection import redis_errors
+
+    port = free_port()
+    server = subprocess.Popen(
+        [
+            redis_server_executable(),
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--dir",
+            str(tmp_path),
+        ],
+        stdout=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                client = connect(f"redis://127.0.0.1:{port}/0", retry_s=1.0)
+                break
+            except RedisUnavailableError:
+                assert time.monotonic() < deadline
+                time.sleep(0.05)
+    finally:
+        server.kill()
+        server.wait()
+    start = time.monotonic()
+    with pytest.raises(RedisUnavailableError, match="ConnectionError"), redis_errors("reading"):
+        client.get("x")
+    assert 0.9 < time.monotonic() - start < 3.0  # retried for its budget, then the error
+    start = time.monotonic()
+    with pytest.raises(RedisUnavailableError), redis_errors("reading"):
+        client.get("x")
+    assert time.monotonic() - start < 0.5  # the same outage: its budget is spent
