@@ -19,7 +19,7 @@ from pycocotools import mask as coco
 from pipeline.samples import write_clip
 from pipeline.streams import Keys, MaskReader, connect, read_events
 from tests.fixtures.media import truncate_file, write_audio_only, write_png_frames, write_text_as_mp4
-from tests.fixtures.redis_snapshot import SnapshotRedis
+from tests.fixtures.redis_snapshot import SnapshotRedis, save
 from tests.workers.conftest import cli, popen, wait_for_entries
 from tests.workers.test_video_job import _prompts_file, _reference_masks
 
@@ -162,10 +162,9 @@ def test_redis_restarted_from_an_older_snapshot_mid_job_loses_nothing(
         proc = popen(*args)
         r = _Seen(connect(server.url))
         r.wait(10, proc)
-        snapshot = r.client.pipeline(transaction=True)  # what the snapshot holds, exactly
-        snapshot.xlen(r.keys.masks("lossy"))
-        snapshot.save()
-        saved = snapshot.execute()[0]
+        newest = save(r.client, r.keys.masks("lossy"))
+        assert newest is not None
+        saved = newest + 1  # frames 0..newest
         r.wait(saved + 12, proc)
         server.kill()  # the frames published since the SAVE are gone
         server.start()

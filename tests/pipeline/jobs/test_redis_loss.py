@@ -18,7 +18,7 @@ import redis
 
 from pipeline.streams import Keys, connect, read_events
 from pipeline.streams.control import Command
-from tests.fixtures.redis_snapshot import SnapshotRedis
+from tests.fixtures.redis_snapshot import SnapshotRedis, save
 from tests.pipeline.jobs.conftest import Rig
 from tests.pipeline.jobs.test_driver import reference
 
@@ -48,8 +48,8 @@ def test_a_redis_restarted_from_an_older_snapshot_gets_the_lost_frames_again(
     try:
         r.create("job", "file:150:0.01", stride=stride)
         r.run(until=lambda: len(r.frames("job")) >= 30)
-        client.save()
-        saved = _newest(client, keys, "job")
+        saved = save(client, keys.masks("job"))
+        assert saved is not None
         r.run(until=lambda: len(r.frames("job")) >= 60)
         time.sleep(0.5)  # what is in flight lands (the stages run on threads of their own)
         published = _newest(client, keys, "job")
@@ -80,8 +80,8 @@ def test_a_live_job_goes_on_after_redis_lost_its_frames_and_says_so(snapshot_red
     try:
         r.create("cam", "feed:30", live=True)
         r.run(until=lambda: len(r.frames("cam")) >= 10)
-        client.save()
-        saved = _newest(client, keys, "cam")
+        saved = save(client, keys.masks("cam"))
+        assert saved is not None
         r.run(until=lambda: len(r.frames("cam")) >= 25)
         time.sleep(0.3)
         published = _newest(client, keys, "cam")
