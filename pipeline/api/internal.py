@@ -34,6 +34,26 @@ def unavailable(what: str, error_id: str) -> str:
     return f"{what} (error id {error_id}); try again later"
 
 
+class WatchedSend:
+    """An ASGI ``send`` that notes whether the answer has begun (after which no other can be sent)."""
+
+    def __init__(self, send: Send) -> None:
+        self._send = send
+        self.started = False
+
+    async def __call__(self, message: Message) -> None:
+        self.started = self.started or message["type"] == "http.response.start"
+        await self._send(message)
+
+
+async def send_json(send: Send, status: int, detail: str) -> None:
+    """Answer ``{"detail": detail}`` with ``status`` from an ASGI middleware."""
+    body = json.dumps({"detail": detail}).encode()
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
 class InternalErrors:
     """ASGI middleware: any exception a route lets through is a 500 with an error id, logged."""
 
@@ -44,20 +64,11 @@ class InternalErrors:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        started = False
-
-        async def watched(message: Message) -> None:
-            nonlocal started
-            started = started or message["type"] == "http.response.start"
-            await send(message)
-
+        watched = WatchedSend(send)
         try:
             await self.app(scope, receive, watched)
         except Exception as exc:
             error_id = logged(f"{scope.get('method')} {scope.get('path')} failed", exc)
-            if started:  # half an answer is out: the server can only drop the connection
+            if watched.started:  # half an answer is out: the server can only drop the connection
                 raise
-            body = json.dumps({"detail": internal_error(error_id)}).encode()
-            headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
-            await send({"type": "http.response.start", "status": 500, "headers": headers})
-            await send({"type": "http.response.body", "body": body})
+            await send_json(send, 500, internal_error(error_id))

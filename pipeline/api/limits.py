@@ -6,7 +6,6 @@ options); the limit on active jobs is a count of the job store, checked in the c
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable
 from typing import Any
 
@@ -15,6 +14,7 @@ from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from pipeline.api.internal import WatchedSend, send_json
 from pipeline.streams.connection import redis_errors
 from pipeline.streams.keys import Keys
 
@@ -42,7 +42,6 @@ class BodyLimit:
             await self._answer(send, 413 if length.isdigit() else 400, length)
             return
         seen = 0
-        started = False
 
         async def counted() -> Message:
             nonlocal seen
@@ -54,24 +53,17 @@ class BodyLimit:
                     raise HTTPException(413, self.message)
             return message
 
-        async def watched(message: Message) -> None:
-            nonlocal started
-            started = started or message["type"] == "http.response.start"
-            await send(message)
-
+        watched = WatchedSend(send)
         try:
             await self.app(scope, counted, watched)
         except HTTPException as exc:
-            if started or exc.status_code != 413:
+            if watched.started or exc.status_code != 413:
                 raise
             await self._answer(send, 413, None)
 
     async def _answer(self, send: Send, status: int, length: str | None) -> None:
         detail = self.message if status == 413 else f"Content-Length must be a number, got {length!r}"
-        body = json.dumps({"detail": detail}).encode()
-        headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
-        await send({"type": "http.response.start", "status": status, "headers": headers})
-        await send({"type": "http.response.body", "body": body})
+        await send_json(send, status, detail)
 
 
 # Seeds the set with the spec's tracks the first time (``0`` keeps it alive when every track is

@@ -33,6 +33,16 @@ def snapshot_redis(tmp_path: Path) -> Iterator[SnapshotRedis]:
     server.kill()
 
 
+@pytest.fixture
+def snapshot_rig(snapshot_redis: SnapshotRedis) -> Iterator[Rig]:
+    """A driver rig publishing to the snapshot server, under a prefix of its own."""
+    client = connect(snapshot_redis.url)
+    r = Rig(client, Keys(prefix=f"test-{uuid.uuid4().hex[:8]}:"))
+    yield r
+    r.close()
+    client.close()
+
+
 def _newest(client: redis.Redis, keys: Keys, job_id: str) -> int:
     top = client.xrevrange(keys.masks(job_id), count=1)
     return int(top[0][0].split("-")[0])
@@ -40,63 +50,53 @@ def _newest(client: redis.Redis, keys: Keys, job_id: str) -> int:
 
 @pytest.mark.parametrize("stride", [1, 2])
 def test_a_redis_restarted_from_an_older_snapshot_gets_the_lost_frames_again(
-    snapshot_redis: SnapshotRedis, stride: int
+    snapshot_redis: SnapshotRedis, snapshot_rig: Rig, stride: int
 ) -> None:
-    client = connect(snapshot_redis.url)
-    keys = Keys(prefix=f"test-{uuid.uuid4().hex[:8]}:")
-    r = Rig(client, keys)
-    try:
-        r.create("job", "file:150:0.01", stride=stride)
-        r.run(until=lambda: len(r.frames("job")) >= 30)
-        saved = save(client, keys.masks("job"))
-        assert saved is not None
-        r.run(until=lambda: len(r.frames("job")) >= 60)
-        time.sleep(0.5)  # what is in flight lands (the stages run on threads of their own)
-        published = _newest(client, keys, "job")
-        assert published > saved
+    r, client, keys = snapshot_rig, snapshot_rig.client, snapshot_rig.keys
+    r.create("job", "file:150:0.01", stride=stride)
+    r.run(until=lambda: len(r.frames("job")) >= 30)
+    saved = save(client, keys.masks("job"))
+    assert saved is not None
+    r.run(until=lambda: len(r.frames("job")) >= 60)
+    time.sleep(0.5)  # what is in flight lands (the stages run on threads of their own)
+    published = _newest(client, keys, "job")
+    assert published > saved
 
-        snapshot_redis.kill()
-        snapshot_redis.start()
-        assert _newest(client, keys, "job") == saved  # the frames after the snapshot are gone
+    snapshot_redis.kill()
+    snapshot_redis.start()
+    assert _newest(client, keys, "job") == saved  # the frames after the snapshot are gone
 
-        r.run(timeout=60)
-        assert r.store.get("job").status.value == "succeeded"
-        assert r.frames("job") == list(range(0, 150, stride))  # no gap, no duplicate
-        assert r.masks("job") == reference(150, stride)  # as if nothing had happened
-        lost = [e for e in read_events(client, keys, "job") if e.type == "redis_lost"]
-        assert len(lost) == 1, lost
-        assert lost[0].data["first"] == saved + 1
-        assert lost[0].data["last"] >= published
-        assert "published again" in (lost[0].detail or "")
-    finally:
-        r.close()
-        client.close()
+    r.run(timeout=60)
+    assert r.store.get("job").status.value == "succeeded"
+    assert r.frames("job") == list(range(0, 150, stride))  # no gap, no duplicate
+    assert r.masks("job") == reference(150, stride)  # as if nothing had happened
+    lost = [e for e in read_events(client, keys, "job") if e.type == "redis_lost"]
+    assert len(lost) == 1, lost
+    assert lost[0].data["first"] == saved + 1
+    assert lost[0].data["last"] >= published
+    assert "published again" in (lost[0].detail or "")
 
 
-def test_a_live_job_goes_on_after_redis_lost_its_frames_and_says_so(snapshot_redis: SnapshotRedis) -> None:
-    client = connect(snapshot_redis.url)
-    keys = Keys(prefix=f"test-{uuid.uuid4().hex[:8]}:")
-    r = Rig(client, keys)
-    try:
-        r.create("cam", "feed:30", live=True)
-        r.run(until=lambda: len(r.frames("cam")) >= 10)
-        saved = save(client, keys.masks("cam"))
-        assert saved is not None
-        r.run(until=lambda: len(r.frames("cam")) >= 25)
-        time.sleep(0.3)
-        published = _newest(client, keys, "cam")
+def test_a_live_job_goes_on_after_redis_lost_its_frames_and_says_so(
+    snapshot_redis: SnapshotRedis, snapshot_rig: Rig
+) -> None:
+    r, client, keys = snapshot_rig, snapshot_rig.client, snapshot_rig.keys
+    r.create("cam", "feed:30", live=True)
+    r.run(until=lambda: len(r.frames("cam")) >= 10)
+    saved = save(client, keys.masks("cam"))
+    assert saved is not None
+    r.run(until=lambda: len(r.frames("cam")) >= 25)
+    time.sleep(0.3)
+    published = _newest(client, keys, "cam")
 
-        snapshot_redis.kill()
-        snapshot_redis.start()
-        r.run(until=lambda: _newest(client, keys, "cam") > published + 10, timeout=30)
-        frames = r.frames("cam")
-        assert frames == sorted(set(frames))  # in order, each once
-        assert r.store.get("cam").status.value == "running"
-        lost = [e for e in read_events(client, keys, "cam") if e.type == "redis_lost"]
-        assert len(lost) == 1 and lost[0].data["first"] == saved + 1
-        assert "live feed cannot be read again" in (lost[0].detail or "")
-        r.command("cam", Command("stop"))
-        r.run(timeout=30)
-    finally:
-        r.close()
-        client.close()
+    snapshot_redis.kill()
+    snapshot_redis.start()
+    r.run(until=lambda: _newest(client, keys, "cam") > published + 10, timeout=30)
+    frames = r.frames("cam")
+    assert frames == sorted(set(frames))  # in order, each once
+    assert r.store.get("cam").status.value == "running"
+    lost = [e for e in read_events(client, keys, "cam") if e.type == "redis_lost"]
+    assert len(lost) == 1 and lost[0].data["first"] == saved + 1
+    assert "live feed cannot be read again" in (lost[0].detail or "")
+    r.command("cam", Command("stop"))
+    r.run(timeout=30)
