@@ -28,6 +28,19 @@ class Compile(str, Enum):
     EAGER = "eager"
 
 
+class Precision(str, Enum):
+    """The number format the encoder and mask decoder compute in.
+
+    ``fp32`` agrees with the official predictor (exactly when eager); ``bf16`` and ``fp16`` trade a
+    stated error for speed; ``auto`` picks per device (see :func:`pipeline.model.precision.resolve`).
+    """
+
+    AUTO = "auto"
+    FP32 = "fp32"
+    BF16 = "bf16"
+    FP16 = "fp16"
+
+
 class DeviceKind(str, Enum):
     AUTO = "auto"
     CPU = "cpu"
@@ -49,26 +62,33 @@ class ModelConfig:
     Attributes:
         image_size: encoder input side in pixels (a multiple of 16); SAM's is 1024.
         device: ``auto`` picks CUDA when present, else CPU.
-        half: run the encoder in float16; ``None`` means "on CUDA only".
+        precision: the number format of encoder and mask decoder; ``fp32`` (the default) gives
+            the official predictor's results, ``auto`` the fastest format this device does well.
         weights: ``official`` or ``random``.
         checkpoint: a checkpoint file in the official layout; with ``official`` weights and no file,
             the cached release is used (downloaded once).
         cache_dir: where the release is cached (default ``~/.cache/samstream``).
         seed: the seed of ``random`` weights.
-        compile: ``auto``/``compiled`` compile encoder and decoder (fast after a one-time compile
-            cached on disk); ``eager`` runs kornia's modules as they are.
+        compile: ``auto`` answers at once (a prepared eager model, or compiled packages already
+            cached) and builds the packages in a background process when that pays off over
+            ``workload_frames``; ``compiled`` builds them first and waits; ``eager`` runs kornia's
+            modules as they are.
+        workload_frames: frames this model is expected to process (None: unknown, as for a live
+            feed, a service or the Python API). Decides whether a background compile pays off.
     """
 
     image_size: int = 1024
     device: DeviceKind = DeviceKind.AUTO
-    half: bool | None = None
+    precision: Precision = Precision.FP32
     weights: Weights = Weights.OFFICIAL
     checkpoint: Path | None = None
     cache_dir: Path | None = None
     seed: int = 0
     compile: Compile = Compile.AUTO
+    workload_frames: int | None = None
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "precision", _enum(Precision, self.precision, "precision"))
         object.__setattr__(self, "compile", _enum(Compile, self.compile, "compile"))
         object.__setattr__(self, "device", _enum(DeviceKind, self.device, "device"))
         object.__setattr__(self, "weights", _enum(Weights, self.weights, "weights"))

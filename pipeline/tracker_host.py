@@ -163,6 +163,10 @@ class TrackerHost:
     def tracks(self) -> int:
         return sum(d.tracks for d in self._decoders.values())
 
+    def prepare(self, image_size: int, tracks: int) -> None:
+        """Load the model of ``image_size`` now (for ``tracks`` tracks a frame), before any frame asks."""
+        self._segmenter(image_size, tracks)
+
     def _segmenter(self, image_size: int, tracks: int) -> Any:
         if image_size not in self._segmenters:
             self._segmenters[image_size] = self._models(image_size, tracks)

@@ -111,6 +111,9 @@ class TrackerHostWorker:
     def control(self, job_id: str, cmd: str, track: int, prompt: Prompt | None = None) -> None:
         self.host.control(job_id, cmd, track, prompt)
 
+    def prepare(self, image_size: int, tracks: int) -> None:
+        self.host.prepare(image_size, tracks)
+
     def close(self, job_ids: Sequence[str]) -> None:
         self.host.close(job_ids)
 

@@ -54,6 +54,9 @@ class LocalRun:
         limits: what the source may hold (pixels per frame; frames and duration).
         stall_s: fail the job when its file or URL gives no picture for this long.
         redis_retry_s: retry Redis for this long while it is unreachable or refuses writes.
+        detach: leave Ray running at the end, for the caller to end this process at once
+            (``samstream run``: the terminal is not held while Ray shuts down); the embedded
+            Redis is stopped (and saved) either way.
     """
 
     job_id: str | None = None
@@ -66,6 +69,7 @@ class LocalRun:
     limits: MediaLimits = field(default_factory=MediaLimits)
     stall_s: float = 30.0
     redis_retry_s: float = DEFAULT_RETRY_S
+    detach: bool = False
 
     def __post_init__(self) -> None:
         if not self.stall_s > 0 or not self.redis_retry_s >= 0:
@@ -151,6 +155,8 @@ def run_local(spec: JobSpec, model: ModelConfig, run: LocalRun, out: TextIO = sy
     job_id = run.job_id or new_job_id()
     err = sys.stderr
     with InterruptOnSignals() as signals, ExitStack() as stack:
+        # Ray takes seconds to start: it starts now, while Redis starts and the source is probed.
+        ray_ready = _RayStart(stack, detach=run.detach)
         url = open_redis(stack, run.redis_url, run.out_dir / "redis")
         client = connect(url, retry_s=run.redis_retry_s)
         keys = Keys(run.prefix)
@@ -189,19 +195,30 @@ def run_local(spec: JobSpec, model: ModelConfig, run: LocalRun, out: TextIO = sy
             file=err,
         )
         try:
-            model = _resolve_weights(model)
-            _ray_init(stack)
-            signals.reassert()  # ray.init sets a SIGTERM handler that exits at once
+            model = _resolve_weights(_workload(model, spec, total, published))
+            ray_ready.wait()
+            signals.reassert()  # ray.init may set a SIGTERM handler that exits at once
             if _first_compile(model):
                 print(
-                    "samstream: first run at this image size here: compiling the image encoder "
+                    "samstream: --compile compiled: compiling the model for this machine first "
                     "(about a minute, cached for later runs)",
                     file=err,
                 )
             progress = _Progress(total, store.get(job_id).frames_done, run.progress, err)
             stack.callback(progress.close)
             listener = _RunListener(progress)
-            driver = _driver(model, url, run.prefix, store, lifecycle, metrics, listener, stack, run)
+            driver = _driver(
+                model,
+                url,
+                run.prefix,
+                store,
+                lifecycle,
+                metrics,
+                listener,
+                stack,
+                run,
+                (spec.image_size, len(spec.tracks)),
+            )
             driver.add(start)
             try:
                 driver.run(until_idle=True)
@@ -250,8 +267,13 @@ def _driver(
     listener: Listener,
     stack: ExitStack,
     run: LocalRun | None = None,
+    prepare: tuple[int, int] | None = None,
 ) -> JobDriver:
-    """A driver over Ray actors of this run: one source host, encoders, one tracker host."""
+    """A driver over Ray actors of this run: one source host, encoders, one tracker host.
+
+    ``prepare``: (image size, tracks) of the model the tracker host loads at once, while the
+    source opens, rather than when the first frame comes.
+    """
     from pipeline.streams.control import ControlBus
     from workers.transport import HostResources, OwnEncoders, RayTransport
 
@@ -266,7 +288,10 @@ def _driver(
         HostResources(decoder_gpus=lay.decoder_gpus),
         redis_retry_s=run.redis_retry_s,
     )
-    stack.callback(_end_ray, transport)
+    if not run.detach:
+        stack.callback(_end_ray, transport)
+    if prepare is not None:
+        transport.prepare(*prepare)
     keys = store.keys
 
     def event(job_id: str, kind: str, detail: str | None) -> None:
@@ -321,14 +346,22 @@ def _resuming(published: int | None, after: int | None) -> str:
 
 
 def _first_compile(model: ModelConfig) -> bool:
-    """Whether no compiled encoder of this size is cached yet (the first frame will wait for one)."""
+    """Whether the first frame will wait for a compile: ``--compile compiled`` and no encoder of
+    this size cached yet (``auto`` never waits: it compiles in the background when that pays)."""
     from pipeline.config import Compile
-    from pipeline.model.weights import default_cache_dir
+    from pipeline.model.accelerate import packages_dir
 
-    if model.compile is Compile.EAGER or model.weights is Weights.NULL:
+    if model.compile is not Compile.COMPILED or model.weights is Weights.NULL:
         return False
-    folder = (model.cache_dir or default_cache_dir()) / "compiled"
-    return not any(folder.glob(f"encoder-{model.image_size}-*.pt2"))
+    return not any(packages_dir(model.cache_dir).glob(f"encoder-{model.image_size}-*.pt2"))
+
+
+def _workload(model: ModelConfig, spec: JobSpec, total: int | None, published: int | None) -> ModelConfig:
+    """The model config with the frames this run will process, when the source says (a file)."""
+    if spec.live or total is None:
+        return model
+    left = max(0, total - (0 if published is None else published + 1))
+    return replace(model, workload_frames=-(-left // spec.stride))
 
 
 def _notice(model: ModelConfig) -> str:
@@ -338,7 +371,51 @@ def _notice(model: ModelConfig) -> str:
     return NULL_NOTICE if model.weights is Weights.NULL else RANDOM_WEIGHTS_NOTICE
 
 
-def _ray_init(stack: ExitStack) -> None:
+class _RayStart:
+    """``ray.init`` on a thread of its own; :meth:`wait` returns once it is done (or raises its error).
+
+    The thread lives until Ray is shut down: Ray's head processes are started with the parent
+    death signal (Linux), which the kernel sends when the *thread* that started them ends. Ray is
+    shut down when ``stack`` unwinds, unless ``detach``: then it goes with this process, which
+    must end soon after (``os._exit``; the kernel, or Ray's reaper, ends its processes).
+    """
+
+    def __init__(self, stack: ExitStack, detach: bool) -> None:
+        import threading
+
+        self.error: BaseException | None = None
+        self.detach = detach
+        self._done = threading.Event()
+        self._ready = threading.Event()
+        self.thread = threading.Thread(target=self._start, name="ray-init", daemon=True)
+        self.thread.start()
+        stack.callback(self._stop)
+
+    def _start(self) -> None:
+        try:
+            _ray_init()
+        except BaseException as exc:  # handed to the main thread by wait()
+            self.error = exc
+        self._ready.set()
+        self._done.wait()
+
+    def wait(self) -> None:
+        self._ready.wait()
+        if self.error is not None:
+            raise self.error
+
+    def _stop(self) -> None:
+        if self.detach:  # even mid-start: what it started goes with this process
+            return
+        self._ready.wait()
+        import ray
+
+        ray.shutdown()
+        self._done.set()
+        self.thread.join()
+
+
+def _ray_init() -> None:
     import ray
 
     if ray.is_initialized():
@@ -352,4 +429,3 @@ def _ray_init(stack: ExitStack) -> None:
         logging_level=logging.ERROR,
         configure_logging=True,
     )
-    stack.callback(ray.shutdown)

@@ -188,6 +188,11 @@ class RayTransport:
         refs = [r for rs in (parts or {}).values() for r in rs]
         return self._decoders[decoder].process.remote(dict(setups), embeddings, names, *refs)
 
+    def prepare(self, image_size: int, tracks: int) -> None:
+        """Every tracker host loads its model of ``image_size`` now, while sources open."""
+        for decoder in self._decoders.values():
+            self._remember(decoder.prepare.remote(image_size, tracks))
+
     def forget(self, decoder: int, job_id: str) -> None:
         self._remember(self._decoders[decoder].close.remote([job_id]))
 

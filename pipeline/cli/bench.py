@@ -23,17 +23,22 @@ def run(args: argparse.Namespace) -> int:
 
     if args.device == "cuda" and not torch.cuda.is_available():
         raise InvalidInputError("--device cuda was asked for, but torch sees no CUDA device")
+    from pipeline.config import Precision
+
     device = torch.device(args.device)
+    precision = Precision(args.precision)
     print(json.dumps({"machine": describe_machine()}), flush=True)
     results: list[Result] = []
     for suite in suites:
         print(f"bench: {suite} …", file=sys.stderr, flush=True)
         if suite == "encoder":
-            new = run_encoder(device, args.image_size, args.runs, args.batch)
+            new = run_encoder(device, args.image_size, args.runs, args.batch, precision)
         elif suite == "decoder":
-            new = run_decoder(device, args.image_size, args.runs)
+            new = run_decoder(device, args.image_size, args.runs, precision=precision)
         elif suite == "pipeline":
-            new = run_pipeline(args.frames, args.image_size, ["--weights", "random"], args.device)
+            new = run_pipeline(
+                args.frames, args.image_size, ["--weights", "random"], args.device, args.precision
+            )
         elif suite == "machinery":
             new = run_machinery(args.machinery_frames, args.image_size)
         else:

@@ -16,7 +16,7 @@ from pipeline import __version__
 from pipeline.errors import SamstreamError
 
 
-def _add_model_options(p: argparse.ArgumentParser) -> None:
+def _add_model_options(p: argparse.ArgumentParser, precision: str = "auto") -> None:
     g = p.add_argument_group("model")
     w = g.add_mutually_exclusive_group()
     w.add_argument(
@@ -39,8 +39,15 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
         "--compile",
         choices=["auto", "compiled", "eager"],
         default="auto",
-        help="compile the model (fast after a one-time compile, cached on disk); "
-        "auto: for videos yes, for a single image no",
+        help="auto: start at once, compile in the background when it pays off (cached on disk); "
+        "compiled: compile first and wait; eager: never (default auto)",
+    )
+    g.add_argument(
+        "--precision",
+        choices=["auto", "fp32", "bf16", "fp16"],
+        default=precision,
+        help="number format of encoder and decoder: auto = bf16 on CPUs with bf16 matrix units, "
+        f"fp16 on GPUs, fp32 elsewhere; fp32 = the official predictor's results (default {precision})",
     )
 
 
@@ -178,7 +185,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     seg.add_argument("--box", metavar="X0,Y0,X1,Y1", help="a box around the object")
     seg.add_argument("--out", metavar="MASK.png", help="output mask (default: IMAGE's name + .mask.png)")
-    _add_model_options(seg)
+    _add_model_options(seg, precision="fp32")
     seg.set_defaults(handler="pipeline.cli.segment:run")
 
     run = sub.add_parser("run", help="segment every frame of a video file or URL, publish masks to Redis")
@@ -460,7 +467,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     bn.add_argument("--batch", type=int, default=1, metavar="N", help="frames per encoder call (default 1)")
     bn.add_argument(
-        "--frames", type=int, default=60, metavar="N", help="frames of the pipeline clip (default 60)"
+        "--frames", type=int, default=24, metavar="N", help="frames of the pipeline clip (default 24)"
     )
     bn.add_argument(
         "--machinery-frames",
@@ -496,7 +503,19 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="encoder input size of the streams (256)",
     )
+    bn.add_argument(
+        "--precision",
+        choices=["auto", "fp32", "bf16", "fp16"],
+        default="auto",
+        help="precision of the encoder suite's second row and of the decoder and pipeline suites (default auto)",
+    )
     bn.set_defaults(handler="pipeline.cli.bench:run")
+
+    wu = sub.add_parser(
+        "warmup", help="compile the encoder and mask decoder for this machine now (cached; runs start fast)"
+    )
+    _add_model_options(wu)
+    wu.set_defaults(handler="pipeline.cli.warmup:run")
 
     wts = sub.add_parser("weights", help="download (once) and verify the released MobileSAM weights")
     wts.add_argument(

@@ -23,6 +23,7 @@ def model_config(args: argparse.Namespace, single_image: bool = False) -> ModelC
         compile_mode = "eager"
     return ModelConfig(
         compile=compile_mode,
+        precision=args.precision,
         image_size=args.image_size,
         device=args.device,
         weights=args.weights,

@@ -71,5 +71,14 @@ def run(args: argparse.Namespace) -> int:
         limits=media_limits(args),
         stall_s=args.stall_s,
         redis_retry_s=args.redis_retry_s,
+        detach=True,
     )
-    return run_local(spec, model, options)
+    code = run_local(spec, model, options)
+    # The results are saved and the embedded Redis stopped: end now. Ray's processes go with this
+    # one (the kernel's parent-death signal, or Ray's reaper) rather than hold the terminal.
+    import os
+    import sys
+
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)

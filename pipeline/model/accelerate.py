@@ -1,19 +1,23 @@
-"""Making MobileSAM fast: memory layout, compilation, chunking, half precision — chosen per device.
+"""Making MobileSAM fast without making anyone wait: memory layout, precision, compiled packages.
 
 Measured with ``samstream bench`` (the numbers live in its output, not here):
 
 * Encoder (78 GFLOP per 1024² frame). The plain eager encoder spends much of its time outside its
-  matrix products: exact GELU, unfused BatchNorm, layout copies. ``torch.compile`` with freezing
-  folds the BatchNorms into the convolutions, pre-packs the weights for oneDNN and fuses the
-  element-wise work; channels-last keeps the convolutions in oneDNN's native layout. On CUDA the
-  encoder runs under float16 autocast.
+  matrix products: exact GELU, unfused BatchNorm, layout copies. Prepared — BatchNorm folded into
+  the convolutions, channels-last, the first stage in strips that stay in cache — it is faster at
+  once, eagerly; compiled ahead of time (AOTInductor, weights frozen and pre-packed for oneDNN,
+  element-wise work fused) faster again. In bfloat16 on a CPU with bfloat16 matrix units it is
+  several times faster than either in float32.
 * Mask decoder. Batching K prompts naively is *slower* per prompt than K single calls on a CPU:
   the decoder copies the 64×64×256 image embedding once per prompt and every intermediate grows
-  K-fold out of cache. Compiled (dynamic batch) and fed in small chunks, it stays in cache; on a
-  GPU the whole batch goes at once.
+  K-fold out of cache. One prompt per call stays in cache; compiled, its element-wise work is
+  fused. On a GPU the whole batch goes at once.
 
-Compiled artefacts are cached on disk (Inductor's caches under the samstream cache folder), so a
-restarted worker is warm in seconds rather than compiling again.
+Nothing waits for a compiler unless asked to (``Compile.COMPILED``): a :class:`Part` runs its
+prepared module eagerly, loads the compiled package when the cache has one, and otherwise lets
+:class:`~pipeline.model.background.BackgroundBuild` build it in another process when that pays
+off, switching to it once it is there. Packages live under the samstream cache folder, keyed by
+versions, shapes, dtype and the weights they embed.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from __future__ import annotations
 import copy
 import os
 import stat
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +39,7 @@ from pipeline.model.weights import default_cache_dir
 # Rows of the 256×256 feature map one tile of the convolutional stage covers (measured best of 4-64).
 TILE_ROWS = 8
 # Part of a compiled package's cache key: bump whenever prepare_encoder's graph changes.
-PACKAGE_FORMAT = 2
+PACKAGE_FORMAT = 3
 
 
 def compile_cache_dir(cache_dir: Path | None) -> Path:
@@ -97,15 +102,16 @@ def fold_batchnorm(encoder: nn.Module) -> nn.Module:
     return encoder
 
 
-def prepare_encoder(encoder: nn.Module, tile: bool) -> nn.Module:
-    """A copy of the encoder ready to compile: tiled first stage, BatchNorm folded, channels-last."""
+def prepare_encoder(encoder: nn.Module, tile: bool, dtype: torch.dtype = torch.float32) -> nn.Module:
+    """A copy of the encoder, fast eagerly and ready to compile: tiled first stage, BatchNorm
+    folded, channels-last, weights in ``dtype``."""
     prepared = tile_conv_stage(encoder) if tile else copy.deepcopy(encoder)
     fold_batchnorm(prepared)
-    return prepared.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+    return prepared.to(dtype=dtype, memory_format=torch.channels_last)  # type: ignore[call-overload]
 
 
-def _artifact_key(encoder: nn.Module, image_size: int, batch: int) -> str:
-    """Identifies a compiled encoder: versions, shapes and a digest of the weights it embeds."""
+def package_key(module: nn.Module, *parts: object) -> str:
+    """Identifies a compiled package: versions, ``parts`` (shapes, dtype) and a digest of the weights it embeds."""
     import hashlib
 
     import kornia
@@ -114,12 +120,18 @@ def _artifact_key(encoder: nn.Module, image_size: int, batch: int) -> str:
 
     h = hashlib.sha256()
     h.update(
-        f"{__version__}|{torch.__version__}|{kornia.__version__}|{image_size}|{batch}|{TILE_ROWS}".encode()
+        "|".join(
+            map(str, (__version__, torch.__version__, kornia.__version__, PACKAGE_FORMAT, *parts))
+        ).encode()
     )
-    for name, value in sorted(encoder.state_dict().items()):
+    for name, value in sorted(module.state_dict().items()):
         h.update(name.encode())
-        h.update(value.detach().cpu().contiguous().numpy().tobytes())
+        h.update(value.detach().cpu().float().contiguous().numpy().tobytes())
     return h.hexdigest()[:20]
+
+
+def packages_dir(cache_dir: Path | None) -> Path:
+    return (cache_dir or default_cache_dir()) / "compiled"
 
 
 def check_private(path: Path, what: str) -> None:
@@ -144,41 +156,50 @@ def check_private(path: Path, what: str) -> None:
         )
 
 
-def load_or_build_package(prepared: nn.Module, example: torch.Tensor, path: Path) -> Any:
-    """The AOTInductor package at ``path``, exported and compiled (frozen weights) if not there yet.
+def build_package(
+    module: nn.Module, example: tuple[torch.Tensor, ...], path: Path, dynamic_shapes: Any = None
+) -> Path:
+    """Export ``module`` at ``example`` and compile it (frozen weights) into the package ``path``.
 
-    Its folder is made mode 0700 when created here; a folder or package that is not the user's
-    own, or that group or others may write, is refused (:func:`check_private`).
+    Written to a temporary file and renamed into place: a concurrent process sees the whole package
+    or none. Its folder is made mode 0700 when created here and must be private to this user.
 
     Raises:
-        UnsafeCacheError: the folder or the package is not private to this user.
+        UnsafeCacheError: the folder is not private to this user.
     """
-    import logging
     import tempfile
 
-    log = logging.getLogger(__name__)
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     check_private(path.parent, "cache folder")
-    if not path.is_file():
-        log.warning("compiling the image encoder for this machine (once; cached at %s)", path)
-        fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".part.pt2", dir=path.parent)
-        os.close(fd)
-        try:
-            with torch.inference_mode():
-                exported = torch.export.export(prepared, (example,))
-                torch._inductor.aoti_compile_and_package(
-                    exported, package_path=tmp, inductor_configs={"freezing": True}
-                )
-            os.replace(tmp, path)  # atomic: a concurrent worker sees the whole file or none
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".part.pt2", dir=path.parent)
+    os.close(fd)
+    try:
+        with torch.inference_mode():
+            exported = torch.export.export(module, example, dynamic_shapes=dynamic_shapes)
+            torch._inductor.aoti_compile_and_package(
+                exported, package_path=tmp, inductor_configs={"freezing": True}
+            )
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def load_package(path: Path) -> Any:
+    """The package at ``path`` as a callable (tensors → list of tensors), after checking that it
+    and its folder are private to this user.
+
+    Raises:
+        UnsafeCacheError: they are not.
+    """
+    check_private(path.parent, "cache folder")
     check_private(path, "package")
     return _load_package(path)
 
 
 def _load_package(path: Path) -> Any:
-    """A tensor → tensor AOTInductor package as a callable, loaded in milliseconds.
+    """An AOTInductor package as a callable (tensors → flat list of tensors), loaded in milliseconds.
 
     ``torch._inductor.aoti_load_package`` imports Inductor and Dynamo (1.2 s) and compiles a test
     program per CPU ISA (1.5 s) only to warn when the package was built for another CPU: 3 s at
@@ -188,97 +209,93 @@ def _load_package(path: Path) -> Any:
     try:
         loader = torch._C._aoti.AOTIModelPackageLoader(str(path), "model", False, 1, -1)
     except (AttributeError, TypeError):
-        return torch._inductor.aoti_load_package(str(path))
+        public = torch._inductor.aoti_load_package(str(path))
 
-    def run(x: torch.Tensor) -> torch.Tensor:
-        (out,) = loader.boxed_run([x])
-        return out
+        def run_public(*xs: torch.Tensor) -> list[torch.Tensor]:
+            out = public(*xs)
+            return list(out) if isinstance(out, (tuple, list)) else [out]
+
+        return run_public
+
+    def run(*xs: torch.Tensor) -> list[torch.Tensor]:
+        return list(loader.boxed_run(list(xs)))
 
     return run
 
 
-class FastEncoder(nn.Module):
-    """The TinyViT encoder, prepared (:func:`prepare_encoder`) and compiled.
+class DecoderCall(nn.Module):
+    """The mask decoder as one traceable call: all four masks and their predicted IoU.
 
-    On a CPU: an AOTInductor package with frozen weights (BatchNorm folded, weights pre-packed for
-    oneDNN), built once per machine, weights and image size and kept under the samstream cache: a
-    restarted worker loads it in milliseconds. It runs one frame per call (measured fastest on a
-    CPU). On CUDA: ``torch.compile`` (Inductor's own disk caches make restarts fast).
-
-    Args:
-        encoder: kornia's TinyViT image encoder, in eval mode.
-        device: where it runs.
-        image_size: the encoder's input side.
-        cache_dir: the samstream cache folder (default ``~/.cache/samstream``).
+    SAM's ``multimask_output`` only picks among them (masks 1-3, or mask 0): picked afterwards, one
+    package serves both.
     """
 
-    def __init__(
-        self, encoder: nn.Module, device: torch.device, image_size: int, cache_dir: Path | None
-    ) -> None:
-        super().__init__()
-        self.encoder = encoder
-        self.device = device
-        self.image_size = image_size
-        self.cache_dir = cache_dir
-        self._fn: Any = None  # prepared and compiled on first use: a decoder-only worker never pays
-
-    def _build(self, example: torch.Tensor) -> Any:
-        prepared = prepare_encoder(self.encoder, tile=self.device.type == "cpu")
-        if self.device.type != "cpu":
-            return torch.compile(prepared, dynamic=False, mode="max-autotune-no-cudagraphs")
-        key = _artifact_key(self.encoder, self.image_size, 1)
-        path = (self.cache_dir or default_cache_dir()) / "compiled" / f"encoder-{self.image_size}-{key}.pt2"
-        package = load_or_build_package(prepared, example[:1], path)
-        return lambda x: torch.cat([package(x[i : i + 1]) for i in range(x.shape[0])])
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x.contiguous(memory_format=torch.channels_last)
-        if self._fn is None:
-            self._fn = self._build(x)
-        return self._fn(x)
-
-
-class FastMaskDecoder(nn.Module):
-    """SAM's mask decoder compiled for any number of prompts, run in chunks of ``chunk`` prompts.
-
-    Args:
-        decoder: kornia's ``MaskDecoder``.
-        chunk: prompts per call (None: all at once). Each prompt's result does not depend on the
-            others, so chunking changes nothing but speed.
-    """
-
-    def __init__(self, decoder: nn.Module, chunk: int | None) -> None:
+    def __init__(self, decoder: nn.Module) -> None:
         super().__init__()
         self.decoder = decoder
-        self.chunk = chunk
-        self._fn: Any = None  # compiled on first use: an encoder-only worker never pays
-
-    def _compiled(self) -> Any:
-        if self._fn is None:
-            self._fn = torch.compile(self.decoder, dynamic=True)
-        return self._fn
 
     def forward(
-        self,
-        image_embeddings: torch.Tensor,
-        image_pe: torch.Tensor,
-        sparse_prompt_embeddings: torch.Tensor,
-        dense_prompt_embeddings: torch.Tensor,
-        multimask_output: bool,
+        self, image: torch.Tensor, image_pe: torch.Tensor, sparse: torch.Tensor, dense: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        k = sparse_prompt_embeddings.shape[0]
-        step = self.chunk or k
-        fn = self._compiled()
-        outs = [
-            fn(
-                image_embeddings,
-                image_pe,
-                sparse_prompt_embeddings[i : i + step],
-                dense_prompt_embeddings[i : i + step],
-                multimask_output,
-            )
-            for i in range(0, k, step)
-        ]
-        if len(outs) == 1:
-            return outs[0]
-        return torch.cat([o[0] for o in outs]), torch.cat([o[1] for o in outs])
+        decoder: Any = self.decoder
+        masks, iou = decoder.predict_masks(image, image_pe, sparse, dense)
+        return masks, iou
+
+
+def pick_masks(masks: torch.Tensor, iou: torch.Tensor, multimask: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """What SAM's decoder returns for ``multimask_output``: masks 1-3, or mask 0 alone."""
+    picked = slice(1, None) if multimask else slice(0, 1)
+    return masks[:, picked], iou[:, picked]
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """One part of the model as it runs on a CPU: the module, and how its package is made.
+
+    Attributes:
+        kind: ``encoder`` or ``mask_decoder``.
+        module: the prepared module (run eagerly until its package is there; what is compiled).
+        example: inputs to export it at.
+        dynamic_shapes: which input dimensions the package takes at any size (torch.export's form).
+        path: where its package lives (the name holds image size, dtype and a key of the weights).
+    """
+
+    kind: str
+    module: nn.Module
+    example: tuple[torch.Tensor, ...]
+    dynamic_shapes: Any
+    path: Path
+
+
+def encoder_recipe(encoder: nn.Module, image_size: int, dtype: torch.dtype, cache_dir: Path | None) -> Recipe:
+    """The TinyViT encoder prepared (:func:`prepare_encoder`), one frame per call."""
+    prepared = prepare_encoder(encoder, tile=True, dtype=dtype)
+    example = torch.zeros(1, 3, image_size, image_size, dtype=dtype).contiguous(
+        memory_format=torch.channels_last
+    )
+    key = package_key(encoder, "encoder", image_size, 1, TILE_ROWS, dtype)
+    path = packages_dir(cache_dir) / f"encoder-{image_size}-{_dtype_name(dtype)}-{key}.pt2"
+    return Recipe("encoder", prepared, (example,), None, path)
+
+
+def decoder_recipe(
+    mask_decoder: nn.Module, image_size: int, dtype: torch.dtype, cache_dir: Path | None
+) -> Recipe:
+    """SAM's mask decoder (:class:`DecoderCall`), one prompt per call, any number of prompt tokens."""
+    side = image_size // 16
+    call = DecoderCall(copy.deepcopy(mask_decoder).to(dtype)).eval()
+    decoder: Any = mask_decoder
+    channels: int = decoder.transformer_dim
+    grid = torch.zeros(1, channels, side, side, dtype=dtype)
+    example = (grid, grid.clone(), torch.zeros(1, 2, channels, dtype=dtype), grid.clone())
+    tokens = torch.export.Dim("tokens", min=1, max=64)
+    dynamic: tuple[dict[int, Any], ...] = ({}, {}, {1: tokens}, {})
+    key = package_key(mask_decoder, "mask_decoder", image_size, dtype)
+    path = packages_dir(cache_dir) / f"mask-decoder-{image_size}-{_dtype_name(dtype)}-{key}.pt2"
+    return Recipe("mask_decoder", call, example, dynamic, path)
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    from pipeline.model.precision import name
+
+    return name(dtype)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
@@ -67,10 +66,14 @@ class MobileSam:
         sam: a kornia ``Sam`` in the MobileSAM layout, built for ``image_size``.
         image_size: encoder input side S.
         device: where the model runs.
-        half: run the image encoder under float16 autocast (CUDA).
+        dtype: the precision of the image encoder and mask decoder (float32: the official
+            predictor's results).
+        compile: see :class:`~pipeline.config.Compile` (``eager``: kornia's modules as they are).
+        cache_dir: the samstream cache (compiled packages live under it).
         random_weights: the weights are random (reported by :attr:`notice`).
-        compiled: compile encoder and decoder (see :mod:`pipeline.model.accelerate`).
-        cache_dir: the samstream cache (compiled artefacts live under it).
+        config: the config the model was built from; with it, compiled packages can be built in
+            the background (:mod:`pipeline.model.background`).
+        tracks: prompts per frame, if known (whether compiling the mask decoder pays off).
     """
 
     def __init__(
@@ -78,32 +81,28 @@ class MobileSam:
         sam: Sam,
         image_size: int,
         device: torch.device,
-        half: bool = False,
-        random_weights: bool = False,
-        compiled: bool = False,
+        dtype: torch.dtype | None = None,
+        compile: Compile = Compile.EAGER,
         cache_dir: Path | None = None,
-        compile_decoder: bool | None = None,
+        random_weights: bool = False,
+        config: ModelConfig | None = None,
+        tracks: int | None = None,
     ) -> None:
+        import torch
+
+        from pipeline.model.runners import EncoderRunner, MaskDecoderRunner
+
         self.sam = sam.to(device).eval()
         self.image_size = image_size
         self.device = device
-        self.half = half
+        self.dtype = dtype or torch.float32
         self.random_weights = random_weights
-        self.compiled = compiled
-        self.encoder: Any = self.sam.image_encoder
-        self.mask_decoder: Any = self.sam.mask_decoder
-        compile_decoder = compiled if compile_decoder is None else compile_decoder
-        if compiled or compile_decoder:
-            from pipeline.model.accelerate import FastEncoder, FastMaskDecoder, use_compile_cache
-
-            use_compile_cache(cache_dir)
-            if compiled:
-                self.encoder = FastEncoder(self.sam.image_encoder, device, image_size, cache_dir)
-            if compile_decoder:
-                # One prompt per call keeps a CPU's decoder in cache; a GPU takes them all at once.
-                self.mask_decoder = FastMaskDecoder(
-                    self.sam.mask_decoder, chunk=None if device.type == "cuda" else 1
-                )
+        self.encoder = EncoderRunner(
+            self.sam.image_encoder, device, image_size, self.dtype, compile, cache_dir, config
+        )
+        self.mask_decoder = MaskDecoderRunner(
+            self.sam.mask_decoder, device, image_size, self.dtype, compile, cache_dir, config, tracks
+        )
 
     @classmethod
     def from_config(cls, config: ModelConfig, tracks: int | None = None) -> MobileSam:
@@ -111,22 +110,30 @@ class MobileSam:
 
         Args:
             config: the model config.
-            tracks: how many tracks this instance will decode per frame, if known. On a CPU the
-                compiled decoder (about ten seconds to set up, even from the cache) pays off only
-                with several tracks; with fewer it stays eager. None: as ``config.compile`` says.
+            tracks: how many tracks this instance will decode per frame, if known (with
+                ``config.workload_frames``: whether compiling the mask decoder pays off).
         """
+        from pipeline.model.precision import resolve
+
         device = pick_device(config.device)
-        half = (device.type == "cuda") if config.half is None else config.half
         return cls(
             load_sam(config),
             config.image_size,
             device,
-            half,
+            resolve(config.precision, device),
+            config.compile,
+            config.cache_dir,
             random_weights=config.weights is Weights.RANDOM,
-            compiled=config.compile is not Compile.EAGER,
-            cache_dir=config.cache_dir,
-            compile_decoder=_compile_decoder(config, device, tracks),
+            config=config,
+            tracks=tracks,
         )
+
+    @property
+    def precision(self) -> str:
+        """``fp32``, ``bf16`` or ``fp16``."""
+        from pipeline.model.precision import name
+
+        return name(self.dtype)
 
     @property
     def notice(self) -> str | None:
@@ -141,13 +148,6 @@ class MobileSam:
     def prepare(self, image: np.ndarray) -> np.ndarray:
         """HxWx3 uint8 RGB → the same resized so that its long side is S (CPU, PIL bilinear)."""
         return resize_longest(image, self.image_size)
-
-    def _autocast(self) -> contextlib.AbstractContextManager[Any]:
-        import torch
-
-        if self.half:
-            return torch.autocast(self.device.type, dtype=torch.float16)
-        return contextlib.nullcontext()
 
     def encode(
         self, frames: Sequence[np.ndarray | Yuv420], original_sizes: Sequence[Size] | None = None
@@ -194,9 +194,9 @@ class MobileSam:
             inputs.append(resized)
             originals.append(orig)
             sizes.append(size)
-        with torch.inference_mode(), self._autocast():
+        with torch.inference_mode():
             x = to_model_input(inputs, self.image_size, self.device, torch.float32)
-            feats = self.encoder(x).float().cpu()
+            feats = self.encoder(x).cpu()
         return [Embedding(feats[i], originals[i], sizes[i]) for i in range(len(inputs))]
 
     def decode(self, embedding: Embedding, requests: Sequence[DecodeRequest]) -> MaskBatch:
@@ -379,19 +379,6 @@ class MobileSam:
             rows = torch.arange(len(requests), device=iou.device)
             return low_res[rows, best][:, None], iou[rows, best]
         return low_res[:, :1], iou[:, 0]
-
-
-# Tracks per frame from which compiling the decoder on a CPU pays back its set-up time within a
-# short clip (measured with `samstream bench --suite decoder` and the pipeline suite).
-COMPILED_DECODER_MIN_TRACKS = 4
-
-
-def _compile_decoder(config: ModelConfig, device: torch.device, tracks: int | None) -> bool:
-    if config.compile is not Compile.AUTO:
-        return config.compile is Compile.COMPILED
-    if tracks is None or device.type == "cuda":
-        return True
-    return tracks >= COMPILED_DECODER_MIN_TRACKS
 
 
 def load_model(config: ModelConfig, tracks: int | None = None) -> Any:

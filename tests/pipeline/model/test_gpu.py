@@ -21,9 +21,11 @@ def test_cuda_half_precision_agrees_with_cpu(checkpoint: Path, compile_mode: str
         ModelConfig(checkpoint=checkpoint, image_size=1024, device="cpu", compile="eager")
     )
     gpu = MobileSam.from_config(
-        ModelConfig(checkpoint=checkpoint, image_size=1024, device="cuda", compile=compile_mode)
+        ModelConfig(
+            checkpoint=checkpoint, image_size=1024, device="cuda", compile=compile_mode, precision="auto"
+        )
     )
-    assert gpu.half
+    assert gpu.precision == "fp16"
     frames = [sample_rgb(480, 640, s) for s in range(4)]
     requests = [DecodeRequest(Prompt(box=(40.0 + 30 * i, 60.0, 300.0 + 30 * i, 400.0))) for i in range(8)]
     for ref, got in zip(cpu.encode(frames), gpu.encode(frames), strict=True):
