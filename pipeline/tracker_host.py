@@ -164,8 +164,11 @@ class TrackerHost:
         return sum(d.tracks for d in self._decoders.values())
 
     def prepare(self, image_size: int, tracks: int) -> None:
-        """Load the model of ``image_size`` now (for ``tracks`` tracks a frame), before any frame asks."""
-        self._segmenter(image_size, tracks)
+        """Load the model of ``image_size`` now (for ``tracks`` tracks a frame), its mask decoder
+        prepared, before any frame asks."""
+        warm = getattr(self._segmenter(image_size, tracks), "warm", None)
+        if warm is not None:
+            warm(decoder=True)
 
     def _segmenter(self, image_size: int, tracks: int) -> Any:
         if image_size not in self._segmenters:

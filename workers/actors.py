@@ -68,7 +68,10 @@ class EncoderWorker:
 
         _threads(threads)
         self.encoders = SizedEncoders(lambda size: load_model(replace(model, image_size=size)))
-        self.encoders.encoder(model.image_size)  # loaded now: the first frames do not wait for it
+        # Loaded now, its encoder prepared: the first frames do not wait for it.
+        warm = getattr(self.encoders.encoder(model.image_size).model, "warm", None)
+        if warm is not None:
+            warm(encoder=True)
 
     def encode(self, frames: Sequence[Frame]) -> list[EncodedFrame]:
         return self.encoders.encode(frames)

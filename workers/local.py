@@ -377,7 +377,7 @@ class _RayStart:
     The thread lives until Ray is shut down: Ray's head processes are started with the parent
     death signal (Linux), which the kernel sends when the *thread* that started them ends. Ray is
     shut down when ``stack`` unwinds, unless ``detach``: then it goes with this process, which
-    must end soon after (``os._exit``; the kernel, or Ray's reaper, ends its processes).
+    must end soon after, with the processes below it (:func:`pipeline.cli.run.end_now`).
     """
 
     def __init__(self, stack: ExitStack, detach: bool) -> None:

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import sys
 from pathlib import Path
+from typing import NoReturn
 
 from pipeline.cli.options import media_limits, model_config
 from pipeline.errors import InvalidInputError
@@ -71,14 +74,60 @@ def run(args: argparse.Namespace) -> int:
         limits=media_limits(args),
         stall_s=args.stall_s,
         redis_retry_s=args.redis_retry_s,
-        detach=True,
+        detach=sys.platform == "linux",
     )
     code = run_local(spec, model, options)
-    # The results are saved and the embedded Redis stopped: end now. Ray's processes go with this
-    # one (the kernel's parent-death signal, or Ray's reaper) rather than hold the terminal.
+    if options.detach:
+        # An embedded Redis still up is another process's now (a `watch` beside the run): spared.
+        spare = set() if args.redis_url else {embedded_redis_pid(options.out_dir / "redis")}
+        end_now(code, spare)
+    return code
+
+
+def embedded_redis_pid(data_dir: Path) -> int:
+    """The pid recorded for the embedded Redis of ``data_dir`` (0: none)."""
+    import json
+
+    from pipeline.streams.server import STATE_FILE
+
+    try:
+        return int(json.loads((data_dir / STATE_FILE).read_text())["pid"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return 0
+
+
+def end_now(code: int, spare: set[int] | frozenset[int] = frozenset()) -> NoReturn:
+    """End this process at once with ``code``, and every process below it (Ray's head processes,
+    its workers and agents, a background compile): the results are saved and the embedded Redis
+    stopped already (or left to another process that uses it: ``spare`` and what is below it),
+    so nothing is left to wait for. Ray's own shutdown takes a second or more, and some of its
+    agents outlive their raylet by minutes."""
     import os
-    import sys
+    import signal
 
     sys.stdout.flush()
     sys.stderr.flush()
+    spared = {p for s in spare if s for p in (s, *descendants(s))}
+    for pid in descendants(os.getpid()) - spared:
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGKILL)
     os._exit(code)
+
+
+def descendants(pid: int, proc: Path = Path("/proc")) -> set[int]:
+    """Every live process below ``pid``, from /proc (Linux)."""
+    children: dict[int, list[int]] = {}
+    for stat in proc.glob("[0-9]*/stat"):
+        try:
+            parent = int(stat.read_text().rpartition(")")[2].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        children.setdefault(parent, []).append(int(stat.parent.name))
+    found: set[int] = set()
+    todo = [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            if child not in found:
+                found.add(child)
+                todo.append(child)
+    return found

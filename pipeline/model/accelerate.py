@@ -174,6 +174,8 @@ def build_package(
     fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".part.pt2", dir=path.parent)
     os.close(fd)
     try:
+        if callable(dynamic_shapes):
+            dynamic_shapes = dynamic_shapes()
         with torch.inference_mode():
             exported = torch.export.export(module, example, dynamic_shapes=dynamic_shapes)
             torch._inductor.aoti_compile_and_package(
@@ -256,7 +258,8 @@ class Recipe:
         kind: ``encoder`` or ``mask_decoder``.
         module: the prepared module (run eagerly until its package is there; what is compiled).
         example: inputs to export it at.
-        dynamic_shapes: which input dimensions the package takes at any size (torch.export's form).
+        dynamic_shapes: which input dimensions the package takes at any size (torch.export's form),
+            or a function that gives them (torch.export takes a while to import: only a build needs it).
         path: where its package lives (the name holds image size, dtype and a key of the weights).
     """
 
@@ -288,8 +291,10 @@ def decoder_recipe(
     channels: int = decoder.transformer_dim
     grid = torch.zeros(1, channels, side, side, dtype=dtype)
     example = (grid, grid.clone(), torch.zeros(1, 2, channels, dtype=dtype), grid.clone())
-    tokens = torch.export.Dim("tokens", min=1, max=64)
-    dynamic: tuple[dict[int, Any], ...] = ({}, {}, {1: tokens}, {})
+
+    def dynamic() -> tuple[dict[int, Any], ...]:
+        return ({}, {}, {1: torch.export.Dim("tokens", min=1, max=64)}, {})
+
     key = package_key(mask_decoder, "mask_decoder", image_size, dtype)
     path = packages_dir(cache_dir) / f"mask-decoder-{image_size}-{_dtype_name(dtype)}-{key}.pt2"
     return Recipe("mask_decoder", call, example, dynamic, path)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -113,6 +114,7 @@ class EncoderRunner(nn.Module):
         self.device = device
         self.dtype = dtype
         self.part: Part | None = None
+        self._make: Callable[[], Part] | None = None  # the CPU part, made at first use (or ready())
         self.module: Any = encoder
         if device.type == "cuda":
             if compile is Compile.COMPILED:
@@ -126,9 +128,19 @@ class EncoderRunner(nn.Module):
             # kornia's own module: in float32 exactly the official predictor's encoder.
             self.module = encoder if dtype == torch.float32 else _copy_to(encoder, dtype)
         else:
-            recipe = encoder_recipe(encoder, image_size, dtype, cache_dir)
-            workload = None if config is None else config.workload_frames
-            self.part = Part(recipe, compile, _background(recipe, config, dtype, workload))
+
+            def make() -> Part:
+                recipe = encoder_recipe(encoder, image_size, dtype, cache_dir)
+                workload = None if config is None else config.workload_frames
+                return Part(recipe, compile, _background(recipe, config, dtype, workload))
+
+            self._make = make
+
+    def ready(self) -> Part | None:
+        """Prepare (or load) the CPU part now rather than at the first call; None where there is none."""
+        if self.part is None and self._make is not None:
+            self.part, self._make = self._make(), None
+        return self.part
 
     @property
     def compiled(self) -> bool:
@@ -138,11 +150,12 @@ class EncoderRunner(nn.Module):
         if self.device.type == "cuda":
             with _autocast(self.dtype):
                 return self.module(x).float()
-        if self.part is None:
+        part = self.ready()
+        if part is None:
             return self.module(x.to(self.dtype)).float()
         x = x.to(self.dtype).contiguous(memory_format=torch.channels_last)
         # One frame per call: measured fastest on a CPU, and the package's shape.
-        out = torch.cat([self.part(x[i : i + 1])[0] for i in range(x.shape[0])])
+        out = torch.cat([part(x[i : i + 1])[0] for i in range(x.shape[0])])
         return out.float().contiguous()  # plain NCHW, whatever layout the prepared encoder gives
 
 
@@ -178,6 +191,7 @@ class MaskDecoderRunner(nn.Module):
         self.device = device
         self.dtype = dtype
         self.part: Part | None = None
+        self._make: Callable[[], Part] | None = None
         self.module: Any = decoder
         if device.type == "cuda":
             if compile is Compile.COMPILED:
@@ -186,10 +200,20 @@ class MaskDecoderRunner(nn.Module):
         elif compile is Compile.EAGER:
             self.module = decoder if dtype == torch.float32 else _copy_to(decoder, dtype)
         else:
-            recipe = decoder_recipe(decoder, image_size, dtype, cache_dir)
-            frames = None if config is None else config.workload_frames
-            calls = None if frames is None or tracks is None else frames * max(1, tracks)
-            self.part = Part(recipe, compile, _background(recipe, config, dtype, calls))
+
+            def make() -> Part:
+                recipe = decoder_recipe(decoder, image_size, dtype, cache_dir)
+                frames = None if config is None else config.workload_frames
+                calls = None if frames is None or tracks is None else frames * max(1, tracks)
+                return Part(recipe, compile, _background(recipe, config, dtype, calls))
+
+            self._make = make
+
+    def ready(self) -> Part | None:
+        """Prepare (or load) the CPU part now rather than at the first call; None where there is none."""
+        if self.part is None and self._make is not None:
+            self.part, self._make = self._make(), None
+        return self.part
 
     @property
     def compiled(self) -> bool:
@@ -219,11 +243,10 @@ class MaskDecoderRunner(nn.Module):
         image, pe = image_embeddings.to(dt).contiguous(), image_pe.to(dt).contiguous()
         sparse, dense = sparse_prompt_embeddings.to(dt), dense_prompt_embeddings.to(dt)
         outs = []
+        part = self.ready()
         for i in range(sparse.shape[0]):
-            if self.part is not None:
-                masks, iou = self.part(
-                    image, pe, sparse[i : i + 1].contiguous(), dense[i : i + 1].contiguous()
-                )
+            if part is not None:
+                masks, iou = part(image, pe, sparse[i : i + 1].contiguous(), dense[i : i + 1].contiguous())
                 outs.append(pick_masks(masks, iou, multimask_output))
             else:
                 outs.append(self.module(image, pe, sparse[i : i + 1], dense[i : i + 1], multimask_output))

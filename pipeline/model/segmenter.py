@@ -128,6 +128,14 @@ class MobileSam:
             tracks=tracks,
         )
 
+    def warm(self, encoder: bool = False, decoder: bool = False) -> None:
+        """Prepare the image encoder and/or the mask decoder now (load their packages, or make
+        their eager modules) rather than at their first call: a worker's first frame does not wait."""
+        if encoder:
+            self.encoder.ready()
+        if decoder:
+            self.mask_decoder.ready()
+
     @property
     def precision(self) -> str:
         """``fp32``, ``bf16`` or ``fp16``."""

@@ -30,6 +30,7 @@ def _run_args(clip: Path, prompts: Path, checkpoint: Path, data: Path, job: str)
     return [
         "run", str(clip), "--prompts", str(prompts), "--checkpoint", str(checkpoint), "--image-size", "256",
         "--job-id", job, "--data-dir", str(data), "--min-score", "0", "--no-progress", "--compile", "eager",
+        "--precision", "fp32",  # compared with an fp32 reference
     ]  # fmt: skip
 
 

@@ -67,7 +67,7 @@ def test_sixty_frames_two_tracks_exactly_once(
     data = tmp_path / "out"
     res = cli(
         "run", str(clip60), "--prompts", str(prompts), "--checkpoint", str(checkpoint), "--image-size", "256",
-        "--job-id", "e2e", "--data-dir", str(data), "--min-score", "0", "--no-progress",
+        "--job-id", "e2e", "--data-dir", str(data), "--min-score", "0", "--no-progress", "--precision", "fp32",
     )  # fmt: skip
     assert res.returncode == 0, res.stderr
     assert "job e2e succeeded: 60 frames" in res.stdout
@@ -93,7 +93,7 @@ def test_sixty_frames_two_tracks_exactly_once(
     # Running the finished job again publishes nothing more.
     again = cli(
         "run", str(clip60), "--prompts", str(prompts), "--checkpoint", str(checkpoint), "--image-size", "256",
-        "--job-id", "e2e", "--data-dir", str(data), "--min-score", "0", "--no-progress",
+        "--job-id", "e2e", "--data-dir", str(data), "--min-score", "0", "--no-progress", "--precision", "fp32",
     )  # fmt: skip
     assert again.returncode == 0 and "finished already" in again.stdout
     assert len(r.raw_ids("e2e")) == 60

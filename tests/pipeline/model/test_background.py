@@ -87,7 +87,7 @@ def test_the_python_api_answers_at_once_on_an_empty_cache(tmp_path: Path) -> Non
 def test_a_background_build_is_used_once_ready_and_dies_with_its_parent(tmp_path: Path) -> None:
     config = ModelConfig(weights="random", image_size=64, cache_dir=tmp_path)
     model = MobileSam.from_config(config)
-    part = model.mask_decoder.part
+    part = model.mask_decoder.ready()
     assert part is not None and part.build is not None and part.build.policy.expected_calls is None
     emb = model.encode([sample_rgb(64, 64, 0)])[0]
     requests = [DecodeRequest(Prompt(box=(8.0, 8.0, 40.0, 40.0)))]
