@@ -323,7 +323,8 @@ class Tracker:
 
     def _request(self, state: TrackState, embedding: Embedding) -> DecodeRequest:
         if state.needs_prompt or state.box is None:
-            return DecodeRequest(state.prompt)  # multimask as Prompt.multimask says
+            # multimask as Prompt.multimask says; a mask prompt's mask becomes the mask input
+            return DecodeRequest.of(state.prompt, embedding, self.segmenter.low_res_size)
         cfg = self.config
         height, width = embedding.original_size
         box = grow_box(state.box, cfg.box_margin, cfg.min_margin, width, height)
