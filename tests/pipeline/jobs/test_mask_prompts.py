@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from pipeline.mask_prompt import MaskPrompt
@@ -78,10 +79,11 @@ def test_a_live_track_is_re_prompted_from_a_mask_and_a_wrong_sized_one_is_an_err
     assert _iou(published[min(published)][1][1], truth(min(published))[0]) >= 0.9
 
 
-def test_a_mask_of_another_size_fails_the_job_when_its_source_opens(rig) -> None:
+@pytest.mark.parametrize(("source", "live"), [("file:10", False), ("feed:100", True)])
+def test_a_mask_of_another_size_fails_the_job_when_its_source_opens(rig, source: str, live: bool) -> None:
     r = rig()
     mask = Prompt(mask=MaskPrompt.from_array(np.ones((480, 640), bool)))
-    spec = JobSpec(source="file:10", tracks=(TrackSpec(1, mask),), image_size=256)
+    spec = JobSpec(source=source, tracks=(TrackSpec(1, mask),), image_size=256, live=live)
     r.store.create("wrong", spec.to_dict())
     r.driver.submit("wrong")
     r.run()
