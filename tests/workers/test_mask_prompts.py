@@ -8,6 +8,7 @@ is checked with a segmenter that knows the scene (``tests/pipeline/jobs/test_mas
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import numpy as np
@@ -94,3 +95,50 @@ def test_bad_mask_prompts_are_one_line(tmp_path: Path, results) -> None:
         errors = [line for line in res.stderr.splitlines() if line.startswith("samstream: error:")]
         assert len(errors) == 1 and expected in errors[0], res.stderr
     assert results(tmp_path / "small").job("small")["status"] == "failed"
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(240)
+def test_a_live_job_starts_and_is_re_prompted_from_masks(tmp_path: Path, results) -> None:
+    from tests.fixtures.streams import StreamSender
+    from tests.workers.conftest import popen, wait_for_entries
+
+    Image.fromarray(object_masks(0)[0].astype(np.uint8) * 255).save(tmp_path / "first.png")
+    Image.fromarray(object_masks(0)[1].astype(np.uint8) * 255).save(tmp_path / "second.png")
+    Image.fromarray(np.full((120, 160), 255, np.uint8)).save(tmp_path / "small.png")
+    data = tmp_path / "out"
+    options = ["--weights", "random", "--image-size", "256", "--compile", "eager", "--min-score", "0",
+               "--data-dir", str(data), "--no-progress"]  # fmt: skip
+    with StreamSender("udp", fps=30) as sender:
+        proc = popen(
+            "run", sender.url, "--mask-prompt", f"1={tmp_path / 'first.png'}", "--job-id", "live", *options
+        )
+        r = wait_for_entries(results, data, "live", 3, proc)
+        for args in (("reprompt", "live", "1", "--mask", str(tmp_path / "second.png")),
+                     ("add", "live", "3", "--mask", str(tmp_path / "small.png"))):  # fmt: skip
+            sent = cli("track", *args, "--data-dir", str(data))
+            assert sent.returncode == 0, sent.stderr
+        while not any(e["type"] == "error" for _, e in r.client.xrange(r.keys.events("live"))):
+            assert proc.poll() is None, proc.communicate()
+            time.sleep(0.1)
+        at = len(r.raw_ids("live"))
+        while len(r.raw_ids("live")) < at + 3:
+            time.sleep(0.1)
+        assert cli("stop", "live", "--data-dir", str(data)).returncode == 0
+        _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    assert r.job("live")["status"] == "succeeded"
+    events = [e for _, e in r.client.xrange(r.keys.events("live"))]
+    assert any(e["type"] == "track_reprompted" and e["track"] == "1" for e in events)
+    (error,) = [e for e in events if e["type"] == "error"]
+    assert error["track"] == "3" and "the mask prompt is 160x120 but the frame is 320x240" in error["detail"]
+    assert all([t.track_id for t in e.tracks] == [1] for _, e in r.entries("live"))  # 3 never started
+
+    # A live job whose own mask prompt has another size fails at its first frame, with both sizes.
+    with StreamSender("udp", fps=30) as sender:
+        res = cli("run", sender.url, "--mask-prompt", f"1={tmp_path / 'small.png'}", "--job-id", "small", *options,
+                  timeout=120)  # fmt: skip
+    assert res.returncode == 1 and "Traceback" not in res.stderr
+    errors = [line for line in res.stderr.splitlines() if line.startswith("samstream: error:")]
+    assert len(errors) == 1 and "the mask prompt is 160x120 but the frame is 320x240" in errors[0], res.stderr
+    assert r.job("small")["status"] == "failed"
