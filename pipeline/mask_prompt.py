@@ -55,6 +55,11 @@ class MaskPrompt:
     area: int = field(init=False, compare=False, repr=False)
 
     def __post_init__(self) -> None:
+        if not isinstance(self.counts, str):  # the compact form only: from_rle converts the others
+            raise PromptError(
+                f"MaskPrompt counts must be the compressed string, got {type(self.counts).__name__} "
+                "(use MaskPrompt.from_rle)"
+            )
         rle = {"size": list(self.size), "counts": self.counts}
         try:
             area = rle_area(rle)

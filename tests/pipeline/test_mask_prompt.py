@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pickle
 from pathlib import Path
 
 import numpy as np
@@ -56,6 +57,11 @@ def test_a_mask_prompt_keeps_pycocotools_rle_from_any_form() -> None:
         assert m.box == mask_bbox(mask)
         assert np.array_equal(m.array(), mask)
     assert MaskPrompt.from_array(mask) == MaskPrompt.from_rle(want)
+    with pytest.raises(PromptError, match=r"use MaskPrompt\.from_rle"):
+        MaskPrompt(SIZE, runs(mask))  # type: ignore[arg-type]
+    # Ray pickles prompts (control commands, specs): the derived fields come along.
+    copy = pickle.loads(pickle.dumps(Prompt(mask=MaskPrompt.from_array(mask))))
+    assert copy.mask is not None and copy.mask.box == mask_bbox(mask) and copy.mask.area == mask.sum()
 
 
 @pytest.mark.parametrize(
