@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.errors import ImageReadError, InvalidInputError
+from pipeline.errors import ImageReadError, InvalidInputError, PromptError
 
 
 def read_image(path: str | Path) -> np.ndarray:
@@ -45,3 +45,62 @@ def write_mask_png(mask: np.ndarray, path: str | Path) -> Path:
     except (OSError, ValueError) as exc:
         raise InvalidInputError(f"cannot write {p}: {exc}") from None
     return p
+
+
+def read_mask(path: str | Path) -> np.ndarray:
+    """Read a mask image (PNG or any lossless format PIL reads) as an (H, W) bool array.
+
+    The mask is one channel with at most two values: 0 the background, the other the object.
+    Which channel: a greyscale image's grey (1-bit, 8-bit or 16-bit), a palette image's palette
+    index, and the alpha of an image with alpha (RGBA, LA: transparent background, opaque
+    object). A colour image without alpha, or a channel with more than two values (a photo, an
+    anti-aliased or JPEG-compressed mask, a palette image labelling several objects), is refused:
+    which of its pixels are the object would be a guess. No EXIF rotation is applied: the mask
+    must line up with the video's frames as stored.
+
+    Raises:
+        ImageReadError: the file is missing or not a readable image.
+        PromptError: the image is not a mask, as said above, or it is empty.
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    p = Path(path)
+    if not p.is_file():
+        raise ImageReadError(f"cannot read mask {p}: no such file")
+    try:
+        with Image.open(p) as img:
+            mode = img.mode
+            channel = None
+            if mode in ("RGBA", "LA", "PA"):
+                channel = np.array(img.getchannel("A"))
+            elif mode in ("1", "L", "P", "I;16", "I;16B", "I;16L", "I"):
+                channel = np.array(img)
+    except UnidentifiedImageError:
+        raise ImageReadError(
+            f"cannot read mask {p}: not an image file, or a format PIL does not know"
+        ) from None
+    except (OSError, ValueError, SyntaxError) as exc:
+        raise ImageReadError(f"cannot read mask {p}: {exc}") from None
+    if channel is None:
+        raise PromptError(
+            f"mask {p} is a {mode} image: give a greyscale, palette or alpha (RGBA) image "
+            "where 0 is the background"
+        )
+    alpha = mode in ("RGBA", "LA", "PA")
+    values = np.unique(channel)
+    if values.size > 2 or (values.size == 2 and values[0] != 0):
+        shown = ", ".join(str(v) for v in values[:5]) + (", …" if values.size > 5 else "")
+        what = "alpha" if alpha else "palette index" if mode == "P" else "grey"
+        raise PromptError(
+            f"mask {p} is not a mask: its {what} has {values.size} values ({shown}); "
+            "expected 0 (background) and one other value (the object)"
+        )
+    if alpha and values.size == 1 and values[0] != 0:
+        raise PromptError(
+            f"mask {p} is opaque everywhere: in a mask with alpha, the background is transparent"
+        )
+    mask = channel != 0
+    if not mask.any():
+        height, width = mask.shape
+        raise PromptError(f"mask {p} ({width}x{height}) is empty: no pixel is the object")
+    return mask

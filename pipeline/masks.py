@@ -107,6 +107,55 @@ def rle_area(rle: Mapping[str, Any]) -> int:
     return int(counts[1::2].sum())
 
 
+def rle_bbox(rle: Mapping[str, Any]) -> tuple[int, int, int, int] | None:
+    """The tight bounding box of a COCO RLE's foreground, from its run lengths (no mask is decoded).
+
+    Args:
+        rle: as for :func:`decode_rle`.
+
+    Returns:
+        (x0, y0, x1, y1) in pixels, XYXY with x1 and y1 exclusive (as :func:`mask_bbox`), or None
+        if the mask is empty.
+
+    Raises:
+        InvalidInputError: as for :func:`decode_rle`.
+    """
+    (h, _), counts = _parse(rle)
+    ends = np.cumsum(counts)
+    starts = ends - counts
+    fg = np.flatnonzero(counts[1::2]) * 2 + 1  # foreground runs that hold a pixel
+    if fg.size == 0:
+        return None
+    first, last = starts[fg], ends[fg] - 1  # column-major positions of each run's first and last pixel
+    col0, col1 = first // h, last // h
+    # A run within one column covers its own rows; one that wraps into the next column reaches
+    # the bottom of the first and the top of the next, so every row between.
+    wraps = col1 > col0
+    y0 = np.where(wraps, 0, first % h).min()
+    y1 = np.where(wraps, h - 1, last % h).max() + 1
+    return int(col0.min()), int(y0), int(col1.max()) + 1, int(y1)
+
+
+def compress_rle(rle: Mapping[str, Any]) -> dict[str, Any]:
+    """The same RLE with compressed string counts (uncompressed list counts are re-written).
+
+    Args:
+        rle: as for :func:`decode_rle`.
+
+    Returns:
+        ``{"size": [H, W], "counts": str}``, as :func:`encode_rle` writes for the same mask.
+
+    Raises:
+        InvalidInputError: as for :func:`decode_rle`.
+    """
+    (h, w), counts = _parse(rle)
+    # pycocotools never writes a zero-length run after the first; merging them keeps the string
+    # equal to encode_rle's for the same mask (a zero run joins its two neighbours into one).
+    if counts.size > 1 and not counts[1:].all():
+        counts = _runs(decode_rle(rle))
+    return {"size": [h, w], "counts": _counts_to_string(counts)}
+
+
 def mask_bbox(mask: npt.NDArray[Any]) -> tuple[int, int, int, int] | None:
     """The tight bounding box of a mask's foreground.
 

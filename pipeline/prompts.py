@@ -1,7 +1,8 @@
-"""Prompts: the points and boxes that say which object a track follows.
+"""Prompts: the points, boxes and masks that say which object a track follows.
 
 Coordinates are pixels of the original frame, x to the right and y down, origin at the top-left
-corner of the top-left pixel; a box is XYXY. Everything is validated here, at the edge, so the
+corner of the top-left pixel; a box is XYXY; a mask (:class:`~pipeline.mask_prompt.MaskPrompt`)
+is a COCO RLE of the frame's size. Everything is validated here, at the edge, so the
 model and tracking code can trust what they get.
 """
 
@@ -13,7 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pipeline.errors import InvalidInputError, PromptError
+from pipeline.errors import ImageReadError, InvalidInputError, PromptError
+from pipeline.mask_prompt import MaskPrompt
 
 Point = tuple[float, float]
 Box = tuple[float, float, float, float]
@@ -30,17 +32,21 @@ def _finite(values: Iterable[float], what: str) -> None:
 
 @dataclass(frozen=True)
 class Prompt:
-    """Points and/or a box for one object.
+    """Points, a box and/or a mask for one object.
 
     Attributes:
         points: (x, y) pixel coordinates.
         labels: one per point, 1 = on the object, 0 = not on the object.
         box: (x0, y0, x1, y1) or None.
+        mask: the object's mask, or None. It is decoded as SAM's mask input, with the box
+            around it unless ``box`` is given (:meth:`DecodeRequest.of
+            <pipeline.model.types.DecodeRequest.of>`).
     """
 
     points: tuple[Point, ...] = ()
     labels: tuple[int, ...] = ()
     box: Box | None = None
+    mask: MaskPrompt | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "points", tuple((float(x), float(y)) for x, y in self.points))
@@ -63,16 +69,21 @@ class Prompt:
             if not (x0 < x1 and y0 < y1):
                 raise PromptError(f"a box needs X0 < X1 and Y0 < Y1, got {_fmt(box)}")
             object.__setattr__(self, "box", box)
-        if self.box is None and POSITIVE not in self.labels:
-            raise PromptError("a prompt needs a box or at least one positive point")
+        if self.mask is not None and not isinstance(self.mask, MaskPrompt):
+            raise PromptError(f"a prompt's mask must be a MaskPrompt, got {type(self.mask).__name__}")
+        if self.box is None and self.mask is None and POSITIVE not in self.labels:
+            raise PromptError("a prompt needs a box, a mask or at least one positive point")
 
     @property
     def multimask(self) -> bool:
         """Whether the prompt is ambiguous (a single point): SAM then picks the best of three masks."""
-        return self.box is None and len(self.points) == 1
+        return self.box is None and self.mask is None and len(self.points) == 1
 
     def check_inside(self, width: int, height: int) -> None:
-        """Raise :class:`PromptError` if a point or the box lies outside a ``width`` x ``height`` image."""
+        """Raise :class:`PromptError` if a point or the box lies outside a ``width`` x ``height``
+        image, or the mask is not of its size."""
+        if self.mask is not None:
+            self.mask.check_size(width, height)
         for x, y in self.points:
             if not (0 <= x <= width and 0 <= y <= height):
                 raise PromptError(
@@ -88,17 +99,26 @@ class Prompt:
         out: dict[str, Any] = {"points": [list(p) for p in self.points], "labels": list(self.labels)}
         if self.box is not None:
             out["box"] = list(self.box)
+        if self.mask is not None:
+            out["mask"] = self.mask.to_rle()
         return out
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Prompt:
-        """Build from ``{"points": [[x, y], ...], "labels": [1, ...], "box": [x0, y0, x1, y1]}``."""
+        """Build from ``{"points": [[x, y], ...], "labels": [1, ...], "box": [x0, y0, x1, y1],
+        "mask": {"size": [H, W], "counts": "..."}}`` (each part optional, the mask a COCO RLE)."""
         points = [tuple(p) for p in data.get("points", [])]
         if any(len(p) != 2 for p in points):
             raise PromptError(f"each point needs 2 numbers [x, y], got {data.get('points')}")
         labels = data.get("labels", [POSITIVE] * len(points))
         box = data.get("box")
-        return cls(points=tuple(points), labels=tuple(labels), box=None if box is None else tuple(box))
+        mask = data.get("mask")
+        return cls(
+            points=tuple(points),
+            labels=tuple(labels),
+            box=None if box is None else tuple(box),
+            mask=None if mask is None else MaskPrompt.from_rle(mask),
+        )
 
 
 @dataclass(frozen=True)
@@ -152,21 +172,55 @@ def parse_box(text: str) -> Box:
 
 
 def single_prompt(
-    points: Sequence[Point] = (), negatives: Sequence[Point] = (), box: Box | None = None
+    points: Sequence[Point] = (),
+    negatives: Sequence[Point] = (),
+    box: Box | None = None,
+    mask: MaskPrompt | None = None,
 ) -> Prompt:
-    """One prompt from CLI-style positive points, negative points and an optional box."""
+    """One prompt from CLI-style positive points, negative points, an optional box and mask."""
     return Prompt(
         points=tuple(points) + tuple(negatives),
         labels=(POSITIVE,) * len(points) + (NEGATIVE,) * len(negatives),
         box=box,
+        mask=mask,
     )
 
 
-def tracks_from_cli(points: Sequence[str], boxes: Sequence[str]) -> list[TrackSpec]:
-    """Each ``--point`` and each ``--box`` starts one track, ids 1, 2, … in that order."""
+def parse_mask_prompt(text: str) -> TrackSpec:
+    """Parse ``"ID=FILE.png"``: track ``ID`` starts from the mask in that image (see
+    :func:`pipeline.imageio.read_mask` for which images are masks).
+
+    Raises:
+        PromptError: not ``ID=FILE``, or the image is not a mask.
+        ImageReadError: the image cannot be read.
+    """
+    from pipeline.imageio import read_mask
+
+    track, sep, path = str(text).partition("=")
+    try:
+        track_id = int(track)
+    except ValueError:
+        track_id = 0
+    if not sep or not path or track_id < 1:
+        raise PromptError(f"a mask prompt must be ID=FILE with an ID >= 1, like 1=car.png, got {text!r}")
+    return TrackSpec(track_id, Prompt(mask=MaskPrompt.from_array(read_mask(path))))
+
+
+def tracks_from_cli(
+    points: Sequence[str], boxes: Sequence[str], masks: Sequence[str] = ()
+) -> list[TrackSpec]:
+    """Each ``--point``, ``--box`` and ``--mask-prompt ID=FILE`` starts one track.
+
+    A mask prompt names its track id; the point and box tracks take the lowest ids not named, in
+    the order points, then boxes (ids 1, 2, … without mask prompts).
+    """
+    named = [parse_mask_prompt(m) for m in masks]
+    check_unique_ids(named)
     prompts = [single_prompt(points=[parse_point(p)]) for p in points]
     prompts += [single_prompt(box=parse_box(b)) for b in boxes]
-    return [TrackSpec(i + 1, p) for i, p in enumerate(prompts)]
+    taken = {t.track_id for t in named}
+    free = (i for i in range(1, len(taken) + len(prompts) + 1) if i not in taken)
+    return [TrackSpec(i, p) for i, p in zip(free, prompts, strict=False)] + named
 
 
 def load_prompts_file(path: str | Path) -> list[TrackSpec]:
@@ -180,6 +234,9 @@ def load_prompts_file(path: str | Path) -> list[TrackSpec]:
             negative: [[300, 40]] # optional negative points
             box: [10, 20, 200, 180]
             start_frame: 20       # optional, default 0
+          - id: 2
+            mask: car.png         # a mask image, relative to the prompts file's folder, or
+                                  # a COCO RLE {size: [H, W], counts: "..."}
     """
     import yaml
 
@@ -197,21 +254,31 @@ def load_prompts_file(path: str | Path) -> list[TrackSpec]:
     for i, item in enumerate(items):
         if not isinstance(item, dict):
             raise InvalidInputError(f"prompts file {p}: track #{i + 1} must be a mapping, got {item!r}")
-        unknown = set(item) - {"id", "points", "negative", "box", "start_frame"}
+        unknown = set(item) - {"id", "points", "negative", "box", "mask", "start_frame"}
         if unknown:
             raise InvalidInputError(f"prompts file {p}: track #{i + 1} has unknown keys {sorted(unknown)}")
         try:
             pos = [_pair(v) for v in item.get("points") or []]
             neg = [_pair(v) for v in item.get("negative") or []]
             box = item.get("box")
-            prompt = single_prompt(pos, neg, tuple(float(v) for v in box) if box is not None else None)  # type: ignore[arg-type]
+            mask = None if item.get("mask") is None else _file_mask(item["mask"], p.parent)
+            prompt = single_prompt(pos, neg, tuple(float(v) for v in box) if box is not None else None, mask)  # type: ignore[arg-type]
             specs.append(TrackSpec(int(item.get("id", i + 1)), prompt, int(item.get("start_frame", 0))))
-        except (PromptError, InvalidInputError) as exc:
+        except (PromptError, InvalidInputError, ImageReadError) as exc:
             raise InvalidInputError(f"prompts file {p}: track #{i + 1}: {exc}") from None
         except (TypeError, ValueError) as exc:
             raise InvalidInputError(f"prompts file {p}: track #{i + 1}: {exc}") from None
     check_unique_ids(specs)
     return specs
+
+
+def _file_mask(value: Any, folder: Path) -> MaskPrompt:
+    """A prompts file's ``mask``: a COCO RLE mapping, or an image's path (relative to ``folder``)."""
+    if isinstance(value, str):
+        from pipeline.imageio import read_mask
+
+        return MaskPrompt.from_array(read_mask(folder / value))
+    return MaskPrompt.from_rle(value)
 
 
 def _pair(value: Any) -> Point:

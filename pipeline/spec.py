@@ -43,7 +43,9 @@ class JobSpec:
         if not self.source:
             raise InvalidInputError("a job needs a source (a file path or URL)")
         if not self.tracks:
-            raise InvalidInputError("a job needs at least one track: give --point, --box or --prompts")
+            raise InvalidInputError(
+                "a job needs at least one track: give --point, --box, --mask-prompt or --prompts"
+            )
         check_unique_ids(self.tracks)
         if self.stride < 1:
             raise InvalidInputError(f"stride must be >= 1, got {self.stride}")

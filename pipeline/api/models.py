@@ -30,8 +30,24 @@ def _finite(values: list[float]) -> list[float]:
     return values
 
 
+class MaskBody(BaseModel):
+    """A binary mask of the object as a COCO RLE, of the source frame's size (pycocotools' format)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    size: list[int] = Field(min_length=2, max_length=2, description="[H, W]", examples=[[240, 320]])
+    counts: str | list[int] = Field(
+        description="compressed counts string (as pycocotools writes it), or the list of run "
+        "lengths (column-major, starting with background)",
+        examples=["heT11]74M2O0O20N101N3LjVT1"],
+    )
+
+
 class PromptBody(BaseModel):
-    """Points (with labels: 1 object, 0 background) and/or a box, in pixels of the source frame."""
+    """Points (with labels: 1 object, 0 background), a box and/or a mask, in the source frame's pixels.
+
+    A mask is decoded as SAM's mask input, with the box around it unless a box is given.
+    """
 
     model_config = ConfigDict(extra="forbid")
 
@@ -48,6 +64,8 @@ class PromptBody(BaseModel):
         description="[x0, y0, x1, y1]",
         examples=[[10, 20, 200, 180]],
     )
+
+    mask: MaskBody | None = Field(default=None, description="the object's mask (COCO RLE)")
 
     @field_validator("points")
     @classmethod
@@ -69,6 +87,8 @@ class PromptBody(BaseModel):
             data["labels"] = self.labels
         if self.box is not None:
             data["box"] = self.box
+        if self.mask is not None:
+            data["mask"] = {"size": self.mask.size, "counts": self.mask.counts}
         return Prompt.from_dict(data)
 
 

@@ -143,6 +143,8 @@ def _send(args: argparse.Namespace, command: Any) -> None:
 
 
 def track(args: argparse.Namespace) -> int:
+    from pipeline.imageio import read_mask
+    from pipeline.mask_prompt import MaskPrompt
     from pipeline.prompts import parse_box, parse_point, single_prompt
     from pipeline.streams.control import Command
 
@@ -150,7 +152,8 @@ def track(args: argparse.Namespace) -> int:
     if args.action != "remove":
         points = [parse_point(p) for p in args.point]
         negatives = [parse_point(p) for p in args.neg]
-        prompt = single_prompt(points, negatives, parse_box(args.box) if args.box else None)
+        mask = MaskPrompt.from_array(read_mask(args.mask)) if args.mask else None
+        prompt = single_prompt(points, negatives, parse_box(args.box) if args.box else None, mask)
     if _remote(args):
         from pipeline.cli import remote
 

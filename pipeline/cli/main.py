@@ -74,7 +74,16 @@ def _add_job_options(p: argparse.ArgumentParser) -> None:
         "--box", action="append", default=[], metavar="X0,Y0,X1,Y1", help="start a track with a box"
     )
     p.add_argument(
-        "--prompts", metavar="FILE", help="tracks from a YAML file (several points, negatives, start frame)"
+        "--mask-prompt",
+        action="append",
+        default=[],
+        metavar="ID=FILE.png",
+        help="start track ID from a mask image of the frame's size (0 background; grey, palette or alpha)",
+    )
+    p.add_argument(
+        "--prompts",
+        metavar="FILE",
+        help="tracks from a YAML file (several points, negatives, masks, start frame)",
     )
     p.add_argument("--stride", type=int, default=1, metavar="N", help="process every N-th frame (default 1)")
     p.add_argument(
@@ -184,6 +193,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--neg", action="append", default=[], metavar="X,Y", help="a point not on the object (repeatable)"
     )
     seg.add_argument("--box", metavar="X0,Y0,X1,Y1", help="a box around the object")
+    seg.add_argument("--mask", metavar="FILE.png", help="a mask of the object (the image's size)")
     seg.add_argument("--out", metavar="MASK.png", help="output mask (default: IMAGE's name + .mask.png)")
     _add_model_options(seg, precision="fp32")
     seg.set_defaults(handler="pipeline.cli.segment:run")
@@ -240,6 +250,7 @@ def build_parser() -> argparse.ArgumentParser:
     tk.add_argument("--point", action="append", default=[], metavar="X,Y", help="a point on the object")
     tk.add_argument("--neg", action="append", default=[], metavar="X,Y", help="a point not on the object")
     tk.add_argument("--box", metavar="X0,Y0,X1,Y1", help="a box around the object")
+    tk.add_argument("--mask", metavar="FILE.png", help="a mask of the object (the frame's size)")
     _add_redis_options(tk)
     _add_api_options(tk)
     tk.set_defaults(handler="pipeline.cli.jobs:track")

@@ -25,10 +25,12 @@ def is_live_uri(source: str) -> bool:
 
 def build_spec(args: argparse.Namespace, image_size: int, weights: str) -> JobSpec:
     """The spec of the job options shared by ``run`` and ``submit`` (see ``_add_job_options``)."""
-    tracks = tracks_from_cli(args.point, args.box)
+    tracks = tracks_from_cli(args.point, args.box, args.mask_prompt)
     if args.prompts:
         if tracks:
-            raise InvalidInputError("give tracks either with --point/--box or with --prompts, not both")
+            raise InvalidInputError(
+                "give tracks either with --point/--box/--mask-prompt or with --prompts, not both"
+            )
         tracks = load_prompts_file(args.prompts)
     live = args.live or is_live_uri(args.source)
     return JobSpec(

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from pipeline.errors import InvalidInputError
 from pipeline.prompts import Prompt
 
 if TYPE_CHECKING:
@@ -44,6 +45,33 @@ class DecodeRequest:
     prompt: Prompt
     mask_input: np.ndarray | None = None
     multimask: bool | None = None
+
+    def __post_init__(self) -> None:
+        if self.prompt.mask is not None:  # a model would silently decode the prompt without it
+            raise InvalidInputError("a mask prompt must be made a request by DecodeRequest.of")
+
+    @classmethod
+    def of(cls, prompt: Prompt, embedding: Embedding, low_res_size: int) -> DecodeRequest:
+        """The request of a user's prompt on a frame.
+
+        A prompt without a mask is decoded as it is. A mask prompt becomes what SAM's predictor
+        takes for a mask: the mask as low-resolution mask input (:func:`~pipeline.mask_prompt.
+        mask_logits`), the box around it (unless the prompt gives one) and its points, decoded
+        without multimask.
+
+        Args:
+            prompt: the prompt; its mask, if any, must be of the frame's size (``check_inside``).
+            embedding: the frame's embedding (its sizes place the mask in the encoder's input).
+            low_res_size: S/4, the side of the model's mask input.
+        """
+        if prompt.mask is None:
+            return cls(prompt)
+        from pipeline.mask_prompt import mask_logits
+
+        logits = mask_logits(prompt.mask.array(), embedding.input_size, low_res_size)
+        box = prompt.box if prompt.box is not None else tuple(float(v) for v in prompt.mask.box)
+        plain = Prompt(prompt.points, prompt.labels, box)  # type: ignore[arg-type]
+        return cls(plain, logits, multimask=False)
 
     @property
     def use_multimask(self) -> bool:

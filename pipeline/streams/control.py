@@ -2,7 +2,8 @@
 
 Each entry has a ``cmd`` field (``add``, ``remove``, ``reprompt``, ``stop``) and, for the track
 commands, ``track`` (the id) and ``prompt`` (JSON ``{"points": [[x, y], ...], "labels": [1, ...],
-"box": [x0, y0, x1, y1]}``). A command applies from the next frame the job processes, and is
+"box": [x0, y0, x1, y1], "mask": {"size": [H, W], "counts": "..."}}``, the mask a compressed COCO
+RLE). A command applies from the next frame the job processes, and is
 answered by an event (``track_added``, ``track_removed``, ``track_reprompted``, ``error``).
 
 The stream is trimmed to about :data:`~pipeline.streams.retention.CONTROL_MAXLEN` entries as

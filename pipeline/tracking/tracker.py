@@ -4,7 +4,8 @@ A :class:`Tracker` holds every track of a job (or of a shard of a job) and, once
 all of them to the segmenter in one ``decode`` call against that frame's shared embedding:
 
 * On a track's first frame, and after a re-prompt, the user's prompt is decoded (multimask when
-  the prompt is a single point, as :attr:`Prompt.multimask` says).
+  the prompt is a single point, as :attr:`Prompt.multimask` says; a mask prompt as SAM's mask
+  input with the box around it, see :meth:`DecodeRequest.of`).
 * Afterwards a track is prompted with the last good mask's box, grown by a margin and clipped to
   the frame, plus (optionally) that frame's low-resolution logits as mask input and a positive
   point at their most confident pixel; the best of the multimask outputs by predicted IoU is kept.
@@ -14,7 +15,7 @@ all of them to the segmenter in one ``decode`` call against that frame's shared 
   no longer decoded, and reports an empty mask, until it is re-prompted.
 
 Invalid prompts: a prompt is checked against the frame size on the first frame it is decoded on
-(only then is the size known). A prompt outside the frame makes :meth:`Tracker.step` raise
+(only then is the size known). A prompt outside the frame (or a mask of another size) makes :meth:`Tracker.step` raise
 :class:`TrackPromptError` (a :class:`PromptError` naming the track) *before* anything is decoded
 or changed, so the caller can remove or re-prompt that track and call ``step`` again with the
 same frame; the other tracks lose nothing.
@@ -323,7 +324,8 @@ class Tracker:
 
     def _request(self, state: TrackState, embedding: Embedding) -> DecodeRequest:
         if state.needs_prompt or state.box is None:
-            return DecodeRequest(state.prompt)  # multimask as Prompt.multimask says
+            # multimask as Prompt.multimask says; a mask prompt's mask becomes the mask input
+            return DecodeRequest.of(state.prompt, embedding, self.segmenter.low_res_size)
         cfg = self.config
         height, width = embedding.original_size
         box = grow_box(state.box, cfg.box_margin, cfg.min_margin, width, height)

@@ -12,7 +12,16 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from pipeline.errors import InvalidInputError
-from pipeline.masks import _counts_to_string, _string_to_counts, decode_rle, encode_rle, mask_bbox, rle_area
+from pipeline.masks import (
+    _counts_to_string,
+    _string_to_counts,
+    compress_rle,
+    decode_rle,
+    encode_rle,
+    mask_bbox,
+    rle_area,
+    rle_bbox,
+)
 
 # pycocotools' decode trips a numpy 2 deprecation inside its own code; nothing to do with ours.
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
@@ -293,3 +302,30 @@ def test_bbox_cases() -> None:
     assert mask_bbox(one) == (3, 2, 4, 3)
     with pytest.raises(InvalidInputError):
         mask_bbox(np.zeros(5, bool))
+
+
+@settings(max_examples=150, deadline=None)
+@given(hnp.arrays(np.bool_, hnp.array_shapes(min_dims=2, max_dims=2, min_side=1, max_side=40)))
+def test_rle_bbox_reads_the_box_from_the_runs(mask: np.ndarray) -> None:
+    rle = encode_rle(mask)
+    assert rle_bbox(rle) == reference_bbox(mask)
+    assert rle_bbox(
+        {"size": rle["size"], "counts": _string_to_counts(rle["counts"]).tolist()}
+    ) == reference_bbox(mask)
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    hnp.arrays(np.bool_, hnp.array_shapes(min_dims=2, max_dims=2, min_side=1, max_side=30)),
+    st.lists(st.integers(1, 200), max_size=3),
+)
+def test_compress_rle_writes_what_pycocotools_writes(mask: np.ndarray, zeros_at: list[int]) -> None:
+    counts = _string_to_counts(encode_rle(mask)["counts"]).tolist()
+    want = coco_encode(mask)
+    size = list(mask.shape)
+    assert compress_rle({"size": size, "counts": counts}) == {"size": size, "counts": want["counts"]}
+    # Runs of length 0 inside the list (pycocotools never writes them) are merged away.
+    for at in zeros_at:
+        i = 1 + at % len(counts)
+        counts[i:i] = [0, 0]
+    assert compress_rle({"size": size, "counts": counts})["counts"] == want["counts"]

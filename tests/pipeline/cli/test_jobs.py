@@ -149,3 +149,56 @@ def test_submit_keep_and_status_show_how_long_a_job_stays(
     assert r.returncode == 0, r.stderr
     expires = time.strftime("%Y-%m-%d %H:%M", time.localtime(store.get("k1").expires))  # type: ignore[arg-type]
     assert f"expires   {expires}" in r.stdout
+
+
+def test_submit_and_track_send_mask_prompts_as_compressed_rle(
+    api_url: str, server: EmbeddedRedis, client: redis.Redis, prefix: str, tmp_path: Path
+) -> None:
+    import numpy as np
+    from PIL import Image
+    from pycocotools import mask as coco
+
+    from pipeline.streams.control import ControlReader
+
+    mask = np.zeros((240, 320), np.uint8)
+    mask[40:90, 100:180] = 255
+    Image.fromarray(mask).save(tmp_path / "car.png")
+    encoded = coco.encode(np.asfortranarray(mask > 0).astype(np.uint8))
+    rle = {"size": [240, 320], "counts": encoded["counts"].decode()}
+    where = ["--api", api_url, "--token", TOKEN]
+    url = "https://videos.example/a.mp4"
+
+    r = sam(
+        "submit",
+        url,
+        "--mask-prompt",
+        f"1={tmp_path / 'car.png'}",
+        "--point",
+        "5,5",
+        "--job-id",
+        "m1",
+        *where,
+    )
+    assert r.returncode == 0, r.stderr
+    tracks = JobStore(client, Keys(prefix)).get("m1").spec["tracks"]
+    assert [(t["id"], t.get("mask")) for t in tracks] == [(2, None), (1, rle)]  # points take the free ids
+
+    control = ControlReader(client, Keys(prefix), "m1", everything=True)
+    r = sam("track", "add", "m1", "3", "--mask", str(tmp_path / "car.png"), *where)  # through the API
+    assert r.returncode == 0, r.stderr
+    r = sam("track", "reprompt", "m1", "2", "--mask", str(tmp_path / "car.png"), "--redis-url", server.url,
+            "--prefix", prefix)  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    commands = [c for c in control.poll() if not isinstance(c, Exception)]
+    assert [(c.cmd, c.track) for c in commands] == [("add", 3), ("reprompt", 2)]
+    assert all(c.prompt is not None and c.prompt.mask and c.prompt.mask.to_rle() == rle for c in commands)
+
+    Image.fromarray(np.arange(240 * 320, dtype=np.uint32).reshape(240, 320) % 251).convert("L").save(
+        tmp_path / "grey.png"
+    )
+    r = sam("submit", url, "--mask-prompt", f"1={tmp_path / 'grey.png'}", *where)
+    assert r.returncode == 1 and "Traceback" not in r.stderr
+    assert r.stderr.strip().splitlines() == [
+        f"samstream: error: mask {tmp_path / 'grey.png'} is not a mask: its grey has 251 values "
+        "(0, 1, 2, 3, 4, …); expected 0 (background) and one other value (the object)"
+    ]

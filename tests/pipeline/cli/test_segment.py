@@ -59,6 +59,57 @@ def test_segment_matches_the_official_predictor(image: Path, checkpoint: Path, t
     assert ((mask > 0) == expected).mean() >= 0.999
 
 
+def _disc_png(path: Path, size: tuple[int, int] = (240, 320)) -> np.ndarray:
+    """The red disc of ``sample_rgb`` as a mask PNG; returns the (H, W) bool mask."""
+    ys, xs = np.mgrid[0 : size[0], 0 : size[1]]
+    mask = (ys - size[0] // 2) ** 2 + (xs - size[1] // 3) ** 2 < (min(size) // 5) ** 2
+    Image.fromarray(mask.astype(np.uint8) * 255).save(path)
+    return mask
+
+
+@pytest.mark.slow
+def test_segment_from_a_mask_matches_the_official_predictor(
+    image: Path, checkpoint: Path, tmp_path: Path
+) -> None:
+    from pipeline.mask_prompt import mask_logits
+    from pipeline.masks import mask_bbox
+    from pipeline.model.transforms import input_size
+
+    obj = _disc_png(tmp_path / "disc.png")
+    out = tmp_path / "mask.png"
+    res = run_cli(
+        "segment", str(image), "--mask", str(tmp_path / "disc.png"), "--checkpoint", str(checkpoint),
+        "--out", str(out),
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    mask = np.array(Image.open(out)) > 0
+
+    # The official predictor given what a mask prompt means: the box around the mask and the
+    # mask as low-resolution mask input (256x256 logits in the padded 1024 frame), one mask out.
+    predictor = official_predictor(str(checkpoint))
+    predictor.set_image(np.array(Image.open(image).convert("RGB")))
+    logits = mask_logits(obj, input_size((240, 320), 1024), 256)
+    masks, _, _ = predictor.predict(
+        box=np.array(mask_bbox(obj)), mask_input=logits[None], multimask_output=False
+    )
+    assert (mask == masks[0]).mean() >= 0.999
+
+
+def test_bad_mask_prompts_are_one_clear_line(image: Path, tmp_path: Path) -> None:
+    _disc_png(tmp_path / "small.png", (120, 160))
+    Image.fromarray(sample_rgb(240, 320)).save(tmp_path / "photo.png")
+    cases = [
+        ("small.png", "the mask prompt is 160x120 but the frame is 320x240"),
+        ("photo.png", "is a RGB image: give a greyscale, palette or alpha"),
+        ("missing.png", "cannot read mask"),
+    ]
+    for name, expected in cases:
+        res = run_cli("segment", str(image), "--mask", str(tmp_path / name), "--weights", "random")
+        assert res.returncode == 1 and "Traceback" not in res.stderr
+        lines = res.stderr.strip().splitlines()
+        assert len(lines) == 1 and expected in lines[0], res.stderr
+
+
 def test_random_weights_say_so(image: Path, tmp_path: Path) -> None:
     out = tmp_path / "m.png"
     res = run_cli(
@@ -91,7 +142,7 @@ def test_random_weights_say_so(image: Path, tmp_path: Path) -> None:
         (["--box", "10,10,5,50"], "X0 < X1"),
         (["--box", "0,0,400,100"], "outside"),
         (["--neg", "10,10"], "at least one --point"),
-        ([], "at least one --point"),
+        ([], "at least one --point X,Y, a --box X0,Y0,X1,Y1 or a --mask FILE.png"),
         (["--point", "10,10", "--image-size", "100"], "multiple of 16"),
         (["--point", "10,10", "--checkpoint", "/nonexistent.pt"], "checkpoint not found"),
         (["--point", "10,10"], "--weights random"),  # no file, nothing cached, no network

@@ -5,13 +5,17 @@ from __future__ import annotations
 import json
 import math
 import pickle
+from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
+from pycocotools import mask as coco
 
 from pipeline.errors import InvalidInputError, PromptError
+from pipeline.mask_prompt import MaskPrompt, mask_logits
 from pipeline.masks import mask_bbox as mask_box
-from pipeline.prompts import Prompt, TrackSpec
+from pipeline.prompts import Prompt, TrackSpec, parse_mask_prompt
 from pipeline.tracking import (
     Tracker,
     TrackEvent,
@@ -361,3 +365,63 @@ def test_restore_rejects_malformed_snapshots() -> None:
     with pytest.raises(InvalidInputError, match="appears twice"):
         tracker.restore(data)
     assert tracker.tracks == {}
+
+
+def _mask_prompt(mask: np.ndarray, form: str, folder: Path) -> Prompt:
+    """A prompt from ``mask`` as a user gives it: a PNG (``--mask-prompt``) or a COCO RLE (API)."""
+    if form == "png":
+        Image.fromarray(mask.astype(np.uint8) * 255).save(folder / "object.png")
+        return parse_mask_prompt(f"1={folder / 'object.png'}").prompt
+    rle = coco.encode(np.asfortranarray(mask.astype(np.uint8)))
+    return Prompt.from_dict({"mask": {"size": list(rle["size"]), "counts": rle["counts"].decode()}})
+
+
+@pytest.mark.parametrize("form", ["png", "rle"])
+def test_a_mask_prompt_starts_a_track_that_follows_its_object(form: str, tmp_path: Path) -> None:
+    stub = two_discs_stub()
+    tracker = Tracker(stub)
+    first = stub.truth(0)[1]  # the disc coming from the right
+    tracker.add(1, _mask_prompt(first, form, tmp_path))
+    out = run(tracker, stub, range(100))
+    for t, (results, _) in out.items():
+        (r,) = results
+        assert r.status is TrackStatus.ACTIVE and iou(r.mask, stub.truth(t)[1]) >= 0.9, f"frame {t}"
+    # Frame 0: the mask as SAM's mask input and the box around it, one mask out; then as any track.
+    (request,) = stub.calls[0]
+    assert request.prompt == Prompt(box=tuple(float(v) for v in mask_box(first)))  # type: ignore[arg-type,misc]
+    assert request.mask_input is not None and not request.use_multimask
+    assert np.array_equal(request.mask_input, mask_logits(first, stub.input_size, stub.low_res_size))
+    (then,) = stub.calls[1]
+    assert np.array_equal(then.mask_input, stub.low_res(stub.truth(0)[1]))
+    assert then.prompt.box == grow_box(mask_box(stub.truth(0)[1]), 0.1, 4.0, 320, 240)  # type: ignore[arg-type]
+
+
+def test_a_track_re_prompted_with_a_mask_follows_the_new_object(tmp_path: Path) -> None:
+    stub = two_discs_stub()
+    tracker = Tracker(stub)
+    tracker.add(1, point(30, 60))
+    run(tracker, stub, range(10))
+    tracker.reprompt(1, _mask_prompt(stub.truth(10)[1], "rle", tmp_path))
+    out = run(tracker, stub, range(10, 60))
+    assert out[10][1] == [TrackEvent("reprompted", 1, 10)]
+    assert stub.calls[10][0].mask_input is not None and stub.calls[10][0].multimask is False
+    for t in range(10, 60):
+        assert iou(out[t][0][0].mask, stub.truth(t)[1]) >= 0.9, f"frame {t}"
+    # The mask prompt is kept in the tracker's snapshot (a resumed job decodes it again if needed).
+    again = Tracker(stub)
+    again.restore(json.loads(json.dumps(tracker.snapshot())))
+    assert again.tracks[1].prompt == tracker.tracks[1].prompt
+
+
+def test_a_mask_prompt_of_another_size_fails_its_track_before_anything_changes() -> None:
+    stub = two_discs_stub()
+    tracker = Tracker(stub)
+    tracker.add(1, point(30, 60))
+    tracker.add(2, Prompt(mask=MaskPrompt.from_array(np.ones((120, 160), bool))), start_frame=1)
+    run(tracker, stub, range(1))
+    before = tracker.snapshot()
+    with pytest.raises(
+        TrackPromptError, match="track 2, frame 1: the mask prompt is 160x120 but the frame is 320x240"
+    ):
+        tracker.step(1, stub.embedding(1))
+    assert tracker.snapshot() == before and len(stub.calls) == 1
