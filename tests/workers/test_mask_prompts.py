@@ -47,6 +47,7 @@ def test_a_mask_prompt_reaches_the_decoder_as_mask_input_with_its_box(
     res = cli(
         "run", str(clip), "--mask-prompt", f"1={tmp_path / 'object.png'}", "--checkpoint", str(checkpoint),
         "--image-size", "256", "--compile", "eager", "--job-id", "masked", "--data-dir", str(data), "--min-score", "0", "--no-progress",
+        "--precision", "fp32",  # compared with the fp32 model below
     )  # fmt: skip
     assert res.returncode == 0, res.stderr
     r = results(data)

@@ -96,12 +96,13 @@ def test_package_loader_equals_torchs_public_loader(checkpoint: Path, tmp_path: 
 
     # The same package, once others may write it, is not loaded by a new model.
     package.chmod(0o666)
-    with pytest.raises(UnsafeCacheError, match="writable by its group and others"):
-        MobileSam.from_config(
-            ModelConfig(
-                checkpoint=checkpoint, image_size=256, device="cpu", compile="compiled", cache_dir=tmp_path
-            )
+    again = MobileSam.from_config(
+        ModelConfig(
+            checkpoint=checkpoint, image_size=256, device="cpu", compile="compiled", cache_dir=tmp_path
         )
+    )
+    with pytest.raises(UnsafeCacheError, match="writable by its group and others"):
+        again.encode([sample_rgb(240, 320, 0)])
 
 
 def _refused(path: Path) -> str:
