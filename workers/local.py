@@ -23,6 +23,7 @@ from pipeline.jobs.driver import DriverOptions, JobDriver, Listener
 from pipeline.jobs.lifecycle import Ending, Lifecycle
 from pipeline.metrics import PrometheusMetrics
 from pipeline.model.weights import resolve_checkpoint
+from pipeline.preview import PreviewOptions
 from pipeline.signals import InterruptOnSignals, exit_code, signal_name
 from pipeline.sources.limits import MediaLimits
 from pipeline.spec import JobSpec
@@ -54,6 +55,8 @@ class LocalRun:
         limits: what the source may hold (pixels per frame; frames and duration).
         stall_s: fail the job when its file or URL gives no picture for this long.
         redis_retry_s: retry Redis for this long while it is unreachable or refuses writes.
+        preview: the JPEG previews of the job's frames (the viewer's pictures).
+        view_port: serve the browser viewer of the job on this port while it runs (None: no viewer).
     """
 
     job_id: str | None = None
@@ -66,6 +69,8 @@ class LocalRun:
     limits: MediaLimits = field(default_factory=MediaLimits)
     stall_s: float = 30.0
     redis_retry_s: float = DEFAULT_RETRY_S
+    preview: PreviewOptions = field(default_factory=PreviewOptions)
+    view_port: int | None = None
 
     def __post_init__(self) -> None:
         if not self.stall_s > 0 or not self.redis_retry_s >= 0:
@@ -272,7 +277,7 @@ def _driver(
     def event(job_id: str, kind: str, detail: str | None) -> None:
         Publisher(store.client, keys, job_id).event(kind, detail=detail)
 
-    options = replace(lay.options, media=run.limits, stall_s=run.stall_s)
+    options = replace(lay.options, media=run.limits, stall_s=run.stall_s, preview=run.preview)
     return JobDriver(transport, lifecycle, ControlBus(store.client, keys), event, options, metrics, listener)
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from pipeline.cli.options import media_limits, model_config
+from pipeline.cli.options import media_limits, model_config, preview_options
 from pipeline.errors import InvalidInputError
 from pipeline.prompts import load_prompts_file, tracks_from_cli
 from pipeline.spec import JobSpec
@@ -71,5 +71,7 @@ def run(args: argparse.Namespace) -> int:
         limits=media_limits(args),
         stall_s=args.stall_s,
         redis_retry_s=args.redis_retry_s,
+        preview=preview_options(args),
+        view_port=args.view_port if args.view else None,
     )
     return run_local(spec, model, options)
