@@ -193,6 +193,10 @@ def run_local(spec: JobSpec, model: ModelConfig, run: LocalRun, out: TextIO = sy
             f"{len(spec.tracks)} tracks)" + _resuming(published, start.read_after),
             file=err,
         )
+        if run.view_port is not None:
+            from pipeline.api.viewer.local import viewer_alongside
+
+            stack.enter_context(viewer_alongside(client, run.prefix, job_id, run.view_port, err))
         try:
             model = _resolve_weights(model)
             _ray_init(stack)

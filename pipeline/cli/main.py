@@ -256,6 +256,20 @@ def build_parser() -> argparse.ArgumentParser:
     _add_redis_options(rd)
     rd.set_defaults(handler="pipeline.cli.jobs:render")
 
+    vw = sub.add_parser(
+        "view", help="serve the browser viewer of a job of samstream run (prints its URL; Ctrl-C ends it)"
+    )
+    vw.add_argument("job", metavar="JOB", help="job id")
+    vw.add_argument("--port", type=int, default=8765, metavar="P", help="port on 127.0.0.1 (default 8765)")
+    vw.add_argument(
+        "--token",
+        metavar="T",
+        default=None,
+        help="the token the page asks for (default $SAMSTREAM_API_TOKEN, else a random one, printed)",
+    )
+    _add_redis_options(vw)
+    vw.set_defaults(handler="pipeline.cli.view:view")
+
     tk = sub.add_parser("track", help="add, remove or re-prompt a track of a running job")
     tk.add_argument("action", choices=["add", "remove", "reprompt"])
     tk.add_argument("job", metavar="JOB", help="job id")

@@ -58,6 +58,10 @@ def run(args: argparse.Namespace) -> int:
     if args.metrics_port is not None and not 0 < args.metrics_port < 65536:
         raise InvalidInputError(f"--metrics-port must be a TCP port (1-65535), got {args.metrics_port}")
 
+    if args.view:
+        from pipeline.api.viewer.local import check_port
+
+        check_port(args.view_port)
     from workers.local import LocalRun, run_local
 
     options = LocalRun(
