@@ -248,7 +248,9 @@ def build_parser() -> argparse.ArgumentParser:
     wa.set_defaults(handler="pipeline.cli.jobs:watch")
 
     rd = sub.add_parser(
-        "render", help="write the job's video with each track's mask overlaid in its own colour"
+        "render",
+        help="write the job's video with each track's mask overlaid in its own colour (a live job: "
+        "from its kept previews, at preview resolution)",
     )
     rd.add_argument("job", metavar="JOB", help="job id")
     rd.add_argument("--out", "-o", required=True, metavar="VIDEO.mp4", help="output video (.mp4, .mkv, .mov)")
