@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import io
+import re
 
 import pytest
 import redis
@@ -11,7 +12,9 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from pipeline.api import ApiSettings, create_app
+from pipeline.api.viewer.routes import static_dir
 from pipeline.api.viewer.sessions import COOKIE, Sessions
+from pipeline.render import PALETTE
 from pipeline.streams import JobStatus, JobStore, Keys
 from pipeline.streams.sink import RedisSink
 from tests.pipeline.api.conftest import TOKEN, RecordingBackend
@@ -127,3 +130,13 @@ def test_the_list_shows_rates_and_drops(browser: TestClient, redis_client: redis
     assert job["latency_s"] is not None and job["fps"] is not None and job["fps"] > 0
     detail = browser.get("/view/api/jobs/cam").json()
     assert [p["frame"] for p in detail["previews"]] == [0, 1, 2, 3, 4]
+
+
+def test_the_page_colours_tracks_as_render_does() -> None:
+    script = (static_dir() / "viewer.js").read_text()
+    table = re.search(r"const PALETTE = \[(.*?)\];", script, re.S)
+    assert table is not None
+    colours = [
+        tuple(int(v) for v in c.split(",")) for c in re.findall(r"\[(\d+, \d+, \d+)\]", table.group(1))
+    ]
+    assert colours == list(PALETTE)

@@ -1,11 +1,11 @@
 // What every page of the viewer shares: requests (with the CSRF header), colours, COCO RLE.
 "use strict";
 (function () {
-  // Each track its own colour: a fixed palette, by track id (shared with the test suite through
-  // samstreamViewer.colour).
+  // Each track its own colour, by track id: pipeline/render.py's PALETTE (a test holds them equal),
+  // so a rendered video and the page agree. Shared with the browser tests through colour().
   const PALETTE = [
-    [230, 25, 75], [60, 180, 75], [67, 99, 216], [245, 130, 49], [145, 30, 180],
-    [66, 212, 244], [240, 50, 230], [191, 239, 69], [250, 190, 212], [70, 153, 144],
+    [230, 25, 75], [60, 180, 75], [255, 225, 25], [0, 130, 200], [245, 130, 48],
+    [145, 30, 180], [70, 240, 240], [240, 50, 230], [210, 245, 60], [250, 190, 212],
   ];
 
   function colour(trackId) {
