@@ -12,7 +12,7 @@ from __future__ import annotations
 import base64
 import json
 from importlib import resources
-from typing import Any
+from typing import Any, cast
 
 import redis
 from fastapi import APIRouter, HTTPException, Path, Query, Request
@@ -97,10 +97,16 @@ def viewer_router(client: redis.Redis, keys: Keys, sessions: Sessions) -> APIRou
     @router.get("/view/api/jobs/{job_id}")
     def job(job_id: str = job_id_path) -> JSONResponse:
         info = info_of(job_id)
-        kept = PreviewReader(client, keys, job_id).index(100_000)
         summary = _summary(info, keys, _rates(client, keys, [job_id])[0])
-        summary["previews"] = [{"frame": f, "pts": pts, "capture_time": t} for f, pts, t in kept]
+        summary["previews_kept"] = int(cast(int, client.xlen(keys.preview(job_id))))
         return _json(summary)
+
+    @router.get("/view/api/jobs/{job_id}/previews")
+    def previews(job_id: str = job_id_path) -> JSONResponse:
+        """The kept previews' frames and times, oldest first (a finished job's playback)."""
+        info_of(job_id)
+        kept = PreviewReader(client, keys, job_id).index(100_000)
+        return _json({"previews": [{"frame": f, "pts": pts, "capture_time": t} for f, pts, t in kept]})
 
     @router.get("/view/api/jobs/{job_id}/frames")
     def frames(

@@ -4,8 +4,13 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 import re
+import shutil
+import subprocess
+from pathlib import Path
 
+import numpy as np
 import pytest
 import redis
 from fastapi.testclient import TestClient
@@ -128,8 +133,9 @@ def test_the_list_shows_rates_and_drops(browser: TestClient, redis_client: redis
     assert job["id"] == "cam" and job["kind"] == "stream" and job["status"] == "running"
     assert job["dropped"] == 7 and job["frames_done"] == 5
     assert job["latency_s"] is not None and job["fps"] is not None and job["fps"] > 0
-    detail = browser.get("/view/api/jobs/cam").json()
-    assert [p["frame"] for p in detail["previews"]] == [0, 1, 2, 3, 4]
+    assert browser.get("/view/api/jobs/cam").json()["previews_kept"] == 5
+    kept = browser.get("/view/api/jobs/cam/previews").json()["previews"]
+    assert [p["frame"] for p in kept] == [0, 1, 2, 3, 4] and kept[0]["pts"] == 0.0
 
 
 def test_the_page_colours_tracks_as_render_does() -> None:
@@ -140,3 +146,32 @@ def test_the_page_colours_tracks_as_render_does() -> None:
         tuple(int(v) for v in c.split(",")) for c in re.findall(r"\[(\d+, \d+, \d+)\]", table.group(1))
     ]
     assert colours == list(PALETTE)
+
+
+@pytest.mark.skipif(shutil.which("node") is None, reason="no node to run the page's script outside a browser")
+def test_the_pages_rle_decoder_matches_pycocotools(tmp_path: Path) -> None:
+    """The page's COCO RLE decoder, run by node on masks pycocotools encoded: the same pixels."""
+    from pycocotools import mask as mask_utils
+
+    rng = np.random.default_rng(7)
+    masks = [rng.random((37, 53)) > p for p in (0.2, 0.5, 0.97)]
+    masks.append(np.zeros((40, 30), bool))
+    masks.append(np.ones((1200, 1900), bool))  # long runs: counts of several characters
+    rles = []
+    for m in masks:
+        rle = mask_utils.encode(np.asfortranarray(m.astype(np.uint8)))
+        rles.append({"size": [int(v) for v in rle["size"]], "counts": rle["counts"].decode()})
+    harness = tmp_path / "decode.js"
+    harness.write_text(
+        "global.window = {};\n"
+        + (static_dir() / "viewer.js").read_text()
+        + "\nconst rles = JSON.parse(require('fs').readFileSync(0, 'utf8'));\n"
+        "console.log(JSON.stringify(rles.map(r => Array.from(window.samstreamViewer.decodeRle(r)"
+        ".reduce((a, v, i) => (v && a.push(i), a), [])))));\n"
+    )
+    out = subprocess.run(
+        ["node", str(harness)], input=json.dumps(rles), capture_output=True, text=True, timeout=60
+    )
+    assert out.returncode == 0, out.stderr
+    for m, on in zip(masks, json.loads(out.stdout), strict=True):
+        assert on == np.flatnonzero(m.ravel()).tolist()  # row-major indices of the mask's pixels

@@ -129,7 +129,14 @@
       state.job = job;
       renderJob(job);
       const finished = ["succeeded", "failed", "cancelled"].includes(job.status);
-      if (finished && !state.playback && job.previews.length) startPlayback(job.previews);
+      if (!job.previews_kept && job.frames_done > 0) {
+        $("notice").textContent = "no pictures: this job's frames have no previews (its run or service has --no-preview)";
+      }
+      if (finished && !state.playback && job.previews_kept) {
+        state.playback = true;
+        const kept = await V.getJson(`/view/api/jobs/${encodeURIComponent(jobId)}/previews`);
+        startPlayback(kept.previews);
+      }
     } catch (err) { failure(err); }
   }
 
@@ -155,8 +162,8 @@
   // -- playback of a finished file job --
 
   function startPlayback(previews) {
-    state.playback = true;
     state.previews = previews;
+    if (!previews.length) return;
     $("live-controls").hidden = true;
     $("playback").hidden = false;
     $("scrub").max = String(previews.length - 1);
