@@ -240,8 +240,9 @@ def test_the_viewer_follows_a_live_stream_and_adds_and_removes_tracks(
         }
         print("viewer latency:", json.dumps(report))
         (tmp_path / "latency.json").write_text(json.dumps(report))
+        # The goal: on screen within one processed frame and 100 ms of the mask's own latency.
         extra = statistics.median(screen) - statistics.median(published)
-        assert extra < statistics.median(gaps) + 0.1 + 0.15, report  # + the page's poll (80 ms) and decode
+        assert extra < statistics.median(gaps) + 0.1, report
 
         # The list page shows the stream.
         page.goto(f"{base}/view")
