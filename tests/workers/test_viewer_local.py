@@ -165,7 +165,7 @@ def test_samstream_view_plays_and_scrubs_a_finished_file_job(tmp_path: Path, chr
         page.click("#play")
         page.wait_for_function("() => document.getElementById('play').textContent === 'Play'", timeout=30_000)
         last = page.evaluate(
-            "fetch('/view/api/jobs/f1').then(r => r.json()).then(j => j.previews.at(-1).frame)"
+            "fetch('/view/api/jobs/f1/previews').then(r => r.json()).then(j => j.previews.at(-1).frame)"
         )
         assert last >= 20 and page.evaluate("window.samstreamViewer.shown.frame") == last
         assert "succeeded" in page.inner_text("#status")

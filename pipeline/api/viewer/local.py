@@ -48,11 +48,13 @@ class LocalViewer:
         url: the page of the job.
         token: what its login form asks for.
         made_token: the token was made here (so the user must be told it).
+        thread: the thread the server runs on.
     """
 
     url: str
     token: str
     made_token: bool
+    thread: threading.Thread
 
 
 def viewer_token(given: str | None) -> tuple[str, bool]:
@@ -96,29 +98,44 @@ def announce(viewer: LocalViewer, out: TextIO) -> None:
 def serve_viewer(
     client: redis.Redis, prefix: str, job_id: str, port: int, token: str, made: bool, out: TextIO
 ) -> None:
-    """Serve the viewer of ``job_id`` until interrupted (``samstream view``)."""
-    check_port(port)
-    server = _server(client, prefix, port, token)
-    announce(LocalViewer(f"http://{HOST}:{port}/view/jobs/{job_id}", token, made), out)
-    with contextlib.suppress(KeyboardInterrupt):
-        server.run()
+    """Serve the viewer of ``job_id`` until SIGINT or SIGTERM (``samstream view``)."""
+    from pipeline.signals import InterruptOnSignals
+
+    with InterruptOnSignals(), viewer_alongside(client, prefix, job_id, port, out, (token, made)) as viewer:
+        try:
+            while viewer.thread.is_alive():
+                viewer.thread.join(0.5)
+        except KeyboardInterrupt:  # what the signals raise here: the server stops with the block
+            pass
 
 
 @contextlib.contextmanager
 def viewer_alongside(
-    client: redis.Redis, prefix: str, job_id: str, port: int, out: TextIO
+    client: redis.Redis,
+    prefix: str,
+    job_id: str,
+    port: int,
+    out: TextIO,
+    token: tuple[str, bool] | None = None,
 ) -> Iterator[LocalViewer]:
-    """Serve the viewer of ``job_id`` on a thread while the block runs (``samstream run --view``)."""
+    """Serve the viewer of ``job_id`` on a thread while the block runs (``samstream run --view``).
+
+    The URL is printed once the server listens. ``token``: the token and whether it was made here
+    (default: :func:`viewer_token`'s).
+    """
     check_port(port)
-    token, made = viewer_token(None)
-    server = _server(client, prefix, port, token)
-    server.install_signal_handlers = lambda: None  # the run owns the signals
+    secret, made = token or viewer_token(None)
+    server = _server(client, prefix, port, secret)
+    server.install_signal_handlers = lambda: None  # the caller owns the signals
     thread = threading.Thread(target=server.run, name="viewer", daemon=True)
     thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started and thread.is_alive() and time.monotonic() < deadline:
+    deadline = time.monotonic() + 30
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            server.should_exit = True
+            raise InvalidInputError(f"the viewer could not listen on {HOST}:{port}")
         time.sleep(0.05)
-    viewer = LocalViewer(f"http://{HOST}:{port}/view/jobs/{job_id}", token, made)
+    viewer = LocalViewer(f"http://{HOST}:{port}/view/jobs/{job_id}", secret, made, thread)
     announce(viewer, out)
     try:
         yield viewer
