@@ -66,7 +66,7 @@
     overlay.getContext("2d").putImageData(pixels, 0, 0);
     ctx.drawImage(overlay, 0, 0);
     const drawnAt = Date.now() / 1000;
-    V.shown = { frame: frame.frame, tracks: frame.tracks.map((t) => ({ id: t.id, state: t.state })) };
+    V.shown = { frame: frame.frame, tracks: frame.tracks.map((t) => ({ id: t.id, state: t.state, bbox: t.bbox })) };
     V.drawn.push({ frame: frame.frame, capture_time: frame.capture_time, publish_time: frame.publish_time,
       drawn_at: drawnAt, tracks: frame.tracks.filter((t) => t.state === "active").map((t) => t.id) });
     if (V.drawn.length > 1000) V.drawn.splice(0, V.drawn.length - 1000);

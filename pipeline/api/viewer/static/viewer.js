@@ -89,6 +89,6 @@
     getJson: (url) => request("GET", url),
     send: request,
     drawn: [], // one record per frame drawn: {frame, capture_time, drawn_at, tracks}
-    shown: null, // the frame on screen: {frame, tracks: [{id, state}]}
+    shown: null, // the frame on screen: {frame, tracks: [{id, state, bbox}]}
   };
 })();
