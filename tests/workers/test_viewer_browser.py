@@ -255,9 +255,37 @@ def test_the_viewer_follows_a_live_stream_and_adds_and_removes_tracks(
         extra = statistics.median(screen) - statistics.median(published)
         assert extra < statistics.median(gaps) + 0.1, report
 
-        # The list page shows the stream.
+        # A drag adds a box track (3); Re-prompt, then a shift-click, gives track 1 a point that is
+        # not on it. The job applies both: its events say so.
+        box = page.locator("#view").bounding_box()
+        page.mouse.move(box["x"] + 20, box["y"] + 150)
+        page.mouse.down()
+        page.mouse.move(box["x"] + 140, box["y"] + 250, steps=5)
+        page.mouse.up()
+        page.wait_for_selector("#message:has-text('added track 3')")
+        page.click("li[data-track='1'] button:has-text('Re-prompt')")
+        page.keyboard.down("Shift")
+        page.mouse.click(box["x"] + 400, box["y"] + 200)
+        page.keyboard.up("Shift")
+        page.wait_for_selector("#message:has-text('re-prompted track 1')")
+        wanted = {("track_added", 3), ("track_reprompted", 1)}
+        deadline = time.monotonic() + 30
+        while not wanted <= {
+            (e["type"], e["track"]) for e in api.get("/streams/cam/events").json()["events"]
+        }:
+            assert time.monotonic() < deadline, api.get("/streams/cam/events").json()
+            time.sleep(0.3)
+
+        # The list page shows the stream; the job page's Stop button ends it.
         page.goto(f"{base}/view")
         page.wait_for_selector("#jobs a[href='/view/jobs/cam']")
         row = page.locator("#jobs tr", has=page.locator("a[href='/view/jobs/cam']")).inner_text()
         assert "stream" in row and "running" in row
-        assert api.delete("/streams/cam").status_code == 202
+        page.click("#jobs a[href='/view/jobs/cam']")
+        page.wait_for_selector("#stop:has-text('Stop stream'):not([disabled])")
+        page.click("#stop")
+        page.wait_for_function(
+            "() => /^(cancelled|succeeded)/.test(document.getElementById('status').textContent)",
+            timeout=60_000,
+        )
+        assert api.get("/streams/cam").json()["status"] in ("cancelled", "succeeded")
