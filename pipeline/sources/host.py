@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import gc
+import logging
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -28,6 +29,8 @@ from pipeline.sources.guard import NetworkGuard
 from pipeline.sources.limits import MediaLimits
 from pipeline.sources.reader import FileReader, LiveReader, Notify, Reader
 from pipeline.sources.video import SourceInfo, VideoSource
+
+log = logging.getLogger(__name__)
 
 # Frames a file source decodes ahead of the pipeline.
 FILE_QUEUE = 16
@@ -330,8 +333,12 @@ def _previewed(slot: _Slot, frames: list[Frame]) -> list[Frame]:
     for f in frames:
         if slot.pacer.due(now):
             start = time.perf_counter()
-            preview = make_preview(f.image, f.original_size, options)
-            f = replace(f, preview=preview, timings={**f.timings, "preview": time.perf_counter() - start})
+            try:
+                preview = make_preview(f.image, f.original_size, options)
+            except Exception:  # a picture the viewer misses is no reason to fail the job, or the read
+                log.warning("no preview of frame %d", f.index, exc_info=True)
+            else:
+                f = replace(f, preview=preview, timings={**f.timings, "preview": time.perf_counter() - start})
         out.append(f)
     return out
 

@@ -184,3 +184,22 @@ def test_a_jobs_frames_carry_previews_at_its_pace(clips: tuple[Path, Path]) -> N
         assert all(f.preview is None for f in seen["q"])
     finally:
         host.shutdown()
+
+
+def test_a_preview_that_cannot_be_made_costs_the_frame_only_its_preview(
+    clips: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import pipeline.sources.host as host_module
+    from pipeline.preview import PreviewOptions
+
+    def broken(*args: object) -> None:
+        raise ValueError("no picture")
+
+    monkeypatch.setattr(host_module, "make_preview", broken)
+    host = SourceHost()
+    try:
+        spec = SourceSpec(str(clips[0]), 256, preview=PreviewOptions())
+        frames, replies = _drain(host, {"a": ReadRequest("a", spec, None, 4)}, [["a"]])
+        assert frames["a"] == list(range(20)) and not any(r.error for r in replies["a"])
+    finally:
+        host.shutdown()
