@@ -251,7 +251,9 @@ class TrackDecoder:
             for r in results
         )
         height, width = frame.original_size
-        result = FrameResult(frame.index, frame.pts, frame.capture_time, width, height, tracks, timings)
+        result = FrameResult(
+            frame.index, frame.pts, frame.capture_time, width, height, tracks, timings, frame.preview
+        )
         checkpoint = self.since_checkpoint is None or self.since_checkpoint + 1 >= self.every
         snapshot = self.tracker.snapshot(binary=True) if checkpoint else None
         self.since_checkpoint = 0 if checkpoint else (self.since_checkpoint or 0) + 1

@@ -41,7 +41,14 @@ class FrameEncoder:
         took = time.perf_counter() - start
         return [
             EncodedFrame(
-                f.index, f.pts, f.capture_time, f.original_size, emb, {**f.timings, "encode": took}, f.job_id
+                f.index,
+                f.pts,
+                f.capture_time,
+                f.original_size,
+                emb,
+                {**f.timings, "encode": took},
+                f.job_id,
+                preview=f.preview,
             )
             for f, emb in zip(frames, embeddings, strict=True)
         ]

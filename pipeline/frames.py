@@ -40,6 +40,20 @@ class Yuv420:
 
 
 @dataclass(frozen=True)
+class Preview:
+    """A small JPEG of a frame, for the viewer (see :mod:`pipeline.preview`).
+
+    Attributes:
+        jpeg: the JPEG file's bytes (baseline, YCbCr).
+        width, height: its size in pixels (the frame's aspect; long side at most the preview size).
+    """
+
+    jpeg: bytes
+    width: int
+    height: int
+
+
+@dataclass(frozen=True)
 class Frame:
     """One decoded video frame, ready for the encoder.
 
@@ -54,6 +68,7 @@ class Frame:
         original_size: (H, W) of the frame as decoded, after display rotation.
         timings: seconds spent per stage so far (``decode``, ``preprocess``).
         job_id: the job the frame belongs to, where stages carry many jobs' frames in one call.
+        preview: its JPEG preview, when its source host made one (published with its masks).
     """
 
     index: int
@@ -63,6 +78,7 @@ class Frame:
     original_size: Size
     timings: dict[str, float] = field(default_factory=dict)
     job_id: str = ""
+    preview: Preview | None = None
 
     @property
     def image_size(self) -> int:
@@ -86,7 +102,7 @@ class EncodedFrame:
     """A frame after the encoder: its metadata and image embedding (no pixels).
 
     Attributes:
-        index, pts, capture_time, original_size, job_id: as in :class:`Frame`.
+        index, pts, capture_time, original_size, job_id, preview: as in :class:`Frame`.
         embedding: the frame's :class:`~pipeline.model.types.Embedding`.
         timings: seconds spent per stage so far (``decode``, ``preprocess``, ``encode``).
         error: why the encoder could not encode the frame (``embedding`` is None then): the
@@ -101,6 +117,7 @@ class EncodedFrame:
     timings: dict[str, float] = field(default_factory=dict)
     job_id: str = ""
     error: str | None = None
+    preview: Preview | None = None
 
 
 @dataclass(frozen=True)
@@ -124,7 +141,8 @@ class TrackMask:
 
 @dataclass(frozen=True)
 class FrameResult:
-    """Everything published for one processed frame (one entry of the masks stream)."""
+    """Everything published for one processed frame (one entry of the masks stream, and its
+    preview's entry when it has one)."""
 
     frame_index: int
     pts: float | None
@@ -133,3 +151,4 @@ class FrameResult:
     height: int
     tracks: tuple[TrackMask, ...] = field(default_factory=tuple)
     timings: dict[str, float] = field(default_factory=dict)
+    preview: Preview | None = None

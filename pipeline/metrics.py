@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
 
-STAGES = ("decode", "preprocess", "encode", "mask_decode", "postprocess", "publish")
+STAGES = ("decode", "preprocess", "preview", "encode", "mask_decode", "postprocess", "publish")
 # Latency buckets from 1 ms to 30 s: a GPU stage takes milliseconds, a CPU encoder seconds.
 BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 

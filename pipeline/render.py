@@ -2,7 +2,8 @@
 
 :func:`overlay` tints each mask in its track's colour and outlines it; :func:`render_video` does
 that for every frame of a source, with the per-frame results of a job, and encodes an MP4 (or
-MKV/MOV) with PyAV.
+MKV/MOV) with PyAV; :func:`render_previews` does it over a live job's previews (its frames are
+not kept), at their resolution.
 
 Encoder: H.264 (``libx264``, else ``libopenh264``) when this FFmpeg build has one, else MPEG-4
 part 2 (``mpeg4``); see :func:`pick_encoder`. Pixels are 4:2:0 (``yuv420p``), which needs an even
@@ -30,6 +31,8 @@ from pipeline.masks import decode_rle
 if TYPE_CHECKING:
     from av.container import OutputContainer
     from av.video.stream import VideoStream
+
+    from pipeline.streams.previews import PreviewEntry
 
 # Ten well-separated colours, RGB (the first ten of Sasha Trubetskoy's "20 simple, distinct colours").
 PALETTE: tuple[tuple[int, int, int], ...] = (
@@ -209,6 +212,83 @@ def render_video(
         finally:
             frames.close()
     return written
+
+
+def render_previews(
+    previews: Sequence[PreviewEntry],
+    results: Iterable[FrameResult],
+    out: str | os.PathLike[str],
+    *,
+    alpha: float = 0.5,
+) -> tuple[int, tuple[int, int]]:
+    """Draw each preview's active track masks over it and encode the result (a live job, whose
+    frames are not kept: its previews are, the newest ``--preview-keep`` of them).
+
+    The video is at the previews' size (the masks scaled to it, nearest neighbour) and plays at
+    their mean rate of capture (at least 1 a second). A preview without its masks entry (trimmed)
+    is written unchanged. Written beside ``out`` first, then renamed, as :func:`render_video`.
+
+    Args:
+        previews: the previews, in frame order (:class:`~pipeline.streams.previews.PreviewReader`).
+        results: per-frame results in increasing ``frame_index`` (those of other frames are skipped).
+        out: output file, suffix ``.mp4``, ``.mkv`` or ``.mov``; its folder must exist.
+        alpha: tint weight, as in :func:`overlay`.
+
+    Returns:
+        The number of frames written and the video's (width, height).
+
+    Raises:
+        InvalidInputError: bad output path, no previews, or a malformed mask or JPEG.
+    """
+    import io
+
+    import av
+    from PIL import Image, UnidentifiedImageError
+
+    out_path = _check_output(out)
+    if not previews:
+        raise InvalidInputError(
+            "the job has no previews to render (none kept: was it run with --no-preview?)"
+        )
+    first = previews[0]
+    width, height = first.width + first.width % 2, first.height + first.height % 2
+    span = previews[-1].capture_time - first.capture_time
+    fps = (len(previews) - 1) / span if len(previews) > 1 and span > 0 else 1.0
+    rate = Fraction(max(1.0, fps)).limit_denominator(1000)
+    fmt = VIDEO_FORMATS[out_path.suffix.lower()]
+    tmp = out_path.with_name(f".{out_path.name}.{secrets.token_hex(4)}.part")
+    pending = _ResultCursor(results)
+    written = 0
+    try:
+        options = {"movflags": "+faststart"} if fmt in ("mp4", "mov") else {}
+        with av.open(str(tmp), "w", format=fmt, options=options) as container:
+            stream = _add_stream(container, pick_encoder(), rate, width, height)
+            for preview in previews:
+                try:
+                    picture = Image.open(io.BytesIO(preview.jpeg)).convert("RGB")
+                except (UnidentifiedImageError, OSError) as exc:
+                    raise InvalidInputError(
+                        f"the preview of frame {preview.frame} is not a JPEG: {exc}"
+                    ) from None
+                image = np.asarray(picture.resize((first.width, first.height)), dtype=np.uint8)
+                result = pending.take(preview.frame)
+                if result is not None:
+                    masks = [
+                        (t.track_id, _fit(decode_rle(t.rle), image.shape[:2]))
+                        for t in result.tracks
+                        if t.state == "active"
+                    ]
+                    image = overlay(image, masks, alpha)
+                video_frame = av.VideoFrame.from_ndarray(_pad_even(image), format="rgb24")
+                video_frame.pts = written
+                container.mux(stream.encode(video_frame))
+                written += 1
+            container.mux(stream.encode(None))
+        os.replace(tmp, out_path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return written, (width, height)
 
 
 def _check_output(out: str | os.PathLike[str]) -> Path:

@@ -32,7 +32,7 @@ from pipeline.jobs.resume import load
 from pipeline.model.types import DecodeRequest, Embedding, MaskBatch
 from pipeline.prompts import Prompt, TrackSpec
 from pipeline.streams.keys import Keys
-from pipeline.streams.sink import LostEntriesError, RedisSink, publish_jobs
+from pipeline.streams.sink import PREVIEW_KEEP, LostEntriesError, RedisSink, publish_jobs
 from pipeline.tracking import TrackEvent, TrackingConfig
 from pipeline.tracking.tracker import Segmenter
 
@@ -57,6 +57,7 @@ class TrackSetup:
             publishes each frame whole with what the parts found) or ``part`` (it follows
             ``tracks`` and hands its results to the owner).
         others: the owner's: the track ids its parts follow.
+        preview_keep: the job's preview stream keeps about this many entries.
     """
 
     tracks: tuple[TrackSpec, ...]
@@ -67,6 +68,7 @@ class TrackSetup:
     maxlen: int | None = None
     role: str = "whole"
     others: frozenset[int] = frozenset()
+    preview_keep: int = PREVIEW_KEEP
 
     def owns(self, track_id: int) -> bool:
         """Whether this host follows ``track_id`` (of a restored checkpoint holding every track)."""
@@ -179,7 +181,8 @@ class TrackerHost:
         decoder = self._decoders.get(job_id)
         if decoder is None:
             segmenter = self._segmenter(setup.image_size, len(setup.tracks))
-            sink = RedisSink(self.client, self.keys, job_id, setup.maxlen, getattr(segmenter, "notice", None))
+            notice = getattr(segmenter, "notice", None)
+            sink = RedisSink(self.client, self.keys, job_id, setup.maxlen, notice, setup.preview_keep)
             decoder = TrackDecoder(
                 setup.tracks,
                 segmenter,

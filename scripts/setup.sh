@@ -25,6 +25,16 @@ if [ "${SAMSTREAM_SKIP_APT:-0}" != 1 ] && [ "$(id -u)" = 0 ] && command -v apt-g
       gstreamer1.0-plugins-ugly gstreamer1.0-plugins-bad >/dev/null) \
     || echo "setup: could not install the RTSP test server; RTSP tests will be skipped" >&2
 fi
+# Test-only system packages: Debian's Chromium (and its driver), the real browser the viewer's tests
+# drive through Playwright (never `playwright install`: it downloads a browser of its own). Without
+# them those tests are skipped, saying so.
+if [ "${SAMSTREAM_SKIP_APT:-0}" != 1 ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 \
+   && ! command -v chromium >/dev/null 2>&1; then
+  echo "setup: installing Chromium for the viewer's browser tests (apt)" >&2
+  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+      chromium chromium-driver >/dev/null) \
+    || echo "setup: could not install Chromium; the viewer's browser tests will be skipped" >&2
+fi
 stamp=.venv/.samstream-installed
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   echo "setup: installing samstream into .venv (first run takes a minute)" >&2

@@ -23,6 +23,7 @@ from pipeline.jobs.driver import DriverOptions, JobDriver, Listener
 from pipeline.jobs.lifecycle import Ending, Lifecycle
 from pipeline.metrics import PrometheusMetrics
 from pipeline.model.weights import resolve_checkpoint
+from pipeline.preview import PreviewOptions
 from pipeline.signals import InterruptOnSignals, exit_code, signal_name
 from pipeline.sources.limits import MediaLimits
 from pipeline.spec import JobSpec
@@ -54,6 +55,8 @@ class LocalRun:
         limits: what the source may hold (pixels per frame; frames and duration).
         stall_s: fail the job when its file or URL gives no picture for this long.
         redis_retry_s: retry Redis for this long while it is unreachable or refuses writes.
+        preview: the JPEG previews of the job's frames (the viewer's pictures).
+        view_port: serve the browser viewer of the job on this port while it runs (None: no viewer).
         detach: leave Ray running at the end, for the caller to end this process at once
             (``samstream run``: the terminal is not held while Ray shuts down); the embedded
             Redis is stopped (and saved) either way.
@@ -69,6 +72,8 @@ class LocalRun:
     limits: MediaLimits = field(default_factory=MediaLimits)
     stall_s: float = 30.0
     redis_retry_s: float = DEFAULT_RETRY_S
+    preview: PreviewOptions = field(default_factory=PreviewOptions)
+    view_port: int | None = None
     detach: bool = False
 
     def __post_init__(self) -> None:
@@ -194,6 +199,10 @@ def run_local(spec: JobSpec, model: ModelConfig, run: LocalRun, out: TextIO = sy
             f"{len(spec.tracks)} tracks)" + _resuming(published, start.read_after),
             file=err,
         )
+        if run.view_port is not None:
+            from pipeline.api.viewer.local import viewer_alongside
+
+            stack.enter_context(viewer_alongside(client, run.prefix, job_id, run.view_port, err))
         try:
             model = _resolve_weights(_workload(model, spec, total, published))
             ray_ready.wait()
@@ -297,7 +306,7 @@ def _driver(
     def event(job_id: str, kind: str, detail: str | None) -> None:
         Publisher(store.client, keys, job_id).event(kind, detail=detail)
 
-    options = replace(lay.options, media=run.limits, stall_s=run.stall_s)
+    options = replace(lay.options, media=run.limits, stall_s=run.stall_s, preview=run.preview)
     return JobDriver(transport, lifecycle, ControlBus(store.client, keys), event, options, metrics, listener)
 
 

@@ -4,7 +4,9 @@ The API is stateless: every job lives in Redis (its hash, control, masks and eve
 runs in the cluster (a :class:`Backend` starts it). So an API process can stop and start again, or
 run several times side by side, and the jobs go on.
 
-Every request, ``/openapi.json`` included, needs ``Authorization: Bearer <token>``: 401 otherwise.
+Every request, ``/openapi.json`` included, needs ``Authorization: Bearer <token>`` (or the browser
+viewer's session cookie, :mod:`pipeline.api.viewer.sessions`): 401 otherwise. The viewer's pages
+are served at ``/view`` (:mod:`pipeline.api.viewer`).
 The service's limits (:class:`ApiSettings`) answer 429, 409, 422 or 413 saying which option sets
 them; its own failures answer 500 or 503 with an error id, the details going to its log only
 (:mod:`pipeline.api.internal`).
@@ -12,7 +14,6 @@ them; its own failures answer 500 or 503 with an error id, the details going to 
 
 from __future__ import annotations
 
-import hmac
 import itertools
 import threading
 from collections.abc import Iterator
@@ -23,7 +24,6 @@ import redis
 from fastapi import FastAPI, Path, Query, Request, Security
 from fastapi.responses import JSONResponse, Response
 from fastapi.security import HTTPBearer
-from starlette.types import ASGIApp, Receive, Scope, Send
 
 from pipeline.api.internal import InternalErrors, logged, unavailable
 from pipeline.api.limits import BodyLimit, TrackSlots, spec_track_ids
@@ -43,6 +43,8 @@ from pipeline.api.models import (
     TrackCommandBody,
     invalid,
 )
+from pipeline.api.viewer.routes import mount_static, page, viewer_router
+from pipeline.api.viewer.sessions import BearerAuth, Sessions
 from pipeline.errors import InvalidInputError, JobError, RedisUnavailableError
 from pipeline.sources.policy import SourcePolicy
 from pipeline.spec import JobSpec
@@ -166,27 +168,6 @@ class HttpError(Exception):
         self.headers = headers
 
 
-class BearerAuth:
-    """ASGI middleware: 401 for any HTTP request without the right bearer token (docs and spec too)."""
-
-    def __init__(self, app: ASGIApp, token: str) -> None:
-        self.app = app
-        self.expected = f"Bearer {token}".encode()
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http":
-            given = dict(scope.get("headers") or []).get(b"authorization", b"")
-            if not hmac.compare_digest(given, self.expected):
-                response = JSONResponse(
-                    {"detail": "missing or wrong bearer token (Authorization: Bearer <token>)"},
-                    status_code=401,
-                    headers={"WWW-Authenticate": "Bearer"},
-                )
-                await response(scope, receive, send)
-                return
-        await self.app(scope, receive, send)
-
-
 _ERRORS: dict[int | str, dict[str, Any]] = {
     401: {"model": Problem, "description": "missing or wrong bearer token"},
     413: {"model": Problem, "description": "request body over the service's limit (--max-body-kb)"},
@@ -228,7 +209,7 @@ def create_app(settings: ApiSettings, client: redis.Redis, backend: Backend) -> 
     # Added innermost first: the token is checked before a body is read or a route runs.
     app.add_middleware(InternalErrors)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_kb * 1024)
-    app.add_middleware(BearerAuth, token=settings.token)
+    app.add_middleware(BearerAuth, token=settings.token, login_page=page("login.html"))
     slots = TrackSlots(client, keys, settings.max_tracks)
     creating = threading.Lock()  # one count-then-create at a time (in this process)
     commanding = threading.Lock()  # a track's slot and its command in the same order
@@ -516,6 +497,8 @@ def create_app(settings: ApiSettings, client: redis.Redis, backend: Backend) -> 
 
     add_routes("jobs", live=False)
     add_routes("streams", live=True)
+    app.include_router(viewer_router(client, keys, Sessions(settings.token)))
+    mount_static(app)
 
     @app.get("/healthz", response_model=Health, operation_id="health", dependencies=secured, tags=["service"])
     def health() -> Health:

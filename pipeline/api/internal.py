@@ -46,10 +46,13 @@ class WatchedSend:
         await self._send(message)
 
 
-async def send_json(send: Send, status: int, detail: str) -> None:
-    """Answer ``{"detail": detail}`` with ``status`` from an ASGI middleware."""
+async def send_json(
+    send: Send, status: int, detail: str, extra_headers: list[tuple[bytes, bytes]] | None = None
+) -> None:
+    """Answer ``{"detail": detail}`` with ``status`` (and ``extra_headers``) from an ASGI middleware."""
     body = json.dumps({"detail": detail}).encode()
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    headers += extra_headers or []
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
 

@@ -123,13 +123,34 @@ def render(args: argparse.Namespace) -> int:
     from pipeline.render import render_video
 
     out = Path(args.out)
-    with _store(args) as (_, reader, info):
+    with _store(args) as (store, reader, info):
         results = (r for _, r in reader.read())
+        if info.spec.get("live") and not args.source:
+            return _render_live(store, info, results, out)
         source = args.source or info.spec.get("source")
         if not source:
             raise JobError(f"job {info.job_id} has no source in its spec; give --source")
         count = render_video(str(source), results, out, stride=int(info.spec.get("stride", 1)))
     print(f"wrote {out} ({count} frames, masks of job {info.job_id})")
+    return 0
+
+
+def _render_live(store: JobStore, info: JobInfo, results: Iterator[FrameResult], out: Path) -> int:
+    """A live job's overlay from its previews: its frames are not kept, the newest previews are."""
+    from pipeline.render import render_previews
+    from pipeline.streams.previews import PreviewReader
+
+    previews = PreviewReader(store.client, store.keys, info.job_id).after(None, 1_000_000)
+    if not previews:
+        raise JobError(
+            f"job {info.job_id} reads a live feed, whose frames are not kept, and has no previews to "
+            "render (it ran with --no-preview, or none was published yet)"
+        )
+    count, (width, height) = render_previews(previews, results, out)
+    print(
+        f"wrote {out} ({count} frames of live job {info.job_id}, from its previews at preview resolution "
+        f"{width}x{height}: frames {previews[0].frame}-{previews[-1].frame}, the ones Redis keeps)"
+    )
     return 0
 
 

@@ -142,6 +142,27 @@ def _add_media_options(p: argparse.ArgumentParser, service: bool = False) -> Non
     )
 
 
+def _add_preview_options(p: argparse.ArgumentParser) -> None:
+    """The JPEG previews the viewer shows (``run`` and ``serve``; see ``pipeline.preview``)."""
+    g = p.add_argument_group("previews (the viewer's pictures; docs/wire-format.md)")
+    g.add_argument(
+        "--no-preview", action="store_true", help="publish no previews (the viewer then shows none)"
+    )
+    g.add_argument(
+        "--preview-side", type=int, default=640, metavar="PX", help="a preview's long side in pixels (640)"
+    )
+    g.add_argument(
+        "--preview-rate", type=float, default=10.0, metavar="N", help="most previews a second per job (10)"
+    )
+    g.add_argument(
+        "--preview-keep",
+        type=int,
+        default=64,
+        metavar="N",
+        help="keep about N previews per job in Redis (64)",
+    )
+
+
 def _add_api_options(p: argparse.ArgumentParser, required: bool = False) -> None:
     g = p.add_argument_group("API (samstream serve)")
     g.add_argument(
@@ -214,8 +235,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="keep the job's data in Redis this long once it has ended: 3600, 90m, 12h, 7d, 2w "
         "or 'never' (default 7d)",
     )
+    run.add_argument(
+        "--view",
+        action="store_true",
+        help="serve the browser viewer of the job while it runs (its URL and token are printed)",
+    )
+    run.add_argument(
+        "--view-port", type=int, default=8765, metavar="PORT", help="the viewer's port with --view (8765)"
+    )
     _add_media_options(run)
     _add_ending_options(run)
+    _add_preview_options(run)
     _add_model_options(run)
     run.set_defaults(handler="pipeline.cli.run:run")
 
@@ -235,13 +265,29 @@ def build_parser() -> argparse.ArgumentParser:
     wa.set_defaults(handler="pipeline.cli.jobs:watch")
 
     rd = sub.add_parser(
-        "render", help="write the job's video with each track's mask overlaid in its own colour"
+        "render",
+        help="write the job's video with each track's mask overlaid in its own colour (a live job: "
+        "from its kept previews, at preview resolution)",
     )
     rd.add_argument("job", metavar="JOB", help="job id")
     rd.add_argument("--out", "-o", required=True, metavar="VIDEO.mp4", help="output video (.mp4, .mkv, .mov)")
     rd.add_argument("--source", metavar="SOURCE", help="the video (default: the job's source)")
     _add_redis_options(rd)
     rd.set_defaults(handler="pipeline.cli.jobs:render")
+
+    vw = sub.add_parser(
+        "view", help="serve the browser viewer of a job of samstream run (prints its URL; Ctrl-C ends it)"
+    )
+    vw.add_argument("job", metavar="JOB", help="job id")
+    vw.add_argument("--port", type=int, default=8765, metavar="P", help="port on 127.0.0.1 (default 8765)")
+    vw.add_argument(
+        "--token",
+        metavar="T",
+        default=None,
+        help="the token the page asks for (default $SAMSTREAM_API_TOKEN, else a random one, printed)",
+    )
+    _add_redis_options(vw)
+    vw.set_defaults(handler="pipeline.cli.view:view")
 
     tk = sub.add_parser("track", help="add, remove or re-prompt a track of a running job")
     tk.add_argument("action", choices=["add", "remove", "reprompt"])
@@ -458,6 +504,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="largest request body; more: 413 (256)",
     )
     _add_media_options(sv, service=True)
+    _add_preview_options(sv)
     _add_redis_options(sv)
     _add_model_options(sv)
     sv.set_defaults(handler="pipeline.cli.serve:serve")

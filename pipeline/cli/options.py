@@ -5,9 +5,13 @@ from __future__ import annotations
 import argparse
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pipeline.config import ModelConfig
 from pipeline.sources.limits import MediaLimits
+
+if TYPE_CHECKING:
+    from pipeline.preview import PreviewOptions
 
 
 def cache_dir() -> Path | None:
@@ -35,3 +39,15 @@ def model_config(args: argparse.Namespace, single_image: bool = False) -> ModelC
 def media_limits(args: argparse.Namespace) -> MediaLimits:
     """``--max-frame-pixels``, ``--max-frames`` and ``--max-duration-s`` (0: no limit)."""
     return MediaLimits.from_options(args.max_frame_pixels, args.max_frames, args.max_duration_s)
+
+
+def preview_options(args: argparse.Namespace) -> PreviewOptions:
+    """``--no-preview``, ``--preview-side``, ``--preview-rate`` and ``--preview-keep``."""
+    from pipeline.preview import PreviewOptions
+
+    return PreviewOptions(
+        enabled=not args.no_preview,
+        max_side=args.preview_side,
+        rate=args.preview_rate,
+        keep=args.preview_keep,
+    )

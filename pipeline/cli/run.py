@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import NoReturn
 
-from pipeline.cli.options import media_limits, model_config
+from pipeline.cli.options import media_limits, model_config, preview_options
 from pipeline.errors import InvalidInputError
 from pipeline.prompts import load_prompts_file, tracks_from_cli
 from pipeline.spec import JobSpec
@@ -63,6 +63,10 @@ def run(args: argparse.Namespace) -> int:
     if args.metrics_port is not None and not 0 < args.metrics_port < 65536:
         raise InvalidInputError(f"--metrics-port must be a TCP port (1-65535), got {args.metrics_port}")
 
+    if args.view:
+        from pipeline.api.viewer.local import check_port
+
+        check_port(args.view_port)
     from workers.local import LocalRun, run_local
 
     options = LocalRun(
@@ -76,6 +80,8 @@ def run(args: argparse.Namespace) -> int:
         limits=media_limits(args),
         stall_s=args.stall_s,
         redis_retry_s=args.redis_retry_s,
+        preview=preview_options(args),
+        view_port=args.view_port if args.view else None,
         detach=sys.platform == "linux",
     )
     code = run_local(spec, model, options)

@@ -11,7 +11,7 @@ import socket
 import sys
 from pathlib import Path
 
-from pipeline.cli.options import media_limits, model_config
+from pipeline.cli.options import media_limits, model_config, preview_options
 from pipeline.errors import InvalidInputError
 
 
@@ -109,6 +109,7 @@ def serve(args: argparse.Namespace) -> int:
         host_idle_s=args.host_idle_s,
         media=media_limits(args),
         stall_s=args.stall_s,
+        preview=preview_options(args),
     )
     resources = HostResources(
         host_cpus=args.host_cpus,

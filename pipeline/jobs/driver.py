@@ -44,6 +44,7 @@ from pipeline.jobs.lifecycle import Ending, Lifecycle, Start
 from pipeline.jobs.placement import Placement
 from pipeline.jobs.transport import Handle, Transport
 from pipeline.metrics import Metrics, NullMetrics
+from pipeline.preview import PreviewOptions
 from pipeline.sources.host import ReadReply, ReadRequest, SourceSpec
 from pipeline.sources.limits import MediaLimits
 from pipeline.streams.control import Command, ControlBus
@@ -77,6 +78,7 @@ class DriverOptions:
             its status is written, whatever its source or host does.
         read_timeout_s: a source host that leaves a read unanswered this long is given up: its
             jobs fail and it is replaced (generous: a new host may wait for a node to start).
+        preview: the JPEG previews of every job's frames (see :mod:`pipeline.preview`).
     """
 
     batch_frames: int = 8
@@ -96,6 +98,7 @@ class DriverOptions:
     stall_s: float = 30.0
     stop_s: float = 3.0
     read_timeout_s: float = 120.0
+    preview: PreviewOptions = field(default_factory=PreviewOptions)
 
     def __post_init__(self) -> None:
         for name in ("batch_frames", "file_window", "live_in_flight", "max_frames_in_flight"):
@@ -270,7 +273,13 @@ class JobDriver:
         shares = [spec.tracks[i : i + size] for i in range(0, len(spec.tracks), size)] or [()]
         host, decoders = self.placement.place([len(share) for share in shares])
         setup = TrackSetup(
-            spec.tracks, spec.tracking_config(), spec.image_size, spec.stride, spec.live, spec.maxlen
+            spec.tracks,
+            spec.tracking_config(),
+            spec.image_size,
+            spec.stride,
+            spec.live,
+            spec.maxlen,
+            preview_keep=self.options.preview.keep,
         )
         parts = []
         if len(shares) > 1:
@@ -290,6 +299,7 @@ class JobDriver:
                 spec.give_up_s,
                 limits=self.options.media,
                 stall_s=self.options.stall_s,
+                preview=self.options.preview,
             ),
             setup,
             host,

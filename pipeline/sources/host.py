@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import gc
+import logging
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -23,10 +24,13 @@ from dataclasses import dataclass, field, replace
 
 from pipeline.errors import SamstreamError
 from pipeline.frames import Frame
+from pipeline.preview import OFF, PreviewOptions, PreviewPacer, make_preview
 from pipeline.sources.guard import NetworkGuard
 from pipeline.sources.limits import MediaLimits
 from pipeline.sources.reader import FileReader, LiveReader, Notify, Reader
 from pipeline.sources.video import SourceInfo, VideoSource
+
+log = logging.getLogger(__name__)
 
 # Frames a file source decodes ahead of the pipeline.
 FILE_QUEUE = 16
@@ -44,6 +48,7 @@ class SourceSpec:
         give_up_s: live feeds: fail after this long without a frame.
         limits: pixels per frame (every source), frames and duration (files) it may have.
         stall_s: files and URLs: fail after this long without a frame while one is wanted.
+        preview: the JPEG previews the host makes of the job's frames (see :mod:`pipeline.preview`).
     """
 
     uri: str
@@ -53,6 +58,7 @@ class SourceSpec:
     give_up_s: float = 30.0
     limits: MediaLimits = field(default_factory=MediaLimits)
     stall_s: float = 30.0
+    preview: PreviewOptions = OFF
 
 
 @dataclass(frozen=True)
@@ -148,6 +154,7 @@ class _Slot:
     error: str | None = None
     info_sent: bool = False
     thread: threading.Thread | None = field(default=None, repr=False)
+    pacer: PreviewPacer | None = None
 
 
 class SourceHost:
@@ -237,7 +244,7 @@ class SourceHost:
             group_frames: list[Frame] = []
             for _ in group:
                 request, slot = requests[i], slots[i]
-                mine = [replace(f, job_id=request.job_id) for f in taken[i]]
+                mine = [replace(f, job_id=request.job_id) for f in _previewed(slot, taken[i])]
                 group_frames += mine
                 group_replies.append(self._reply(request, slot, mine, ended[i], errors[i] or slot.error))
                 i += 1
@@ -312,6 +319,28 @@ class SourceHost:
             readers = [s.reader for s in self._slots.values() if s.reader is not None]
             self._slots.clear()
         _close_all(readers)
+
+
+def _previewed(slot: _Slot, frames: list[Frame]) -> list[Frame]:
+    """``frames``, the ones due a preview (its pace: at most ``rate`` a second) carrying it."""
+    options = slot.spec.preview
+    if not options.enabled or not frames:
+        return frames
+    if slot.pacer is None:
+        slot.pacer = PreviewPacer(options.rate)
+    now = time.monotonic()
+    out = []
+    for f in frames:
+        if slot.pacer.due(now):
+            start = time.perf_counter()
+            try:
+                preview = make_preview(f.image, f.original_size, options)
+            except Exception:  # a picture the viewer misses is no reason to fail the job, or the read
+                log.warning("no preview of frame %d", f.index, exc_info=True)
+            else:
+                f = replace(f, preview=preview, timings={**f.timings, "preview": time.perf_counter() - start})
+        out.append(f)
+    return out
 
 
 def _close_all(readers: Sequence[Reader]) -> None:

@@ -45,7 +45,7 @@ return 1
 # stops half done), and DEL is allowed when out of memory: so a terminal status first deletes the
 # job's control stream, which an ended job no longer reads (a job run again reads only commands
 # sent after it starts), then writes a few hundred bytes.
-# KEYS: the job's keys in Keys.of_job's order: hash, masks, events, control, state, tracks.
+# KEYS: the job's keys in Keys.of_job's order: hash, masks, events, control, state, tracks, preview.
 # ARGV: n, n hash args, terminal ('1' or '0'), events maxlen, event args.
 _STATUS = """
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end

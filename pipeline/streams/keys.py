@@ -69,8 +69,13 @@ class Keys:
         outlives the removal of every track): ``{prefix}job:{id}:tracks``."""
         return f"{self.job(job_id)}:tracks"
 
+    def preview(self, job_id: str) -> str:
+        """Stream of small JPEG previews of processed frames (bounded): ``{prefix}job:{id}:preview``."""
+        return f"{self.job(job_id)}:preview"
+
     def of_job(self, job_id: str) -> tuple[str, ...]:
-        """Every key of one job: hash, masks, events, control, state, tracks (they expire and go together)."""
+        """Every key of one job: hash, masks, events, control, state, tracks, preview (they expire
+        and go together; the hash first, as the job store's scripts want)."""
         return (
             self.job(job_id),
             self.masks(job_id),
@@ -78,6 +83,7 @@ class Keys:
             self.control(job_id),
             self.state(job_id),
             self.tracks(job_id),
+            self.preview(job_id),
         )
 
     def jobs_index(self) -> str:

@@ -35,13 +35,15 @@ from pipeline.frames import FrameResult
 from pipeline.jobs.resume import ResumePoint
 from pipeline.streams.connection import redis_errors, refusal, refused, retry_of
 from pipeline.streams.keys import Keys, validate_job_id
+from pipeline.streams.previews import encode_preview
 from pipeline.streams.publisher import Publisher
 from pipeline.streams.wire import encode_entry, entry_id
 
-# KEYS: masks stream, job hash, state key.
+# KEYS: masks stream, job hash, state key, preview stream.
 # ARGV: entry id, maxlen ("" for none), state ("" for none: no checkpoint with this frame), frame
 # index, now, the newest frame the job expects in the stream ("" for none, "*" unknown: no check),
-# then the entry's field/value pairs.
+# the preview's maxlen, n: the number of preview field/value arguments (0: no preview), those n,
+# then the entry's field/value pairs. The preview goes in only with its frame's new entry (same ID).
 # Returns 1 (added), 0 (published before), or {"lost", newest frame or -1} (Redis lost entries).
 _PUBLISH = """
 if redis.call('EXISTS', KEYS[2]) == 0 then return redis.error_reply('no such job') end
@@ -58,11 +60,18 @@ if ARGV[2] ~= '' then
   table.insert(args, 'MAXLEN'); table.insert(args, '~'); table.insert(args, ARGV[2])
 end
 table.insert(args, ARGV[1])
-for i = 7, #ARGV do table.insert(args, ARGV[i]) end
+local n = tonumber(ARGV[8])
+for i = 9 + n, #ARGV do table.insert(args, ARGV[i]) end
 local ok = redis.pcall('XADD', unpack(args))
 if type(ok) == 'table' and ok.err then
   if string.find(ok.err, 'equal or smaller') then return 0 end
   return redis.error_reply(ok.err)
+end
+if n > 0 then
+  local shown = redis.pcall('XADD', KEYS[4], 'MAXLEN', '~', ARGV[7], ARGV[1], unpack(ARGV, 9, 8 + n))
+  if type(shown) == 'table' and shown.err and not string.find(shown.err, 'equal or smaller') then
+    return redis.error_reply(shown.err)
+  end
 end
 redis.call('HINCRBY', KEYS[2], 'frames_done', 1)
 redis.call('HSET', KEYS[2], 'last_frame', ARGV[4], 'updated', ARGV[5])
@@ -71,6 +80,7 @@ return 1
 """
 _PUBLISH_SHA = hashlib.sha1(_PUBLISH.encode()).hexdigest()
 _UNCHECKED = "*"  # the sink does not know what the stream holds yet
+PREVIEW_KEEP = 64  # preview entries kept by default (see pipeline.preview.PreviewOptions.keep)
 
 
 class LostEntriesError(SamstreamError):
@@ -98,6 +108,7 @@ class RedisSink:
         job_id: the job.
         maxlen: trim the masks stream to about this many entries (live jobs); None keeps all.
         notice: a warning every entry carries (random weights).
+        preview_keep: trim the preview stream to about this many entries.
     """
 
     def __init__(
@@ -107,12 +118,14 @@ class RedisSink:
         job_id: str,
         maxlen: int | None = None,
         notice: str | None = None,
+        preview_keep: int = PREVIEW_KEEP,
     ) -> None:
         self.client = client
         self.keys = keys
         self.job_id = validate_job_id(job_id)
         self.maxlen = maxlen
         self.notice = notice
+        self.preview_keep = preview_keep
         self.publisher = Publisher(client, keys, job_id, maxlen)
         # The newest frame the masks stream must hold before the next publish (None: no frame);
         # learnt from the resume point, then from each publish.
@@ -132,7 +145,12 @@ class RedisSink:
 
     def calls(self, items: Sequence[tuple[FrameResult, Mapping[str, Any] | None]]) -> list[list[Any]]:
         """The script calls (keys and arguments) that publish ``items``."""
-        keys = [self.keys.masks(self.job_id), self.keys.job(self.job_id), self.keys.state(self.job_id)]
+        keys = [
+            self.keys.masks(self.job_id),
+            self.keys.job(self.job_id),
+            self.keys.state(self.job_id),
+            self.keys.preview(self.job_id),
+        ]
         calls = []
         want = self._newest
         for result, snapshot in items:
@@ -146,6 +164,8 @@ class RedisSink:
                 repr(time.time()),
                 "" if want is None else str(want),
             ]
+            preview = [] if result.preview is None else encode_preview(result)
+            args += [str(self.preview_keep), str(len(preview)), *preview]
             want = result.frame_index
             args += [x for kv in fields.items() for x in kv]
             calls.append([*keys, *args])
@@ -279,7 +299,7 @@ def _run(client: redis.Redis, calls: list[list[Any]]) -> list[Any]:
 def _pipeline(client: redis.Redis, calls: list[list[Any]]) -> list[Any]:
     pipe = client.pipeline(transaction=False)
     for call in calls:
-        pipe.evalsha(_PUBLISH_SHA, 3, *call)
+        pipe.evalsha(_PUBLISH_SHA, 4, *call)
     return list(pipe.execute(raise_on_error=False))
 
 

@@ -57,7 +57,7 @@ def _job(client: redis.Redis, keys: Keys, job_id: str, live: bool = False) -> Jo
     store = JobStore(client, keys)
     store.create(job_id, {"source": "a.mp4", "live": live})
     store.set_status(job_id, JobStatus.RUNNING)
-    RedisSink(client, keys, job_id).publish(make_result(0), {"version": 1, "tracks": []})
+    RedisSink(client, keys, job_id).publish(make_result(0, preview=True), {"version": 1, "tracks": []})
     send(client, keys, job_id, Command("remove", 1))
     TrackSlots(client, keys, 64).take(job_id, 2, [])
     assert client.exists(*keys.of_job(job_id)) == len(keys.of_job(job_id))

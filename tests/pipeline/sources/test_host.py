@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -146,3 +147,59 @@ def test_live_feeds_give_their_newest_frame_numbered_after_the_jobs_last(tmp_pat
             assert min(seen["b"]) >= 1000
         finally:
             host.shutdown()
+
+
+def test_a_jobs_frames_carry_previews_at_its_pace(clips: tuple[Path, Path]) -> None:
+    """Every frame of a file read at once: the first gets a preview (the frame's size, as a JPEG),
+    the next ones within the pace's interval get none; a job without previews gets none."""
+    import io
+
+    from PIL import Image
+
+    from pipeline.preview import PreviewOptions
+
+    host = SourceHost()
+    try:
+        previewed = SourceSpec(str(clips[1]), 256, preview=PreviewOptions(max_side=160, rate=0.5))
+        requests = {
+            "p": ReadRequest("p", previewed, None, 12),
+            "q": ReadRequest("q", SourceSpec(str(clips[0]), 256), None, 20),
+        }
+        seen: dict[str, list[Any]] = {"p": [], "q": []}
+        deadline = time.monotonic() + 20
+        while len(seen["p"]) < 12 or len(seen["q"]) < 20:
+            assert time.monotonic() < deadline, seen
+            asked = [[r for j, r in requests.items() if len(seen[j]) < (12 if j == "p" else 20)]]
+            _, pixels = host.read(asked, wait_s=0.05)
+            for f in pixels[0]:
+                seen[f.job_id].append(f)
+                req = requests[f.job_id]
+                requests[f.job_id] = ReadRequest(req.job_id, req.source, f.index, req.count)
+        with_preview = [f for f in seen["p"] if f.preview is not None]
+        assert with_preview[0].index == 0 and len(with_preview) <= 2  # 0.5 a second, read in ~1 s
+        p = with_preview[0].preview
+        assert (p.width, p.height) == (160, 120)
+        assert Image.open(io.BytesIO(p.jpeg)).size == (160, 120)
+        assert "preview" in with_preview[0].timings
+        assert all(f.preview is None for f in seen["q"])
+    finally:
+        host.shutdown()
+
+
+def test_a_preview_that_cannot_be_made_costs_the_frame_only_its_preview(
+    clips: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import pipeline.sources.host as host_module
+    from pipeline.preview import PreviewOptions
+
+    def broken(*args: object) -> None:
+        raise ValueError("no picture")
+
+    monkeypatch.setattr(host_module, "make_preview", broken)
+    host = SourceHost()
+    try:
+        spec = SourceSpec(str(clips[0]), 256, preview=PreviewOptions())
+        frames, replies = _drain(host, {"a": ReadRequest("a", spec, None, 4)}, [["a"]])
+        assert frames["a"] == list(range(20)) and not any(r.error for r in replies["a"])
+    finally:
+        host.shutdown()

@@ -13,6 +13,7 @@ import redis
 from pycocotools import mask as mask_utils
 
 from pipeline.frames import FrameResult, TrackMask
+from pipeline.preview import PreviewOptions, make_preview
 from pipeline.streams import EmbeddedRedis, Keys, connect
 
 
@@ -42,8 +43,11 @@ def rle_of(mask: np.ndarray) -> dict[str, Any]:
     return {"size": [int(s) for s in rle["size"]], "counts": rle["counts"]}
 
 
-def make_result(frame: int, height: int = 24, width: int = 32, n_tracks: int = 2) -> FrameResult:
-    """A frame result whose track ``i`` is a box mask shifted with the frame index."""
+def make_result(
+    frame: int, height: int = 24, width: int = 32, n_tracks: int = 2, preview: bool = False
+) -> FrameResult:
+    """A frame result whose track ``i`` is a box mask shifted with the frame index (``preview``:
+    with a JPEG preview of a grey picture, made by the real preview maker)."""
     tracks = []
     for i in range(1, n_tracks + 1):
         mask = np.zeros((height, width), bool)
@@ -59,6 +63,11 @@ def make_result(frame: int, height: int = 24, width: int = 32, n_tracks: int = 2
         width=width,
         height=height,
         tracks=tuple(tracks),
+        preview=make_preview(
+            np.full((height, width, 3), frame % 256, np.uint8), (height, width), PreviewOptions()
+        )
+        if preview
+        else None,
     )
 
 

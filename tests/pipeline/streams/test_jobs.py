@@ -92,11 +92,11 @@ def test_list_oldest_first(redis_client: redis.Redis, keys: Keys) -> None:
 
 def _all_keys_written(client: redis.Redis, keys: Keys, job_id: str) -> JobStore:
     """A job with every one of its keys, each by its real writer: hash and events (the store),
-    masks and state (the sink), control (a command)."""
+    masks, state and preview (the sink), control (a command)."""
     store = JobStore(client, keys)
     store.create(job_id, {"source": "a.mp4"}, keep_s=100)
     store.set_status(job_id, JobStatus.RUNNING)
-    RedisSink(client, keys, job_id).publish(make_result(0), {"version": 1, "tracks": []})
+    RedisSink(client, keys, job_id).publish(make_result(0, preview=True), {"version": 1, "tracks": []})
     send(client, keys, job_id, Command("stop"))
     TrackSlots(client, keys, 64).take(job_id, 1, [])
     assert client.exists(*keys.of_job(job_id)) == len(keys.of_job(job_id))
