@@ -22,6 +22,10 @@ _LUMA = [min(255, max(0, round((v - 16) * 255 / 219))) for v in range(256)]
 _CHROMA = [min(255, max(0, round((v - 128) * 255 / 224 + 128))) for v in range(256)]
 
 
+# How long a viewer's look keeps a live job's previews coming (its page asks every few hundred ms).
+WATCH_TTL_S = 10
+
+
 @dataclass(frozen=True)
 class PreviewOptions:
     """How a deployment (``run``, ``serve``) previews its jobs' frames.
@@ -32,6 +36,9 @@ class PreviewOptions:
         rate: most previews a second per job (wall-clock time).
         keep: the ``:preview`` stream keeps about this many entries (``XADD MAXLEN ~``).
         quality: JPEG quality, 1-95.
+        live_always: make a live job's previews all the time; False (the default): only while a
+            viewer shows the job (``Keys.watched``), since a live feed's previews cost every frame
+            a JPEG for as long as it runs (and `render` of a live job then has what was watched).
     """
 
     enabled: bool = True
@@ -39,6 +46,7 @@ class PreviewOptions:
     rate: float = 10.0
     keep: int = 64
     quality: int = 70
+    live_always: bool = False
 
     def __post_init__(self) -> None:
         if not 16 <= self.max_side <= 4096:

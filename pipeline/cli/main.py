@@ -161,6 +161,12 @@ def _add_preview_options(p: argparse.ArgumentParser) -> None:
         metavar="N",
         help="keep about N previews per job in Redis (64)",
     )
+    g.add_argument(
+        "--preview-live-always",
+        action="store_true",
+        help="make a live job's previews all the time (for render afterwards); by default only "
+        "while a viewer shows the job, as each costs its frame a JPEG",
+    )
 
 
 def _add_api_options(p: argparse.ArgumentParser, required: bool = False) -> None:

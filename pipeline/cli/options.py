@@ -50,4 +50,5 @@ def preview_options(args: argparse.Namespace) -> PreviewOptions:
         max_side=args.preview_side,
         rate=args.preview_rate,
         keep=args.preview_keep,
+        live_always=args.preview_live_always,
     )

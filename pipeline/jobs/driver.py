@@ -38,6 +38,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+import redis
+
 from pipeline.decoding import FrameSummary
 from pipeline.errors import InvalidInputError, JobError, SamstreamError
 from pipeline.jobs.lifecycle import Ending, Lifecycle, Start
@@ -51,6 +53,8 @@ from pipeline.streams.control import Command, ControlBus
 from pipeline.tracker_host import OWNER, PART, TrackReply, TrackSetup
 
 log = logging.getLogger(__name__)
+# How often the driver asks Redis which live jobs a viewer shows (their previews start within it).
+WATCH_POLL_S = 1.0
 
 
 @dataclass(frozen=True)
@@ -221,6 +225,8 @@ class JobDriver:
         self._seq = 0
         self._turn = 0  # round-robin offset of the jobs served first
         self._polled = 0.0
+        self._watch_polled = 0.0
+        self._watched: set[str] = set()  # live jobs a viewer shows now (their previews are made)
         self._drops_at = 0.0
         self.placement = Placement(transport, self.options)
         self._stop = threading.Event()
@@ -321,6 +327,9 @@ class JobDriver:
         if now - self._polled >= self.options.control_poll_s:
             self._polled = now
             self._poll_control()
+        if now - self._watch_polled >= WATCH_POLL_S:
+            self._watch_polled = now
+            self._poll_watched()
         self._submit_reads()
         handles = [r.meta for r in self._reads.values()]
         for lane in self._lanes.values():
@@ -388,7 +397,7 @@ class JobDriver:
                 if count <= 0:
                     continue
                 budget -= count
-                request = ReadRequest(job.job_id, job.source, job.after, count)
+                request = ReadRequest(job.job_id, job.source, job.after, count, self._previews(job))
                 wanted.setdefault(job.host, {}).setdefault(job.decoder, []).append(request)
         for host, by_decoder in wanted.items():
             decoders = list(by_decoder)
@@ -542,6 +551,28 @@ class JobDriver:
             self.listener.frames(job.job_id, summaries)
 
     # -- control, events, endings --
+
+    def _previews(self, job: _Job) -> bool:
+        """Whether a read makes previews of the job's frames: a file job's always (they cost one
+        frame in many), a live job's while a viewer shows it or when asked for all the time."""
+        return not job.live or self.options.preview.live_always or job.job_id in self._watched
+
+    def _poll_watched(self) -> None:
+        """Which live jobs a viewer shows now (one Redis round trip for all of them)."""
+        live = [j for j, job in self.jobs.items() if job.live]
+        if not live or self.options.preview.live_always or not self.options.preview.enabled:
+            self._watched = set()
+            return
+        store = self.lifecycle.store
+        try:
+            pipe = store.client.pipeline(transaction=False)
+            for job_id in live:
+                pipe.exists(store.keys.watched(job_id))
+            found = pipe.execute()
+        except redis.RedisError as exc:  # the previews can wait; the job's own writes report Redis
+            log.debug("could not read which jobs are watched: %s", exc)
+            return
+        self._watched = {j for j, n in zip(live, found, strict=True) if n}
 
     def _poll_control(self) -> None:
         if not self.jobs:

@@ -70,12 +70,15 @@ class ReadRequest:
         source: how to open its source (used when the host does not hold it yet).
         after: the last frame the job has (None: none yet).
         count: most frames wanted (a live feed gives at most one: its newest).
+        preview: make previews of these frames as the job's options say (False: a live job that
+            nobody watches).
     """
 
     job_id: str
     source: SourceSpec
     after: int | None
     count: int
+    preview: bool = True
 
 
 @dataclass(frozen=True)
@@ -244,7 +247,10 @@ class SourceHost:
             group_frames: list[Frame] = []
             for _ in group:
                 request, slot = requests[i], slots[i]
-                mine = [replace(f, job_id=request.job_id) for f in _previewed(slot, taken[i])]
+                mine = [
+                    replace(f, job_id=request.job_id)
+                    for f in (_previewed(slot, taken[i]) if request.preview else taken[i])
+                ]
                 group_frames += mine
                 group_replies.append(self._reply(request, slot, mine, ended[i], errors[i] or slot.error))
                 i += 1

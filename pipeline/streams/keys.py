@@ -73,9 +73,15 @@ class Keys:
         """Stream of small JPEG previews of processed frames (bounded): ``{prefix}job:{id}:preview``."""
         return f"{self.job(job_id)}:preview"
 
+    def watched(self, job_id: str) -> str:
+        """Set, with a short expiry, while a viewer shows the job: ``{prefix}job:{id}:watched``.
+        A live job makes previews only then (unless its previews are kept always)."""
+        return f"{self.job(job_id)}:watched"
+
     def of_job(self, job_id: str) -> tuple[str, ...]:
         """Every key of one job: hash, masks, events, control, state, tracks, preview (they expire
-        and go together; the hash first, as the job store's scripts want)."""
+        and go together; the hash first, as the job store's scripts want). Not ``watched``: it
+        lives seconds of its own."""
         return (
             self.job(job_id),
             self.masks(job_id),

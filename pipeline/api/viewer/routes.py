@@ -22,6 +22,7 @@ from fastapi.staticfiles import StaticFiles
 from pipeline.api.models import JobView
 from pipeline.api.viewer.sessions import COOKIE, CSRF_HEADER, Sessions
 from pipeline.errors import JobError
+from pipeline.preview import WATCH_TTL_S
 from pipeline.streams import JobInfo, JobStore, Keys
 from pipeline.streams.previews import PreviewEntry, PreviewReader
 from pipeline.streams.wire import as_text, decode_mask_entry, entry_id
@@ -113,8 +114,11 @@ def viewer_router(client: redis.Redis, keys: Keys, sessions: Sessions) -> APIRou
         job_id: str = job_id_path,
         after: str | None = Query(default=None, pattern=ENTRY_ID),
     ) -> JSONResponse:
-        """The newest frame with a preview, if it is newer than ``after`` (the last one drawn)."""
+        """The newest frame with a preview, if it is newer than ``after`` (the last one drawn).
+
+        Asking marks the job watched for a while: a live job makes previews only then."""
         info = info_of(job_id)
+        client.set(keys.watched(job_id), 1, ex=WATCH_TTL_S)
         newest = PreviewReader(client, keys, job_id).latest()
         shown = [] if newest is None or (after is not None and _after(after, newest.entry_id)) else [newest]
         return _json(

@@ -314,3 +314,23 @@ def test_track_commands_reach_the_share_that_follows_the_track(rig) -> None:
     ids = [[t for t, _, _ in m] for m in r.masks("cam").values()]
     assert ids[0] == [1, 2, 3, 4] and ids[-1] == [1, 2, 9, 4]
     assert all(i in ([1, 2, 3, 4], [1, 2, 9, 3, 4], [1, 2, 4], [1, 2, 9, 4], [1, 2, 3, 4]) for i in ids), ids
+
+
+def test_a_live_jobs_previews_are_asked_for_only_while_a_viewer_watches(rig) -> None:
+    r = rig()
+    r.create("cam", "feed:50", live=True)
+    r.create("clip", "file:200:0.01")
+    r.run(until=lambda: len(r.frames("cam")) >= 3 and len(r.frames("clip")) >= 3)
+    cam, clip = r.driver.jobs["cam"], r.driver.jobs["clip"]
+    r.driver._poll_watched()
+    assert not r.driver._previews(cam)  # nobody watches: no JPEG per frame of a feed
+    assert r.driver._previews(clip)  # a file job's frames are previewed all the same
+    r.client.set(r.keys.watched("cam"), 1, ex=10)  # what the viewer's page does while open
+    r.driver._poll_watched()
+    assert r.driver._previews(cam)
+    r.client.delete(r.keys.watched("cam"))  # the page closed (or its key expired)
+    r.driver._poll_watched()
+    assert not r.driver._previews(cam)
+    r.command("cam", Command("stop"))
+    r.command("clip", Command("stop"))
+    r.run()

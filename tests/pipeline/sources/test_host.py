@@ -182,6 +182,18 @@ def test_a_jobs_frames_carry_previews_at_its_pace(clips: tuple[Path, Path]) -> N
         assert Image.open(io.BytesIO(p.jpeg)).size == (160, 120)
         assert "preview" in with_preview[0].timings
         assert all(f.preview is None for f in seen["q"])
+
+        # A read that asks for none (a live job nobody watches) gets none, whatever its options.
+        again = SourceSpec(str(clips[1]), 256, preview=PreviewOptions(max_side=160, rate=100))
+        got: list[Any] = []
+        deadline = time.monotonic() + 20
+        while len(got) < 5:
+            assert time.monotonic() < deadline, got
+            _, pixels = host.read(
+                [[ReadRequest("r", again, got[-1].index if got else None, 5, preview=False)]], 0.05
+            )
+            got += pixels[0]
+        assert all(f.preview is None for f in got)
     finally:
         host.shutdown()
 
