@@ -191,16 +191,7 @@ def render_video(
                 for frame in frames:
                     result = pending.take(frame.index)
                     image = frame.rgb()  # RGB at the frame's own size (no encoder size asked)
-                    if result is not None:
-                        masks = [
-                            (t.track_id, _fit(decode_rle(t.rle), image.shape[:2]))
-                            for t in result.tracks
-                            if t.state == "active"
-                        ]
-                        image = overlay(image, masks, alpha)
-                    video_frame = av.VideoFrame.from_ndarray(_pad_even(image), format="rgb24")
-                    video_frame.pts = written
-                    container.mux(stream.encode(video_frame))
+                    _mux_overlaid(container, stream, image, result, alpha, written)
                     written += 1
                     if progress is not None:
                         progress(written)
@@ -272,16 +263,7 @@ def render_previews(
                     ) from None
                 image = np.asarray(picture.resize((first.width, first.height)), dtype=np.uint8)
                 result = pending.take(preview.frame)
-                if result is not None:
-                    masks = [
-                        (t.track_id, _fit(decode_rle(t.rle), image.shape[:2]))
-                        for t in result.tracks
-                        if t.state == "active"
-                    ]
-                    image = overlay(image, masks, alpha)
-                video_frame = av.VideoFrame.from_ndarray(_pad_even(image), format="rgb24")
-                video_frame.pts = written
-                container.mux(stream.encode(video_frame))
+                _mux_overlaid(container, stream, image, result, alpha, written)
                 written += 1
             container.mux(stream.encode(None))
         os.replace(tmp, out_path)
@@ -353,3 +335,21 @@ def _pad_even(image: npt.NDArray[np.uint8]) -> npt.NDArray[np.uint8]:
     if h % 2 == 0 and w % 2 == 0:
         return image
     return np.pad(image, ((0, h % 2), (0, w % 2), (0, 0)), mode="edge")
+
+
+def _mux_overlaid(
+    container: Any, stream: Any, image: np.ndarray, result: Any, alpha: float, pts: int
+) -> None:
+    """Write ``image`` (HxWx3 uint8 RGB) with ``result``'s active tracks drawn over it (None: as it is)."""
+    import av
+
+    if result is not None:
+        masks = [
+            (t.track_id, _fit(decode_rle(t.rle), image.shape[:2]))
+            for t in result.tracks
+            if t.state == "active"
+        ]
+        image = overlay(image, masks, alpha)
+    video_frame = av.VideoFrame.from_ndarray(_pad_even(image), format="rgb24")
+    video_frame.pts = pts
+    container.mux(stream.encode(video_frame))

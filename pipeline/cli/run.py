@@ -113,6 +113,8 @@ def end_now(code: int, spare: set[int] | frozenset[int] = frozenset()) -> NoRetu
     import os
     import signal
 
+    from pipeline.processes import descendants
+
     sys.stdout.flush()
     sys.stderr.flush()
     spared = {p for s in spare if s for p in (s, *descendants(s))}
@@ -120,22 +122,3 @@ def end_now(code: int, spare: set[int] | frozenset[int] = frozenset()) -> NoRetu
         with contextlib.suppress(OSError):
             os.kill(pid, signal.SIGKILL)
     os._exit(code)
-
-
-def descendants(pid: int, proc: Path = Path("/proc")) -> set[int]:
-    """Every live process below ``pid``, from /proc (Linux)."""
-    children: dict[int, list[int]] = {}
-    for stat in proc.glob("[0-9]*/stat"):
-        try:
-            parent = int(stat.read_text().rpartition(")")[2].split()[1])
-        except (OSError, ValueError, IndexError):
-            continue
-        children.setdefault(parent, []).append(int(stat.parent.name))
-    found: set[int] = set()
-    todo = [pid]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            if child not in found:
-                found.add(child)
-                todo.append(child)
-    return found

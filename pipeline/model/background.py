@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.config import ModelConfig
+from pipeline.processes import pid_alive
 
 log = logging.getLogger(__name__)
 
@@ -134,7 +135,7 @@ def building(lock: Path) -> bool:
         pid = int(lock.read_text().strip() or 0)
     except (OSError, ValueError):
         return False
-    if pid > 0 and _alive(pid):
+    if pid > 0 and pid_alive(pid):
         return True
     lock.unlink(missing_ok=True)
     return False
@@ -154,13 +155,3 @@ def take_lock(lock: Path) -> bool:
             f.write(str(os.getpid()))
         return True
     return False
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True

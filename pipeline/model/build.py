@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 
 from pipeline.config import ModelConfig
 from pipeline.model.background import NICE, take_lock
+from pipeline.processes import pid_alive
 
 if TYPE_CHECKING:
     from pipeline.model.accelerate import Recipe
@@ -72,14 +73,9 @@ def _watch_parent(pid: int) -> None:
     """End this builder when process ``pid`` has ended: nothing outlives the run that asked."""
 
     def watch() -> None:
-        while True:
-            try:
-                os.kill(pid, 0)
-            except ProcessLookupError:
-                os._exit(3)
-            except PermissionError:
-                pass
+        while pid_alive(pid):
             time.sleep(1.0)
+        os._exit(3)
 
     threading.Thread(target=watch, daemon=True, name="parent-watch").start()
 

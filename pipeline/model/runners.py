@@ -87,7 +87,26 @@ def _background(
     )
 
 
-class EncoderRunner(nn.Module):
+class _Runner(nn.Module):
+    """What both runners share: the CPU part, made at first use (or :meth:`ready`)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.part: Part | None = None
+        self._make: Callable[[], Part] | None = None
+
+    def ready(self) -> Part | None:
+        """Prepare (or load) the CPU part now rather than at the first call; None where there is none."""
+        if self.part is None and self._make is not None:
+            self.part, self._make = self._make(), None
+        return self.part
+
+    @property
+    def compiled(self) -> bool:
+        return self.part is not None and self.part.compiled
+
+
+class EncoderRunner(_Runner):
     """The image encoder: (B, 3, S, S) float32 in, (B, 256, S/16, S/16) float32 out.
 
     Args:
@@ -113,8 +132,6 @@ class EncoderRunner(nn.Module):
         super().__init__()
         self.device = device
         self.dtype = dtype
-        self.part: Part | None = None
-        self._make: Callable[[], Part] | None = None  # the CPU part, made at first use (or ready())
         self.module: Any = encoder
         if device.type == "cuda":
             if compile is Compile.COMPILED:
@@ -136,16 +153,6 @@ class EncoderRunner(nn.Module):
 
             self._make = make
 
-    def ready(self) -> Part | None:
-        """Prepare (or load) the CPU part now rather than at the first call; None where there is none."""
-        if self.part is None and self._make is not None:
-            self.part, self._make = self._make(), None
-        return self.part
-
-    @property
-    def compiled(self) -> bool:
-        return self.part is not None and self.part.compiled
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.device.type == "cuda":
             with _autocast(self.dtype):
@@ -159,7 +166,7 @@ class EncoderRunner(nn.Module):
         return out.float().contiguous()  # plain NCHW, whatever layout the prepared encoder gives
 
 
-class MaskDecoderRunner(nn.Module):
+class MaskDecoderRunner(_Runner):
     """SAM's mask decoder with kornia's call signature, in the chosen precision, float32 out.
 
     On a CPU one prompt per call (each prompt's result does not depend on the others, so this
@@ -190,8 +197,6 @@ class MaskDecoderRunner(nn.Module):
         super().__init__()
         self.device = device
         self.dtype = dtype
-        self.part: Part | None = None
-        self._make: Callable[[], Part] | None = None
         self.module: Any = decoder
         if device.type == "cuda":
             if compile is Compile.COMPILED:
@@ -208,16 +213,6 @@ class MaskDecoderRunner(nn.Module):
                 return Part(recipe, compile, _background(recipe, config, dtype, calls))
 
             self._make = make
-
-    def ready(self) -> Part | None:
-        """Prepare (or load) the CPU part now rather than at the first call; None where there is none."""
-        if self.part is None and self._make is not None:
-            self.part, self._make = self._make(), None
-        return self.part
-
-    @property
-    def compiled(self) -> bool:
-        return self.part is not None and self.part.compiled
 
     def forward(
         self,

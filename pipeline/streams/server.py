@@ -24,6 +24,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from pipeline.errors import RedisUnavailableError
+from pipeline.processes import pid_alive
 
 STATE_FILE = "samstream-redis.json"
 LOCK_FILE = "samstream-redis.lock"
@@ -200,10 +201,10 @@ class EmbeddedRedis:
         if state is None:
             return False
         port, pid = state
-        if not _pid_alive(pid):
+        if not pid_alive(pid):
             return False
         deadline = time.monotonic() + self._startup_timeout_s
-        reply = _probe(port, self._password, deadline, self._loading_timeout_s, alive=lambda: _pid_alive(pid))
+        reply = _probe(port, self._password, deadline, self._loading_timeout_s, alive=lambda: pid_alive(pid))
         if reply is not None and reply["pid"] == pid and Path(reply["dir"]).resolve() == self.data_dir:
             self._port, self._pid, self._reused = port, pid, True
             log.info("reusing the embedded Redis left for %s (pid %d, port %d)", self.data_dir, pid, port)
@@ -280,7 +281,7 @@ class EmbeddedRedis:
                     return True
                 return False
             _reap(pid)
-            if not _pid_alive(pid):
+            if not pid_alive(pid):
                 return True
             if time.monotonic() >= deadline:
                 return False
@@ -292,7 +293,7 @@ class EmbeddedRedis:
             users = [int(u) for u in json.loads((self.data_dir / USERS_FILE).read_text())]
         except (OSError, ValueError, TypeError):
             return []
-        return [u for u in users if _pid_alive(u)]
+        return [u for u in users if pid_alive(u)]
 
     def _write_users(self, users: list[int]) -> None:
         path = self.data_dir / USERS_FILE
@@ -413,20 +414,6 @@ def _free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind((_HOST, 0))
         return int(s.getsockname()[1])
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:  # a zombie (exited, not yet reaped) still accepts signal 0
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return True
-    return stat.rpartition(")")[2].split()[0] not in ("Z", "X")
 
 
 def _reap(pid: int) -> None:
