@@ -358,10 +358,11 @@ def _first_compile(model: ModelConfig) -> bool:
     """Whether the first frame will wait for a compile: ``--compile compiled`` and no encoder of
     this size cached yet (``auto`` never waits: it compiles in the background when that pays)."""
     from pipeline.config import Compile
-    from pipeline.model.accelerate import packages_dir
 
     if model.compile is not Compile.COMPILED or model.weights is Weights.NULL:
         return False
+    from pipeline.model.accelerate import packages_dir  # imports torch: a second the driver need not spend
+
     return not any(packages_dir(model.cache_dir).glob(f"encoder-{model.image_size}-*.pt2"))
 
 
@@ -429,7 +430,10 @@ def _ray_init() -> None:
 
     if ray.is_initialized():
         return
+    from workers.actors import worker_env
+
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    worker_env()
     ray.init(
         address="local",
         num_cpus=max(os.cpu_count() or 1, 4),

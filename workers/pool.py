@@ -100,7 +100,9 @@ class EncoderReplica:
     ) -> None:
         from pipeline.encoding import SizedEncoders
         from pipeline.model.segmenter import load_model
+        from workers.actors import worker_env
 
+        worker_env()
         self.model = model
         self.encoders = SizedEncoders(lambda size: load_model(replace(model, image_size=size)), max_sizes)
         # Torch threads: Ray sets OMP_NUM_THREADS to the replica's CPUs, and torch follows it.

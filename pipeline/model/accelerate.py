@@ -40,6 +40,8 @@ from pipeline.model.weights import default_cache_dir
 TILE_ROWS = 8
 # Part of a compiled package's cache key: bump whenever prepare_encoder's graph changes.
 PACKAGE_FORMAT = 3
+# The same for the mask decoder's graph (prepare_decoder, DecoderCall), apart: encoders stay valid.
+DECODER_FORMAT = 2
 
 
 def compile_cache_dir(cache_dir: Path | None) -> Path:
@@ -225,6 +227,45 @@ def _load_package(path: Path) -> Any:
     return run
 
 
+class ExplicitAttention(nn.Module):
+    """SAM's decoder attention (kornia's ``Attention``, same weights), its softmax in float32.
+
+    Kornia's form is matched by Inductor to its flash-attention kernel, which is slow for SAM's
+    shapes (16 channels a head; 4096 queries on a handful of keys, or the reverse). Written with
+    the scores in float32 it stays two matrix products around a fused softmax: faster on a CPU in
+    every precision, and in bfloat16 closer to float32.
+    """
+
+    def __init__(self, attention: nn.Module) -> None:
+        super().__init__()
+        a: Any = attention
+        self.q_proj, self.k_proj, self.v_proj, self.out_proj = a.q_proj, a.k_proj, a.v_proj, a.out_proj
+        self.num_heads: int = a.num_heads
+
+    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        q, k, v = self.q_proj(q), self.k_proj(k), self.v_proj(v)
+        b, n, c = q.shape
+        heads = self.num_heads
+        q = q.reshape(b, n, heads, c // heads).transpose(1, 2)
+        k = k.reshape(b, k.shape[1], heads, c // heads).transpose(1, 2)
+        v = v.reshape(b, v.shape[1], heads, c // heads).transpose(1, 2)
+        scores = torch.matmul(q, k.transpose(-1, -2)).float() * (c // heads) ** -0.5
+        out = torch.matmul(scores.softmax(dim=-1).to(v.dtype), v)
+        return self.out_proj(out.transpose(1, 2).reshape(b, n, c))
+
+
+def prepare_decoder(mask_decoder: nn.Module, dtype: torch.dtype = torch.float32) -> nn.Module:
+    """A copy of SAM's mask decoder, weights in ``dtype``, its attention :class:`ExplicitAttention`."""
+    from kornia.models.sam.architecture.transformer import Attention
+
+    prepared = copy.deepcopy(mask_decoder).to(dtype)
+    for name, module in list(prepared.named_modules()):
+        if isinstance(module, Attention):
+            parent_name, _, child = name.rpartition(".")
+            setattr(prepared.get_submodule(parent_name), child, ExplicitAttention(module))
+    return prepared.eval()
+
+
 class DecoderCall(nn.Module):
     """The mask decoder as one traceable call: all four masks and their predicted IoU.
 
@@ -286,7 +327,7 @@ def decoder_recipe(
 ) -> Recipe:
     """SAM's mask decoder (:class:`DecoderCall`), one prompt per call, any number of prompt tokens."""
     side = image_size // 16
-    call = DecoderCall(copy.deepcopy(mask_decoder).to(dtype)).eval()
+    call = DecoderCall(prepare_decoder(mask_decoder, dtype)).eval()
     decoder: Any = mask_decoder
     channels: int = decoder.transformer_dim
     grid = torch.zeros(1, channels, side, side, dtype=dtype)
@@ -295,7 +336,7 @@ def decoder_recipe(
     def dynamic() -> tuple[dict[int, Any], ...]:
         return ({}, {}, {1: torch.export.Dim("tokens", min=1, max=64)}, {})
 
-    key = package_key(mask_decoder, "mask_decoder", image_size, dtype)
+    key = package_key(mask_decoder, "mask_decoder", DECODER_FORMAT, image_size, dtype)
     path = packages_dir(cache_dir) / f"mask-decoder-{image_size}-{_dtype_name(dtype)}-{key}.pt2"
     return Recipe("mask_decoder", call, example, dynamic, path)
 

@@ -103,6 +103,17 @@ class MobileSam:
         self.mask_decoder = MaskDecoderRunner(
             self.sam.mask_decoder, device, image_size, self.dtype, compile, cache_dir, config, tracks
         )
+        self._dense_pe: torch.Tensor | None = None
+
+    def dense_pe(self) -> torch.Tensor:
+        """The prompt encoder's positional encoding of the embedding grid (the same for every frame:
+        made once, not at every decode)."""
+        if self._dense_pe is None:
+            import torch
+
+            with torch.inference_mode():
+                self._dense_pe = self.sam.prompt_encoder.get_dense_pe()
+        return self._dense_pe
 
     @classmethod
     def from_config(cls, config: ModelConfig, tracks: int | None = None) -> MobileSam:
@@ -234,7 +245,7 @@ class MobileSam:
         scores = torch.empty(k, dtype=torch.float32)
         with torch.inference_mode():
             features = embedding.features.to(self.device, torch.float32)[None]
-            image_pe = self.sam.prompt_encoder.get_dense_pe()
+            image_pe = self.dense_pe()
             for (n_points, has_box, has_mask, multimask), idx in groups.items():
                 group_logits, group_scores = self._decode_group(
                     features,
@@ -291,7 +302,7 @@ class MobileSam:
         scores = torch.empty(k, dtype=torch.float32, device=self.device)
         with torch.inference_mode():
             features = torch.stack([e.features for e, _ in items]).to(self.device, torch.float32)
-            image_pe = self.sam.prompt_encoder.get_dense_pe()
+            image_pe = self.dense_pe()
             for (n_points, has_box, has_mask, multimask), idx in groups.items():
                 frames = [flat[i][0] for i in idx]
                 group_logits, group_scores = self._decode_group(

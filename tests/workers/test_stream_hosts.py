@@ -77,6 +77,8 @@ def test_a_killed_source_host_comes_back_and_only_its_streams_pause(tmp_path: Pa
             time.sleep(3)
             hosts = _hosts()
             assert len(hosts) == 2, hosts
+            # Ray started by serve passed the worker env on (OpenMP's idle threads sleep).
+            assert all(h.environ().get("OMP_WAIT_POLICY") == "PASSIVE" for h in hosts)
             placement = {j: client.hget(keys.job(j), "source_host") for j in live + files}
             assert sorted(set(placement.values())) == ["0", "1"]
             running = {j for j in files if client.hget(keys.job(j), "status") == "running"}

@@ -15,9 +15,12 @@ from pipeline.config import ModelConfig
 from pipeline.errors import UnsafeCacheError
 from pipeline.model import DecodeRequest, MobileSam
 from pipeline.model.accelerate import (
+    DecoderCall,
+    ExplicitAttention,
     _load_package,
     build_package,
     load_package,
+    prepare_decoder,
     prepare_encoder,
     tile_conv_stage,
 )
@@ -45,6 +48,30 @@ def test_tiled_conv_stage_equals_the_plain_encoder(rows: int, checkpoint: Path) 
         assert (got - expected).abs().max().item() <= 1e-4
     # The original is untouched, and the state dict keeps the official keys' values.
     assert type(encoder.layers[0].blocks[0]).__name__ == "MBConv"
+
+
+def test_the_prepared_decoder_is_kornias_in_float32_and_near_it_in_bfloat16(checkpoint: Path) -> None:
+    model = build_mobile_sam(256)
+    model.load_state_dict(torch.load(checkpoint, weights_only=True))
+    decoder = model.eval().mask_decoder
+    g = torch.Generator().manual_seed(0)
+    image, pe, dense = (torch.randn(1, 256, 16, 16, generator=g) for _ in range(3))
+    sparse = torch.randn(1, 3, 256, generator=g)
+    with torch.inference_mode():
+        expected = DecoderCall(decoder)(image, pe, sparse, dense)
+        prepared = prepare_decoder(decoder)
+        got = DecoderCall(prepared)(image, pe, sparse, dense)
+        for a, b in zip(got, expected, strict=True):
+            assert (a - b).abs().max().item() <= 1e-5
+        half = DecoderCall(prepare_decoder(decoder, torch.bfloat16))
+        masks, _ = half(*(t.bfloat16() for t in (image, pe, sparse, dense)))
+        err = (masks.float() - expected[0]).norm() / expected[0].norm()
+        assert err.item() <= 0.05
+    # Every attention of the copy is replaced; the original keeps kornia's, and the official keys.
+    kinds = [type(m).__name__ for m in prepared.modules()]
+    assert kinds.count("ExplicitAttention") == 7 and "Attention" not in kinds
+    assert not any(isinstance(m, ExplicitAttention) for m in decoder.modules())
+    assert prepared.state_dict().keys() == decoder.state_dict().keys()
 
 
 @pytest.mark.slow

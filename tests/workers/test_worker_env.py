@@ -1,0 +1,49 @@
+"""What Ray's workers find in their environment, and what the driver of a run does not import."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from workers import local
+from workers.actors import WORKER_ENV, worker_env
+
+
+def test_worker_env_sets_what_the_user_has_not(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    worker_env()
+    assert os.environ["OMP_WAIT_POLICY"] == "PASSIVE" == WORKER_ENV["OMP_WAIT_POLICY"]
+    monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")
+    worker_env()
+    assert os.environ["OMP_WAIT_POLICY"] == "ACTIVE"
+
+
+def test_a_local_run_starts_ray_with_the_worker_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    import ray
+
+    seen: dict[str, str | None] = {}
+
+    def fake_init(**kwargs: object) -> None:
+        seen["policy"] = os.environ.get("OMP_WAIT_POLICY")
+
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "init", fake_init)
+    local._ray_init()
+    assert seen == {"policy": "PASSIVE"}  # in the environment Ray's processes inherit
+
+
+def test_the_driver_of_a_run_does_not_import_torch() -> None:
+    # Its workers import torch; the driver importing it too cost a second before the first frame.
+    code = (
+        "import sys\n"
+        "from pipeline.config import ModelConfig\n"
+        "from workers import local\n"
+        "assert not local._first_compile(ModelConfig())\n"
+        "print('torch' in sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
