@@ -41,7 +41,7 @@ TILE_ROWS = 8
 # Part of a compiled package's cache key: bump whenever prepare_encoder's graph changes.
 PACKAGE_FORMAT = 3
 # The same for the mask decoder's graph (prepare_decoder, DecoderCall), apart: encoders stay valid.
-DECODER_FORMAT = 2
+DECODER_FORMAT = 3
 
 
 def compile_cache_dir(cache_dir: Path | None) -> Path:
@@ -267,21 +267,36 @@ def prepare_decoder(mask_decoder: nn.Module, dtype: torch.dtype = torch.float32)
 
 
 class DecoderCall(nn.Module):
-    """The mask decoder as one traceable call: all four masks and their predicted IoU.
+    """The mask decoder as one traceable call, the prompt encoder's mask path folded in: all four
+    masks and their predicted IoU.
 
-    SAM's ``multimask_output`` only picks among them (masks 1-3, or mask 0): picked afterwards, one
-    package serves both.
+    ``mask`` is a prompt's mask input (low-resolution logits, 1×1×4h×4w, float32) and ``has_mask``
+    (1×1×1×1) is 1 for it; with ``has_mask`` 0 (and any finite ``mask``) the dense embedding is the
+    prompt encoder's "no mask" one. The two are blended by exactly 1 and 0, so either equals what
+    the prompt encoder gives. The mask path runs in float32, as the prompt encoder does; its
+    result goes to the decoder in the decoder's precision. SAM's ``multimask_output`` only picks
+    among the masks (masks 1-3, or mask 0): picked afterwards, one package serves both.
     """
 
-    def __init__(self, decoder: nn.Module) -> None:
+    def __init__(self, decoder: nn.Module, prompt_encoder: nn.Module) -> None:
         super().__init__()
+        p: Any = prompt_encoder
         self.decoder = decoder
+        self.downscale = copy.deepcopy(p.mask_downscaling).float().eval()
+        self.no_mask = copy.deepcopy(p.no_mask_embed).float()
 
     def forward(
-        self, image: torch.Tensor, image_pe: torch.Tensor, sparse: torch.Tensor, dense: torch.Tensor
+        self,
+        image: torch.Tensor,
+        image_pe: torch.Tensor,
+        sparse: torch.Tensor,
+        mask: torch.Tensor,
+        has_mask: torch.Tensor,
     ) -> tuple[torch.Tensor, torch.Tensor]:
+        none = self.no_mask.weight.reshape(1, -1, 1, 1)
+        dense = has_mask * self.downscale(mask) + (1 - has_mask) * none
         decoder: Any = self.decoder
-        masks, iou = decoder.predict_masks(image, image_pe, sparse, dense)
+        masks, iou = decoder.predict_masks(image, image_pe, sparse, dense.to(image.dtype))
         return masks, iou
 
 
@@ -323,20 +338,27 @@ def encoder_recipe(encoder: nn.Module, image_size: int, dtype: torch.dtype, cach
 
 
 def decoder_recipe(
-    mask_decoder: nn.Module, image_size: int, dtype: torch.dtype, cache_dir: Path | None
+    mask_decoder: nn.Module,
+    prompt_encoder: nn.Module,
+    image_size: int,
+    dtype: torch.dtype,
+    cache_dir: Path | None,
 ) -> Recipe:
-    """SAM's mask decoder (:class:`DecoderCall`), one prompt per call, any number of prompt tokens."""
+    """SAM's mask decoder with the prompt encoder's mask path (:class:`DecoderCall`), one prompt per
+    call, any number of prompt tokens."""
     side = image_size // 16
-    call = DecoderCall(prepare_decoder(mask_decoder, dtype)).eval()
+    call = DecoderCall(prepare_decoder(mask_decoder, dtype), prompt_encoder).eval()
     decoder: Any = mask_decoder
     channels: int = decoder.transformer_dim
     grid = torch.zeros(1, channels, side, side, dtype=dtype)
-    example = (grid, grid.clone(), torch.zeros(1, 2, channels, dtype=dtype), grid.clone())
+    mask = torch.zeros(1, 1, 4 * side, 4 * side)
+    example = (grid, grid.clone(), torch.zeros(1, 2, channels, dtype=dtype), mask, torch.ones(1, 1, 1, 1))
 
     def dynamic() -> tuple[dict[int, Any], ...]:
-        return ({}, {}, {1: torch.export.Dim("tokens", min=1, max=64)}, {})
+        return ({}, {}, {1: torch.export.Dim("tokens", min=1, max=64)}, {}, {})
 
-    key = package_key(mask_decoder, "mask_decoder", DECODER_FORMAT, image_size, dtype)
+    both = nn.ModuleDict({"mask_decoder": mask_decoder, "prompt_encoder": prompt_encoder})
+    key = package_key(both, "mask_decoder", DECODER_FORMAT, image_size, dtype)
     path = packages_dir(cache_dir) / f"mask-decoder-{image_size}-{_dtype_name(dtype)}-{key}.pt2"
     return Recipe("mask_decoder", call, example, dynamic, path)
 

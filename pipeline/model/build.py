@@ -42,7 +42,11 @@ def recipes(config: ModelConfig, parts: Sequence[str] = PARTS) -> list[Recipe]:
         if part == "encoder":
             out.append(encoder_recipe(sam.image_encoder, config.image_size, dtype, config.cache_dir))
         else:
-            out.append(decoder_recipe(sam.mask_decoder, config.image_size, dtype, config.cache_dir))
+            out.append(
+                decoder_recipe(
+                    sam.mask_decoder, sam.prompt_encoder, config.image_size, dtype, config.cache_dir
+                )
+            )
     return out
 
 

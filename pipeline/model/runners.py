@@ -170,10 +170,13 @@ class MaskDecoderRunner(_Runner):
     """SAM's mask decoder with kornia's call signature, in the chosen precision, float32 out.
 
     On a CPU one prompt per call (each prompt's result does not depend on the others, so this
-    changes nothing but speed); on a GPU the whole batch at once.
+    changes nothing but speed); on a GPU the whole batch at once. On a CPU (unless eager) the
+    prompt encoder's mask path is part of the call: :meth:`with_masks` takes mask inputs as they
+    are (:attr:`takes_masks`).
 
     Args:
         decoder: kornia's ``MaskDecoder``, on ``device``.
+        prompt_encoder: kornia's ``PromptEncoder`` (its mask path is folded into the CPU part).
         device: where it runs.
         image_size: the encoder's input side S.
         dtype: the precision it computes in.
@@ -186,6 +189,7 @@ class MaskDecoderRunner(_Runner):
     def __init__(
         self,
         decoder: nn.Module,
+        prompt_encoder: nn.Module,
         device: torch.device,
         image_size: int,
         dtype: torch.dtype,
@@ -207,7 +211,7 @@ class MaskDecoderRunner(_Runner):
         else:
 
             def make() -> Part:
-                recipe = decoder_recipe(decoder, image_size, dtype, cache_dir)
+                recipe = decoder_recipe(decoder, prompt_encoder, image_size, dtype, cache_dir)
                 frames = None if config is None else config.workload_frames
                 calls = None if frames is None or tracks is None else frames * max(1, tracks)
                 return Part(recipe, compile, _background(recipe, config, dtype, calls))
@@ -233,18 +237,51 @@ class MaskDecoderRunner(_Runner):
                 )
             return masks.float(), iou.float()
         dt = self.dtype
-        # A package reads its inputs with the strides it was exported at (plain, contiguous): an
-        # embedding straight from a channels-last encoder, or a broadcast "no mask" embedding, is not.
-        image, pe = image_embeddings.to(dt).contiguous(), image_pe.to(dt).contiguous()
+        image, pe = image_embeddings.to(dt), image_pe.to(dt)
         sparse, dense = sparse_prompt_embeddings.to(dt), dense_prompt_embeddings.to(dt)
-        outs = []
         part = self.ready()
+        outs = []
         for i in range(sparse.shape[0]):
             if part is not None:
-                masks, iou = part(image, pe, sparse[i : i + 1].contiguous(), dense[i : i + 1].contiguous())
+                # Any dense embedding (not a mask's): the prepared decoder, eagerly.
+                call: Any = part.recipe.module
+                masks, iou = call.decoder.predict_masks(image, pe, sparse[i : i + 1], dense[i : i + 1])
                 outs.append(pick_masks(masks, iou, multimask_output))
             else:
                 outs.append(self.module(image, pe, sparse[i : i + 1], dense[i : i + 1], multimask_output))
+        return torch.cat([o[0] for o in outs]).float(), torch.cat([o[1] for o in outs]).float()
+
+    @property
+    def takes_masks(self) -> bool:
+        """Whether :meth:`with_masks` is this runner's fast path (a CPU part: prepared or compiled)."""
+        return self.part is not None or self._make is not None
+
+    def with_masks(
+        self,
+        image_embeddings: torch.Tensor,
+        image_pe: torch.Tensor,
+        sparse_prompt_embeddings: torch.Tensor,
+        masks: torch.Tensor | None,
+        multimask_output: bool,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The decoder on one frame's (1, C, h, w) embedding for K prompts, each with its mask input
+        (K, 1, 4h, 4w) or none (``masks`` None), on the CPU part: (K, M, 4h, 4w) logits, (K, M) IoU."""
+        part = self.ready()
+        if part is None:
+            raise RuntimeError("with_masks needs a CPU part (see takes_masks)")
+        dt = self.dtype
+        # A package reads its inputs with the strides it was exported at (plain, contiguous): an
+        # embedding straight from a channels-last encoder, or a broadcast embedding, is not.
+        image, pe = image_embeddings.to(dt).contiguous(), image_pe.to(dt).contiguous()
+        sparse = sparse_prompt_embeddings.to(dt)
+        side = 4 * image.shape[-1]
+        no_mask = (torch.zeros(1, 1, side, side), torch.zeros(1, 1, 1, 1))
+        one = torch.ones(1, 1, 1, 1)
+        outs = []
+        for i in range(sparse.shape[0]):
+            mask, has = no_mask if masks is None else (masks[i : i + 1].float().contiguous(), one)
+            logits, iou = part(image, pe, sparse[i : i + 1].contiguous(), mask, has)
+            outs.append(pick_masks(logits, iou, multimask_output))
         return torch.cat([o[0] for o in outs]).float(), torch.cat([o[1] for o in outs]).float()
 
 

@@ -101,7 +101,15 @@ class MobileSam:
             self.sam.image_encoder, device, image_size, self.dtype, compile, cache_dir, config
         )
         self.mask_decoder = MaskDecoderRunner(
-            self.sam.mask_decoder, device, image_size, self.dtype, compile, cache_dir, config, tracks
+            self.sam.mask_decoder,
+            self.sam.prompt_encoder,
+            device,
+            image_size,
+            self.dtype,
+            compile,
+            cache_dir,
+            config,
+            tracks,
         )
         self._dense_pe: torch.Tensor | None = None
 
@@ -380,6 +388,11 @@ class MobileSam:
         if has_mask:
             stacked = np.stack([np.asarray(r.mask_input, np.float32) for r in requests])
             masks = torch.from_numpy(stacked)[:, None].to(dev)
+        if self.mask_decoder.takes_masks and features.shape[0] == 1:
+            # The CPU part takes the mask inputs as they are (its mask path is compiled with it).
+            sparse, _ = self.sam.prompt_encoder(points=points, boxes=boxes, masks=None)
+            low_res, iou = self.mask_decoder.with_masks(features, image_pe, sparse, masks, multimask)
+            return _best(low_res, iou, multimask)
         sparse, dense = self.sam.prompt_encoder(points=points, boxes=boxes, masks=masks)
         image = features
         if features.shape[0] > 1:  # prompts of several frames: each frame's embedding in its prompts
@@ -393,11 +406,18 @@ class MobileSam:
             dense_prompt_embeddings=dense,
             multimask_output=multimask,
         )
-        if multimask:
-            best = iou.argmax(dim=1)
-            rows = torch.arange(len(requests), device=iou.device)
-            return low_res[rows, best][:, None], iou[rows, best]
-        return low_res[:, :1], iou[:, 0]
+        return _best(low_res, iou, multimask)
+
+
+def _best(low_res: torch.Tensor, iou: torch.Tensor, multimask: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """The mask each prompt gives (the best of three by predicted IoU when ``multimask``): (K, 1, h, w), (K,)."""
+    import torch
+
+    if multimask:
+        best = iou.argmax(dim=1)
+        rows = torch.arange(low_res.shape[0], device=iou.device)
+        return low_res[rows, best][:, None], iou[rows, best]
+    return low_res[:, :1], iou[:, 0]
 
 
 def load_model(config: ModelConfig, tracks: int | None = None) -> Any:

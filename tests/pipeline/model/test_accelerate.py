@@ -53,21 +53,27 @@ def test_tiled_conv_stage_equals_the_plain_encoder(rows: int, checkpoint: Path) 
 def test_the_prepared_decoder_is_kornias_in_float32_and_near_it_in_bfloat16(checkpoint: Path) -> None:
     model = build_mobile_sam(256)
     model.load_state_dict(torch.load(checkpoint, weights_only=True))
-    decoder = model.eval().mask_decoder
+    decoder, prompts = model.eval().mask_decoder, model.prompt_encoder
     g = torch.Generator().manual_seed(0)
-    image, pe, dense = (torch.randn(1, 256, 16, 16, generator=g) for _ in range(3))
-    sparse = torch.randn(1, 3, 256, generator=g)
+    image, pe = (torch.randn(1, 256, 16, 16, generator=g) for _ in range(2))
+    box = torch.tensor([[40.0, 60.0, 170.0, 190.0]])
+    mask = torch.randn(1, 1, 64, 64, generator=g)
     with torch.inference_mode():
-        expected = DecoderCall(decoder)(image, pe, sparse, dense)
-        prepared = prepare_decoder(decoder)
-        got = DecoderCall(prepared)(image, pe, sparse, dense)
-        for a, b in zip(got, expected, strict=True):
-            assert (a - b).abs().max().item() <= 1e-5
-        half = DecoderCall(prepare_decoder(decoder, torch.bfloat16))
-        masks, _ = half(*(t.bfloat16() for t in (image, pe, sparse, dense)))
-        err = (masks.float() - expected[0]).norm() / expected[0].norm()
-        assert err.item() <= 0.05
+        for given, has in ((mask, torch.ones(1, 1, 1, 1)), (None, torch.zeros(1, 1, 1, 1))):
+            # kornia's prompt encoder and decoder, as the official predictor runs them
+            sparse, dense = prompts(points=None, boxes=box, masks=given)
+            expected = decoder.predict_masks(image, pe, sparse, dense)
+            call = DecoderCall(prepare_decoder(decoder), prompts)
+            got = call(image, pe, sparse, torch.zeros_like(mask) if given is None else given, has)
+            for a, b in zip(got, expected, strict=True):
+                assert (a - b).abs().max().item() <= 1e-5
+            half = DecoderCall(prepare_decoder(decoder, torch.bfloat16), prompts)
+            mask_in = torch.zeros_like(mask) if given is None else given
+            masks, _ = half(image.bfloat16(), pe.bfloat16(), sparse.bfloat16(), mask_in, has)
+            err = (masks.float() - expected[0]).norm() / expected[0].norm()
+            assert err.item() <= 0.05
     # Every attention of the copy is replaced; the original keeps kornia's, and the official keys.
+    prepared = call.decoder
     kinds = [type(m).__name__ for m in prepared.modules()]
     assert kinds.count("ExplicitAttention") == 7 and "Attention" not in kinds
     assert not any(isinstance(m, ExplicitAttention) for m in decoder.modules())
