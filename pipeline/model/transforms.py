@@ -116,6 +116,29 @@ def yuv420_to_rgb(frame: Yuv420, device: torch.device | str = "cpu") -> torch.Te
     return (y[..., None] + (chroma - shift)).round_().clamp_(0, 255).to(torch.uint8)
 
 
+# PyAV's names of the colour matrices and ranges Yuv420 frames carry
+_SWS_MATRICES = {"bt601": "ITU601", "bt709": "ITU709"}
+
+
+def yuv420_to_rgb_cpu(frame: Yuv420) -> np.ndarray:
+    """(H, W, 3) uint8 RGB on the CPU: FFmpeg's own ``rgb24`` conversion (swscale), exactly what
+    decoding the frame to RGB gives, in about a millisecond for 720p (the float conversion of
+    :func:`yuv420_to_rgb` is the device's path: a GPU does it in microseconds, a CPU in 15 ms)."""
+    import av
+
+    h, w = frame.y.shape
+    planar = av.VideoFrame(w, h, "yuv420p")
+    for plane, pixels in zip(planar.planes, (frame.y, frame.u, frame.v), strict=True):
+        rows = np.frombuffer(memoryview(plane), np.uint8).reshape(plane.height, plane.line_size)
+        rows[:, : pixels.shape[1]] = pixels
+    rgb = planar.reformat(
+        format="rgb24",
+        src_colorspace=_SWS_MATRICES[frame.matrix],
+        src_color_range="JPEG" if frame.full_range else "MPEG",
+    )
+    return rgb.to_ndarray()
+
+
 def _writable(a: np.ndarray) -> np.ndarray:
     # torch refuses read-only arrays (e.g. from Ray's object store)
     return a if a.flags.writeable else a.copy()
@@ -123,8 +146,7 @@ def _writable(a: np.ndarray) -> np.ndarray:
 
 def yuv420_resized(frame: Yuv420) -> np.ndarray:
     """A :class:`Yuv420` frame as (h, w, 3) uint8 RGB at its encoder size, on the CPU."""
-    rgb = yuv420_to_rgb(frame).numpy()
-    return resize_longest_fast(rgb, frame.image_size)
+    return resize_longest_fast(yuv420_to_rgb_cpu(frame), frame.image_size)
 
 
 def resize_float(rgb: torch.Tensor, size: Size) -> torch.Tensor:

@@ -19,6 +19,7 @@ from pipeline.model.transforms import (
     resize_longest_fast,
     to_model_input,
     yuv420_to_rgb,
+    yuv420_to_rgb_cpu,
 )
 from pipeline.sources.orientation import IDENTITY
 from pipeline.sources.video import to_frame
@@ -71,14 +72,23 @@ def test_fast_resize_rejects_what_is_not_an_rgb_frame() -> None:
 # -- frames handed on as decoded 4:2:0 planes ------------------------------------------------------
 
 
-def _decoded(tmp_path: Path, pix_fmt: str, colorspace: int, color_range: int, size: tuple[int, int]) -> Any:
-    """The first decoded frame of a short H.264 clip with these colour tags (a PyAV VideoFrame)."""
+def _decoded(
+    tmp_path: Path,
+    pix_fmt: str,
+    colorspace: int,
+    color_range: int,
+    size: tuple[int, int],
+    codec: str = "libx264",
+) -> Any:
+    """The first decoded frame of a short clip (H.264, or ``codec`` in Matroska: FFV1 takes odd
+    sizes) with these colour tags (a PyAV VideoFrame)."""
     import av
 
     h, w = size
-    path = tmp_path / f"{pix_fmt}-{colorspace}-{color_range}.mp4"
+    suffix = "mp4" if codec == "libx264" else "mkv"
+    path = tmp_path / f"{pix_fmt}-{colorspace}-{color_range}-{h}x{w}.{suffix}"
     with av.open(str(path), "w") as out:
-        stream = out.add_stream("libx264", rate=30)
+        stream = out.add_stream(codec, rate=30)
         stream.width, stream.height, stream.pix_fmt = w, h, pix_fmt
         stream.codec_context.colorspace, stream.codec_context.color_range = colorspace, color_range
         for i in range(2):
@@ -113,6 +123,24 @@ def test_planes_convert_to_ffmpegs_rgb_within_two_levels(
     # Resized, it is what the source would have made of FFmpeg's RGB, within the same bounds.
     resized = np.abs(frame.rgb().astype(np.int16) - resize_longest_fast(ffmpeg.astype(np.uint8), 256))
     assert resized.max() <= 3 and resized.mean() < 0.5
+
+
+# Odd sizes through FFV1, which takes yuv420p (not the JPEG-range yuvj420p).
+CLIPS = [(*tags, (240, 320), "libx264") for tags in TAGS] + [
+    (*tags, (121, 161), "ffv1") for tags in TAGS if tags[0] == "yuv420p"
+]
+
+
+@pytest.mark.parametrize(("pix_fmt", "colorspace", "color_range", "size", "codec"), CLIPS)
+def test_planes_convert_on_the_cpu_exactly_as_ffmpeg_decodes_to_rgb(
+    tmp_path: Path, pix_fmt: str, colorspace: int, color_range: int, size: tuple[int, int], codec: str
+) -> None:
+    decoded = _decoded(tmp_path, pix_fmt, colorspace, color_range, size, codec)
+    frame = to_frame(decoded, 0, IDENTITY, 256, 0.0)
+    assert isinstance(frame.image, Yuv420)
+    np.testing.assert_array_equal(yuv420_to_rgb_cpu(frame.image), decoded.to_ndarray(format="rgb24"))
+    # What the encoder gets on a CPU: FFmpeg's RGB resized, as a source that converts would send.
+    np.testing.assert_array_equal(frame.rgb(), resize_longest_fast(decoded.to_ndarray(format="rgb24"), 256))
 
 
 def test_frames_the_device_cannot_convert_go_as_rgb(tmp_path: Path) -> None:
