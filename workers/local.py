@@ -430,10 +430,10 @@ def _ray_init() -> None:
 
     if ray.is_initialized():
         return
-    from workers.actors import worker_env
+    from workers.actors import ray_start_env
 
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
-    worker_env()
+    ray_start_env()
     ray.init(
         address="local",
         num_cpus=max(os.cpu_count() or 1, 4),

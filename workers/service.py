@@ -189,10 +189,10 @@ def connect_ray(address: str | None) -> None:
     """Join the cluster at ``address`` ("auto": the one this node belongs to), else start Ray here."""
     if ray.is_initialized():
         return
-    from workers.actors import worker_env
+    from workers.actors import ray_start_env
 
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
-    worker_env()  # Ray started here passes it on; a cluster's workers set it themselves
+    ray_start_env()  # Ray started here passes it on; a cluster's workers set OpenMP's themselves
     if address:
         ray.init(address=address, namespace=NAMESPACE, logging_level=logging.ERROR, log_to_driver=False)
     else:

@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from workers import local
-from workers.actors import WORKER_ENV, worker_env
+from workers.actors import START_ENV, WORKER_ENV, ray_start_env, worker_env
 
 
 def test_worker_env_sets_what_the_user_has_not(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -21,19 +21,35 @@ def test_worker_env_sets_what_the_user_has_not(monkeypatch: pytest.MonkeyPatch) 
     assert os.environ["OMP_WAIT_POLICY"] == "ACTIVE"
 
 
-def test_a_local_run_starts_ray_with_the_worker_env(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_ray_start_env_adds_the_socket_retries_and_keeps_the_users(monkeypatch: pytest.MonkeyPatch) -> None:
+    timeout, attempts = (
+        f"RAY_raylet_client_{n}" for n in ("connect_timeout_milliseconds", "num_connect_attempts")
+    )
+    for name in (*WORKER_ENV, *START_ENV):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv(attempts, "7")
+    ray_start_env()
+    assert os.environ["OMP_WAIT_POLICY"] == "PASSIVE"
+    assert os.environ[timeout] == "50"
+    assert os.environ[attempts] == "7"
+    # the same 10 s of tries as Ray's default (10 a second apart), at 50 ms
+    assert int(START_ENV[attempts]) * int(START_ENV[timeout]) == 10_000
+
+
+def test_a_local_run_starts_ray_with_the_start_env(monkeypatch: pytest.MonkeyPatch) -> None:
     import ray
 
     seen: dict[str, str | None] = {}
 
     def fake_init(**kwargs: object) -> None:
-        seen["policy"] = os.environ.get("OMP_WAIT_POLICY")
+        seen.update({name: os.environ.get(name) for name in (*WORKER_ENV, *START_ENV)})
 
-    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    for name in (*WORKER_ENV, *START_ENV):
+        monkeypatch.delenv(name, raising=False)
     monkeypatch.setattr(ray, "is_initialized", lambda: False)
     monkeypatch.setattr(ray, "init", fake_init)
     local._ray_init()
-    assert seen == {"policy": "PASSIVE"}  # in the environment Ray's processes inherit
+    assert seen == {**WORKER_ENV, **START_ENV}  # in the environment Ray's processes inherit
 
 
 def test_the_driver_of_a_run_does_not_import_torch() -> None:
