@@ -46,6 +46,10 @@ START_ENV = {
     "RAY_raylet_client_connect_timeout_milliseconds": "50",
     "RAY_raylet_client_num_connect_attempts": "200",
 }
+# ``samstream run`` only: the raylet starts its worker processes as it starts, not once the driver
+# has connected, so the run's actors find them ready (its first mask about 0.4 s sooner). A
+# service starts once and keeps its workers: it does without.
+PRESTART_ENV = {"RAY_enable_worker_prestart": "1"}
 
 
 def worker_env() -> None:
@@ -56,10 +60,10 @@ def worker_env() -> None:
     _set_default(WORKER_ENV)
 
 
-def ray_start_env() -> None:
-    """Set :data:`WORKER_ENV` and :data:`START_ENV` where the user has not: called before Ray is
-    started in this process (every Ray process inherits them)."""
-    _set_default({**WORKER_ENV, **START_ENV})
+def ray_start_env(prestart: bool = False) -> None:
+    """Set :data:`WORKER_ENV` and :data:`START_ENV` (and :data:`PRESTART_ENV`) where the user has
+    not: called before Ray is started in this process (every Ray process inherits them)."""
+    _set_default({**WORKER_ENV, **START_ENV, **(PRESTART_ENV if prestart else {})})
 
 
 def _set_default(env: Mapping[str, str]) -> None:

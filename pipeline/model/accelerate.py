@@ -23,8 +23,10 @@ versions, shapes, dtype and the weights they embed.
 from __future__ import annotations
 
 import copy
+import functools
 import os
 import stat
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -312,7 +314,9 @@ class Recipe:
 
     Attributes:
         kind: ``encoder`` or ``mask_decoder``.
-        module: the prepared module (run eagerly until its package is there; what is compiled).
+        prepare: makes the prepared module (run eagerly until its package is there; what is
+            compiled). Called once, at the first use of :attr:`module`: a part whose package is
+            cached never prepares it (a copy of its weights, a fifth of a second of a worker's start).
         example: inputs to export it at.
         dynamic_shapes: which input dimensions the package takes at any size (torch.export's form),
             or a function that gives them (torch.export takes a while to import: only a build needs it).
@@ -320,21 +324,25 @@ class Recipe:
     """
 
     kind: str
-    module: nn.Module
+    prepare: Callable[[], nn.Module]
     example: tuple[torch.Tensor, ...]
     dynamic_shapes: Any
     path: Path
 
+    @functools.cached_property
+    def module(self) -> nn.Module:
+        """The prepared module, made at first use."""
+        return self.prepare()
+
 
 def encoder_recipe(encoder: nn.Module, image_size: int, dtype: torch.dtype, cache_dir: Path | None) -> Recipe:
     """The TinyViT encoder prepared (:func:`prepare_encoder`), one frame per call."""
-    prepared = prepare_encoder(encoder, tile=True, dtype=dtype)
     example = torch.zeros(1, 3, image_size, image_size, dtype=dtype).contiguous(
         memory_format=torch.channels_last
     )
     key = package_key(encoder, "encoder", image_size, 1, TILE_ROWS, dtype)
     path = packages_dir(cache_dir) / f"encoder-{image_size}-{_dtype_name(dtype)}-{key}.pt2"
-    return Recipe("encoder", prepared, (example,), None, path)
+    return Recipe("encoder", lambda: prepare_encoder(encoder, tile=True, dtype=dtype), (example,), None, path)
 
 
 def decoder_recipe(
@@ -347,7 +355,6 @@ def decoder_recipe(
     """SAM's mask decoder with the prompt encoder's mask path (:class:`DecoderCall`), one prompt per
     call, any number of prompt tokens."""
     side = image_size // 16
-    call = DecoderCall(prepare_decoder(mask_decoder, dtype), prompt_encoder).eval()
     decoder: Any = mask_decoder
     channels: int = decoder.transformer_dim
     grid = torch.zeros(1, channels, side, side, dtype=dtype)
@@ -360,7 +367,11 @@ def decoder_recipe(
     both = nn.ModuleDict({"mask_decoder": mask_decoder, "prompt_encoder": prompt_encoder})
     key = package_key(both, "mask_decoder", DECODER_FORMAT, image_size, dtype)
     path = packages_dir(cache_dir) / f"mask-decoder-{image_size}-{_dtype_name(dtype)}-{key}.pt2"
-    return Recipe("mask_decoder", call, example, dynamic, path)
+
+    def prepare() -> nn.Module:
+        return DecoderCall(prepare_decoder(mask_decoder, dtype), prompt_encoder).eval()
+
+    return Recipe("mask_decoder", prepare, example, dynamic, path)
 
 
 def _dtype_name(dtype: torch.dtype) -> str:

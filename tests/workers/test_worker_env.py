@@ -9,11 +9,18 @@ import sys
 import pytest
 
 from workers import local
-from workers.actors import START_ENV, WORKER_ENV, ray_start_env, worker_env
+from workers.actors import PRESTART_ENV, START_ENV, WORKER_ENV, ray_start_env, worker_env
+
+
+def _unset(monkeypatch: pytest.MonkeyPatch, *names: str) -> None:
+    """Unset ``names`` for this test; whatever the test sets them to is undone after it."""
+    for name in names:
+        monkeypatch.setenv(name, "")
+        monkeypatch.delenv(name)
 
 
 def test_worker_env_sets_what_the_user_has_not(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    _unset(monkeypatch, "OMP_WAIT_POLICY")
     worker_env()
     assert os.environ["OMP_WAIT_POLICY"] == "PASSIVE" == WORKER_ENV["OMP_WAIT_POLICY"]
     monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")
@@ -25,10 +32,10 @@ def test_ray_start_env_adds_the_socket_retries_and_keeps_the_users(monkeypatch: 
     timeout, attempts = (
         f"RAY_raylet_client_{n}" for n in ("connect_timeout_milliseconds", "num_connect_attempts")
     )
-    for name in (*WORKER_ENV, *START_ENV):
-        monkeypatch.delenv(name, raising=False)
+    _unset(monkeypatch, *WORKER_ENV, *START_ENV, *PRESTART_ENV)
     monkeypatch.setenv(attempts, "7")
     ray_start_env()
+    assert not set(PRESTART_ENV) & set(os.environ)  # a service's Ray does not prestart
     assert os.environ["OMP_WAIT_POLICY"] == "PASSIVE"
     assert os.environ[timeout] == "50"
     assert os.environ[attempts] == "7"
@@ -42,14 +49,14 @@ def test_a_local_run_starts_ray_with_the_start_env(monkeypatch: pytest.MonkeyPat
     seen: dict[str, str | None] = {}
 
     def fake_init(**kwargs: object) -> None:
-        seen.update({name: os.environ.get(name) for name in (*WORKER_ENV, *START_ENV)})
+        seen.update({name: os.environ.get(name) for name in (*WORKER_ENV, *START_ENV, *PRESTART_ENV)})
 
-    for name in (*WORKER_ENV, *START_ENV):
-        monkeypatch.delenv(name, raising=False)
+    _unset(monkeypatch, *WORKER_ENV, *START_ENV, *PRESTART_ENV)
     monkeypatch.setattr(ray, "is_initialized", lambda: False)
     monkeypatch.setattr(ray, "init", fake_init)
     local._ray_init()
-    assert seen == {**WORKER_ENV, **START_ENV}  # in the environment Ray's processes inherit
+    # in the environment Ray's processes inherit; a run's raylet prestarts its workers
+    assert seen == {**WORKER_ENV, **START_ENV, **PRESTART_ENV}
 
 
 def test_the_driver_of_a_run_does_not_import_torch() -> None:

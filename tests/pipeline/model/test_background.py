@@ -54,7 +54,7 @@ class _Double(nn.Module):
 
 def test_a_part_answers_eagerly_and_switches_to_its_package_when_it_appears(tmp_path: Path) -> None:
     path = tmp_path / "compiled" / "double.pt2"
-    recipe = Recipe("double", _Double(), (torch.zeros(4),), None, path)
+    recipe = Recipe("double", _Double, (torch.zeros(4),), None, path)
     asked: list[tuple[int, float]] = []
 
     class Watch:
