@@ -2,11 +2,33 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from pipeline.errors import ImageReadError, InvalidInputError, PromptError
+
+
+@contextmanager
+def _opened(p: Path, what: str) -> Iterator[Any]:
+    """The PIL image at ``p``; a missing or unreadable file is an :class:`ImageReadError` naming
+    ``what`` (image, mask)."""
+    from PIL import Image, UnidentifiedImageError
+
+    if not p.is_file():
+        raise ImageReadError(f"cannot read {what} {p}: no such file")
+    try:
+        with Image.open(p) as img:
+            yield img
+    except UnidentifiedImageError:
+        raise ImageReadError(
+            f"cannot read {what} {p}: not an image file, or a format PIL does not know"
+        ) from None
+    except (OSError, ValueError, SyntaxError) as exc:
+        raise ImageReadError(f"cannot read {what} {p}: {exc}") from None
 
 
 def read_image(path: str | Path) -> np.ndarray:
@@ -15,20 +37,10 @@ def read_image(path: str | Path) -> np.ndarray:
     Raises:
         ImageReadError: the file is missing or not a readable image.
     """
-    from PIL import Image, ImageOps, UnidentifiedImageError
+    from PIL import ImageOps
 
-    p = Path(path)
-    if not p.is_file():
-        raise ImageReadError(f"cannot read image {p}: no such file")
-    try:
-        with Image.open(p) as img:
-            return np.array(ImageOps.exif_transpose(img).convert("RGB"))
-    except UnidentifiedImageError:
-        raise ImageReadError(
-            f"cannot read image {p}: not an image file, or a format PIL does not know"
-        ) from None
-    except (OSError, ValueError, SyntaxError) as exc:
-        raise ImageReadError(f"cannot read image {p}: {exc}") from None
+    with _opened(Path(path), "image") as img:
+        return np.array(ImageOps.exif_transpose(img).convert("RGB"))
 
 
 def write_mask_png(mask: np.ndarray, path: str | Path) -> Path:
@@ -62,25 +74,14 @@ def read_mask(path: str | Path) -> np.ndarray:
         ImageReadError: the file is missing or not a readable image.
         PromptError: the image is not a mask, as said above, or it is empty.
     """
-    from PIL import Image, UnidentifiedImageError
-
     p = Path(path)
-    if not p.is_file():
-        raise ImageReadError(f"cannot read mask {p}: no such file")
-    try:
-        with Image.open(p) as img:
-            mode = img.mode
-            channel = None
-            if mode in ("RGBA", "LA", "PA"):
-                channel = np.array(img.getchannel("A"))
-            elif mode in ("1", "L", "P", "I;16", "I;16B", "I;16L", "I"):
-                channel = np.array(img)
-    except UnidentifiedImageError:
-        raise ImageReadError(
-            f"cannot read mask {p}: not an image file, or a format PIL does not know"
-        ) from None
-    except (OSError, ValueError, SyntaxError) as exc:
-        raise ImageReadError(f"cannot read mask {p}: {exc}") from None
+    with _opened(p, "mask") as img:
+        mode = img.mode
+        channel = None
+        if mode in ("RGBA", "LA", "PA"):
+            channel = np.array(img.getchannel("A"))
+        elif mode in ("1", "L", "P", "I;16", "I;16B", "I;16L", "I"):
+            channel = np.array(img)
     if channel is None:
         raise PromptError(
             f"mask {p} is a {mode} image: give a greyscale, palette or alpha (RGBA) image "

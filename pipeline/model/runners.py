@@ -88,10 +88,17 @@ def _background(
 
 
 class _Runner(nn.Module):
-    """What both runners share: the CPU part, made at first use (or :meth:`ready`)."""
+    """What both runners share: the module, where it runs and in what precision, and the CPU
+    part, made at first use (or :meth:`ready`). With ``Compile.EAGER`` on a CPU the module is
+    kornia's own (float32: exactly the official predictor's), in ``dtype``."""
 
-    def __init__(self) -> None:
+    def __init__(self, module: nn.Module, device: torch.device, dtype: torch.dtype, compile: Compile) -> None:
         super().__init__()
+        self.device = device
+        self.dtype = dtype
+        self.module: Any = module
+        if device.type != "cuda" and compile is Compile.EAGER and dtype != torch.float32:
+            self.module = _copy_to(module, dtype)
         self.part: Part | None = None
         self._make: Callable[[], Part] | None = None
 
@@ -129,10 +136,7 @@ class EncoderRunner(_Runner):
         cache_dir: Path | None = None,
         config: ModelConfig | None = None,
     ) -> None:
-        super().__init__()
-        self.device = device
-        self.dtype = dtype
-        self.module: Any = encoder
+        super().__init__(encoder, device, dtype, compile)
         if device.type == "cuda":
             if compile is Compile.COMPILED:
                 from pipeline.model.accelerate import prepare_encoder
@@ -141,10 +145,7 @@ class EncoderRunner(_Runner):
                 self.module = torch.compile(
                     prepare_encoder(encoder, tile=False), dynamic=False, mode="max-autotune-no-cudagraphs"
                 )
-        elif compile is Compile.EAGER:
-            # kornia's own module: in float32 exactly the official predictor's encoder.
-            self.module = encoder if dtype == torch.float32 else _copy_to(encoder, dtype)
-        else:
+        elif compile is not Compile.EAGER:
 
             def make() -> Part:
                 recipe = encoder_recipe(encoder, image_size, dtype, cache_dir)
@@ -198,17 +199,12 @@ class MaskDecoderRunner(_Runner):
         config: ModelConfig | None = None,
         tracks: int | None = None,
     ) -> None:
-        super().__init__()
-        self.device = device
-        self.dtype = dtype
-        self.module: Any = decoder
+        super().__init__(decoder, device, dtype, compile)
         if device.type == "cuda":
             if compile is Compile.COMPILED:
                 use_compile_cache(cache_dir)
                 self.module = torch.compile(decoder, dynamic=True)
-        elif compile is Compile.EAGER:
-            self.module = decoder if dtype == torch.float32 else _copy_to(decoder, dtype)
-        else:
+        elif compile is not Compile.EAGER:
 
             def make() -> Part:
                 recipe = decoder_recipe(decoder, prompt_encoder, image_size, dtype, cache_dir)

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from pipeline.processes import descendants, pid_alive
 from pipeline.samples import write_clip
 from pipeline.streams import EmbeddedRedis, Keys, connect
 from pipeline.streams.server import CONFIG_FILE, STATE_FILE
@@ -23,35 +24,8 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(400
 FRAMES = 150
 
 
-def _descendants(pid: int) -> set[int]:
-    """Every live process below ``pid`` (Ray's GCS, raylet, workers, …), from /proc."""
-    children: dict[int, list[int]] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rpartition(")")[2].split()
-        except OSError:
-            continue
-        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
-    found: set[int] = set()
-    todo = [pid]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            if child not in found:
-                found.add(child)
-                todo.append(child)
-    return found
-
-
 def _alive(pids: set[int]) -> set[int]:
-    alive = set()
-    for pid in pids:
-        try:
-            state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
-        except OSError:
-            continue
-        if state not in ("Z", "X"):
-            alive.add(pid)
-    return alive
+    return {pid for pid in pids if pid_alive(pid)}
 
 
 @pytest.mark.parametrize(("sig", "code"), [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
@@ -68,7 +42,7 @@ def test_a_signal_to_the_run_process_leaves_the_job_resumable(
     r = wait_for_entries(results, data, "sig", 5, proc)
     r.close()  # not a user of the run's Redis any more: the run alone decides when it stops
     redis_pid = int(json.loads((data / "redis" / STATE_FILE).read_text())["pid"])
-    started = _descendants(proc.pid) | {redis_pid}
+    started = descendants(proc.pid) | {redis_pid}
     assert len(started) > 3  # Redis, Ray's GCS and raylet, workers
 
     proc.send_signal(sig)  # os.kill(pid): the process alone, not its group
@@ -129,7 +103,7 @@ def test_sigterm_to_serve_stops_it_and_a_restart_resumes_its_job(tmp_path: Path)
                 time.sleep(0.2)
         assert service.proc is not None
         redis_pid = int(json.loads((data / "redis" / STATE_FILE).read_text())["pid"])
-        started = _descendants(service.proc.pid) | {redis_pid}
+        started = descendants(service.proc.pid) | {redis_pid}
 
         service.proc.send_signal(signal.SIGTERM)  # the process alone, not its group
         sent = time.monotonic()
