@@ -337,6 +337,7 @@ def _probe(
     try:
         while alive():
             try:
+                client.ping()  # INFO and CONFIG answer while the data loads; PING does not
                 pid = int(client.info("server")["process_id"])
                 directory: Any = client.config_get("dir")["dir"]
                 return {"pid": pid, "dir": os.fsdecode(directory)}

@@ -101,6 +101,25 @@ def test_data_survives_a_killed_server(tmp_path: Path, exe: str) -> None:
     assert pid is not None and not pid_alive(pid)
 
 
+def test_start_returns_once_the_data_is_loaded(tmp_path: Path, exe: str) -> None:
+    # A run's data reloads when a reader (`watch`, the bench) starts the server again; while it
+    # loads, INFO answers and reads are refused with LOADING. Redis's test option key-load-delay
+    # (microseconds a key) stretches the load past the moment the server first answers.
+    data = tmp_path / "redis"
+    with EmbeddedRedis(data, executable=exe) as server:
+        client = connect(server.url)
+        with client.pipeline(transaction=False) as pipe:
+            for i in range(20_000):
+                pipe.set(f"key:{i}", i)
+            pipe.execute()
+    with open(data / CONFIG_FILE, "a") as conf:
+        conf.write("key-load-delay 20\n")
+    with EmbeddedRedis(data, executable=exe) as again:
+        client = connect(again.url)
+        assert client.get("key:19999") == "19999"  # no LOADING: start() waited for it
+        assert client.info("persistence")["loading"] == 0
+
+
 def test_stop_without_start_and_twice(tmp_path: Path, exe: str) -> None:
     server = EmbeddedRedis(tmp_path, executable=exe)
     server.stop()
