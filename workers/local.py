@@ -433,7 +433,7 @@ def _ray_init() -> None:
     from workers.actors import ray_start_env
 
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
-    ray_start_env(prestart=True)
+    ray_start_env(run=True)
     ray.init(
         address="local",
         num_cpus=max(os.cpu_count() or 1, 4),
