@@ -7,14 +7,15 @@ and the tracker state stored with each frame lets it go on exactly as if it had 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from pipeline.config import ModelConfig, Weights
 from pipeline.decoding import FrameSummary
@@ -434,11 +435,43 @@ def _ray_init() -> None:
 
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
     ray_start_env(run=True)
-    ray.init(
-        address="local",
-        num_cpus=max(os.cpu_count() or 1, 4),
-        include_dashboard=False,
-        log_to_driver=False,
-        logging_level=logging.ERROR,
-        configure_logging=True,
-    )
+    with _no_api_server():
+        ray.init(
+            address="local",
+            num_cpus=max(os.cpu_count() or 1, 4),
+            include_dashboard=False,
+            log_to_driver=False,
+            logging_level=logging.ERROR,
+            configure_logging=True,
+        )
+
+
+@contextlib.contextmanager
+def _no_api_server() -> Iterator[None]:
+    """While Ray starts here: no API server when the dashboard is off.
+
+    Without the dashboard, Ray still starts its dashboard process (serving usage statistics
+    only) and ``ray.init`` waits until it has written its address: about 0.8 s of a run's start
+    on two cores, and a Python process. A run uses neither (no job submission, no state API, no
+    dashboard). Where Ray no longer has the function, nothing changes.
+    """
+    try:
+        import ray._private.services as services
+    except ImportError:  # pragma: no cover - a Ray laid out otherwise starts as it does
+        yield
+        return
+    start = getattr(services, "start_api_server", None)
+    if start is None:  # pragma: no cover
+        yield
+        return
+
+    def start_unless_off(include_dashboard: bool | None, *args: Any, **kwargs: Any) -> Any:
+        if include_dashboard is False:
+            return None, None  # (its URL, its process): what the node records for none
+        return start(include_dashboard, *args, **kwargs)
+
+    services.start_api_server = start_unless_off
+    try:
+        yield
+    finally:
+        services.start_api_server = start

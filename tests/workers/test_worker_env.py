@@ -62,6 +62,33 @@ def test_a_local_run_starts_ray_with_the_start_env(monkeypatch: pytest.MonkeyPat
     assert seen == {**WORKER_ENV, **START_ENV, **RUN_ENV}
 
 
+def test_a_run_starts_ray_without_an_api_server(monkeypatch: pytest.MonkeyPatch) -> None:
+    import ray
+    import ray._private.services as services
+
+    calls: list[bool | None] = []
+
+    def start_api_server(include_dashboard: bool | None, *args: object) -> tuple[str, str]:
+        calls.append(include_dashboard)
+        return "url", "process"
+
+    answers = []
+
+    def fake_init(**kwargs: object) -> None:  # what Ray's node does while it starts
+        answers.append(services.start_api_server(kwargs["include_dashboard"], "host"))
+        answers.append(services.start_api_server(True, "host"))
+
+    _unset(monkeypatch, *WORKER_ENV, *START_ENV, *RUN_ENV)
+    monkeypatch.setattr(services, "start_api_server", start_api_server)
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "init", fake_init)
+    local._ray_init()
+    # off: no process and no URL, nothing started; asked for, started as Ray would
+    assert answers == [(None, None), ("url", "process")]
+    assert calls == [True]
+    assert services.start_api_server is start_api_server  # as it was, once Ray has started
+
+
 def test_the_image_sets_the_start_env() -> None:
     # A cluster's Ray is started by the image's `ray start`, not by samstream: its ENV lines hold
     # the same settings (the run-only ones excepted).
@@ -93,13 +120,15 @@ def puts(n):
 
 
 print(*ray.get(puts.remote(6)))
+node = ray._private.worker.global_worker.node
+print(sorted(node.all_processes))  # Ray's processes started here, by kind
 ray.shutdown()
 """
 
 
 @pytest.mark.integration
 @pytest.mark.timeout(120)
-def test_a_runs_object_store_reuses_the_memory_of_freed_objects() -> None:
+def test_a_runs_ray_has_no_api_server_and_reuses_freed_memory() -> None:
     # Objects are freed within milliseconds of their last holder letting go, so the next ones are
     # stored on memory already written: no page fault per 4 KiB page. With Ray's defaults (freed
     # once a second, or a hundred at a time) every put here faulted each of its 4096 pages in.
@@ -108,7 +137,11 @@ def test_a_runs_object_store_reuses_the_memory_of_freed_objects() -> None:
         [sys.executable, "-c", _FAULTS_PER_PUT], capture_output=True, text=True, env=env, timeout=110
     )
     assert out.returncode == 0, out.stderr[-2000:]
-    faults = [int(f) for f in out.stdout.split()]
+    lines = out.stdout.strip().splitlines()
+    faults = [int(f) for f in lines[0].split()]
+    started = lines[1]
+    assert "gcs_server" in started and "raylet" in started, started
+    assert "dashboard" not in started, started  # no API server: the run does not wait for one
     pages = (16 << 20) // 4096
     assert len(faults) == 6
     # The first put lands on fresh memory, and one more may while Ray is still starting.
