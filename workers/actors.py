@@ -17,16 +17,17 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import ray
 
-from pipeline.config import ModelConfig
-from pipeline.frames import EncodedFrame, Frame
-from pipeline.prompts import Prompt
-from pipeline.sources.guard import NetworkGuard
-from pipeline.sources.host import ReadRequest
-from pipeline.tracker_host import TrackReply, TrackSetup
+if TYPE_CHECKING:  # a worker imports what its own class uses (an encoder: no Redis client)
+    from pipeline.config import ModelConfig
+    from pipeline.frames import EncodedFrame, Frame
+    from pipeline.prompts import Prompt
+    from pipeline.sources.guard import NetworkGuard
+    from pipeline.sources.host import ReadRequest
+    from pipeline.tracker_host import TrackReply, TrackSetup
 
 RESTARTS = -1  # a host is the home of many jobs: always bring it back
 RETRIES = 3
