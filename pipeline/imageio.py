@@ -27,6 +27,8 @@ def _opened(p: Path, what: str) -> Iterator[Any]:
         raise ImageReadError(
             f"cannot read {what} {p}: not an image file, or a format PIL does not know"
         ) from None
+    except Image.DecompressionBombError as exc:  # declared larger than PIL decodes (~179 Mpx)
+        raise ImageReadError(f"cannot read {what} {p}: {exc}") from None
     except (OSError, ValueError, SyntaxError) as exc:
         raise ImageReadError(f"cannot read {what} {p}: {exc}") from None
 

@@ -21,7 +21,7 @@ import numpy as np
 import numpy.typing as npt
 
 from pipeline.errors import InvalidInputError, PromptError
-from pipeline.masks import compress_rle, decode_rle, encode_rle, rle_area, rle_bbox
+from pipeline.masks import MAX_RLE_PIXELS, compress_rle, decode_rle, encode_rle, rle_area_and_bbox
 
 MaskBox = tuple[int, int, int, int]  # x0, y0, x1, y1 (exclusive), original-frame pixels
 
@@ -62,8 +62,7 @@ class MaskPrompt:
             )
         rle = {"size": list(self.size), "counts": self.counts}
         try:
-            area = rle_area(rle)
-            box = rle_bbox(rle)
+            area, box = rle_area_and_bbox(rle)
         except InvalidInputError as exc:
             raise PromptError(f"bad mask RLE: {exc}") from None
         height, width = self.size
@@ -74,18 +73,23 @@ class MaskPrompt:
         object.__setattr__(self, "area", area)
 
     @classmethod
-    def from_rle(cls, rle: Any) -> MaskPrompt:
+    def from_rle(cls, rle: Any, max_pixels: int = MAX_RLE_PIXELS) -> MaskPrompt:
         """From ``{"size": [H, W], "counts": c}``, ``c`` compressed (str or bytes) or a list of runs.
 
+        This is the one parser of every mask prompt a user sends (API, prompts file, control
+        commands): the size is checked against ``max_pixels`` (a service's ``--max-frame-pixels``)
+        before the counts are read, and no mask is decoded (:func:`~pipeline.masks.compress_rle`).
+
         Raises:
-            PromptError: not such a mapping, a malformed RLE, or an empty mask.
+            PromptError: not such a mapping, a malformed RLE, a mask over ``max_pixels``, or an
+                empty mask.
         """
         if not isinstance(rle, Mapping) or set(rle) != {"size", "counts"}:
             raise PromptError(
                 f'a mask prompt is a COCO RLE {{"size": [H, W], "counts": "..."}}, got {_short(rle)}'
             )
         try:
-            compact = compress_rle(rle)
+            compact = compress_rle(rle, max_pixels)
         except InvalidInputError as exc:
             raise PromptError(f"bad mask RLE: {exc}") from None
         height, width = compact["size"]

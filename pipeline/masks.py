@@ -12,7 +12,12 @@ difference is small), is written as a signed little-endian number in 5-bit group
 character per group: bit 0x20 says that another group follows, bit 0x10 of the last group is the
 sign, and 48 (``"0"``) is added so every character lies in ``"0"`` to ``"o"``.
 
-Everything here works on whole numpy arrays; no Python loop runs over pixels, runs or characters.
+Everything here works on whole numpy arrays; no Python loop runs over pixels or characters.
+
+RLEs come from untrusted clients (the API, prompts files), so reading one is bounded before it
+starts: the size (H·W at most ``max_pixels``, :data:`MAX_RLE_PIXELS` unless a caller gives less)
+is checked first, run lengths are checked in Python integers or against H·W before any sum, and
+nothing is decoded to be re-encoded. Only :func:`decode_rle` makes a mask, of H·W bytes.
 """
 
 from __future__ import annotations
@@ -33,6 +38,10 @@ _BITS = 5  # payload bits per group
 # Counts are uint32 in pycocotools, so a difference needs at most 33 signed bits = 7 groups. Decoding
 # rejects longer numbers, which also keeps the running sums far from int64 overflow.
 _MAX_GROUPS = 7
+# The most pixels an RLE may describe, whatever else limits it (a service passes its own, smaller
+# --max-frame-pixels): 2**30 (32768 x 32768), far past any video frame. Checked before anything is
+# read or decoded; it also keeps every sum of run lengths exact in int64 (see :func:`_parse`).
+MAX_RLE_PIXELS = 1 << 30
 # A non-negative y fits in n groups (as a signed number) iff y < 2**(5n - 1); encoding goes up to 12
 # groups (60 bits) so that even counts beyond uint32 are written correctly.
 _GROUP_LIMITS = np.array([1 << (_BITS * n - 1) for n in range(1, 13)], dtype=np.int64)
@@ -68,12 +77,13 @@ def encode_rle(mask: npt.NDArray[Any], bbox: tuple[int, int, int, int] | None = 
     return {"size": [int(h), int(w)], "counts": _counts_to_string(counts)}
 
 
-def decode_rle(rle: Mapping[str, Any]) -> npt.NDArray[np.bool_]:
+def decode_rle(rle: Mapping[str, Any], max_pixels: int = MAX_RLE_PIXELS) -> npt.NDArray[np.bool_]:
     """Decode a COCO RLE into a binary mask.
 
     Args:
         rle: ``{"size": [H, W], "counts": c}`` where ``c`` is the compressed string (``str`` or
             ``bytes``) or the uncompressed list of run lengths.
+        max_pixels: the most pixels (H·W) the mask may have; checked before anything is read.
 
     Returns:
         (H, W) bool array, C-contiguous.
@@ -81,9 +91,9 @@ def decode_rle(rle: Mapping[str, Any]) -> npt.NDArray[np.bool_]:
     Raises:
         InvalidInputError: the size is not two non-negative integers, the counts string holds a
             character outside ``"0"``-``"o"`` or ends mid-number, a run length is negative, or the
-            run lengths do not sum to ``H * W``.
+            run lengths do not sum to ``H * W``; or H·W is over ``max_pixels``.
     """
-    (h, w), counts = _parse(rle)
+    (h, w), counts = _parse(rle, max_pixels)
     values = np.zeros(counts.size, dtype=np.bool_)
     values[1::2] = True
     flat = np.repeat(values, counts)
@@ -91,11 +101,11 @@ def decode_rle(rle: Mapping[str, Any]) -> npt.NDArray[np.bool_]:
     return np.ascontiguousarray(flat.reshape(w, h).T)
 
 
-def rle_area(rle: Mapping[str, Any]) -> int:
+def rle_area(rle: Mapping[str, Any], max_pixels: int = MAX_RLE_PIXELS) -> int:
     """Count the foreground pixels of a COCO RLE from its run lengths, without decoding the mask.
 
     Args:
-        rle: as for :func:`decode_rle`.
+        rle, max_pixels: as for :func:`decode_rle`.
 
     Returns:
         The number of foreground pixels, equal to ``pycocotools.mask.area``.
@@ -103,15 +113,15 @@ def rle_area(rle: Mapping[str, Any]) -> int:
     Raises:
         InvalidInputError: as for :func:`decode_rle`.
     """
-    _, counts = _parse(rle)
+    _, counts = _parse(rle, max_pixels)
     return int(counts[1::2].sum())
 
 
-def rle_bbox(rle: Mapping[str, Any]) -> tuple[int, int, int, int] | None:
+def rle_bbox(rle: Mapping[str, Any], max_pixels: int = MAX_RLE_PIXELS) -> tuple[int, int, int, int] | None:
     """The tight bounding box of a COCO RLE's foreground, from its run lengths (no mask is decoded).
 
     Args:
-        rle: as for :func:`decode_rle`.
+        rle, max_pixels: as for :func:`decode_rle`.
 
     Returns:
         (x0, y0, x1, y1) in pixels, XYXY with x1 and y1 exclusive (as :func:`mask_bbox`), or None
@@ -120,12 +130,20 @@ def rle_bbox(rle: Mapping[str, Any]) -> tuple[int, int, int, int] | None:
     Raises:
         InvalidInputError: as for :func:`decode_rle`.
     """
-    (h, _), counts = _parse(rle)
+    return rle_area_and_bbox(rle, max_pixels)[1]
+
+
+def rle_area_and_bbox(
+    rle: Mapping[str, Any], max_pixels: int = MAX_RLE_PIXELS
+) -> tuple[int, tuple[int, int, int, int] | None]:
+    """:func:`rle_area` and :func:`rle_bbox` of one RLE, read once."""
+    (h, _), counts = _parse(rle, max_pixels)
+    area = int(counts[1::2].sum())
     ends = np.cumsum(counts)
     starts = ends - counts
     fg = np.flatnonzero(counts[1::2]) * 2 + 1  # foreground runs that hold a pixel
     if fg.size == 0:
-        return None
+        return area, None
     first, last = starts[fg], ends[fg] - 1  # column-major positions of each run's first and last pixel
     col0, col1 = first // h, last // h
     # A run within one column covers its own rows; one that wraps into the next column reaches
@@ -133,27 +151,24 @@ def rle_bbox(rle: Mapping[str, Any]) -> tuple[int, int, int, int] | None:
     wraps = col1 > col0
     y0 = np.where(wraps, 0, first % h).min()
     y1 = np.where(wraps, h - 1, last % h).max() + 1
-    return int(col0.min()), int(y0), int(col1.max()) + 1, int(y1)
+    return area, (int(col0.min()), int(y0), int(col1.max()) + 1, int(y1))
 
 
-def compress_rle(rle: Mapping[str, Any]) -> dict[str, Any]:
+def compress_rle(rle: Mapping[str, Any], max_pixels: int = MAX_RLE_PIXELS) -> dict[str, Any]:
     """The same RLE with compressed string counts (uncompressed list counts are re-written).
 
     Args:
-        rle: as for :func:`decode_rle`.
+        rle, max_pixels: as for :func:`decode_rle`.
 
     Returns:
-        ``{"size": [H, W], "counts": str}``, as :func:`encode_rle` writes for the same mask.
+        ``{"size": [H, W], "counts": str}``, as :func:`encode_rle` writes for the same mask. No
+        mask is decoded: the runs are rewritten from the runs.
 
     Raises:
         InvalidInputError: as for :func:`decode_rle`.
     """
-    (h, w), counts = _parse(rle)
-    # pycocotools never writes a zero-length run after the first; merging them keeps the string
-    # equal to encode_rle's for the same mask (a zero run joins its two neighbours into one).
-    if counts.size > 1 and not counts[1:].all():
-        counts = _runs(decode_rle(rle))
-    return {"size": [h, w], "counts": _counts_to_string(counts)}
+    (h, w), counts = _parse(rle, max_pixels)
+    return {"size": [h, w], "counts": _counts_to_string(_canonical_runs(counts))}
 
 
 def mask_bbox(mask: npt.NDArray[Any]) -> tuple[int, int, int, int] | None:
@@ -203,6 +218,25 @@ def _runs(mask: npt.NDArray[Any], bbox: tuple[int, int, int, int] | None = None)
     if n and binary.flat[0]:
         counts = np.concatenate(([0], counts))
     return counts.astype(np.int64, copy=False)
+
+
+def _canonical_runs(counts: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
+    """Valid run lengths with every zero-length run after the first merged away, as :func:`_runs`
+    writes them for the same mask (pycocotools never writes a zero run but the leading one).
+
+    A zero run joins its two neighbours, which have the same value: runs alternate background and
+    foreground, so a run's value is its index's parity. Drop the empty runs, then add up each
+    stretch of neighbours of one value; a mask that starts with foreground keeps its leading 0.
+    """
+    if counts.size and counts[1:].all():
+        return counts
+    index = np.flatnonzero(counts)
+    if index.size == 0:  # an empty (0-pixel) mask: one empty background run, as _runs writes it
+        return np.zeros(1, np.int64)
+    value = index & 1
+    starts = np.concatenate(([0], np.flatnonzero(value[1:] != value[:-1]) + 1))
+    merged = np.add.reduceat(counts[index], starts)
+    return np.concatenate(([0], merged)) if value[0] else merged
 
 
 def _changes_in_box(binary: npt.NDArray[np.bool_], bbox: tuple[int, int, int, int]) -> npt.NDArray[np.int64]:
@@ -283,36 +317,70 @@ def _string_to_counts(s: str | bytes) -> npt.NDArray[np.int64]:
     return counts
 
 
-def _parse(rle: Mapping[str, Any]) -> tuple[tuple[int, int], npt.NDArray[np.int64]]:
-    """Validate an RLE mapping; return ((H, W), run lengths as 1-D int64 summing to H * W)."""
+def _parse(
+    rle: Mapping[str, Any], max_pixels: int = MAX_RLE_PIXELS
+) -> tuple[tuple[int, int], npt.NDArray[np.int64]]:
+    """Validate an RLE mapping; return ((H, W), run lengths as 1-D int64 summing to H * W).
+
+    The size is checked first, against ``max_pixels``, before the counts are looked at. Every run
+    is then checked to lie in [0, H·W] (list counts as Python integers, so no value wraps round in
+    a conversion); with H·W <= 2**30 and each compressed number under 2**34 in magnitude, the
+    running sums that undo the differencing cannot overflow int64 before an out-of-range run shows,
+    and the total of runs that each lie in [0, 2**30] is exact for any input that fits in memory.
+    """
     if not isinstance(rle, Mapping) or "size" not in rle or "counts" not in rle:
         raise InvalidInputError(f"expected an RLE mapping with 'size' and 'counts', got {rle!r:.100}")
     h, w = _parse_size(rle["size"])
+    limit = min(int(max_pixels), MAX_RLE_PIXELS)
+    if h * w > limit:
+        raise InvalidInputError(
+            f"RLE size {h}x{w} is {h * w} pixels, more than the {limit} a mask may have here"
+        )
     raw = rle["counts"]
     if isinstance(raw, str | bytes):
         counts = _string_to_counts(raw)
-    elif isinstance(raw, Sequence | np.ndarray):
-        try:
-            arr = np.asarray(raw)
-        except ValueError as e:  # a ragged nested list
-            raise InvalidInputError(f"uncompressed RLE counts must be a flat list of ints: {e}") from e
-        if arr.ndim != 1 or (arr.size and not np.issubdtype(arr.dtype, np.integer)):
+    elif isinstance(raw, np.ndarray):
+        if raw.ndim != 1 or (raw.size and not np.issubdtype(raw.dtype, np.integer)):
             raise InvalidInputError(
-                f"uncompressed RLE counts must be a flat list of ints, got {arr.dtype} of shape {arr.shape}"
+                f"uncompressed RLE counts must be a flat list of ints, got {raw.dtype} of shape {raw.shape}"
             )
-        counts = arr.astype(np.int64)
+        if raw.size and (raw.min() < 0 or raw.max() > h * w):
+            _out_of_range(raw.tolist(), h * w)
+        counts = raw.astype(np.int64)
+    elif isinstance(raw, Sequence):
+        counts = _list_counts(raw, h * w)
     else:
         raise InvalidInputError(
             f"RLE counts must be a str, bytes or a list of ints, got {type(raw).__name__}"
         )
-    negative = np.flatnonzero(counts < 0)
-    if negative.size:
-        i = int(negative[0])
-        raise InvalidInputError(f"RLE run lengths must be non-negative, got {int(counts[i])} at run {i}")
+    if counts.size and (counts.min() < 0 or counts.max() > h * w):
+        _out_of_range(counts.tolist(), h * w)
     total = int(counts.sum())
     if total != h * w:
         raise InvalidInputError(f"RLE run lengths sum to {total}, expected H * W = {h} * {w} = {h * w}")
     return (h, w), counts
+
+
+def _list_counts(raw: Sequence[Any], pixels: int) -> npt.NDArray[np.int64]:
+    """Uncompressed counts (a list) as int64, each checked as a Python integer in [0, ``pixels``]."""
+    for i, v in enumerate(raw):
+        if isinstance(v, bool) or not isinstance(v, Integral):
+            raise InvalidInputError(
+                f"uncompressed RLE counts must be a flat list of ints, got {type(v).__name__} at run {i}"
+            )
+    if not all(0 <= v <= pixels for v in raw):
+        _out_of_range(raw, pixels)
+    return np.array(raw, dtype=np.int64)
+
+
+def _out_of_range(counts: Sequence[Any], pixels: int) -> None:
+    """Raise for the first negative run of ``counts``, else the first one longer than ``pixels``."""
+    values = [int(v) for v in counts]
+    for i, v in enumerate(values):
+        if v < 0:
+            raise InvalidInputError(f"RLE run lengths must be non-negative, got {v} at run {i}")
+    i, v = next((i, v) for i, v in enumerate(values) if v > pixels)
+    raise InvalidInputError(f"RLE run {i} is {v} pixels long, more than the mask's H * W = {pixels}")
 
 
 def _parse_size(size: Any) -> tuple[int, int]:

@@ -16,6 +16,7 @@ from typing import Any
 
 from pipeline.errors import ImageReadError, InvalidInputError, PromptError
 from pipeline.mask_prompt import MaskPrompt
+from pipeline.masks import MAX_RLE_PIXELS
 
 Point = tuple[float, float]
 Box = tuple[float, float, float, float]
@@ -104,9 +105,10 @@ class Prompt:
         return out
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> Prompt:
+    def from_dict(cls, data: Mapping[str, Any], max_mask_pixels: int = MAX_RLE_PIXELS) -> Prompt:
         """Build from ``{"points": [[x, y], ...], "labels": [1, ...], "box": [x0, y0, x1, y1],
-        "mask": {"size": [H, W], "counts": "..."}}`` (each part optional, the mask a COCO RLE)."""
+        "mask": {"size": [H, W], "counts": "..."}}`` (each part optional, the mask a COCO RLE of
+        at most ``max_mask_pixels`` pixels, checked before it is read)."""
         points = [tuple(p) for p in data.get("points", [])]
         if any(len(p) != 2 for p in points):
             raise PromptError(f"each point needs 2 numbers [x, y], got {data.get('points')}")
@@ -117,7 +119,7 @@ class Prompt:
             points=tuple(points),
             labels=tuple(labels),
             box=None if box is None else tuple(box),
-            mask=None if mask is None else MaskPrompt.from_rle(mask),
+            mask=None if mask is None else MaskPrompt.from_rle(mask, max_mask_pixels),
         )
 
 

@@ -25,6 +25,7 @@ from fastapi import FastAPI, Path, Query, Request, Security
 from fastapi.responses import JSONResponse, Response
 from fastapi.security import HTTPBearer
 
+from pipeline.api.headers import SecurityHeaders
 from pipeline.api.internal import InternalErrors, logged, unavailable
 from pipeline.api.limits import BodyLimit, TrackSlots, spec_track_ids
 from pipeline.api.models import (
@@ -46,16 +47,16 @@ from pipeline.api.models import (
 from pipeline.api.viewer.routes import mount_static, page, viewer_router
 from pipeline.api.viewer.sessions import BearerAuth, Sessions
 from pipeline.errors import InvalidInputError, JobError, RedisUnavailableError
+from pipeline.sources.limits import DEFAULT_MAX_FRAME_PIXELS
 from pipeline.sources.policy import SourcePolicy
 from pipeline.spec import JobSpec
 from pipeline.streams import JobInfo, JobStatus, JobStore, Keys, MaskReader, read_events
 from pipeline.streams.control import Command, send
-from pipeline.streams.keys import new_job_id
+from pipeline.streams.keys import JOB_ID, new_job_id
 from pipeline.streams.retention import DEFAULT_KEEP_S, MAX_MAXLEN, check_keep, default_maxlen, format_keep
 
 VERSION = "1"
 T = TypeVar("T")
-JOB_ID = r"^[A-Za-z0-9_.-]{1,128}$"
 IMAGE_SIZES = (256, 512, 1024)  # the encoder takes multiples of 16; each size is compiled and kept
 RETRY_AFTER_S = 30  # told to clients over the active-job limit: about the time a short job takes
 
@@ -87,6 +88,8 @@ class ApiSettings:
         keep_s: seconds a finished job's keys stay in Redis unless it asks for less (None: for ever).
         max_keep_s: the longest ``keep_s`` a job may ask for (None: no bound).
         max_maxlen: the most masks entries a job or stream may ask to keep.
+        max_frame_pixels: the most pixels of a frame (``--max-frame-pixels``; None: no limit),
+            and so of a mask prompt, refused larger before it is read.
     """
 
     token: str
@@ -101,6 +104,7 @@ class ApiSettings:
     keep_s: int | None = DEFAULT_KEEP_S
     max_keep_s: int | None = DEFAULT_KEEP_S
     max_maxlen: int = MAX_MAXLEN
+    max_frame_pixels: int | None = DEFAULT_MAX_FRAME_PIXELS
 
     def __post_init__(self) -> None:
         if not self.token:
@@ -129,6 +133,9 @@ class ApiSettings:
             )
         if isinstance(self.max_maxlen, bool) or not isinstance(self.max_maxlen, int) or self.max_maxlen < 1:
             raise InvalidInputError(f"--max-maxlen must be an int >= 1, got {self.max_maxlen!r}")
+        pixels = self.max_frame_pixels
+        if pixels is not None and (isinstance(pixels, bool) or not isinstance(pixels, int) or pixels < 1):
+            raise InvalidInputError(f"--max-frame-pixels must be None or an int >= 1, got {pixels!r}")
 
     def keep_of(self, asked: int | None) -> int | None:
         """How long a job that asks for ``asked`` seconds (None: the default) is kept.
@@ -206,10 +213,13 @@ def create_app(settings: ApiSettings, client: redis.Redis, backend: Backend) -> 
         ),
         responses=_ERRORS,
     )
-    # Added innermost first: the token is checked before a body is read or a route runs.
+    # Added innermost first: the token is checked before a body is read or a route runs, and every
+    # answer (the middlewares' own too) gets the security headers.
     app.add_middleware(InternalErrors)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_kb * 1024)
-    app.add_middleware(BearerAuth, token=settings.token, login_page=page("login.html"))
+    sessions = Sessions(settings.token, client, keys)
+    app.add_middleware(BearerAuth, token=settings.token, sessions=sessions, login_page=page("login.html"))
+    app.add_middleware(SecurityHeaders)
     slots = TrackSlots(client, keys, settings.max_tracks)
     creating = threading.Lock()  # one count-then-create at a time (in this process)
     commanding = threading.Lock()  # a track's slot and its command in the same order
@@ -260,7 +270,7 @@ def create_app(settings: ApiSettings, client: redis.Redis, backend: Backend) -> 
         tracks = []
         for i, t in enumerate(body.tracks):
             try:
-                tracks.append(t.to_track())
+                tracks.append(t.to_track(settings.max_frame_pixels))
             except InvalidInputError as exc:
                 raise HttpError(422, [invalid(["tracks", i], exc)]) from None
         try:
@@ -419,7 +429,7 @@ def create_app(settings: ApiSettings, client: redis.Redis, backend: Backend) -> 
             if info.status.terminal:
                 raise HttpError(409, f"{one} {job_id} is {info.status.value}: its tracks are final")
             try:
-                prompt = body.to_prompt()
+                prompt = body.to_prompt(settings.max_frame_pixels)
             except InvalidInputError as exc:
                 raise HttpError(422, [invalid([], exc)]) from None
             with commanding:
@@ -497,7 +507,7 @@ def create_app(settings: ApiSettings, client: redis.Redis, backend: Backend) -> 
 
     add_routes("jobs", live=False)
     add_routes("streams", live=True)
-    app.include_router(viewer_router(client, keys, Sessions(settings.token)))
+    app.include_router(viewer_router(client, keys, sessions))
     mount_static(app)
 
     @app.get("/healthz", response_model=Health, operation_id="health", dependencies=secured, tags=["service"])

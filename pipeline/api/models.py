@@ -18,6 +18,7 @@ from pipeline.errors import InvalidInputError
 from pipeline.prompts import Prompt, TrackSpec
 from pipeline.sources.opening import redact, redact_text
 from pipeline.streams import Event, JobInfo
+from pipeline.streams.keys import JOB_ID
 
 Coordinate = float
 MAX_TRACKS = 64  # the default of a service's --max-tracks
@@ -81,7 +82,13 @@ class PromptBody(BaseModel):
     def _box(cls, box: list[float] | None) -> list[float] | None:
         return None if box is None else _finite(box)
 
-    def to_prompt(self) -> Prompt:
+    def to_prompt(self, max_mask_pixels: int | None = None) -> Prompt:
+        """The prompt; a mask over ``max_mask_pixels`` (the service's ``--max-frame-pixels``;
+        None: no limit but the library's own) is refused before its counts are read.
+
+        Raises:
+            InvalidInputError: a bad prompt.
+        """
         data: dict[str, Any] = {"points": self.points}
         if self.labels is not None:
             data["labels"] = self.labels
@@ -89,7 +96,9 @@ class PromptBody(BaseModel):
             data["box"] = self.box
         if self.mask is not None:
             data["mask"] = {"size": self.mask.size, "counts": self.mask.counts}
-        return Prompt.from_dict(data)
+        if max_mask_pixels is None:
+            return Prompt.from_dict(data)
+        return Prompt.from_dict(data, max_mask_pixels)
 
 
 class TrackBody(PromptBody):
@@ -98,8 +107,8 @@ class TrackBody(PromptBody):
     id: int = Field(ge=1, le=2**31 - 1)
     start_frame: int = Field(default=0, ge=0, le=2**31 - 1)
 
-    def to_track(self) -> TrackSpec:
-        return TrackSpec(self.id, self.to_prompt(), self.start_frame)
+    def to_track(self, max_mask_pixels: int | None = None) -> TrackSpec:
+        return TrackSpec(self.id, self.to_prompt(max_mask_pixels), self.start_frame)
 
 
 class JobBody(BaseModel):
@@ -111,9 +120,7 @@ class JobBody(BaseModel):
     tracks: list[TrackBody] = Field(
         min_length=1, max_length=TRACKS_CEILING, description="at most the service's --max-tracks (64)"
     )
-    job_id: str | None = Field(
-        default=None, pattern=r"^[A-Za-z0-9_.-]{1,128}$", description="default: a new id is made"
-    )
+    job_id: str | None = Field(default=None, pattern=JOB_ID, description="default: a new id is made")
     stride: int = Field(default=1, ge=1, le=10_000, description="process every n-th frame (jobs)")
     image_size: int | None = Field(
         default=None,

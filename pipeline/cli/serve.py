@@ -72,6 +72,7 @@ def serve(args: argparse.Namespace) -> int:
     from pipeline.streams.retention import parse_keep
 
     keep_s = parse_keep(args.keep)
+    media = media_limits(args)
     max_keep_s = keep_s if args.max_keep is None else parse_keep(args.max_keep, "--max-keep")
     settings = ApiSettings(
         token=token,
@@ -86,6 +87,7 @@ def serve(args: argparse.Namespace) -> int:
         keep_s=keep_s,
         max_keep_s=max_keep_s,
         max_maxlen=args.max_maxlen,
+        max_frame_pixels=media.max_frame_pixels,
     )
     metrics_host = args.metrics_host or args.host
     from workers.pool import PoolConfig
@@ -107,7 +109,7 @@ def serve(args: argparse.Namespace) -> int:
         streams_per_host=args.streams_per_host,
         tracks_per_decoder=args.tracks_per_decoder,
         host_idle_s=args.host_idle_s,
-        media=media_limits(args),
+        media=media,
         stall_s=args.stall_s,
         preview=preview_options(args),
     )

@@ -9,21 +9,27 @@ from dataclasses import dataclass
 
 from pipeline.errors import InvalidInputError
 
-JOB_ID_PATTERN = re.compile(r"[A-Za-z0-9_.-]{1,128}")
+# A job id: 1 to 128 characters from A-Z a-z 0-9 _ . -, but not "." or "..", the path segments a
+# URL normalises away (/view/jobs/.. is /view). The one rule of every entry point (API paths and
+# bodies, the CLI, the store); written without look-arounds, so that pydantic's regex engine takes
+# it as it is: one character that is not a dot, two that are not both dots, or three and more.
+JOB_ID = r"^(?:[A-Za-z0-9_-]|[A-Za-z0-9_.-][A-Za-z0-9_-]|[A-Za-z0-9_-]\.|[A-Za-z0-9_.-]{3,128})$"
+JOB_ID_PATTERN = re.compile(JOB_ID)
 
 
 def validate_job_id(job_id: object) -> str:
     """Return ``job_id`` if it is a valid job id, else raise.
 
-    A job id is 1 to 128 characters from ``A-Z a-z 0-9 _ . -``; no ``:``, so one job's keys can never
-    collide with another's.
+    A job id is 1 to 128 characters from ``A-Z a-z 0-9 _ . -``, not ``.`` or ``..``; no ``:``, so
+    one job's keys can never collide with another's, and no URL changes it.
 
     Raises:
         InvalidInputError: naming the expected pattern and the value that came.
     """
     if not isinstance(job_id, str) or JOB_ID_PATTERN.fullmatch(job_id) is None:
         raise InvalidInputError(
-            f"job id must be 1 to 128 characters from A-Z, a-z, 0-9, '_', '.', '-'; got {job_id!r}"
+            "job id must be 1 to 128 characters from A-Z, a-z, 0-9, '_', '.', '-', and not '.' or "
+            f"'..'; got {job_id!r}"
         )
     return job_id
 
@@ -91,6 +97,16 @@ class Keys:
             self.tracks(job_id),
             self.preview(job_id),
         )
+
+    def viewer_session(self, nonce: str) -> str:
+        """String, expiring with it, while a viewer session is signed in (sign-out deletes it):
+        ``{prefix}viewer:session:{nonce}``."""
+        return f"{self.prefix}viewer:session:{nonce}"
+
+    def login_failures(self, address: str) -> str:
+        """Counter of a client address's failed viewer sign-ins in the current window:
+        ``{prefix}viewer:login-failures:{address}``."""
+        return f"{self.prefix}viewer:login-failures:{address}"
 
     def jobs_index(self) -> str:
         """Sorted set of every job id, scored by creation time (epoch s): ``{prefix}jobs``."""

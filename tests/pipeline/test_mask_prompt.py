@@ -260,3 +260,11 @@ def test_encode_and_compress_agree() -> None:
         == coco_rle(mask)
         == MaskPrompt.from_rle({"size": [240, 320], "counts": runs(mask)}).to_rle()
     )
+
+
+def test_a_mask_image_declaring_too_many_pixels_is_refused_before_it_is_decoded(tmp_path: Path) -> None:
+    # 200 Mpx of 1-bit zeros: a few hundred KB of PNG that PIL refuses to decode (a bomb).
+    path = tmp_path / "bomb.png"
+    Image.new("1", (20_000, 10_000)).save(path)
+    with pytest.raises(ImageReadError, match="decompression bomb"):
+        read_mask(path)

@@ -271,8 +271,11 @@ def test_encode_rejects_bad_masks(mask: Any) -> None:
 
 
 def test_area_does_not_decode() -> None:
-    # 10^10 pixels: decoding would need 10 GB.
-    assert rle_area({"size": [100_000, 100_000], "counts": [10**10 - 5, 5]}) == 5
+    # 2**30 pixels, the most an RLE may have: decoding would need 1 GB.
+    assert rle_area({"size": [32_768, 32_768], "counts": [2**30 - 5, 5]}) == 5
+    # 10**10 pixels (10 GB decoded) is refused from its size alone.
+    with pytest.raises(InvalidInputError, match="more than the 1073741824"):
+        rle_area({"size": [100_000, 100_000], "counts": [10**10 - 5, 5]})
 
 
 def reference_bbox(mask: np.ndarray) -> tuple[int, int, int, int] | None:

@@ -180,6 +180,8 @@ def test_the_viewer_follows_a_live_stream_and_adds_and_removes_tracks(
         }
         assert api.post("/streams", json=body).status_code == 201
         page = browser.new_page()
+        refused: list[str] = []  # what the pages' content security policy blocked: nothing, wanted
+        page.on("console", lambda m: refused.append(m.text) if "Content Security Policy" in m.text else None)
 
         # A wrong token: the login form says so, and the page's session gets no data.
         page.goto(f"{base}/view/jobs/cam")
@@ -289,3 +291,11 @@ def test_the_viewer_follows_a_live_stream_and_adds_and_removes_tracks(
             timeout=60_000,
         )
         assert api.get("/streams/cam").json()["status"] in ("cancelled", "succeeded")
+
+        # Signing out ends the session in the service: the same cookie, replayed, is refused.
+        [cookie] = browser.cookies()
+        page.click("#logout")
+        page.wait_for_selector("#login")
+        replayed = httpx.get(f"{base}/view/api/jobs", cookies={cookie["name"]: cookie["value"]})
+        assert replayed.status_code == 401
+        assert refused == []

@@ -18,16 +18,17 @@ import redis
 from fastapi import APIRouter, HTTPException, Path, Query, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
+from starlette.concurrency import run_in_threadpool
 
 from pipeline.api.models import JobView
-from pipeline.api.viewer.sessions import COOKIE, CSRF_HEADER, Sessions
+from pipeline.api.viewer.sessions import COOKIE, CSRF_HEADER, LoginThrottle, Sessions
 from pipeline.errors import JobError
 from pipeline.preview import WATCH_TTL_S
 from pipeline.streams import JobInfo, JobStore, Keys
+from pipeline.streams.keys import JOB_ID
 from pipeline.streams.previews import PreviewEntry, PreviewReader
 from pipeline.streams.wire import as_text, decode_mask_entry, entry_id
 
-JOB_ID = r"^[A-Za-z0-9_.-]{1,128}$"
 ENTRY_ID = r"^\d{1,19}-\d{1,19}$"
 RATE_ENTRIES = 10  # the newest masks entries a job's fps and latency are measured over
 
@@ -44,6 +45,7 @@ def page(name: str) -> bytes:
 def viewer_router(client: redis.Redis, keys: Keys, sessions: Sessions) -> APIRouter:
     """The viewer's routes over a Redis client (decoded replies) for one token's sessions."""
     store = JobStore(client, keys)
+    throttle = LoginThrottle(client, keys)
     router = APIRouter(include_in_schema=False)
     job_id_path = Path(pattern=JOB_ID)
 
@@ -66,20 +68,29 @@ def viewer_router(client: redis.Redis, keys: Keys, sessions: Sessions) -> APIRou
     async def login(request: Request) -> Response:
         if request.headers.get(CSRF_HEADER.decode()) != "1":
             raise HTTPException(403, f"the login needs the header {CSRF_HEADER.decode()}: 1")
-        try:
-            body = json.loads(await request.body())
-            token = body["token"]
-            if not isinstance(token, str):
-                raise TypeError
-        except (ValueError, KeyError, TypeError):
-            raise HTTPException(422, 'the login body is {"token": "..."}') from None
+        address = request.client.host if request.client else "unknown"
+        wait = await run_in_threadpool(throttle.retry_after, address)
+        if wait is not None:
+            raise HTTPException(
+                429,
+                f"too many failed sign-ins from this address: try again in {wait} s",
+                headers={"Retry-After": str(wait)},
+            )
+        token = _login_token(await request.body())
         if not sessions.token_ok(token):
+            await run_in_threadpool(throttle.failed, address)
             raise HTTPException(401, "wrong token")
+        await run_in_threadpool(throttle.succeeded, address)
+        cookie = await run_in_threadpool(sessions.make)
         secure = request.url.scheme == "https" or request.headers.get("x-forwarded-proto") == "https"
-        return Response(status_code=204, headers={"Set-Cookie": sessions.set_cookie(sessions.make(), secure)})
+        return Response(status_code=204, headers={"Set-Cookie": sessions.set_cookie(cookie, secure)})
 
     @router.post("/view/logout")
-    def logout() -> Response:
+    def logout(request: Request) -> Response:
+        """Ends the session for good (its cookie is refused from now on), and clears the cookie."""
+        cookie = request.cookies.get(COOKIE)
+        if cookie:
+            sessions.end(cookie)
         expired = f"{COOKIE}=; Max-Age=0; Path=/; HttpOnly; SameSite=Strict"
         return Response(status_code=204, headers={"Set-Cookie": expired})
 
@@ -139,6 +150,23 @@ def viewer_router(client: redis.Redis, keys: Keys, sessions: Sessions) -> APIRou
 def mount_static(app: Any) -> None:
     """Serve the viewer's CSS and JavaScript at ``/view/static``."""
     app.mount("/view/static", StaticFiles(directory=str(static_dir())), name="viewer-static")
+
+
+def _login_token(raw: bytes) -> str:
+    """The token of a sign-in body ``{"token": "..."}``: 400 for a body that is not JSON (nested
+    too deep included), 422 for JSON of another shape or a token that is not text."""
+    try:
+        body = json.loads(raw)
+    except (ValueError, RecursionError):
+        raise HTTPException(400, 'the login body must be JSON: {"token": "..."}') from None
+    token = body.get("token") if isinstance(body, dict) else None
+    if not isinstance(token, str):
+        raise HTTPException(422, 'the login body is {"token": "..."}')
+    try:
+        token.encode()
+    except UnicodeEncodeError:  # a lone surrogate, e.g. "\ud800"
+        raise HTTPException(422, "the token must be text (it holds an unpaired surrogate)") from None
+    return token
 
 
 def _json(data: Any) -> JSONResponse:

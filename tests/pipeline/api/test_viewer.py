@@ -8,6 +8,7 @@ import json
 import re
 import shutil
 import subprocess
+import time
 from pathlib import Path
 
 import numpy as np
@@ -95,13 +96,19 @@ def test_a_session_changes_things_only_with_the_csrf_header(
     assert browser.delete("/streams/cam/tracks/2", headers=CSRF).status_code == 202
 
 
-def test_sessions_expire_and_end_with_another_token() -> None:
-    sessions = Sessions("t1", session_s=60)
-    value = sessions.make(now=1000.0)
-    assert sessions.valid(value, now=1059.0) and not sessions.valid(value, now=1061.0)
-    assert not Sessions("t2").valid(value, now=1000.0)
+def test_sessions_expire_and_end_with_another_token(redis_client: redis.Redis, prefix: str) -> None:
+    keys = Keys(prefix)
+    sessions = Sessions("t1", redis_client, keys, session_s=60)
+    value = sessions.make(now=time.time() - 1000.0)
+    assert sessions.signed(value, now=time.time() - 941.0) and not sessions.signed(
+        value, now=time.time() - 939.0
+    )
+    value = sessions.make()
+    assert sessions.valid(value)
+    assert not Sessions("t2", redis_client, keys).valid(value)
     nonce, expiry, signature = value.split(".")
-    assert not sessions.valid(f"{nonce}.{int(expiry) + 3600}.{signature}", now=1000.0)  # no extending
+    assert not sessions.valid(f"{nonce}.{int(expiry) + 3600}.{signature}")  # no extending
+    assert 0 < int(redis_client.ttl(keys.viewer_session(nonce))) <= 60  # the record expires with it
 
 
 def test_the_newest_frame_comes_with_its_masks_entry(

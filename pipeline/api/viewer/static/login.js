@@ -15,6 +15,10 @@ document.getElementById("login").addEventListener("submit", async (event) => {
     if (location.pathname === "/view/login") location.assign("/view");
     else location.reload();
   } else {
-    error.textContent = answer.status === 401 ? "Wrong token." : `Sign-in failed (HTTP ${answer.status}).`;
+    const wait = answer.headers.get("Retry-After");
+    error.textContent =
+      answer.status === 401 ? "Wrong token."
+      : answer.status === 429 ? `Too many failed sign-ins: try again in ${wait} s.`
+      : `Sign-in failed (HTTP ${answer.status}).`;
   }
 });
