@@ -56,7 +56,15 @@ class ResultSink(Protocol):
         """How far the job got: the last published frame and the last checkpoint."""
         ...
 
-    def event(self, type: str, *, frame: int | None, track: int | None, detail: str | None) -> None: ...
+    def event(
+        self,
+        type: str,
+        *,
+        frame: int | None,
+        track: int | None,
+        detail: str | None,
+        data: Mapping[str, Any] | None = None,
+    ) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -215,12 +223,18 @@ class TrackDecoder:
         started = time.perf_counter()
         while True:
             try:
-                plan = self.tracker.plan(frame.index, frame.embedding)
+                plan = self.tracker.plan(frame.index, frame.embedding, self.frame_time(frame))
                 return Step(frame, action, plan, timings, started)
             except TrackPromptError as exc:
                 self.tracker.remove(exc.track_id)
                 if action is Action.PUBLISH:
                     self.sink.event("error", frame=frame.index, track=exc.track_id, detail=str(exc))
+
+    def frame_time(self, frame: EncodedFrame) -> float | None:
+        """The frame's time for the tracker's motion, seconds: a live frame's capture time (a feed's
+        timestamps restart when it reconnects), a file frame's presentation time; None (the
+        tracker takes ``index / 30``) for a file whose frames carry none."""
+        return frame.capture_time if self.live else frame.pts
 
     def _in_order(self, index: int) -> bool:
         """Whether ``index`` is the file job's next frame; a gap asks for a rewind, an old frame is ignored."""
@@ -282,7 +296,11 @@ class TrackDecoder:
                 continue
             for e in p.events:
                 self.sink.event(
-                    f"track_{e.kind}", frame=e.frame_index, track=e.track_id, detail=e.detail or None
+                    f"track_{e.kind}",
+                    frame=e.frame_index,
+                    track=e.track_id,
+                    detail=e.detail or None,
+                    data=e.data,
                 )
             p.timings["publish"] = per_frame
             out.append(

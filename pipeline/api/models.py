@@ -142,8 +142,9 @@ class JobBody(BaseModel):
     )
     tracking: dict[str, bool | int | float] = Field(
         default_factory=dict,
-        max_length=16,
-        description="tracking settings: min_score, lost_after, box_margin, …",
+        max_length=32,
+        description="tracking settings: min_score, lost_after, box_margin, search_s, "
+        "search_interval_s, … (see the README)",
         examples=[{"min_score": 0.5}],
     )
     keep_s: int | None = Field(

@@ -8,7 +8,7 @@ import sys
 
 from pipeline.errors import InvalidInputError
 
-SUITES = ("encoder", "decoder", "pipeline", "machinery", "density")
+SUITES = ("encoder", "decoder", "pipeline", "machinery", "tracking", "density")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -41,6 +41,10 @@ def run(args: argparse.Namespace) -> int:
             )
         elif suite == "machinery":
             new = run_machinery(args.machinery_frames, args.image_size)
+        elif suite == "tracking":
+            from pipeline.bench.tracking import run_tracking
+
+            new = run_tracking(args.image_size, args.runs, device)
         else:
             from pipeline.bench.density import run_density
 

@@ -135,6 +135,31 @@ def render(args: argparse.Namespace) -> int:
     return 0
 
 
+def export(args: argparse.Namespace) -> int:
+    """A job's masks as DAVIS palette PNGs: ``DIR/FRAME.png``, pixel value k for track k."""
+    import numpy as np
+
+    from pipeline.evaluation.davis import MAX_OBJECTS, write_labels
+    from pipeline.masks import decode_rle
+
+    out = Path(args.davis)
+    count = 0
+    with _store(args) as (_, reader, info):
+        for _, result in reader.read():
+            labels = np.zeros((result.height, result.width), np.uint8)
+            for t in result.tracks:
+                if t.track_id > MAX_OBJECTS:
+                    raise InvalidInputError(
+                        f"DAVIS masks hold object ids 1 to {MAX_OBJECTS}; job {info.job_id} has track {t.track_id}"
+                    )
+                if t.state == "active":
+                    labels[decode_rle(t.rle)] = t.track_id
+            write_labels(labels, out / f"{result.frame_index:05d}.png")
+            count += 1
+    print(f"wrote {count} DAVIS masks of job {info.job_id} to {out}")
+    return 0
+
+
 def _render_live(store: JobStore, info: JobInfo, results: Iterator[FrameResult], out: Path) -> int:
     """A live job's overlay from its previews: its frames are not kept, the newest previews are."""
     from pipeline.render import render_previews

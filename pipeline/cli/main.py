@@ -11,6 +11,7 @@ import importlib
 import os
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from pipeline import __version__
 from pipeline.errors import SamstreamError
@@ -48,6 +49,35 @@ def _add_model_options(p: argparse.ArgumentParser, precision: str = "auto") -> N
         default=precision,
         help="number format of encoder and decoder: auto = bf16 on CPUs with bf16 matrix units, "
         f"fp16 on GPUs, fp32 elsewhere; fp32 = the official predictor's results (default {precision})",
+    )
+
+
+def _add_tracking_options(p: argparse.ArgumentParser) -> None:
+    """How tracks follow and find their objects (``run``, ``submit``, ``eval``)."""
+    tr = p.add_argument_group("tracking")
+    tr.add_argument(
+        "--min-score", type=float, metavar="S", help="predicted IoU below which a mask is not taken (0.5)"
+    )
+    tr.add_argument(
+        "--lost-after",
+        type=int,
+        metavar="N",
+        help="report a track lost after N frames in a row without its object; it searches on (5)",
+    )
+    tr.add_argument(
+        "--box-margin", type=float, metavar="F", help="grow the predicted box by this fraction (0.1)"
+    )
+    tr.add_argument(
+        "--search-s",
+        type=float,
+        metavar="S",
+        help="a track gives up after S seconds (frame time) without its object (0: never; default)",
+    )
+    tr.add_argument(
+        "--search-interval-s",
+        type=float,
+        metavar="S",
+        help="search for a lost object at most every S seconds of frame time (0: every frame; default)",
     )
 
 
@@ -101,16 +131,7 @@ def _add_job_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--maxlen", type=int, metavar="N", help="keep about N masks entries (live default 10000; files: all)"
     )
-    tr = p.add_argument_group("tracking")
-    tr.add_argument(
-        "--min-score", type=float, metavar="S", help="predicted IoU below which a frame is poor (0.5)"
-    )
-    tr.add_argument(
-        "--lost-after", type=int, metavar="N", help="a track is lost after N poor frames in a row (5)"
-    )
-    tr.add_argument(
-        "--box-margin", type=float, metavar="F", help="grow the previous box by this fraction (0.1)"
-    )
+    _add_tracking_options(p)
 
 
 def _add_media_options(p: argparse.ArgumentParser, service: bool = False) -> None:
@@ -202,6 +223,44 @@ def _add_ending_options(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_export_parser(sub: Any) -> None:
+    ex = sub.add_parser("export", help="write a job's masks as DAVIS palette PNGs, one per frame")
+    ex.add_argument("job", metavar="JOB", help="job id")
+    ex.add_argument(
+        "--davis",
+        required=True,
+        metavar="DIR",
+        help="folder for FRAME.png (00000.png …): pixel value k is track k, 0 the background",
+    )
+    _add_redis_options(ex)
+    ex.set_defaults(handler="pipeline.cli.jobs:export")
+
+
+def _add_eval_parser(sub: Any) -> None:
+    ev = sub.add_parser(
+        "eval",
+        help="track every object of a DAVIS 2017 (semi-supervised) dataset from its first masks; J, F, J&F",
+    )
+    ev.add_argument(
+        "dataset", metavar="DATASET", help="folder with JPEGImages/480p, Annotations/480p, ImageSets/2017"
+    )
+    ev.add_argument("--split", default="val", help="the ImageSets/2017 list to run (default val)")
+    ev.add_argument("--resolution", default="480p", help="the frames' folder (default 480p)")
+    ev.add_argument("--sequences", metavar="A,B,…", help="only these sequences of the split")
+    ev.add_argument("--out", metavar="DIR", help="also write each frame's masks as DAVIS palette PNGs here")
+    ev.add_argument("--json", metavar="FILE", help="write the scores as JSON here (default: after the table)")
+    ev.add_argument(
+        "--reference",
+        action="store_true",
+        help="run the reference segmenter instead of MobileSAM (flat-coloured test scenes only: it "
+        "measures the tracker, not the weights)",
+    )
+    ev.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _add_tracking_options(ev)
+    _add_model_options(ev)
+    ev.set_defaults(handler="pipeline.cli.eval:run")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="samstream",
@@ -280,6 +339,8 @@ def build_parser() -> argparse.ArgumentParser:
     rd.add_argument("--source", metavar="SOURCE", help="the video (default: the job's source)")
     _add_redis_options(rd)
     rd.set_defaults(handler="pipeline.cli.jobs:render")
+    _add_export_parser(sub)
+    _add_eval_parser(sub)
 
     vw = sub.add_parser(
         "view", help="serve the browser viewer of a job of samstream run (prints its URL; Ctrl-C ends it)"
@@ -518,7 +579,7 @@ def build_parser() -> argparse.ArgumentParser:
     bn = sub.add_parser("bench", help="measure speed: ratios against baselines measured in the same run")
     bn.add_argument(
         "--suite",
-        choices=["encoder", "decoder", "pipeline", "machinery", "density", "all"],
+        choices=["encoder", "decoder", "pipeline", "machinery", "tracking", "density", "all"],
         default="all",
         help="default all",
     )

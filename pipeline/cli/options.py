@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from pipeline.config import ModelConfig
 from pipeline.sources.limits import MediaLimits
@@ -34,6 +34,18 @@ def model_config(args: argparse.Namespace, single_image: bool = False) -> ModelC
         checkpoint=Path(args.checkpoint) if args.checkpoint else None,
         cache_dir=cache_dir(),
     )
+
+
+def tracking_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """The tracking options given (``--min-score`` …): overrides of ``TrackingConfig``'s fields."""
+    given = (
+        ("min_score", args.min_score),
+        ("lost_after", args.lost_after),
+        ("box_margin", args.box_margin),
+        ("search_s", args.search_s),
+        ("search_interval_s", args.search_interval_s),
+    )
+    return {k: v for k, v in given if v is not None}
 
 
 def media_limits(args: argparse.Namespace) -> MediaLimits:

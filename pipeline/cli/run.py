@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import NoReturn
 
-from pipeline.cli.options import media_limits, model_config, preview_options
+from pipeline.cli.options import media_limits, model_config, preview_options, tracking_overrides
 from pipeline.errors import InvalidInputError
 from pipeline.prompts import load_prompts_file, tracks_from_cli
 from pipeline.spec import JobSpec
@@ -42,15 +42,7 @@ def build_spec(args: argparse.Namespace, image_size: int, weights: str) -> JobSp
         stride=args.stride,
         image_size=image_size,
         weights=weights,
-        tracking={
-            k: v
-            for k, v in (
-                ("min_score", args.min_score),
-                ("lost_after", args.lost_after),
-                ("box_margin", args.box_margin),
-            )
-            if v is not None
-        },
+        tracking=tracking_overrides(args),
     )
 
 

@@ -201,8 +201,16 @@ class RedisSink:
             flags.append(bool(reply))
         return flags
 
-    def event(self, type: str, *, frame: int | None, track: int | None, detail: str | None) -> None:
-        self.publisher.event(type, frame=frame, track=track, detail=detail)
+    def event(
+        self,
+        type: str,
+        *,
+        frame: int | None,
+        track: int | None,
+        detail: str | None,
+        data: Mapping[str, Any] | None = None,
+    ) -> None:
+        self.publisher.event(type, frame=frame, track=track, detail=detail, data=data)
 
 
 def publish_jobs(
@@ -328,30 +336,50 @@ def read_state_frame(client: redis.Redis, keys: Keys, job_id: str) -> int | None
 _HEADER_PEEK = 64 * 1024
 
 
+# Where a track of a binary snapshot holds raw bytes (its logits, its memory's vectors).
+_BLOB_PATHS = (("logits",), ("memory", "vectors"))
+
+
 def pack_state(frame_index: int, snapshot: Mapping[str, Any]) -> bytes:
-    """The state key's value: ``{"frame", "tracker"}`` as JSON, with the logits' bytes after it."""
+    """The state key's value: ``{"frame", "tracker"}`` as JSON, with the tracks' array bytes
+    (logits, memory) after it."""
     blobs: list[bytes] = []
     offset = 0
     tracks = []
     for track in snapshot.get("tracks", []):
-        logits = track.get("logits")
-        if logits is not None and isinstance(logits.get("data"), bytes):
-            data = logits["data"]
-            track = {**track, "logits": {**logits, "data": {"blob": [offset, len(data)]}}}
-            blobs.append(data)
-            offset += len(data)
+        for path in _BLOB_PATHS:
+            array = _nested(track, path)
+            if array is not None and isinstance(array.get("data"), bytes):
+                data = array["data"]
+                track = _replaced(track, path, {**array, "data": {"blob": [offset, len(data)]}})
+                blobs.append(data)
+                offset += len(data)
         tracks.append(track)
     header = {"frame": frame_index, "tracker": {**snapshot, "tracks": tracks}}
     return b"".join([json.dumps(header, separators=(",", ":")).encode(), b"\n", *blobs])
 
 
 def unpack_state(raw: bytes) -> dict[str, Any]:
-    """Inverse of :func:`pack_state`: the logits' ``data`` come back as bytes."""
+    """Inverse of :func:`pack_state`: the arrays' ``data`` come back as bytes."""
     head, _, body = raw.partition(b"\n")
     state: dict[str, Any] = json.loads(head)
     for track in state.get("tracker", {}).get("tracks", []):
-        logits = track.get("logits")
-        if logits is not None and isinstance(logits.get("data"), dict):
-            start, length = logits["data"]["blob"]
-            logits["data"] = body[start : start + length]
+        for path in _BLOB_PATHS:
+            array = _nested(track, path)
+            if array is not None and isinstance(array.get("data"), dict):
+                start, length = array["data"]["blob"]
+                array["data"] = body[start : start + length]
     return state
+
+
+def _nested(track: Mapping[str, Any], path: tuple[str, ...]) -> Any:
+    value: Any = track
+    for key in path:
+        value = value.get(key) if isinstance(value, Mapping) else None
+    return value if isinstance(value, Mapping) else None
+
+
+def _replaced(track: Mapping[str, Any], path: tuple[str, ...], value: Any) -> dict[str, Any]:
+    """A copy of ``track`` with ``value`` at ``path`` (the dicts on the way copied, not changed)."""
+    head, *rest = path
+    return {**track, head: _replaced(track[head], tuple(rest), value) if rest else value}

@@ -20,7 +20,7 @@ from pipeline.frames import FrameResult, TrackMask
 WIRE_VERSION = 1
 """Bumped only for changes an old reader cannot ignore; new optional fields keep the version."""
 
-TRACK_STATES = ("active", "lost")
+TRACK_STATES = ("active", "searching", "lost")  # a reader treats any but "active" as no mask
 
 _ENTRY_ID = re.compile(r"(\d+)-(\d+)")
 

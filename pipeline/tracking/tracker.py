@@ -1,24 +1,46 @@
-"""Tracking by prompt propagation: each frame's prompt comes from the previous frame's mask.
+"""Tracks that hold on: motion, appearance memory, search, and one object per track.
 
 A :class:`Tracker` holds every track of a job (or of a shard of a job) and, once per frame, sends
-all of them to the segmenter in one ``decode`` call against that frame's shared embedding:
+all of their requests to the segmenter in one ``decode`` call against that frame's shared
+embedding. Each frame, a track:
 
-* On a track's first frame, and after a re-prompt, the user's prompt is decoded (multimask when
-  the prompt is a single point, as :attr:`Prompt.multimask` says; a mask prompt as SAM's mask
-  input with the box around it, see :meth:`DecodeRequest.of`).
-* Afterwards a track is prompted with the last good mask's box, grown by a margin and clipped to
-  the frame, plus (optionally) that frame's low-resolution logits as mask input and a positive
-  point at their most confident pixel; the best of the multimask outputs by predicted IoU is kept.
-* A frame is poor when its predicted IoU is below ``min_score`` or its mask is smaller than
-  ``min_area``. A poor frame's mask is still reported, but the next frame is prompted from the
-  last good box and logits. After ``lost_after`` consecutive poor frames the track is lost: it is
-  no longer decoded, and reports an empty mask, until it is re-prompted.
+* **is prompted** by the user's prompt on its first frame and after a re-prompt (multimask when the
+  prompt is a single point, as :attr:`Prompt.multimask` says; a mask prompt as SAM's mask input with
+  the box around it, see :meth:`DecodeRequest.of`);
+* **follows** its object afterwards: its motion (:mod:`~pipeline.tracking.motion`, a Kalman filter
+  on the box in the frames' own time) predicts the box at this frame's time; the prompt is that box,
+  grown by a margin and by the prediction's uncertainty, with the last good frame's logits moved
+  as far as the box moved (the mask input), multimask, the best mask by predicted IoU kept;
+* **checks** what came back: a mask is the object only if its predicted IoU and area pass, and,
+  with an appearance memory (:mod:`~pipeline.tracking.memory`), its features match the object's
+  (``keep_match``), so a wall in front of the object or another object is not taken for it;
+* **searches** when its object is not found: it coasts along its motion's prediction (``coast_s``),
+  and looks over the whole frame at the peaks of its memory's similarity map; each place is one
+  more request in the same decode call. A place's mask re-finds the object only if it matches the
+  memory well (``found_match``, and within ``found_margin`` of the track's typical match), or,
+  without usable features, if it lies where the motion expects the object;
+* **owns its pixels**: tracks of the tracker never claim the same pixels. Masks are taken in order
+  of confidence (a user's prompt first, then the best memory match, then agreement with the
+  motion, then predicted IoU); a later mask loses what earlier ones took, and is not taken at all
+  if that is half of it. So two crossing objects keep their identities.
+
+A track's status on each frame is ``active`` (the object found: its mask), ``searching`` (not found
+on this frame: an empty mask while it coasts and searches), or ``lost`` (it gave up: after
+``search_s`` seconds without its object, if set; not decoded until re-prompted). Events: ``lost``
+after ``lost_after`` frames in a row without the object, ``found`` when a track that reported
+``lost`` finds it again (with where and how well it matched), ``gave_up``, and ``added``,
+``removed``, ``reprompted`` on the frame they take effect.
+
+Time: :meth:`Tracker.step` takes each frame's time in seconds (presentation time of a file, capture
+time of a live feed): motion, coasting and search limits are in seconds of that time, so strides,
+dropped frames and variable rates count as the time they take. A frame without a time is taken as
+``frame_index / 30`` s.
 
 Invalid prompts: a prompt is checked against the frame size on the first frame it is decoded on
-(only then is the size known). A prompt outside the frame (or a mask of another size) makes :meth:`Tracker.step` raise
-:class:`TrackPromptError` (a :class:`PromptError` naming the track) *before* anything is decoded
-or changed, so the caller can remove or re-prompt that track and call ``step`` again with the
-same frame; the other tracks lose nothing.
+(only then is the size known). A prompt outside the frame (or a mask of another size) makes
+:meth:`Tracker.step` raise :class:`TrackPromptError` (a :class:`PromptError` naming the track)
+*before* anything is decoded or changed, so the caller can remove or re-prompt that track and call
+``step`` again with the same frame; the other tracks lose nothing.
 
 Coordinates are pixels of the original frame unless said otherwise; boxes are XYXY.
 """
@@ -27,7 +49,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import Any, Literal, Protocol, get_args
 
@@ -37,12 +59,23 @@ from pipeline.errors import InvalidInputError, PromptError
 from pipeline.masks import mask_bbox
 from pipeline.model.types import DecodeRequest, Embedding, MaskBatch
 from pipeline.prompts import POSITIVE, Box, Point, Prompt, TrackSpec
+from pipeline.tracking.memory import PURE, FrameFeatures, Memory
+from pipeline.tracking.motion import Motion
 from pipeline.tracking.state import MaskBox, TrackingConfig, TrackState, TrackStatus
 
-EventKind = Literal["lost", "found", "added", "removed", "reprompted"]
+EventKind = Literal["lost", "found", "added", "removed", "reprompted", "gave_up"]
 EVENT_KINDS: tuple[str, ...] = get_args(EventKind)
-SNAPSHOT_VERSION = 1
+SNAPSHOT_VERSION = 2  # 2: motion, memory and search times per track; 1 still loads
+SNAPSHOT_VERSIONS = (1, 2)
 LOW_RES_STRIDE = 4  # encoder-input pixels per low-resolution logit (S / (S/4))
+DEFAULT_FPS = 30.0  # a frame without a time is taken as frame_index / DEFAULT_FPS seconds
+MAX_GROWTH = 0.5  # the prediction's uncertainty grows a box prompt by at most this share of its side
+MOTION_GATE = 4.0  # without appearance, a coasting track re-finds only masks this many std away
+CLAIM_KEEP = 0.5  # a mask that loses this share of its pixels to other tracks is not taken
+SURE = 0.25  # a prediction whose spread is under this share of the box's side takes the mask input
+
+Kind = Literal["prompt", "follow", "search"]
+_RANK = {"prompt": 0, "follow": 1, "search": 2}
 
 
 class Segmenter(Protocol):
@@ -76,7 +109,7 @@ class TrackResult:
 
     Attributes:
         track_id: the track.
-        status: active, or lost (then ``mask`` is empty, ``score`` 0 and ``box`` None).
+        status: active, or searching / lost (then ``mask`` is empty, ``score`` 0 and ``box`` None).
         score: predicted IoU of the mask.
         box: the mask's box, XYXY with exclusive right/bottom, original-frame pixels; None when
             the mask is empty.
@@ -92,12 +125,21 @@ class TrackResult:
 
 @dataclass(frozen=True)
 class TrackEvent:
-    """Something that happened to a track, on the frame it took effect."""
+    """Something that happened to a track, on the frame it took effect.
+
+    Attributes:
+        kind: what happened.
+        track_id, frame_index: to which track, on which frame.
+        detail: one line for people.
+        data: the same for programs (``found``: ``box``, ``score``, ``match``, ``needed``,
+            ``frames``, ``by``; ``lost``: ``frames``; ``gave_up``: ``seconds``), or None.
+    """
 
     kind: EventKind
     track_id: int
     frame_index: int
     detail: str = ""
+    data: Mapping[str, Any] | None = field(default=None, hash=False)
 
     def __post_init__(self) -> None:
         if self.kind not in EVENT_KINDS:
@@ -111,6 +153,7 @@ class TrackEvent:
             "track_id": self.track_id,
             "frame_index": self.frame_index,
             "detail": self.detail,
+            **({"data": dict(self.data)} if self.data is not None else {}),
         }
 
 
@@ -122,8 +165,13 @@ class StepPlan:
         frame_index: the frame.
         size: (H, W) of the frame.
         started: the tracks started by this frame, in the order they were added.
-        decoded: those of them decoded on it (active, or waiting for their prompt).
-        requests: one request per decoded track, in the same order.
+        decoded: those of them with requests on it (active, searching, or waiting for their prompt).
+        requests: every request of the frame, the tracks' in their order.
+        owners: for each request, the index in ``decoded`` of its track.
+        kinds: for each request, ``prompt`` (the user's), ``follow`` (the motion's prediction) or
+            ``search`` (a peak of the memory's similarity).
+        time: the frame's time, seconds.
+        features: the frame's features as the memory reads them (None: memory off).
     """
 
     frame_index: int
@@ -131,6 +179,28 @@ class StepPlan:
     started: tuple[TrackState, ...]
     decoded: tuple[TrackState, ...]
     requests: tuple[DecodeRequest, ...]
+    owners: tuple[int, ...] = ()
+    kinds: tuple[Kind, ...] = ()
+    time: float = 0.0
+    features: FrameFeatures | None = None
+
+
+@dataclass
+class _Candidate:
+    """One decoded request of a track, judged."""
+
+    kind: Kind
+    mask: np.ndarray
+    score: float
+    logits: np.ndarray
+    box: MaskBox | None
+    area: int
+    match: float | None  # with the track's memory (None: no memory, no usable features, too thin)
+    vector: np.ndarray | None  # its unit feature vector
+    purity: float  # the largest share of one feature cell the mask covers
+    agreement: float  # IoU of its box with the motion's prediction (0 without one)
+    rank: int  # claims go first to 0 (a prompt's first try), then 1 (following), then 2 (searching)
+    accepted: bool = False
 
 
 class Tracker:
@@ -138,7 +208,7 @@ class Tracker:
 
     Args:
         segmenter: decodes prompts against a frame embedding.
-        config: thresholds and options (defaults when None).
+        config: options (defaults when None).
 
     ``add``, ``remove`` and ``reprompt`` may be called between any two steps; their events are
     reported by the next :meth:`step`, with its frame index.
@@ -188,40 +258,63 @@ class Tracker:
         self._pending.append(("removed", track_id, ""))
 
     def reprompt(self, track_id: int, prompt: Prompt) -> TrackState:
-        """Give a track a new prompt, decoded on its next frame (a lost track is "found" when good)."""
+        """Give a track a new prompt, decoded on its next frame (a lost track is "found" when good).
+
+        The new prompt may name another object: the track's motion and memory start again from it.
+        A track that had reported ``lost`` stays ``lost`` (decoding its prompt each frame) until
+        the prompt finds its object.
+        """
+        state = self._get(track_id)
+        reported = state.status is TrackStatus.LOST or state.poor_frames >= self.config.lost_after
         state = replace(
-            self._get(track_id), prompt=prompt, needs_prompt=True, poor_frames=0, logits=None, box=None
+            state,
+            status=TrackStatus.LOST if reported else state.status,
+            prompt=prompt,
+            needs_prompt=True,
+            poor_frames=0,
+            logits=None,
+            box=None,
+            motion=None,
+            memory=None,
+            seen_at=None,
+            searched_at=None,
         )
         self._tracks[track_id] = state
         self._pending.append(("reprompted", track_id, ""))
         return state
 
-    def step(self, frame_index: int, embedding: Embedding) -> tuple[list[TrackResult], list[TrackEvent]]:
+    def step(
+        self, frame_index: int, embedding: Embedding, time: float | None = None
+    ) -> tuple[list[TrackResult], list[TrackEvent]]:
         """Decode every started track on one frame.
 
         Args:
             frame_index: index of the frame, greater than the previous step's (gaps are fine).
             embedding: the frame's embedding; ``original_size`` is (H, W) of the frame.
+            time: the frame's time in seconds (its presentation or capture time), increasing with
+                the frames; None: ``frame_index / 30``.
 
         Returns:
-            One result per track started by this frame (lost ones included), in the order the
-            tracks were added, and the events of this frame (pending add/remove/re-prompt first).
+            One result per track started by this frame (searching and lost ones included), in the
+            order the tracks were added, and the events of this frame (pending add/remove/re-prompt
+            first).
 
         Raises:
             TrackPromptError: a prompt decoded on this frame lies outside it; nothing has changed.
         """
-        plan = self.plan(frame_index, embedding)
+        plan = self.plan(frame_index, embedding, time)
         batch = self.segmenter.decode(embedding, plan.requests) if plan.requests else None
         return self.commit(plan, batch)
 
-    def plan(self, frame_index: int, embedding: Embedding) -> StepPlan:
+    def plan(self, frame_index: int, embedding: Embedding, time: float | None = None) -> StepPlan:
         """The first half of :meth:`step`: what to decode on this frame. Changes nothing.
 
         A caller that follows many trackers decodes every plan's requests together (one model
         call over several frames and jobs), then gives each tracker its masks by :meth:`commit`.
 
         Raises:
-            InvalidInputError: the frame index is not after the last one stepped.
+            InvalidInputError: the frame index is not after the last one stepped, or the time is
+                not a finite number.
             TrackPromptError: a prompt decoded on this frame lies outside it.
         """
         if isinstance(frame_index, bool) or not isinstance(frame_index, int) or frame_index < 0:
@@ -231,19 +324,49 @@ class Tracker:
                 f"frame {frame_index} is not after frame {self._last_frame}, the last one stepped; "
                 "frames must increase"
             )
+        t = frame_index / DEFAULT_FPS if time is None else float(time)
+        if not math.isfinite(t):
+            raise InvalidInputError(f"a frame's time must be a finite number of seconds, got {time!r}")
         height, width = embedding.original_size
         started = tuple(s for s in self._tracks.values() if s.start_frame <= frame_index)
-        decoded = tuple(s for s in started if s.status is TrackStatus.ACTIVE or s.needs_prompt)
-        for s in decoded:
-            if s.needs_prompt or s.box is None:
+        for s in started:
+            if s.needs_prompt:
                 try:
                     s.prompt.check_inside(width, height)
                 except PromptError as exc:
                     raise TrackPromptError(
                         f"track {s.track_id}, frame {frame_index}: {exc}", s.track_id, frame_index
                     ) from None
-        requests = tuple(self._request(s, embedding) for s in decoded)
-        return StepPlan(frame_index, (height, width), started, decoded, requests)
+        cfg = self.config
+        features = (
+            FrameFeatures(embedding.features, embedding.input_size, embedding.original_size)
+            if cfg.memory
+            else None
+        )
+        taken = [s.box for s in started if s.status is TrackStatus.ACTIVE and s.box is not None]
+        decoded: list[TrackState] = []
+        requests: list[DecodeRequest] = []
+        owners: list[int] = []
+        kinds: list[Kind] = []
+        for s in started:
+            made = self._requests(s, embedding, t, features, taken)
+            if made:
+                decoded.append(s)
+                for kind, request in made:
+                    requests.append(request)
+                    owners.append(len(decoded) - 1)
+                    kinds.append(kind)
+        return StepPlan(
+            frame_index,
+            (height, width),
+            started,
+            tuple(decoded),
+            tuple(requests),
+            tuple(owners),
+            tuple(kinds),
+            t,
+            features,
+        )
 
     def commit(self, plan: StepPlan, batch: MaskBatch | None) -> tuple[list[TrackResult], list[TrackEvent]]:
         """The second half of :meth:`step`: take the masks of ``plan``'s requests (None when it has
@@ -255,27 +378,39 @@ class Tracker:
         frame_index = plan.frame_index
         events = [TrackEvent(kind, tid, frame_index, detail) for kind, tid, detail in self._pending]
         self._pending = []
-        outputs: dict[int, TrackResult] = {}
+        judged: list[list[_Candidate]] = [[] for _ in plan.decoded]
         if batch is not None:
-            for i, s in enumerate(plan.decoded):
-                state, result, event = self._update(
-                    s, batch.masks[i], float(batch.scores[i]), batch.logits[i], frame_index
+            for i, (owner, kind) in enumerate(zip(plan.owners, plan.kinds, strict=True)):
+                state = plan.decoded[owner]
+                judged[owner].append(
+                    self._judge(state, kind, batch.masks[i], float(batch.scores[i]), batch.logits[i], plan)
                 )
-                self._tracks[s.track_id] = state
-                outputs[s.track_id] = result
-                if event is not None:
-                    events.append(event)
-        results = [
-            outputs[s.track_id] if s.track_id in outputs else _lost_result(s.track_id, plan.size)
-            for s in plan.started
-        ]
+        chosen = self._claim(plan, judged)
+        outputs: dict[int, TrackResult] = {}
+        for j, state in enumerate(plan.decoded):
+            kinds = {c.kind for c in judged[j]}
+            new, result, event = self._update(state, chosen.get(j), "search" in kinds, plan)
+            self._tracks[state.track_id] = new
+            outputs[state.track_id] = result
+            if event is not None:
+                events.append(event)
+        results = []
+        for s in plan.started:
+            if s.track_id in outputs:
+                results.append(outputs[s.track_id])
+                continue
+            new, event = self._not_decoded(s, plan)
+            self._tracks[s.track_id] = new
+            if event is not None:
+                events.append(event)
+            results.append(_empty_result(s.track_id, new.status, plan.size))
         self._last_frame = frame_index
         return results, events
 
     def snapshot(self, binary: bool = False) -> dict[str, Any]:
         """The whole tracking state as plain, JSON-serialisable data (see :meth:`restore`).
 
-        With ``binary`` the tracks' logits are raw bytes rather than base64 (see
+        With ``binary`` the tracks' arrays (logits, memory) are raw bytes rather than base64 (see
         :meth:`TrackState.to_dict`).
         """
         return {
@@ -292,10 +427,12 @@ class Tracker:
         self._pending = [(k, tid, d) for k, tid, d in self._pending if owned(tid)]
 
     def restore(self, data: Mapping[str, Any]) -> None:
-        """Replace the whole state with a :meth:`snapshot`; raises :class:`InvalidInputError` if malformed."""
-        if not isinstance(data, Mapping) or data.get("version") != SNAPSHOT_VERSION:
+        """Replace the whole state with a :meth:`snapshot` (of this version or an older one);
+        raises :class:`InvalidInputError` if malformed."""
+        if not isinstance(data, Mapping) or data.get("version") not in SNAPSHOT_VERSIONS:
             got = data.get("version") if isinstance(data, Mapping) else type(data).__name__
-            raise InvalidInputError(f"expected a tracker snapshot of version {SNAPSHOT_VERSION}, got {got!r}")
+            versions = " or ".join(str(v) for v in SNAPSHOT_VERSIONS)
+            raise InvalidInputError(f"expected a tracker snapshot of version {versions}, got {got!r}")
         try:
             tracks: dict[int, TrackState] = {}
             for item in data["tracks"]:
@@ -322,67 +459,304 @@ class Tracker:
             known = ", ".join(str(t) for t in self._tracks) or "none"
             raise InvalidInputError(f"no track {track_id} (tracks: {known})") from None
 
-    def _request(self, state: TrackState, embedding: Embedding) -> DecodeRequest:
+    # --- what a track asks of a frame ----------------------------------------------------------
+
+    def _requests(
+        self,
+        state: TrackState,
+        embedding: Embedding,
+        time: float,
+        features: FrameFeatures | None,
+        taken: Sequence[MaskBox],
+    ) -> list[tuple[Kind, DecodeRequest]]:
+        """A track's requests on a frame: its prompt, its prediction, and the places it searches."""
         if state.needs_prompt or state.box is None:
+            if state.status is TrackStatus.LOST and not state.needs_prompt:
+                return []
             # multimask as Prompt.multimask says; a mask prompt's mask becomes the mask input
-            return DecodeRequest.of(state.prompt, embedding, self.segmenter.low_res_size)
+            return [("prompt", DecodeRequest.of(state.prompt, embedding, self.segmenter.low_res_size))]
+        if state.status is TrackStatus.LOST:
+            return []
+        cfg = self.config
+        if state.status is TrackStatus.ACTIVE:
+            return [("follow", self._follow(state, embedding, time, features))]
+        out: list[tuple[Kind, DecodeRequest]] = []
+        since = time - (state.seen_at if state.seen_at is not None else time)
+        if cfg.search_s and since >= cfg.search_s:
+            return []  # gives up at commit
+        coasting = since <= cfg.coast_s
+        budget = cfg.search_candidates if cfg.search else 0
+        follow_box: Box | None = None
+        if coasting:
+            request = self._follow(state, embedding, time, features)
+            follow_box = request.prompt.box
+            out.append(("follow", request))
+            budget -= 1
+        due = state.searched_at is None or time - state.searched_at >= cfg.search_interval_s
+        if budget > 0 and due and state.memory is not None and features is not None and features.usable:
+            sims = features.similarity(state.memory)
+            floor = self._found_threshold(state.memory)
+            avoid = [*taken, *([follow_box] if follow_box is not None else [])]
+            for row, col, _ in features.peaks(sims, budget * 4, floor):
+                x, y = features.cell_centre(row, col)
+                if any(b[0] <= x < b[2] and b[1] <= y < b[3] for b in avoid):
+                    continue
+                out.append(("search", self._search(state, embedding, (x, y), time)))
+                budget -= 1
+                if budget == 0:
+                    break
+        return out
+
+    def _follow(
+        self, state: TrackState, embedding: Embedding, time: float, features: FrameFeatures | None
+    ) -> DecodeRequest:
+        """The request that follows a track's object to where its motion predicts it."""
         cfg = self.config
         height, width = embedding.original_size
-        box = grow_box(state.box, cfg.box_margin, cfg.min_margin, width, height)
+        assert state.box is not None  # callers check: a followed track has had a good frame
+        box: Box = tuple(float(v) for v in state.box)  # type: ignore[assignment]
+        spread = 0.0
+        shift = (0, 0)
+        if cfg.motion and state.motion is not None:
+            predicted = state.motion.predict(time)
+            box = predicted.box()
+            spread = predicted.spread()
+            # The logits move as the object is predicted to have moved since they were made (the
+            # motion's own centres: a clipped box's centre is not the object's).
+            shift = _shift_cells(state.motion.mean[:2], predicted.mean[:2], embedding)
+        grown = grow_box(box, cfg.box_margin, cfg.min_margin, width, height, spread)
         points: tuple[Point, ...] = ()
         if cfg.add_peak_point and state.logits is not None:
-            peak = peak_point(state.logits, embedding.input_size, embedding.original_size)
+            peak = peak_point(_shifted(state.logits, shift), embedding.input_size, embedding.original_size)
             points = (peak,) if peak is not None else ()
-        mask_input = state.logits if cfg.use_mask_input else None
-        return DecodeRequest(Prompt(points, (POSITIVE,) * len(points), box), mask_input, multimask=True)
+        elif features is not None and state.memory is not None and state.memory.clear and features.usable:
+            # The place most like the object near the prediction (within one object size of the
+            # box), if it is like enough: a positive point there (SAM-PT's point prompts, from the
+            # memory), and the box moved onto it if it lies outside, so that a prediction that is
+            # off (the object turned) still names the object, not what lies around it.
+            side = max(box[2] - box[0], box[3] - box[1])
+            window = grow_box(grown, 0.0, side, width, height)
+            best = features.best_in(state.memory, window)
+            if best is not None and best[2] >= self._found_threshold(state.memory):
+                x, y = best[:2]
+                points = ((x, y),)
+                if not (grown[0] <= x < grown[2] and grown[1] <= y < grown[3]):
+                    dx, dy = x - (grown[0] + grown[2]) / 2, y - (grown[1] + grown[3]) / 2
+                    moved = (grown[0] + dx, grown[1] + dy, grown[2] + dx, grown[3] + dy)
+                    grown = grow_box(moved, 0.0, 0.0, width, height)
+        # The last mask, moved along, says where the object is only while the prediction is sure of
+        # it: a new track's speed is unknown, and a coasting one's guess grows, so a mask input
+        # then points at where the object was, not where it is.
+        sure = spread <= SURE * min(box[2] - box[0], box[3] - box[1])
+        mask_input = None
+        if cfg.use_mask_input and state.logits is not None and sure:
+            mask_input = _shifted(state.logits, shift)
+        return DecodeRequest(Prompt(points, (POSITIVE,) * len(points), grown), mask_input, multimask=True)
 
-    def _update(
-        self, state: TrackState, mask: np.ndarray, score: float, logits: np.ndarray, frame_index: int
-    ) -> tuple[TrackState, TrackResult, TrackEvent | None]:
+    def _search(self, state: TrackState, embedding: Embedding, at: Point, time: float) -> DecodeRequest:
+        """A request for the object at ``at``: a positive point there, in a box of its size."""
+        cfg = self.config
+        height, width = embedding.original_size
+        w, h = _size_of(state, time)
+        x, y = at
+        box = grow_box(
+            (x - w / 2, y - h / 2, x + w / 2, y + h / 2), cfg.box_margin, cfg.min_margin, width, height
+        )
+        point = (min(max(x, 0.0), float(width)), min(max(y, 0.0), float(height)))
+        return DecodeRequest(Prompt((point,), (POSITIVE,), box), None, multimask=True)
+
+    # --- what came back -------------------------------------------------------------------------
+
+    def _judge(
+        self,
+        state: TrackState,
+        kind: Kind,
+        mask: np.ndarray,
+        score: float,
+        logits: np.ndarray,
+        plan: StepPlan,
+    ) -> _Candidate:
         cfg = self.config
         box = mask_bbox(mask)
         area = 0 if box is None else int(np.count_nonzero(mask[box[1] : box[3], box[0] : box[2]]))
-        if score >= cfg.min_score and area >= cfg.min_area:
-            kept = np.array(logits, dtype=np.float32, copy=True)
-            kept.setflags(write=False)
-            event = None
-            if state.status is TrackStatus.LOST:
-                event = TrackEvent("found", state.track_id, frame_index, f"score {score:.3f}, area {area}")
-            new = replace(
-                state,
-                status=TrackStatus.ACTIVE,
-                logits=kept,
-                box=box,
-                poor_frames=0,
-                last_score=score,
-                needs_prompt=False,
-            )
-            return new, TrackResult(state.track_id, TrackStatus.ACTIVE, score, box, mask), event
+        vector = match = None
+        purity = 0.0
+        features = plan.features
+        if features is not None and box is not None and features.usable:
+            pooled = features.pool(logits)
+            if pooled is not None:
+                vector, purity = pooled
+                if state.memory is not None and purity >= PURE:
+                    match = state.memory.match(vector)
+        predicted = state.motion.predict(plan.time) if cfg.motion and state.motion is not None else None
+        agreement = 0.0 if box is None or predicted is None else _box_iou(box, predicted.box())
+        # A prompt tried again (it found nothing before) ranks as a search: it does not take an
+        # object another track holds.
+        rank = 2 if kind == "prompt" and state.poor_frames else _RANK[kind]
+        c = _Candidate(kind, mask, score, logits, box, area, match, vector, purity, agreement, rank)
+        # min_score 0 asks for no score at all (random weights predict negative IoUs too).
+        good = (cfg.min_score <= 0 or score >= cfg.min_score) and area >= cfg.min_area and box is not None
+        if not good:
+            return c
+        if kind == "prompt":
+            c.accepted = True
+        elif state.status is TrackStatus.ACTIVE:  # following an object seen on the last frame
+            c.accepted = match is None or match >= cfg.keep_match
+        elif match is not None and state.memory is not None:  # re-finding: it must look like it
+            c.accepted = match >= self._found_threshold(state.memory)
+        elif kind == "follow" and predicted is not None and box is not None:  # no appearance:
+            c.accepted = predicted.distance(box) <= MOTION_GATE  # where the motion expects it
+        return c
+
+    def _found_threshold(self, memory: Memory) -> float:
+        cfg = self.config
+        return max(cfg.found_match, memory.typical - cfg.found_margin)
+
+    def _claim(self, plan: StepPlan, judged: list[list[_Candidate]]) -> dict[int, _Candidate]:
+        """Each decoded track's mask for the frame (by index in ``plan.decoded``), no two sharing a
+        pixel: the most confident take theirs first (see the module's docstring)."""
+
+        def confidence(item: tuple[int, _Candidate]) -> tuple[float, ...]:
+            _, c = item
+            return (c.rank, -(c.match if c.match is not None else 0.0), -c.agreement, -c.score)
+
+        ranked = sorted(
+            ((j, c) for j, cands in enumerate(judged) for c in cands if c.accepted), key=confidence
+        )
+        chosen: dict[int, _Candidate] = {}
+        claimed: np.ndarray | None = None
+        boxes: list[MaskBox] = []
+        for j, c in ranked:
+            if j in chosen or c.box is None:
+                continue
+            if self.config.exclusive and any(_overlap(c.box, b) for b in boxes):
+                if claimed is None:
+                    claimed = np.zeros(plan.size, dtype=bool)
+                    for other in chosen.values():
+                        claimed |= other.mask
+                free = c.mask & ~claimed
+                kept = int(np.count_nonzero(free))
+                if kept < CLAIM_KEEP * c.area or kept < self.config.min_area:
+                    continue
+                if kept < c.area:
+                    c.mask, c.area = free, kept
+                    c.box = mask_bbox(free)
+            chosen[j] = c
+            assert c.box is not None
+            boxes.append(c.box)
+            if claimed is not None:
+                claimed |= c.mask
+        return chosen
+
+    def _update(
+        self, state: TrackState, found: _Candidate | None, searched: bool, plan: StepPlan
+    ) -> tuple[TrackState, TrackResult, TrackEvent | None]:
+        cfg, t, frame_index = self.config, plan.time, plan.frame_index
+        searched_at = t if searched else state.searched_at
+        if found is not None:
+            assert found.box is not None
+            return self._found(state, found, plan)
         poor = state.poor_frames + 1
-        if poor >= cfg.lost_after:
-            detail = (
-                f"{poor} poor frames in a row (last: score {score:.3f}, min {cfg.min_score:g}; "
-                f"area {area}, min {cfg.min_area})"
+        seen_at = state.seen_at if state.seen_at is not None else t
+        new = replace(
+            state,
+            status=TrackStatus.SEARCHING if state.status is not TrackStatus.LOST else TrackStatus.LOST,
+            poor_frames=poor,
+            last_score=0.0,
+            seen_at=seen_at,
+            searched_at=searched_at,
+        )
+        event = None
+        if cfg.search_s and t - seen_at >= cfg.search_s:
+            new = replace(new, status=TrackStatus.LOST, needs_prompt=False)
+            event = _gave_up(state.track_id, frame_index, t - seen_at)
+        elif poor == cfg.lost_after:
+            what = "its prompt found nothing" if state.box is None else "its object was not found"
+            event = TrackEvent(
+                "lost",
+                state.track_id,
+                frame_index,
+                f"{what} on {poor} frames in a row; searching",
+                {"frames": poor},
             )
-            new = replace(
-                state,
-                status=TrackStatus.LOST,
-                logits=None,
-                box=None,
-                poor_frames=poor,
-                last_score=score,
-                needs_prompt=False,
+        return new, _empty_result(state.track_id, new.status, plan.size), event
+
+    def _found(
+        self, state: TrackState, c: _Candidate, plan: StepPlan
+    ) -> tuple[TrackState, TrackResult, TrackEvent | None]:
+        cfg, t = self.config, plan.time
+        assert c.box is not None
+        box = c.box
+        motion = state.motion
+        if cfg.motion:
+            near = motion is not None and t - motion.seen <= cfg.coast_s and c.kind != "prompt"
+            if near and motion is not None:
+                predicted = motion.predict(t)
+                far = c.kind == "search" and predicted.distance(box) > MOTION_GATE
+                motion = Motion.start(box, t) if far else predicted.update(box)
+            else:
+                motion = Motion.start(box, t)
+        memory = state.memory
+        if cfg.memory and c.vector is not None:
+            if memory is None:
+                if c.purity >= PURE:
+                    memory = Memory.start(c.vector, plan.frame_index, c.area, c.purity)
+            elif c.match is not None and memory.whole(c.area, c.purity):
+                memory = memory.remember(
+                    c.vector, plan.frame_index, c.match, c.area, cfg.memory_size, cfg.memory_novelty
+                )
+        event = None
+        if state.poor_frames >= cfg.lost_after or state.status is TrackStatus.LOST:
+            needed = (
+                self._found_threshold(state.memory)
+                if state.memory is not None and c.kind != "prompt"
+                else None
             )
-            return (
-                new,
-                _lost_result(state.track_id, mask.shape),
-                TrackEvent("lost", state.track_id, frame_index, detail),
+            how = (
+                f"match {c.match:.3f} (needed {needed:.3f}), "
+                if c.match is not None and needed is not None
+                else ""
             )
-        # Not lost yet: report what the model saw, but keep prompting from the last good frame.
-        new = replace(state, poor_frames=poor, last_score=score)
-        if state.status is TrackStatus.LOST:  # re-prompted, not found yet
-            return new, _lost_result(state.track_id, mask.shape), None
-        return new, TrackResult(state.track_id, TrackStatus.ACTIVE, score, box, mask), None
+            event = TrackEvent(
+                "found",
+                state.track_id,
+                plan.frame_index,
+                f"at {list(box)}: {how}score {c.score:.3f}, area {c.area}, after {state.poor_frames} frames",
+                {
+                    "box": list(box),
+                    "score": c.score,
+                    "match": c.match,
+                    "needed": needed,
+                    "frames": state.poor_frames,
+                    "by": c.kind,
+                },
+            )
+        kept = np.array(c.logits, dtype=np.float32, copy=True)
+        kept.setflags(write=False)
+        new = replace(
+            state,
+            status=TrackStatus.ACTIVE,
+            logits=kept,
+            box=box,
+            poor_frames=0,
+            last_score=c.score,
+            needs_prompt=False,
+            motion=motion if cfg.motion else None,
+            memory=memory,
+            seen_at=t,
+            searched_at=None,
+        )
+        return new, TrackResult(state.track_id, TrackStatus.ACTIVE, c.score, box, c.mask), event
+
+    def _not_decoded(self, state: TrackState, plan: StepPlan) -> tuple[TrackState, TrackEvent | None]:
+        """A started track with no request this frame: lost, or a searching one out of time."""
+        if state.status is TrackStatus.SEARCHING:
+            seen_at = state.seen_at if state.seen_at is not None else plan.time
+            if self.config.search_s and plan.time - seen_at >= self.config.search_s:
+                new = replace(state, status=TrackStatus.LOST, needs_prompt=False)
+                return new, _gave_up(state.track_id, plan.frame_index, plan.time - seen_at)
+            return replace(state, poor_frames=state.poor_frames + 1), None
+        return state, None
 
     def _check_batch(self, batch: MaskBatch, count: int, size: tuple[int, int]) -> None:
         low = self.segmenter.low_res_size
@@ -395,12 +769,18 @@ class Tracker:
                 )
 
 
-def grow_box(box: MaskBox, margin: float, min_margin: float, width: int, height: int) -> Box:
-    """``box`` grown each side by ``margin`` of its size (>= ``min_margin`` px), clipped to the frame."""
-    x0, y0, x1, y1 = box
-    mx = max(margin * (x1 - x0), min_margin)
-    my = max(margin * (y1 - y0), min_margin)
-    return (max(0.0, x0 - mx), max(0.0, y0 - my), min(float(width), x1 + mx), min(float(height), y1 + my))
+def grow_box(
+    box: MaskBox | Box, margin: float, min_margin: float, width: int, height: int, spread: float = 0.0
+) -> Box:
+    """``box`` grown each side by ``margin`` of its size (>= ``min_margin`` px) and by ``spread``
+    pixels (the prediction's uncertainty; at most :data:`MAX_GROWTH` of the side), clipped to the
+    frame. A box wholly outside the frame is kept at least a pixel inside its nearest edge."""
+    x0, y0, x1, y1 = (float(v) for v in box)
+    mx = max(margin * (x1 - x0), min_margin) + min(spread, MAX_GROWTH * (x1 - x0))
+    my = max(margin * (y1 - y0), min_margin) + min(spread, MAX_GROWTH * (y1 - y0))
+    gx0, gy0 = min(max(0.0, x0 - mx), width - 1.0), min(max(0.0, y0 - my), height - 1.0)
+    gx1, gy1 = max(min(float(width), x1 + mx), gx0 + 1.0), max(min(float(height), y1 + my), gy0 + 1.0)
+    return (gx0, gy0, gx1, gy1)
 
 
 def peak_point(
@@ -426,5 +806,55 @@ def peak_point(
     return (float(x), float(y))
 
 
-def _lost_result(track_id: int, size: tuple[int, ...]) -> TrackResult:
-    return TrackResult(track_id, TrackStatus.LOST, 0.0, None, np.zeros(size, dtype=bool))
+def _gave_up(track_id: int, frame_index: int, seconds: float) -> TrackEvent:
+    detail = f"not seen for {seconds:.1f} s: it stops searching (re-prompt it to follow again)"
+    return TrackEvent("gave_up", track_id, frame_index, detail, {"seconds": seconds})
+
+
+def _empty_result(track_id: int, status: TrackStatus, size: tuple[int, ...]) -> TrackResult:
+    return TrackResult(track_id, status, 0.0, None, np.zeros(size, dtype=bool))
+
+
+def _box_iou(a: MaskBox | Box, b: MaskBox | Box) -> float:
+    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = ix * iy
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union if union > 0 else 0.0
+
+
+def _overlap(a: MaskBox, b: MaskBox) -> bool:
+    return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
+
+
+def _size_of(state: TrackState, time: float) -> tuple[float, float]:
+    """The object's (w, h) as last known: the motion's size, else the last box's."""
+    if state.motion is not None:
+        return float(state.motion.mean[2]), float(state.motion.mean[3])
+    assert state.box is not None
+    return float(state.box[2] - state.box[0]), float(state.box[3] - state.box[1])
+
+
+def _shift_cells(before: np.ndarray, after: np.ndarray, embedding: Embedding) -> tuple[int, int]:
+    """How many low-resolution cells (rows, cols) a centre moved from ``before`` to ``after``
+    ((x, y), original-frame pixels)."""
+    height, width = embedding.original_size
+    h, w = embedding.input_size
+    dx = float(after[0] - before[0]) * w / width / LOW_RES_STRIDE
+    dy = float(after[1] - before[1]) * h / height / LOW_RES_STRIDE
+    return round(dy), round(dx)
+
+
+def _shifted(logits: np.ndarray, shift: tuple[int, int]) -> np.ndarray:
+    """``logits`` moved by (rows, cols) cells, the uncovered cells filled with their lowest value."""
+    dy, dx = shift
+    if dy == 0 and dx == 0:
+        return logits
+    n, m = logits.shape
+    out = np.full_like(logits, float(logits.min()))
+    if abs(dy) < n and abs(dx) < m:
+        out[max(dy, 0) : n + min(dy, 0), max(dx, 0) : m + min(dx, 0)] = logits[
+            max(-dy, 0) : n - max(dy, 0), max(-dx, 0) : m - max(dx, 0)
+        ]
+    out.setflags(write=False)
+    return out

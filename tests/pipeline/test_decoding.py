@@ -49,7 +49,9 @@ class MemorySink:
             return ResumePoint(last)
         return ResumePoint(last, self.state[0], self.state[1])
 
-    def event(self, type: str, *, frame: int | None, track: int | None, detail: str | None) -> None:
+    def event(
+        self, type: str, *, frame: int | None, track: int | None, detail: str | None, data: Any = None
+    ) -> None:
         self.events.append((type, frame))
 
 

@@ -74,7 +74,7 @@ def test_a_mask_prompt_reaches_the_decoder_as_mask_input_with_its_box(
     tracker = Tracker(model, TrackingConfig(min_score=0.0))
     tracker.add(TrackSpec(1, Prompt(mask=MaskPrompt.from_array(obj))))
     for f, emb, entry in zip(frames, embeddings, entries, strict=True):
-        (want,) = tracker.step(f.index, emb)[0]
+        (want,) = tracker.step(f.index, emb, f.pts)[0]  # a file job: frame time is pts
         (got,) = entry.tracks
         assert _iou(decode_rle(got.rle), want.mask) >= 0.999, f.index
 

@@ -55,7 +55,7 @@ def _reference_masks(clip: Path, checkpoint: Path) -> dict[int, dict[int, np.nda
     with VideoSource(clip) as src:
         for f in src.frames(image_size=256):
             emb = model.encode([f.image], [f.original_size])[0]
-            results, _ = tracker.step(f.index, emb)
+            results, _ = tracker.step(f.index, emb, f.pts)  # a file job: frame time is pts
             out[f.index] = {r.track_id: r.mask for r in results}
     return out
 

@@ -176,7 +176,8 @@ def test_the_viewer_follows_a_live_stream_and_adds_and_removes_tracks(
             "source": sender.url,
             "job_id": "cam",
             "tracks": [{"id": 1, "points": [[float(x), float(y)]]}],
-            "tracking": {"min_score": 0, "min_area": 0},  # random weights: keep every mask active
+            # random weights: keep every mask active (and no memory to judge them by)
+            "tracking": {"min_score": 0, "min_area": 0, "memory": False},
         }
         assert api.post("/streams", json=body).status_code == 201
         page = browser.new_page()

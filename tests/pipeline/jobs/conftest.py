@@ -41,14 +41,34 @@ def moving(t: int) -> tuple[float, float]:
     return 60 + (2 * t) % 150, 100 + (t % 40)
 
 
+def sliding(t: int) -> tuple[float, float]:
+    return 290 - (t % 60), 200
+
+
 def stub() -> StubSegmenter:
-    return StubSegmenter([disc(SIZE, moving, 18), disc(SIZE, lambda t: (230, 50), 25)], SIZE)
+    return StubSegmenter(
+        [
+            disc(SIZE, moving, 18),
+            disc(SIZE, lambda t: (230, 50), 25),
+            disc(SIZE, lambda t: (60, 205), 15),
+            disc(SIZE, sliding, 14),
+            disc(SIZE, lambda t: (160, 30), 12),
+        ],
+        SIZE,
+    )
 
 
 def tracks(count: int = 2) -> tuple[TrackSpec, ...]:
-    """Tracks on the scene's two objects: 1 on the moving disc, 2 on the still one, and so on."""
-    prompts = (Prompt(points=(moving(0),), labels=(1,)), Prompt(box=(200, 20, 260, 80)))
-    return tuple(TrackSpec(i + 1, prompts[i % 2]) for i in range(count))
+    """Tracks on the scene's objects, one each (a track per object: two tracks never share one):
+    1 on the moving disc, 2 on the still one, 3 to 5 on three more, then round again."""
+    prompts = (
+        Prompt(points=(moving(0),), labels=(1,)),
+        Prompt(box=(200, 20, 260, 80)),
+        Prompt(points=((60, 205),), labels=(1,)),
+        Prompt(points=(sliding(0),), labels=(1,)),
+        Prompt(points=((160, 30),), labels=(1,)),
+    )
+    return tuple(TrackSpec(i + 1, prompts[i % len(prompts)]) for i in range(count))
 
 
 def _frame(index: int) -> Frame:

@@ -29,7 +29,9 @@ class _Memory:
     def resume_point(self) -> ResumePoint:
         return ResumePoint()
 
-    def event(self, type: str, *, frame: int | None, track: int | None, detail: str | None) -> None:
+    def event(
+        self, type: str, *, frame: int | None, track: int | None, detail: str | None, data: Any = None
+    ) -> None:
         pass
 
 

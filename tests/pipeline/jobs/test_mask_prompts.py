@@ -33,7 +33,7 @@ def _published(r, job_id: str) -> dict[int, dict[int, tuple[str, np.ndarray]]]:
 
 def test_tracks_from_a_mask_image_and_a_coco_rle_follow_their_objects(rig, tmp_path: Path) -> None:
     truth = stub().truth
-    moving, still = truth(0)
+    moving, still, *_ = truth(0)
     Image.fromarray(moving.astype(np.uint8) * 255).save(tmp_path / "moving.png")
     from_png = tracks_from_cli([], [], [f"1={tmp_path / 'moving.png'}"])
     rle = encode_rle(still)
@@ -60,8 +60,9 @@ def test_a_live_track_is_re_prompted_from_a_mask_and_a_wrong_sized_one_is_an_err
     r.create("cam", "feed:100", live=True)
     r.run(until=lambda: len(r.frames("cam")) >= 5)
     truth = stub().truth
-    # Track 1 follows the moving disc; re-prompted with a mask of the still one, it follows that.
-    r.command("cam", Command("reprompt", 1, Prompt(mask=MaskPrompt.from_array(truth(0)[1]))))
+    # Track 1 follows the moving disc; re-prompted with a mask of another (one no track holds), it
+    # follows that.
+    r.command("cam", Command("reprompt", 1, Prompt(mask=MaskPrompt.from_array(truth(0)[2]))))
     r.command("cam", Command("add", 3, Prompt(mask=MaskPrompt.from_array(np.ones((24, 32), bool)))))
     r.run(until=lambda: len(r.frames("cam")) >= 20)
     r.command("cam", Command("stop"))
@@ -75,7 +76,7 @@ def test_a_live_track_is_re_prompted_from_a_mask_and_a_wrong_sized_one_is_an_err
     assert len(after) >= 5
     for frame in after:
         assert sorted(published[frame]) == [1, 2]  # track 3 never started
-        assert _iou(published[frame][1][1], truth(frame)[1]) >= 0.9, frame
+        assert _iou(published[frame][1][1], truth(frame)[2]) >= 0.9, frame
     assert _iou(published[min(published)][1][1], truth(min(published))[0]) >= 0.9
 
 

@@ -144,3 +144,19 @@ def test_event_round_trip() -> None:
     assert (event.detail, event.data) == ("iou below 0.5", {"iou": 0.25})
     bare = decode_event("1-0", encode_event("reconnect", time_s=1.0))
     assert (bare.frame, bare.track, bare.detail, bare.data) == (None, None, None, {})
+
+
+def test_a_searching_track_travels_as_its_own_state() -> None:
+    empty = {"size": [24, 32], "counts": "Ph0"}  # 768 pixels, none of them the object
+    tracks = (
+        TrackMask(1, "searching", 0.0, None, empty),
+        TrackMask(2, "lost", 0.0, None, empty),
+    )
+    result = FrameResult(3, 0.12, 1.7e9, 32, 24, tracks)
+    fields = encode_entry(result)
+    assert [t["state"] for t in json.loads(fields["tracks"])] == ["searching", "lost"]
+    assert decode_entry("3-1", fields) == result
+    # A state a reader does not know (a later version's) is read as it is, not refused.
+    newer = json.loads(fields["tracks"])
+    newer[0]["state"] = "occluded"
+    assert decode_entry("3-1", {**fields, "tracks": json.dumps(newer)}).tracks[0].state == "occluded"

@@ -100,12 +100,15 @@
     const items = state.shownTracks.map((t) => {
       const li = document.createElement("li");
       li.dataset.track = String(t.id);
+      li.dataset.state = t.state; // active, searching (its object not in sight: looked for), lost
       if (state.target === t.id) li.className = "targeted";
       const swatch = document.createElement("span");
       swatch.className = "swatch";
       swatch.style.background = `rgb(${V.colour(t.id).join(",")})`;
       const label = document.createElement("span");
-      label.textContent = `track ${t.id} · ${t.state} · ${t.score.toFixed(2)}`;
+      label.textContent = t.state === "active"
+        ? `track ${t.id} · active · ${t.score.toFixed(2)}`
+        : `track ${t.id} · ${t.state}${t.state === "searching" ? "…" : ""}`;
       const reprompt = document.createElement("button");
       reprompt.textContent = state.target === t.id ? "Cancel re-prompt" : "Re-prompt";
       reprompt.addEventListener("click", () => {
