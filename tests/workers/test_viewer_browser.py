@@ -176,8 +176,9 @@ def test_the_viewer_follows_a_live_stream_and_adds_and_removes_tracks(
             "source": sender.url,
             "job_id": "cam",
             "tracks": [{"id": 1, "points": [[float(x), float(y)]]}],
-            # random weights: keep every mask active (and no memory to judge them by)
-            "tracking": {"min_score": 0, "min_area": 0, "memory": False},
+            # random weights: keep every mask active (no memory to judge them by, and their arbitrary
+            # masks may overlap: each track keeps its own)
+            "tracking": {"min_score": 0, "min_area": 0, "memory": False, "exclusive": False},
         }
         assert api.post("/streams", json=body).status_code == 201
         page = browser.new_page()

@@ -4,9 +4,7 @@ masks it wrote; ``samstream export --davis`` of a job's masks; one clear line fo
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 import uuid
 from pathlib import Path
 
@@ -19,14 +17,12 @@ from pipeline.masks import decode_rle
 from pipeline.streams import EmbeddedRedis, JobStatus, JobStore, Keys, connect
 from pipeline.streams.sink import RedisSink
 from tests.fixtures.davis import make_davis
+from tests.pipeline.cli.test_segment import run_cli
 from tests.pipeline.streams.conftest import make_result
-
-EXE = str(Path(sys.executable).with_name("samstream"))
 
 
 def sam(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "SAMSTREAM_CACHE_DIR": "/nonexistent-samstream-cache"}
-    return subprocess.run([EXE, *args], capture_output=True, text=True, timeout=timeout, env=env)
+    return run_cli(*args, timeout=timeout)
 
 
 @pytest.fixture(scope="module")
