@@ -1,7 +1,7 @@
 """A model that costs nothing: for measuring everything around the model (``samstream bench``).
 
 It answers the model layer's calls with a fixed, realistic mask per request — an ellipse over
-about 10 % of the frame, centred on the request's prompt — so sources, workers, tracking, RLE and
+about 10 % of the frame, centred on the object the prompt names — so sources, workers, tracking, RLE and
 Redis do their real work while the model does none.
 """
 
@@ -16,6 +16,7 @@ from pipeline.model.transforms import input_size
 from pipeline.model.types import DecodeRequest, Embedding, MaskBatch, Size
 
 NULL_NOTICE = "null model (benchmark): the masks are fixed ellipses"
+MAX_OBJECTS = 256  # objects the null world remembers per frame size
 
 
 class NullModel:
@@ -28,7 +29,8 @@ class NullModel:
 
         self.image_size = image_size
         self._features = torch.zeros(1, 1, 1)
-        self._masks: dict[tuple[Size, int, int], np.ndarray] = {}
+        self._masks: dict[Size, np.ndarray] = {}  # the ellipse's stamp per frame size
+        self._objects: dict[Size, list[tuple[int, int]]] = {}  # the null world's objects
         self._batches: dict[tuple[Size, tuple[tuple[int, int], ...]], MaskBatch] = {}
 
     @property
@@ -53,15 +55,37 @@ class NullModel:
             Embedding(self._features, (int(h), int(w)), input_size((h, w), self.image_size)) for h, w in sizes
         ]
 
-    def _ellipse(self, size: Size, cx: int, cy: int) -> np.ndarray:
-        key = (size, cx, cy)
-        if key not in self._masks:
-            h, w = size
-            yy, xx = np.ogrid[:h, :w]
+    def _object(self, size: Size, x: float, y: float) -> tuple[int, int]:
+        """The centre of the object a prompt at (x, y) names: the null world's objects stay where
+        the first prompts put them (a prompt within an ellipse's long radius of one names it; one
+        further away puts a new object there). A tracker moves its prompts a little every frame; in
+        a world where the object went wherever it was prompted, a motion model would carry it off."""
+        objects = self._objects.setdefault(size, [])
+        h, w = size
+        near = np.sqrt(0.1 * max(h, w) ** 2 / np.pi)  # the ellipse's long radius
+        for cx, cy in objects:
+            if (cx - x) ** 2 + (cy - y) ** 2 <= near * near:
+                return cx, cy
+        if len(objects) >= MAX_OBJECTS:
+            objects.pop(0)
+        objects.append((int(x), int(y)))
+        return objects[-1]
+
+    def _paste(self, out: np.ndarray, cx: int, cy: int) -> None:
+        """Draw the ellipse centred at (cx, cy) into the zeroed (H, W) mask ``out``: one stamp per
+        frame size, pasted (trackers move their prompts: a mask per place would not stay cheap)."""
+        h, w = out.shape
+        if (h, w) not in self._masks:
             # Semi-axes a, b with pi*a*b = 10 % of the frame, aspect as the frame's.
             a, b = np.sqrt(0.1 * w * w / np.pi), np.sqrt(0.1 * h * h / np.pi)
-            self._masks[key] = ((xx - cx) / a) ** 2 + ((yy - cy) / b) ** 2 <= 1.0
-        return self._masks[key]
+            ra, rb = int(np.ceil(a)), int(np.ceil(b))
+            yy, xx = np.ogrid[-rb : rb + 1, -ra : ra + 1]
+            self._masks[(h, w)] = (xx / a) ** 2 + (yy / b) ** 2 <= 1.0
+        stamp = self._masks[(h, w)]
+        rb, ra = stamp.shape[0] // 2, stamp.shape[1] // 2
+        y0, y1, x0, x1 = max(cy - rb, 0), min(cy + rb + 1, h), max(cx - ra, 0), min(cx + ra + 1, w)
+        if y0 < y1 and x0 < x1:
+            out[y0:y1, x0:x1] = stamp[y0 - (cy - rb) : y1 - (cy - rb), x0 - (cx - ra) : x1 - (cx - ra)]
 
     def decode(self, embedding: Embedding, requests: Sequence[DecodeRequest]) -> MaskBatch:
         h, w = embedding.original_size
@@ -72,14 +96,14 @@ class NullModel:
                 cx, cy = (p.box[0] + p.box[2]) / 2, (p.box[1] + p.box[3]) / 2
             else:
                 cx, cy = p.points[0]
-            centres.append((int(cx), int(cy)))
+            centres.append(self._object((h, w), cx, cy))
         key = ((h, w), tuple(centres))
         if key not in self._batches:  # the same prompts give the same (read-only) arrays
             if len(self._batches) > 64:
                 self._batches.clear()
-            masks = np.zeros((len(requests), h, w), bool)
-            for i, (cx, cy) in enumerate(centres):
-                masks[i] = self._ellipse((h, w), cx, cy)
+            masks = np.zeros((len(centres), h, w), bool)
+            for mask, (cx, cy) in zip(masks, centres, strict=True):
+                self._paste(mask, cx, cy)
             low = self.low_res_size
             batch = MaskBatch(
                 masks,

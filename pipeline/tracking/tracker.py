@@ -172,6 +172,7 @@ class StepPlan:
             ``search`` (a peak of the memory's similarity).
         time: the frame's time, seconds.
         features: the frame's features as the memory reads them (None: memory off).
+        predicted: for each decoded track, its motion carried to the frame's time (None: none).
     """
 
     frame_index: int
@@ -183,6 +184,7 @@ class StepPlan:
     kinds: tuple[Kind, ...] = ()
     time: float = 0.0
     features: FrameFeatures | None = None
+    predicted: tuple[Motion | None, ...] = ()
 
 
 @dataclass
@@ -348,10 +350,13 @@ class Tracker:
         requests: list[DecodeRequest] = []
         owners: list[int] = []
         kinds: list[Kind] = []
+        predicted: list[Motion | None] = []
         for s in started:
-            made = self._requests(s, embedding, t, features, taken)
+            motion = s.motion.predict(t) if cfg.motion and s.motion is not None else None
+            made = self._requests(s, embedding, t, features, taken, motion)
             if made:
                 decoded.append(s)
+                predicted.append(motion)
                 for kind, request in made:
                     requests.append(request)
                     owners.append(len(decoded) - 1)
@@ -366,6 +371,7 @@ class Tracker:
             tuple(kinds),
             t,
             features,
+            tuple(predicted),
         )
 
     def commit(self, plan: StepPlan, batch: MaskBatch | None) -> tuple[list[TrackResult], list[TrackEvent]]:
@@ -383,13 +389,17 @@ class Tracker:
             for i, (owner, kind) in enumerate(zip(plan.owners, plan.kinds, strict=True)):
                 state = plan.decoded[owner]
                 judged[owner].append(
-                    self._judge(state, kind, batch.masks[i], float(batch.scores[i]), batch.logits[i], plan)
+                    self._judge(
+                        state, kind, batch.masks[i], float(batch.scores[i]), batch.logits[i], plan, owner
+                    )
                 )
         chosen = self._claim(plan, judged)
         outputs: dict[int, TrackResult] = {}
         for j, state in enumerate(plan.decoded):
             kinds = {c.kind for c in judged[j]}
-            new, result, event = self._update(state, chosen.get(j), "search" in kinds, plan)
+            new, result, event = self._update(
+                state, chosen.get(j), "search" in kinds, plan, plan.predicted[j]
+            )
             self._tracks[state.track_id] = new
             outputs[state.track_id] = result
             if event is not None:
@@ -468,6 +478,7 @@ class Tracker:
         time: float,
         features: FrameFeatures | None,
         taken: Sequence[MaskBox],
+        predicted: Motion | None,
     ) -> list[tuple[Kind, DecodeRequest]]:
         """A track's requests on a frame: its prompt, its prediction, and the places it searches."""
         if state.needs_prompt or state.box is None:
@@ -479,7 +490,7 @@ class Tracker:
             return []
         cfg = self.config
         if state.status is TrackStatus.ACTIVE:
-            return [("follow", self._follow(state, embedding, time, features))]
+            return [("follow", self._follow(state, embedding, features, predicted))]
         out: list[tuple[Kind, DecodeRequest]] = []
         since = time - (state.seen_at if state.seen_at is not None else time)
         if cfg.search_s and since >= cfg.search_s:
@@ -488,7 +499,7 @@ class Tracker:
         budget = cfg.search_candidates if cfg.search else 0
         follow_box: Box | None = None
         if coasting:
-            request = self._follow(state, embedding, time, features)
+            request = self._follow(state, embedding, features, predicted)
             follow_box = request.prompt.box
             out.append(("follow", request))
             budget -= 1
@@ -508,7 +519,11 @@ class Tracker:
         return out
 
     def _follow(
-        self, state: TrackState, embedding: Embedding, time: float, features: FrameFeatures | None
+        self,
+        state: TrackState,
+        embedding: Embedding,
+        features: FrameFeatures | None,
+        predicted: Motion | None,
     ) -> DecodeRequest:
         """The request that follows a track's object to where its motion predicts it."""
         cfg = self.config
@@ -517,13 +532,12 @@ class Tracker:
         box: Box = tuple(float(v) for v in state.box)  # type: ignore[assignment]
         spread = 0.0
         shift = (0, 0)
-        if cfg.motion and state.motion is not None:
-            predicted = state.motion.predict(time)
+        if predicted is not None and state.motion is not None:
             box = predicted.box()
             spread = predicted.spread()
             # The logits move as the object is predicted to have moved since they were made (the
             # motion's own centres: a clipped box's centre is not the object's).
-            shift = _shift_cells(state.motion.mean[:2], predicted.mean[:2], embedding)
+            shift = _shift_cells(state.motion.value[:2], predicted.value[:2], embedding)
         grown = grow_box(box, cfg.box_margin, cfg.min_margin, width, height, spread)
         points: tuple[Point, ...] = ()
         if cfg.add_peak_point and state.logits is not None:
@@ -575,6 +589,7 @@ class Tracker:
         score: float,
         logits: np.ndarray,
         plan: StepPlan,
+        owner: int,
     ) -> _Candidate:
         cfg = self.config
         box = mask_bbox(mask)
@@ -588,7 +603,7 @@ class Tracker:
                 vector, purity = pooled
                 if state.memory is not None and purity >= PURE:
                     match = state.memory.match(vector)
-        predicted = state.motion.predict(plan.time) if cfg.motion and state.motion is not None else None
+        predicted = plan.predicted[owner]
         agreement = 0.0 if box is None or predicted is None else _box_iou(box, predicted.box())
         # A prompt tried again (it found nothing before) ranks as a search: it does not take an
         # object another track holds.
@@ -624,38 +639,42 @@ class Tracker:
             ((j, c) for j, cands in enumerate(judged) for c in cands if c.accepted), key=confidence
         )
         chosen: dict[int, _Candidate] = {}
-        claimed: np.ndarray | None = None
-        boxes: list[MaskBox] = []
+        claimed: np.ndarray | None = None  # every chosen mask's pixels, made once two boxes meet
         for j, c in ranked:
             if j in chosen or c.box is None:
                 continue
-            if self.config.exclusive and any(_overlap(c.box, b) for b in boxes):
+            if self.config.exclusive and any(_overlap(c.box, o.box) for o in chosen.values() if o.box):
                 if claimed is None:
                     claimed = np.zeros(plan.size, dtype=bool)
                     for other in chosen.values():
-                        claimed |= other.mask
-                free = c.mask & ~claimed
-                kept = int(np.count_nonzero(free))
+                        _claim_pixels(claimed, other)
+                x0, y0, x1, y1 = c.box
+                taken = c.mask[y0:y1, x0:x1] & claimed[y0:y1, x0:x1]
+                kept = c.area - int(np.count_nonzero(taken))
                 if kept < CLAIM_KEEP * c.area or kept < self.config.min_area:
                     continue
                 if kept < c.area:
-                    c.mask, c.area = free, kept
-                    c.box = mask_bbox(free)
+                    mask = c.mask.copy()
+                    mask[y0:y1, x0:x1] &= ~taken
+                    c.mask, c.area, c.box = mask, kept, mask_bbox(mask)
             chosen[j] = c
-            assert c.box is not None
-            boxes.append(c.box)
             if claimed is not None:
-                claimed |= c.mask
+                _claim_pixels(claimed, c)
         return chosen
 
     def _update(
-        self, state: TrackState, found: _Candidate | None, searched: bool, plan: StepPlan
+        self,
+        state: TrackState,
+        found: _Candidate | None,
+        searched: bool,
+        plan: StepPlan,
+        predicted: Motion | None,
     ) -> tuple[TrackState, TrackResult, TrackEvent | None]:
         cfg, t, frame_index = self.config, plan.time, plan.frame_index
         searched_at = t if searched else state.searched_at
         if found is not None:
             assert found.box is not None
-            return self._found(state, found, plan)
+            return self._found(state, found, plan, predicted)
         poor = state.poor_frames + 1
         seen_at = state.seen_at if state.seen_at is not None else t
         new = replace(
@@ -682,16 +701,15 @@ class Tracker:
         return new, _empty_result(state.track_id, new.status, plan.size), event
 
     def _found(
-        self, state: TrackState, c: _Candidate, plan: StepPlan
+        self, state: TrackState, c: _Candidate, plan: StepPlan, predicted: Motion | None
     ) -> tuple[TrackState, TrackResult, TrackEvent | None]:
         cfg, t = self.config, plan.time
         assert c.box is not None
         box = c.box
         motion = state.motion
         if cfg.motion:
-            near = motion is not None and t - motion.seen <= cfg.coast_s and c.kind != "prompt"
-            if near and motion is not None:
-                predicted = motion.predict(t)
+            near = predicted is not None and t - predicted.seen <= cfg.coast_s and c.kind != "prompt"
+            if near and predicted is not None:
                 far = c.kind == "search" and predicted.distance(box) > MOTION_GATE
                 motion = Motion.start(box, t) if far else predicted.update(box)
             else:
@@ -823,6 +841,13 @@ def _box_iou(a: MaskBox | Box, b: MaskBox | Box) -> float:
     return inter / union if union > 0 else 0.0
 
 
+def _claim_pixels(claimed: np.ndarray, c: _Candidate) -> None:
+    """Add a chosen mask's pixels (all inside its box) to ``claimed``."""
+    assert c.box is not None
+    x0, y0, x1, y1 = c.box
+    claimed[y0:y1, x0:x1] |= c.mask[y0:y1, x0:x1]
+
+
 def _overlap(a: MaskBox, b: MaskBox) -> bool:
     return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
 
@@ -830,12 +855,12 @@ def _overlap(a: MaskBox, b: MaskBox) -> bool:
 def _size_of(state: TrackState, time: float) -> tuple[float, float]:
     """The object's (w, h) as last known: the motion's size, else the last box's."""
     if state.motion is not None:
-        return float(state.motion.mean[2]), float(state.motion.mean[3])
+        return state.motion.value[2], state.motion.value[3]
     assert state.box is not None
     return float(state.box[2] - state.box[0]), float(state.box[3] - state.box[1])
 
 
-def _shift_cells(before: np.ndarray, after: np.ndarray, embedding: Embedding) -> tuple[int, int]:
+def _shift_cells(before: Sequence[float], after: Sequence[float], embedding: Embedding) -> tuple[int, int]:
     """How many low-resolution cells (rows, cols) a centre moved from ``before`` to ``after``
     ((x, y), original-frame pixels)."""
     height, width = embedding.original_size
