@@ -512,7 +512,7 @@ class Tracker:
                 x, y = features.cell_centre(row, col)
                 if any(b[0] <= x < b[2] and b[1] <= y < b[3] for b in avoid):
                     continue
-                out.append(("search", self._search(state, embedding, (x, y), time)))
+                out.append(("search", self._search(state, embedding, (x, y))))
                 budget -= 1
                 if budget == 0:
                     break
@@ -567,11 +567,11 @@ class Tracker:
             mask_input = _shifted(state.logits, shift)
         return DecodeRequest(Prompt(points, (POSITIVE,) * len(points), grown), mask_input, multimask=True)
 
-    def _search(self, state: TrackState, embedding: Embedding, at: Point, time: float) -> DecodeRequest:
+    def _search(self, state: TrackState, embedding: Embedding, at: Point) -> DecodeRequest:
         """A request for the object at ``at``: a positive point there, in a box of its size."""
         cfg = self.config
         height, width = embedding.original_size
-        w, h = _size_of(state, time)
+        w, h = _size_of(state)
         x, y = at
         box = grow_box(
             (x - w / 2, y - h / 2, x + w / 2, y + h / 2), cfg.box_margin, cfg.min_margin, width, height
@@ -852,7 +852,7 @@ def _overlap(a: MaskBox, b: MaskBox) -> bool:
     return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
 
 
-def _size_of(state: TrackState, time: float) -> tuple[float, float]:
+def _size_of(state: TrackState) -> tuple[float, float]:
     """The object's (w, h) as last known: the motion's size, else the last box's."""
     if state.motion is not None:
         return state.motion.value[2], state.motion.value[3]

@@ -17,6 +17,8 @@ from pipeline.model.types import DecodeRequest
 from pipeline.prompts import Prompt, TrackSpec
 from pipeline.tracking import Tracker, TrackEvent, TrackingConfig, TrackStatus
 
+pytestmark = pytest.mark.slow  # every test follows scenes of tens of frames through the reference
+
 SEGMENTER = ReferenceSegmenter(1024)
 SCENES = {s.name: s for s in bench_scenes()}
 
