@@ -33,7 +33,8 @@ class FrameEncoder:
         self.model = model
 
     def encode(self, frames: Sequence[Frame]) -> list[EncodedFrame]:
-        """One encoder call for the whole batch; each frame's ``encode`` timing is the batch's time."""
+        """One encoder call for the whole batch; each frame's ``encode`` timing is the batch's time,
+        its ``encode_batch`` the batch's frames (the driver's pacing learns a frame's cost from them)."""
         if not frames:
             return []
         start = time.perf_counter()
@@ -46,7 +47,7 @@ class FrameEncoder:
                 f.capture_time,
                 f.original_size,
                 emb,
-                {**f.timings, "encode": took},
+                {**f.timings, "encode": took, "encode_batch": float(len(frames))},
                 f.job_id,
                 preview=f.preview,
             )

@@ -3,11 +3,13 @@
 Library code records through :class:`Metrics`; :class:`NullMetrics` is the default, so nothing
 needs a registry to run. Stage timings are measured where the work happens (in whichever process)
 and travel back with the results; the driver records them into one Prometheus registry and serves
-``/metrics``. No label takes unbounded values (no per-frame or per-track labels).
+``/metrics``. No label takes unbounded values (no per-frame or per-track labels; a live stream's
+rates are labelled by its id, which ``--max-jobs`` bounds, and go when the stream ends).
 """
 
 from __future__ import annotations
 
+import contextlib
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -38,6 +40,16 @@ class Metrics:
     def set_queue_depth(self, queue: str, depth: int) -> None: ...
 
     def set_active(self, jobs: int, tracks: int) -> None: ...
+
+    def stream_rates(self, stream: str, requested: float | None, delivered: float, bound: bool) -> None:
+        """A live stream's rate asked for (its feed's, up to its max_fps), the rate it got, and
+        whether the encoders' capacity held it back."""
+
+    def stream_ended(self, stream: str) -> None:
+        """A live stream ended: its rate series go."""
+
+    def encoder_capacity(self, size: int, fps: float) -> None:
+        """Frames a second the encoders can take at ``size``, as the driver measured them."""
 
 
 NullMetrics = Metrics
@@ -76,6 +88,24 @@ class PrometheusMetrics(Metrics):
         self.queue = Gauge("samstream_queue_depth", "Items waiting in a bounded queue", ["queue"], registry=r)
         self.jobs = Gauge("samstream_active_jobs", "Jobs running", registry=r)
         self.tracks = Gauge("samstream_active_tracks", "Tracks followed", registry=r)
+        self.requested = Gauge(
+            "samstream_stream_requested_fps", "A live stream's frame rate asked for", ["stream"], registry=r
+        )
+        self.delivered = Gauge(
+            "samstream_stream_delivered_fps",
+            "A live stream's frames published a second",
+            ["stream"],
+            registry=r,
+        )
+        self.bound = Gauge(
+            "samstream_stream_capacity_bound",
+            "1 while the encoders' capacity holds a live stream below its rate",
+            ["stream"],
+            registry=r,
+        )
+        self.capacity = Gauge(
+            "samstream_encoder_capacity_fps", "Frames a second the encoders can take", ["size"], registry=r
+        )
 
     def observe_stage(self, stage: str, seconds: float) -> None:
         self.stage.labels(stage=stage).observe(seconds)
@@ -101,6 +131,20 @@ class PrometheusMetrics(Metrics):
     def set_active(self, jobs: int, tracks: int) -> None:
         self.jobs.set(jobs)
         self.tracks.set(tracks)
+
+    def stream_rates(self, stream: str, requested: float | None, delivered: float, bound: bool) -> None:
+        if requested is not None:
+            self.requested.labels(stream=stream).set(requested)
+        self.delivered.labels(stream=stream).set(delivered)
+        self.bound.labels(stream=stream).set(1 if bound else 0)
+
+    def stream_ended(self, stream: str) -> None:
+        for gauge in (self.requested, self.delivered, self.bound):
+            with contextlib.suppress(KeyError):
+                gauge.remove(stream)
+
+    def encoder_capacity(self, size: int, fps: float) -> None:
+        self.capacity.labels(size=str(size)).set(fps)
 
     def serve(self, port: int, addr: str = "127.0.0.1") -> None:
         """Serve ``/metrics`` over HTTP in a daemon thread."""

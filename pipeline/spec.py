@@ -10,6 +10,9 @@ from pipeline.errors import InvalidInputError
 from pipeline.prompts import TrackSpec, check_unique_ids
 from pipeline.tracking import TrackingConfig
 
+MAX_WEIGHT = 1000.0  # a live feed's largest share weight
+MAX_FPS = 1000.0  # a live feed's largest max_fps
+
 
 @dataclass(frozen=True)
 class JobSpec:
@@ -25,6 +28,9 @@ class JobSpec:
         maxlen: keep about this many masks entries (None: all).
         give_up_s: live feeds: fail after this long without a frame (reconnecting meanwhile).
         tracking: overrides of :class:`~pipeline.tracking.TrackingConfig` fields.
+        weight: a live feed's share of the encoders beside other live feeds' when they cannot
+            take every frame (1: an even share).
+        max_fps: a live feed's most frames a second (None: as many as its share allows).
         extra: free data kept with the spec.
     """
 
@@ -37,6 +43,8 @@ class JobSpec:
     maxlen: int | None = None
     give_up_s: float = 30.0
     tracking: dict[str, Any] = field(default_factory=dict)
+    weight: float = 1.0
+    max_fps: float | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -53,6 +61,10 @@ class JobSpec:
             raise InvalidInputError(f"maxlen must be >= 1, got {self.maxlen}")
         if not self.give_up_s > 0:
             raise InvalidInputError(f"give-up time must be > 0 seconds, got {self.give_up_s}")
+        if not (0 < self.weight <= MAX_WEIGHT):
+            raise InvalidInputError(f"weight must be > 0 and <= {MAX_WEIGHT:g}, got {self.weight}")
+        if self.max_fps is not None and not (0 < self.max_fps <= MAX_FPS):
+            raise InvalidInputError(f"max_fps must be > 0 and <= {MAX_FPS:g}, got {self.max_fps}")
         self.tracking_config()  # validates
 
     def tracking_config(self) -> TrackingConfig:
@@ -73,6 +85,8 @@ class JobSpec:
             "maxlen": self.maxlen,
             "give_up_s": self.give_up_s,
             **({"tracking": self.tracking} if self.tracking else {}),
+            **({"weight": self.weight} if self.weight != 1.0 else {}),
+            **({"max_fps": self.max_fps} if self.max_fps is not None else {}),
             **({"extra": self.extra} if self.extra else {}),
         }
 
@@ -89,6 +103,8 @@ class JobSpec:
                 maxlen=None if data.get("maxlen") is None else int(data["maxlen"]),
                 give_up_s=float(data.get("give_up_s", 30.0)),
                 tracking=dict(data.get("tracking") or {}),
+                weight=float(data.get("weight", 1.0)),
+                max_fps=None if data.get("max_fps") is None else float(data["max_fps"]),
                 extra=dict(data.get("extra") or {}),
             )
         except (KeyError, TypeError, ValueError) as exc:

@@ -28,6 +28,22 @@ class RayMetrics(Metrics):
         )
         self.queue = Gauge("samstream_queue_depth", "Items waiting in a bounded queue", tag_keys=("queue",))
         self.tracks = Gauge("samstream_active_tracks", "Tracks followed (by one job)")
+        self.requested = Gauge(
+            "samstream_stream_requested_fps", "A live stream's frame rate asked for", tag_keys=("stream",)
+        )
+        self.delivered = Gauge(
+            "samstream_stream_delivered_fps",
+            "A live stream's frames published a second",
+            tag_keys=("stream",),
+        )
+        self.bound = Gauge(
+            "samstream_stream_capacity_bound",
+            "1 while the encoders' capacity holds a live stream below its rate",
+            tag_keys=("stream",),
+        )
+        self.capacity = Gauge(
+            "samstream_encoder_capacity_fps", "Frames a second the encoders can take", tag_keys=("size",)
+        )
 
     def observe_stage(self, stage: str, seconds: float) -> None:
         self.stage.observe(seconds, tags={"stage": stage})
@@ -53,3 +69,19 @@ class RayMetrics(Metrics):
 
     def set_active(self, jobs: int, tracks: int) -> None:
         self.tracks.set(tracks)
+
+    def stream_rates(self, stream: str, requested: float | None, delivered: float, bound: bool) -> None:
+        tags = {"stream": stream}
+        if requested is not None:
+            self.requested.set(requested, tags=tags)
+        self.delivered.set(delivered, tags=tags)
+        self.bound.set(1 if bound else 0, tags=tags)
+
+    def stream_ended(self, stream: str) -> None:
+        # Ray's gauges cannot drop a series: an ended stream reads 0 until the agent forgets it.
+        tags = {"stream": stream}
+        for gauge in (self.requested, self.delivered, self.bound):
+            gauge.set(0, tags=tags)
+
+    def encoder_capacity(self, size: int, fps: float) -> None:
+        self.capacity.set(fps, tags={"size": str(size)})

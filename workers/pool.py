@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any
@@ -40,7 +42,9 @@ class PoolConfig:
         gpus: GPUs per replica; fractions share a GPU between replicas.
         cpus: CPUs per replica (its torch threads on a CPU-only node).
         max_batch: most requests (job batches) joined into one encoder call.
-        batch_wait_s: how long a replica waits for more requests to fill a batch.
+        batch_wait_s: how long a replica waits for more requests to fill a batch (0: it joins
+            what is queued when it starts; the driver's pacing sends what an encoder can take
+            at once, so waiting would only add latency).
         target_ongoing: requests in flight per replica the autoscaler aims at.
         downscale_delay_s: idle time before a replica is removed.
         max_sizes: image sizes whose model a replica keeps loaded (least recently used dropped).
@@ -51,7 +55,7 @@ class PoolConfig:
     gpus: float = 1.0
     cpus: float = 1.0
     max_batch: int = 8
-    batch_wait_s: float = 0.01
+    batch_wait_s: float = 0.0
     target_ongoing: float = 2.0
     downscale_delay_s: float = 30.0
     max_sizes: int = DEFAULT_MAX_SIZES
@@ -95,7 +99,7 @@ class EncoderReplica:
         self,
         model: ModelConfig,
         max_batch: int = 8,
-        batch_wait_s: float = 0.01,
+        batch_wait_s: float = 0.0,
         max_sizes: int = DEFAULT_MAX_SIZES,
     ) -> None:
         from pipeline.encoding import SizedEncoders
@@ -115,7 +119,7 @@ class EncoderReplica:
         result: list[EncodedFrame] = await self.encode_batch(frames)
         return result
 
-    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.01)
+    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.0)
     async def encode_batch(self, requests: list[list[Frame]]) -> list[list[EncodedFrame]]:
         return await asyncio.to_thread(self._encode_requests, requests)
 
@@ -200,8 +204,28 @@ def pool_handle() -> Any:
 class PoolEncoders:
     """:class:`~workers.transport.Encoders` over the pool: each tick's frames become a pool request."""
 
-    def __init__(self, handle: Any | None = None) -> None:
+    def __init__(self, handle: Any | None = None, max_replicas: int = 1, every_s: float = 5.0) -> None:
         self.handle = handle if handle is not None else pool_handle()
+        self.max_replicas = max_replicas
+        self.every_s = every_s
+        self._slots = (1, max_replicas > 1)
+        self._asked = -math.inf
 
     def submit(self, frames: Any) -> Any:
         return self.handle.encode.remote(frames)._to_object_ref_sync()
+
+    def slots(self) -> tuple[int, bool]:
+        """Replicas running now (at least 1: a pool at zero starts one for the next call), asked of
+        Serve at most every ``every_s``; and whether the pool may grow."""
+        now = time.monotonic()
+        if now - self._asked >= self.every_s:
+            self._asked = now
+            try:
+                app = serve.status().applications[APP]
+                states = app.deployments["encoder"].replica_states
+                running = sum(n for state, n in states.items() if str(state.value) == "RUNNING")
+            except Exception as exc:  # the last answer stands
+                log.debug("asking Serve for the encoder replicas: %s", exc)
+            else:
+                self._slots = (max(1, running), running < self.max_replicas)
+        return self._slots

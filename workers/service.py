@@ -91,7 +91,7 @@ class DriverService:
             config.model,
             config.redis_url,
             config.prefix,
-            PoolEncoders(),
+            PoolEncoders(max_replicas=config.pool.max_replicas),
             config.resources,
             hosts=config.hosts,
             decoders=config.decoders,

@@ -66,6 +66,10 @@ class Encoders(Protocol):
         """Encode a batch (an object reference to a list of frames); an object reference to the result."""
         ...
 
+    def slots(self) -> tuple[int, bool]:
+        """Encoders working at once now, and whether there may be more (an autoscaled pool)."""
+        ...
+
 
 class OwnEncoders:
     """Encoder actors of this driver's own (``samstream run``), taking batches in turn.
@@ -90,6 +94,9 @@ class OwnEncoders:
         actor = self.actors[self.turn % len(self.actors)]
         self.turn += 1
         return actor.encode.remote(frames)
+
+    def slots(self) -> tuple[int, bool]:
+        return len(self.actors), False
 
     def shutdown(self) -> None:
         for actor in self.actors:
@@ -175,6 +182,9 @@ class RayTransport:
 
     def encode(self, frames: Any) -> Any:
         return self.encoders.submit(frames)
+
+    def encoder_slots(self) -> tuple[int, bool]:
+        return self.encoders.slots()
 
     def decode(
         self,

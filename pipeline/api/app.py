@@ -288,6 +288,8 @@ def create_app(settings: ApiSettings, client: redis.Redis, backend: Backend) -> 
                 maxlen=maxlen,
                 give_up_s=body.give_up_s,
                 tracking=dict(body.tracking),
+                weight=body.weight,
+                max_fps=body.max_fps,
             )
         except InvalidInputError as exc:
             text = str(exc)

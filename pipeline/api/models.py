@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pipeline.errors import InvalidInputError
 from pipeline.prompts import Prompt, TrackSpec
 from pipeline.sources.opening import redact, redact_text
+from pipeline.spec import MAX_FPS, MAX_WEIGHT
 from pipeline.streams import Event, JobInfo
 from pipeline.streams.keys import JOB_ID
 
@@ -154,6 +155,16 @@ class JobBody(BaseModel):
         description="seconds its data (masks, events, record) stays once it has ended; default and "
         "maximum: the service's (7 days unless it says otherwise)",
     )
+    weight: float = Field(
+        default=1.0,
+        gt=0,
+        le=MAX_WEIGHT,
+        description="live: its share of the encoders beside other streams' when they cannot take "
+        "every frame (1: an even share)",
+    )
+    max_fps: float | None = Field(
+        default=None, gt=0, le=MAX_FPS, description="live: its most frames a second; default: its share"
+    )
 
 
 class TrackCommandBody(PromptBody):
@@ -161,6 +172,15 @@ class TrackCommandBody(PromptBody):
 
     id: int = Field(ge=1, le=2**31 - 1)
     action: Literal["add", "reprompt"] = "add"
+
+
+class StreamRate(BaseModel):
+    """A live stream's pace: measured by the service about once a second."""
+
+    requested_fps: float | None = Field(description="its feed's rate (up to its max_fps); null until known")
+    delivered_fps: float | None = Field(description="frames published a second; null until measured")
+    capacity_bound: bool = Field(description="the encoders cannot take every frame it asks for")
+    dropped: int = Field(description="frames skipped to keep its latency bounded")
 
 
 class JobView(BaseModel):
@@ -190,6 +210,7 @@ class JobView(BaseModel):
     expires: float | None = Field(
         default=None, description="when its data goes (epoch s); null while it runs or if kept"
     )
+    rate: StreamRate | None = Field(default=None, description="streams: the rate asked for and delivered")
 
     @classmethod
     def of(cls, info: JobInfo, masks: str, events: str) -> JobView:
@@ -211,6 +232,14 @@ class JobView(BaseModel):
             events_stream=events,
             keep_s=info.keep_s,
             expires=info.expires,
+            rate=StreamRate(
+                requested_fps=info.requested_fps,
+                delivered_fps=info.delivered_fps,
+                capacity_bound=info.capacity_bound,
+                dropped=info.dropped,
+            )
+            if info.spec.get("live")
+            else None,
         )
 
 

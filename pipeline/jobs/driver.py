@@ -13,10 +13,15 @@ Per job:
   memory is bounded) and reads up to ``batch_frames`` at a time; it ends when its source has ended
   and every frame is back.
 * a **live** job has at most ``live_in_flight`` frames in flight; its host gives the newest frame
-  of the feed at each read and counts the others as dropped, so latency stays bounded. Live jobs
-  are served first: when more frames are wanted than ``max_frames_in_flight``, live jobs take
-  their turns round-robin and file jobs wait (they yield to live ones; nothing starves: a job
-  left out of one tick is first in the next).
+  of the feed at each read and counts the others as dropped, so latency stays bounded.
+* while live jobs run, reads are **paced** (:mod:`pipeline.jobs.pacing`): a frame is read only
+  when an encoder can take it as it arrives, so frames never wait in the encoders' queue and a
+  live frame's latency stays about one service interval however many streams there are. The
+  frames the encoders can take go to the jobs in **fair shares** (weighted fair queueing on the
+  frames each job was given: a live job's ``weight``, up to its ``max_fps``; a file job counts
+  ``file_weight`` of a stream, so it never starves and never pushes a live frame back). Without
+  live jobs (or with ``pacing`` off) file jobs read as far ahead as ``file_window``, live jobs
+  first, round-robin, within ``max_frames_in_flight``.
 * commands from its control stream (all jobs' streams read in one call, every
   ``control_poll_s``): ``stop`` ends reading, track commands go to its tracker host ordered
   before the frames read after them.
@@ -30,11 +35,12 @@ The job lifecycle (status, resume point, the checks made when a source opens) is
 from __future__ import annotations
 
 import logging
+import math
 import queue
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -43,6 +49,7 @@ import redis
 from pipeline.decoding import FrameSummary
 from pipeline.errors import InvalidInputError, JobError, SamstreamError
 from pipeline.jobs.lifecycle import Ending, Lifecycle, Start
+from pipeline.jobs.pacing import Pacer
 from pipeline.jobs.placement import Placement
 from pipeline.jobs.transport import Handle, Transport
 from pipeline.metrics import Metrics, NullMetrics
@@ -83,6 +90,8 @@ class DriverOptions:
         read_timeout_s: a source host that leaves a read unanswered this long is given up: its
             jobs fail and it is replaced (generous: a new host may wait for a node to start).
         preview: the JPEG previews of every job's frames (see :mod:`pipeline.preview`).
+        pacing: pace reads to the encoders' measured cost while live jobs run (see above).
+        file_weight: a file job's share beside a live stream's (weight 1) while reads are paced.
     """
 
     batch_frames: int = 8
@@ -103,6 +112,8 @@ class DriverOptions:
     stop_s: float = 3.0
     read_timeout_s: float = 120.0
     preview: PreviewOptions = field(default_factory=PreviewOptions)
+    pacing: bool = True
+    file_weight: float = 0.25
 
     def __post_init__(self) -> None:
         for name in ("batch_frames", "file_window", "live_in_flight", "max_frames_in_flight"):
@@ -112,6 +123,8 @@ class DriverOptions:
             raise InvalidInputError("streams per host and tracks per decoder must be >= 1")
         if self.tick_s <= 0 or self.control_poll_s <= 0 or self.drain_s <= 0:
             raise InvalidInputError("tick, control poll and drain times must be > 0 seconds")
+        if not self.file_weight > 0:
+            raise InvalidInputError(f"driver file_weight must be > 0, got {self.file_weight}")
         for name in ("stall_s", "stop_s", "read_timeout_s"):
             if not getattr(self, name) > 0:
                 raise InvalidInputError(f"driver {name} must be > 0 seconds, got {getattr(self, name)}")
@@ -147,6 +160,14 @@ class _Job:
     parts: list[tuple[int, TrackSetup]] = field(default_factory=list)  # a split job's other shares
     commands: list[Command] = field(default_factory=list)  # a split job's, held to a group boundary
     joining: int = 0  # groups whose parts were asked and whose owner was not yet
+    weight: float = 1.0  # share of the paced frames (a file job: DriverOptions.file_weight)
+    max_fps: float | None = None  # a live job's most frames a second
+    vtime: float = 0.0  # fair queueing: frames given over weight (the least goes first)
+    next_read: float = 0.0  # max_fps: not read again before this (monotonic seconds)
+    requested_fps: float | None = None  # its feed's rate (up to max_fps), once known
+    refused: int = 0  # turns it wanted a frame and the encoders had no room (since the last write)
+    published: int = 0  # frames published since the last write
+    rates_written: tuple[float | None, float, bool] | None = None
 
     @property
     def job_id(self) -> str:
@@ -184,6 +205,7 @@ class _Read:
     groups: list[_Group]
     jobs: frozenset[str] = frozenset()
     since: float = field(default_factory=time.monotonic)
+    paced: list[Hashable] = field(default_factory=list)  # its keys in the pacer
 
 
 class JobDriver:
@@ -228,6 +250,10 @@ class JobDriver:
         self._watch_polled = 0.0
         self._watched: set[str] = set()  # live jobs a viewer shows now (their previews are made)
         self._drops_at = 0.0
+        self._rates_at = time.monotonic()
+        self._vclock = 0.0  # fair queueing's clock: the least vtime among jobs that read
+        self.pacer = Pacer()
+        self._encoding: dict[Handle, list[Hashable]] = {}  # encode calls in the pacer
         self.placement = Placement(transport, self.options)
         self._stop = threading.Event()
 
@@ -313,6 +339,9 @@ class JobDriver:
             start.read_after,
             tracks=len(spec.tracks),
             parts=parts,
+            weight=spec.weight if spec.live else self.options.file_weight,
+            max_fps=spec.max_fps if spec.live else None,
+            vtime=self._vclock,  # a new job starts level with the others: no burst, no wait
         )
         self.jobs[start.job_id] = job
         try:
@@ -342,9 +371,16 @@ class JobDriver:
         for host, read in list(self._reads.items()):
             if read.meta in ready:
                 del self._reads[host]
+                for key in read.paced:
+                    self.pacer.read_done(key, time.monotonic())
                 self._read_done(read)
             elif time.monotonic() - read.since > self.options.read_timeout_s:
+                for key in read.paced:
+                    self.pacer.read_done(key, None)
                 self._give_up_host(read)
+        for handle in [h for h in self._encoding if h in ready]:
+            for key in self._encoding.pop(handle):
+                self.pacer.encode_done(key, time.monotonic())
         self._submit_decodes(ready)
         for handle in [h for h in self._decoding if h in ready]:
             self._decode_done(self._decoding.pop(handle), handle)
@@ -352,6 +388,11 @@ class JobDriver:
         if now - self._drops_at >= self.options.drops_every_s:
             self._drops_at = now
             self._write_drops()
+            self._write_rates(now)
+            for size in {j.source.image_size for j in self.jobs.values()}:
+                fps = self.pacer.capacity(size)
+                if math.isfinite(fps):
+                    self.metrics.encoder_capacity(size, fps)
             busy = {g.decoder for g in self._decoding.values()}
             self.placement.retire_idle(now, set(self._reads), busy)
             in_flight = sum(j.in_flight for j in self.jobs.values())
@@ -378,38 +419,76 @@ class JobDriver:
 
     def _submit_reads(self) -> None:
         opts = self.options
+        now = time.monotonic()
         budget = opts.max_frames_in_flight - sum(j.in_flight for j in self.jobs.values())
         jobs = list(self.jobs.values())
         if jobs:
             k = self._turn % len(jobs)
             jobs = jobs[k:] + jobs[:k]
         self._turn += 1
+        paced = opts.pacing and any(j.live and j.ending is None and not j.end for j in jobs)
+        if paced:
+            self.pacer.slots, _ = self.transport.encoder_slots()
+            # Fair queueing: the jobs given the fewest frames for their weight go first.
+            order = sorted(jobs, key=lambda j: j.vtime)
+            passes: tuple[bool | None, ...] = (None,)
+        else:
+            order, passes = jobs, (True, False)  # live jobs first: file jobs take what is left
+        room: dict[int, float] = {}  # image size -> frames the encoders can take in time
         wanted: dict[int, dict[int, list[ReadRequest]]] = {}
-        for live_pass in (True, False):  # live jobs first: file jobs take what is left
-            for job in jobs:
-                if job.live != live_pass or job.ending is not None or job.end or job.host in self._reads:
+        reserved: dict[int, dict[int, int]] = {}  # host -> image size -> paced frames
+        least: float | None = None
+        for live_pass in passes:
+            for job in order:
+                if live_pass is not None and job.live != live_pass:
+                    continue
+                if job.ending is not None or job.end or job.host in self._reads:
                     continue
                 if job.live:
-                    count = 1 if job.in_flight < opts.live_in_flight else 0
+                    count = 1 if job.in_flight < opts.live_in_flight and now >= job.next_read else 0
                 else:
                     count = min(opts.batch_frames, opts.file_window - job.in_flight)
                 count = min(count, budget)
                 if count <= 0:
                     continue
+                if paced:
+                    least = job.vtime if least is None else least
+                    size = job.source.image_size
+                    if size not in room:
+                        room[size] = self.pacer.room(size, now, _sum_sizes(reserved))
+                    count = int(min(count, room[size]))
+                    if count <= 0:
+                        job.refused += job.live
+                        continue
+                    room[size] -= count
+                    for other in [s for s in room if s != size]:
+                        del room[other]  # the same encoders: asked again, with these frames
+                    host_sizes = reserved.setdefault(job.host, {})
+                    host_sizes[size] = host_sizes.get(size, 0) + count
+                    job.vtime = max(job.vtime, self._vclock) + count / job.weight
+                if job.live and job.max_fps:
+                    job.next_read = now + 1.0 / job.max_fps
                 budget -= count
                 request = ReadRequest(job.job_id, job.source, job.after, count, self._previews(job))
                 wanted.setdefault(job.host, {}).setdefault(job.decoder, []).append(request)
+        if least is not None:
+            self._vclock = max(self._vclock, least)
         for host, by_decoder in wanted.items():
             decoders = list(by_decoder)
             groups = [by_decoder[d] for d in decoders]
             meta, frames = self.transport.read(host, groups, opts.tick_s)
             self._seq += 1
+            keys: list[Hashable] = []
+            for size, count in reserved.get(host, {}).items():
+                keys.append(("read", self._seq, size))
+                self.pacer.read_sent(keys[-1], count, size, now)
             self._reads[host] = _Read(
                 self._seq,
                 host,
                 meta,
                 [_Group(self._seq, host, d, f) for d, f in zip(decoders, frames, strict=True)],
                 frozenset(r.job_id for g in groups for r in g),
+                paced=keys,
             )
 
     def _read_done(self, read: _Read) -> None:
@@ -429,6 +508,16 @@ class JobDriver:
             if sum(group.counts.values()):
                 group.embeddings = self.transport.encode(group.frames)
                 self.metrics.encoder_batch(sum(group.counts.values()))
+                sizes: dict[int, int] = {}
+                for job_id, count in group.counts.items():
+                    if job_id in self.jobs:
+                        size = self.jobs[job_id].source.image_size
+                        sizes[size] = sizes.get(size, 0) + count
+                keys: list[Hashable] = []
+                for size, count in sizes.items():
+                    keys.append(("encode", id(group), size))
+                    self.pacer.encode_sent(keys[-1], count, size, time.monotonic())
+                self._encoding[group.embeddings] = keys
                 self._lanes.setdefault((group.host, group.decoder), deque()).append(group)
 
     def _give_up_host(self, read: _Read) -> None:
@@ -452,6 +541,8 @@ class JobDriver:
             self.metrics.frames_dropped(reply.dropped)
         if reply.info is not None and not job.opened:
             job.opened = True
+            fps = reply.info.fps
+            job.requested_fps = min(fps, job.max_fps or fps) if fps else job.max_fps
             try:
                 self.lifecycle.opened(job.start, reply.info)
             except SamstreamError as exc:
@@ -541,11 +632,16 @@ class JobDriver:
     def _record(self, job: _Job, summaries: Sequence[FrameSummary]) -> None:
         m = self.metrics
         for s in summaries:
+            batch = s.timings.get("encode_batch")
+            if batch and "encode" in s.timings:
+                self.pacer.cost_seen(job.source.image_size, s.timings["encode"] / batch)
             if not s.published:
                 continue
+            job.published += 1
             m.frame_published()
             for stage, seconds in s.timings.items():
-                m.observe_stage(stage, seconds)
+                if stage != "encode_batch":
+                    m.observe_stage(stage, seconds)
             m.observe_end_to_end(s.publish_time - s.capture_time)
         if summaries:
             self.listener.frames(job.job_id, summaries)
@@ -650,6 +746,8 @@ class JobDriver:
             self.transport.forget(decoder, job.job_id)
         self.transport.release(job.job_id, job.host, job.decoder)
         self._write_drops([job])
+        if job.live:
+            self.metrics.stream_ended(job.job_id)
         try:
             status = self.lifecycle.end(job.job_id, job.start.spec, kind, error)
         except SamstreamError as exc:  # Redis gone: the job stays "running" and resumes later
@@ -669,6 +767,36 @@ class JobDriver:
         except SamstreamError as exc:
             log.warning("job %s: writing its %s event: %s", job_id, kind, exc)
 
+    def _write_rates(self, now: float) -> None:
+        """Each live job's requested and delivered rates, and whether the encoders bound it, to its
+        hash and the metrics (written when they change)."""
+        elapsed = now - self._rates_at
+        if elapsed <= 0:
+            return
+        self._rates_at = now
+        changed: dict[str, dict[str, str]] = {}
+        for job in self.jobs.values():
+            delivered = round(job.published / elapsed, 2)
+            bound = job.refused > 0
+            job.published = job.refused = 0
+            if not job.live:
+                continue
+            self.metrics.stream_rates(job.job_id, job.requested_fps, delivered, bound)
+            rates = (job.requested_fps, delivered, bound)
+            if rates != job.rates_written:
+                job.rates_written = rates
+                changed[job.job_id] = {
+                    "requested_fps": "" if job.requested_fps is None else f"{job.requested_fps:g}",
+                    "delivered_fps": f"{delivered:g}",
+                    "capacity_bound": "1" if bound else "0",
+                }
+        if not changed:
+            return
+        try:
+            self.lifecycle.store.record_fields_many(changed)
+        except (SamstreamError, JobError) as exc:
+            log.warning("recording stream rates: %s", exc)
+
     def _write_drops(self, jobs: Sequence[_Job] | None = None) -> None:
         changed = {
             j.job_id: j.dropped
@@ -684,6 +812,14 @@ class JobDriver:
             return
         for j in self.jobs.values() if jobs is None else jobs:
             j.dropped_written = j.dropped
+
+
+def _sum_sizes(reserved: dict[int, dict[int, int]]) -> dict[int, int]:
+    out: dict[int, int] = {}
+    for sizes in reserved.values():
+        for size, count in sizes.items():
+            out[size] = out.get(size, 0) + count
+    return out
 
 
 def _reason(exc: BaseException, what: str) -> str:

@@ -77,6 +77,10 @@ class Transport(Protocol):
         per group) and one handle to each group's frames."""
         ...
 
+    def encoder_slots(self) -> tuple[int, bool]:
+        """Encoders working at once now, and whether there may be more (an autoscaled pool)."""
+        ...
+
     def encode(self, frames: Handle) -> Handle:
         """Encode a group's frames; a handle to their :class:`EncodedFrame`\\ s (same order)."""
         ...
@@ -201,6 +205,9 @@ class InProcessTransport:
         done.add_done_callback(split)
         self.calls.append(("read", sum(len(g) for g in groups)))
         return meta, parts
+
+    def encoder_slots(self) -> tuple[int, bool]:
+        return 1, False  # one encoder thread
 
     def encode(self, frames: Handle) -> Handle:
         def run() -> list[EncodedFrame]:

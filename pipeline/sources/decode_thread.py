@@ -115,6 +115,11 @@ class DecodeThread(Generic[T]):
             self._on_item()
         return True
 
+    def peek(self) -> tuple[T | None, int]:
+        """The newest item in the buffer without taking it (None: empty), and how many were emitted."""
+        with self._cond:
+            return (self._items[-1] if self._items else None), self.emitted
+
     def get(self, timeout: float | None = None) -> T | None:
         """The oldest item in the buffer, waiting for one; None once the stream has ended.
 

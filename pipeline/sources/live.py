@@ -203,6 +203,11 @@ class LiveSource:
             "reconnects": self._reconnects,
         }
 
+    def waiting(self) -> tuple[float | None, int]:
+        """When the frame in the mailbox was captured (None: none waits), and the frames received."""
+        received, count = self._thread.peek()
+        return (None if received is None else received.capture_time), count
+
     def latest(self, timeout_s: float | None = None) -> Frame | None:
         """The newest frame not returned before, waiting up to ``timeout_s`` for one.
 

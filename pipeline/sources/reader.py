@@ -167,6 +167,13 @@ class FileReader:
 class LiveReader:
     """The newest frame of a live feed at each take; older ones are dropped (and counted).
 
+    A take leaves a frame that is over half a frame interval old when the next one is due within
+    the interval (``fresh``): it would be the oldest picture the feed has, and a read that waits
+    for the next one (its host wakes when it comes) gives the encoder a picture up to a frame
+    interval newer. Where frames are read as they come (the encoders keep up) nothing changes;
+    where reads are paced to the encoders, a live frame is then at most about half an interval
+    old when it is encoded, at the price of an encoder idle for at most as long.
+
     Args:
         uri: a live URI (rtsp, udp, tcp, http(s), /dev/videoN).
         image_size: encoder input size.
@@ -176,6 +183,7 @@ class LiveReader:
         on_frame: called on the reader thread when a new frame is in the mailbox.
         guard: a service's source: every connection checked (:mod:`pipeline.sources.guard`).
         max_frame_pixels: most pixels a frame may have (None: no limit); a larger one fails the source.
+        fresh: leave a stale frame for the next one when it is due (above).
 
     Raises:
         SourceError: the first connection fails (raised by the constructor).
@@ -190,9 +198,13 @@ class LiveReader:
         on_frame: Notify | None = None,
         guard: NetworkGuard | None = None,
         max_frame_pixels: int | None = DEFAULT_MAX_FRAME_PIXELS,
+        fresh: bool = True,
     ) -> None:
         from pipeline.sources.live import LiveSource
 
+        self.fresh = fresh
+        self.interval: float | None = None  # seconds between the feed's frames (a moving average)
+        self._seen: tuple[float, int] | None = None  # capture time and count of the last frame seen
         self._events: deque[tuple[str, str, float]] = deque(maxlen=1000)
         self._offset = 0 if after is None else after + 1
         self._dropped_seen = 0
@@ -214,8 +226,26 @@ class LiveReader:
         return self.source.info
 
     def take(self, after: int | None, count: int) -> tuple[list[Frame], bool]:
-        """The newest frame not taken before, if one came (``count`` and ``after`` do not apply)."""
+        """The newest frame not taken before, if one came and is fresh enough (``count`` and
+        ``after`` do not apply)."""
+        if self.fresh and self._stale():
+            return [], False
         return self.wait(0.0), False
+
+    def _stale(self) -> bool:
+        """Whether the waiting frame is over half an interval old and the next is due within 1.2
+        intervals of it (a late feed's frame is taken as it is)."""
+        captured, received = self.source.waiting()
+        if captured is None:
+            return False
+        if self._seen is not None and received > self._seen[1] and captured > self._seen[0]:
+            sample = (captured - self._seen[0]) / (received - self._seen[1])
+            self.interval = sample if self.interval is None else 0.8 * self.interval + 0.2 * sample
+        self._seen = (captured, received)
+        if self.interval is None:
+            return False
+        age = time.time() - captured
+        return self.interval / 2 < age < 1.2 * self.interval
 
     def wait(self, timeout: float | None) -> list[Frame]:
         """The newest frame not taken before, waiting up to ``timeout`` seconds for one."""

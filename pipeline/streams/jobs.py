@@ -132,6 +132,9 @@ class JobInfo:
         finished: epoch seconds it last entered a terminal status, or None (cleared when it runs again).
         updated: epoch seconds of the last change to the hash.
         keep_s: seconds its keys are kept once it has ended; None: kept until deleted.
+        dropped: a live job's frames skipped to keep its latency bounded.
+        requested_fps, delivered_fps, capacity_bound: a live job's rates, as the driver last
+            measured them (None: not yet).
     """
 
     job_id: str
@@ -146,6 +149,10 @@ class JobInfo:
     finished: float | None
     updated: float
     keep_s: int | None = None
+    dropped: int = 0
+    requested_fps: float | None = None
+    delivered_fps: float | None = None
+    capacity_bound: bool = False
 
     @property
     def expires(self) -> float | None:
@@ -404,6 +411,20 @@ class JobStore:
         with redis_errors("recording drops"):
             pipe.execute()
 
+    def record_fields_many(self, fields: Mapping[str, Mapping[str, str]]) -> None:
+        """Write the given fields of many jobs' hashes in one round trip (jobs gone are skipped):
+        what the driver measures of live jobs (their rates)."""
+        if not fields:
+            return
+        now = repr(time.time())
+        pipe = self._client.pipeline(transaction=False)
+        for job_id, values in fields.items():
+            written = {**values, "updated": now}
+            args: builtins.list[str | int] = [2 * len(written), *_flat(written)]
+            self._update(keys=[self._keys.job(job_id)], args=args, client=pipe)
+        with redis_errors("recording stream rates"):
+            pipe.execute()
+
     def _write(self, job_id: str, fields: dict[str, str], what: str) -> None:
         keys = [self._keys.job(job_id)]
         args: builtins.list[str | int] = [2 * len(fields), *_flat(fields)]
@@ -436,6 +457,10 @@ def _job_info(job_id: str, raw: Mapping[Any, Any]) -> JobInfo:
             finished=opt_float("finished"),
             updated=float(f.get("updated") or f["created"]),
             keep_s=opt_int("keep_s"),
+            dropped=int(f.get("dropped") or 0),
+            requested_fps=opt_float("requested_fps"),
+            delivered_fps=opt_float("delivered_fps"),
+            capacity_bound=f.get("capacity_bound") == "1",
         )
     except (KeyError, ValueError) as e:
         raise JobError(f"job {job_id!r} has a malformed hash: {type(e).__name__}: {e}") from None

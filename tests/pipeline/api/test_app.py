@@ -88,6 +88,37 @@ def test_job_spec_carries_the_services_defaults(
     assert spec["tracking"] == {"lost_after": 7, "use_mask_input": False}
 
 
+def test_a_streams_share_and_rate_are_asked_and_shown(
+    api: TestClient, redis_client: redis.Redis, prefix: str
+) -> None:
+    body = {**STREAM, "job_id": "cam", "weight": 2.5, "max_fps": 4}
+    stream = api.post("/streams", json=body).json()
+    spec = JobStore(redis_client, Keys(prefix)).get("cam").spec
+    assert spec["weight"] == 2.5 and spec["max_fps"] == 4
+    assert stream["rate"] == {
+        "requested_fps": None,
+        "delivered_fps": None,
+        "capacity_bound": False,
+        "dropped": 0,
+    }
+    # what the driver measures, as it writes it
+    JobStore(redis_client, Keys(prefix)).record_fields_many(
+        {"cam": {"requested_fps": "4", "delivered_fps": "1.5", "capacity_bound": "1"}}
+    )
+    rate = api.get("/streams/cam").json()["rate"]
+    assert rate == {"requested_fps": 4.0, "delivered_fps": 1.5, "capacity_bound": True, "dropped": 0}
+    # a file job has no rate; its weight is the service's, not its own
+    assert api.post("/jobs", json=JOB).json()["rate"] is None
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("weight", 0), ("weight", -1), ("weight", 1001), ("max_fps", 0), ("max_fps", 1e9), ("weight", "x")],
+)
+def test_a_streams_share_out_of_bounds_is_422(api: TestClient, field: str, value: Any) -> None:
+    assert _loc(api.post("/streams", json={**STREAM, field: value})) == ["body", field]
+
+
 def test_a_taken_job_id_is_a_conflict(api: TestClient) -> None:
     assert api.post("/jobs", json={**JOB, "job_id": "same"}).status_code == 201
     r = api.post("/jobs", json={**JOB, "job_id": "same"})

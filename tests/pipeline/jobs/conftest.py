@@ -190,12 +190,21 @@ class StubEncoder:
         self.batches: list[list[str]] = []
 
     def encode(self, frames: Sequence[Frame]) -> list[EncodedFrame]:
+        """``delay_s`` a frame, timed as the real encoder times its batches (the driver paces by it)."""
         self.batches.append([f.job_id for f in frames])
+        start = time.perf_counter()
         if self.delay_s:
-            time.sleep(self.delay_s)
+            time.sleep(self.delay_s * len(frames))
+        timings = {"encode": time.perf_counter() - start, "encode_batch": float(len(frames))}
         return [
             EncodedFrame(
-                f.index, f.pts, f.capture_time, f.original_size, self.stub.embedding(f.index), {}, f.job_id
+                f.index,
+                f.pts,
+                f.capture_time,
+                f.original_size,
+                self.stub.embedding(f.index),
+                timings,
+                f.job_id,
             )
             for f in frames
         ]

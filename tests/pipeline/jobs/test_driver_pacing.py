@@ -1,0 +1,128 @@
+"""Live streams that want more than the encoder can take: latency bounded, shares fair and stated.
+
+The rig's encoder takes ``delay_s`` a frame (timed as the real one times its batches); feeds make
+30 frames a second, far more than it takes. Without pacing, every live job keeps
+``live_in_flight`` frames in flight and they wait in the encoder's queue (latency grows with the
+number of streams); with it, a frame is read as the encoder frees.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from typing import Any
+
+from pipeline.jobs.driver import DriverOptions
+from pipeline.streams.control import Command
+
+COST = 0.05  # seconds a frame in the rig's encoder: 20 frames a second in all
+
+
+def run_for(r: Any, seconds: float) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        r.driver.turn(0.005)
+
+
+def stop_all(r: Any, jobs: list[str]) -> None:
+    for job in jobs:
+        r.command(job, Command("stop"))
+    r.run()
+
+
+def latencies(r: Any, job: str, after: float) -> list[float]:
+    return [s.publish_time - s.capture_time for s in r.recorder.seen.get(job, []) if s.capture_time >= after]
+
+
+def feeds(r: Any, count: int, name: str = "cam", **spec: Any) -> list[str]:
+    jobs = [f"{name}-{i}" for i in range(count)]
+    for job in jobs:
+        r.create(job, "feed:30", live=True, **spec)
+    return jobs
+
+
+def test_latency_stays_about_one_encode_however_many_streams_and_shares_are_even(rig) -> None:
+    opts = DriverOptions(tick_s=0.01, control_poll_s=0.01)
+    r = rig(options=opts, encoder_delay_s=COST)
+    jobs = feeds(r, 6)
+    run_for(r, 1.0)  # the encoder's cost is learnt from the first frames
+    t0 = time.time()
+    run_for(r, 3.0)
+    paced = [v for j in jobs for v in latencies(r, j, t0)]
+    counts = [len(latencies(r, j, t0)) for j in jobs]
+    stop_all(r, jobs)
+
+    unpaced_rig = rig(
+        options=DriverOptions(tick_s=0.01, control_poll_s=0.01, pacing=False), encoder_delay_s=COST
+    )
+    jobs = feeds(unpaced_rig, 6, name="unpaced")
+    run_for(unpaced_rig, 1.0)
+    t1 = time.time()
+    run_for(unpaced_rig, 3.0)
+    unpaced = [v for j in jobs for v in latencies(unpaced_rig, j, t1)]
+    unpaced_total = sum(len(latencies(unpaced_rig, j, t1)) for j in jobs)
+    stop_all(unpaced_rig, jobs)
+
+    # Unpaced, 6 streams x 2 frames wait in the encoder's queue: about 12 encodes of latency.
+    assert statistics.median(unpaced) > 6 * COST, statistics.median(unpaced)
+    # Paced, a frame waits for little more than its own encode (and the feed's frame interval).
+    assert statistics.median(paced) < 3 * COST + 1 / 30, statistics.median(paced)
+    assert statistics.median(paced) < statistics.median(unpaced) / 2
+    # Pacing costs no throughput, and every stream gets about its share.
+    assert sum(counts) >= 0.8 * unpaced_total, (counts, unpaced_total)
+    assert min(counts) >= 0.7 * sum(counts) / len(counts), counts
+
+
+def test_weights_and_max_fps_set_a_streams_share(rig) -> None:
+    r = rig(options=DriverOptions(tick_s=0.01, control_poll_s=0.01), encoder_delay_s=COST)
+    r.create("heavy", "feed:30", live=True, weight=3.0)
+    r.create("light", "feed:30", live=True)
+    r.create("capped", "feed:30", live=True, max_fps=2.0)
+    run_for(r, 1.0)
+    t0 = time.time()
+    run_for(r, 4.0)
+    heavy, light, capped = (len(latencies(r, j, t0)) for j in ("heavy", "light", "capped"))
+    stop_all(r, ["heavy", "light", "capped"])
+    assert capped <= 2.0 * 4.0 + 2, capped  # at most its max_fps
+    assert capped >= 4, capped
+    assert 2.0 <= heavy / light <= 4.5, (heavy, light)
+
+
+def test_a_file_job_beside_overloaded_streams_goes_on_without_pushing_them_back(rig) -> None:
+    r = rig(options=DriverOptions(tick_s=0.01, control_poll_s=0.01), encoder_delay_s=COST)
+    jobs = feeds(r, 4)
+    r.create("file", "file:2000")
+    run_for(r, 1.0)
+    t0 = time.time()
+    done0 = len(r.frames("file"))
+    run_for(r, 3.0)
+    live = [v for j in jobs for v in latencies(r, j, t0)]
+    filed = len(r.frames("file")) - done0
+    stop_all(r, [*jobs, "file"])
+    assert filed >= 3, filed  # it never starves (a quarter of a stream's share)
+    assert statistics.median(live) < 3 * COST + 1 / 30 + 4 * COST  # a file batch may be encoding
+
+
+def test_a_streams_rates_are_in_its_record(rig) -> None:
+    opts = DriverOptions(tick_s=0.01, control_poll_s=0.01, drops_every_s=0.5)
+    r = rig(options=opts, encoder_delay_s=COST)
+    jobs = feeds(r, 3)
+    run_for(r, 3.0)
+    infos = [r.store.get(j) for j in jobs]
+    stop_all(r, jobs)
+    for info in infos:
+        assert info.requested_fps == 30.0
+        assert info.delivered_fps is not None and 2.0 <= info.delivered_fps <= 12.0, info.delivered_fps
+        assert info.capacity_bound
+        assert info.dropped > 0
+
+
+def test_streams_the_encoder_keeps_up_with_are_not_capacity_bound(rig) -> None:
+    opts = DriverOptions(tick_s=0.01, control_poll_s=0.01, drops_every_s=0.5)
+    r = rig(options=opts, encoder_delay_s=0.002)
+    r.create("cam", "feed:10", live=True)
+    run_for(r, 3.0)
+    info = r.store.get("cam")
+    stop_all(r, ["cam"])
+    assert info.delivered_fps is not None and info.delivered_fps >= 7.0, info.delivered_fps
+    assert not info.capacity_bound
