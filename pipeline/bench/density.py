@@ -91,20 +91,23 @@ def _footprint(pid: int) -> tuple[int, int]:
     return procs, pss
 
 
-class _Service:
-    """``samstream serve`` with the null model on local Ray, as a process group."""
+class Service:
+    """``samstream serve`` on local Ray with one CPU encoder (the null model unless told), as a
+    process group; ``extra``: more of serve's options."""
 
-    def __init__(self, folder: Path, image_size: int) -> None:
+    def __init__(
+        self, folder: Path, image_size: int, weights: str = "null", extra: tuple[str, ...] = ()
+    ) -> None:
         self.folder = folder
         self.port = _free_port()
         self.token = secrets.token_urlsafe(16)
         exe = str(Path(sys.executable).with_name("samstream"))
         args = [
-            exe, "serve", "--weights", "null", "--image-size", str(image_size), "--allow-schemes", "udp",
+            exe, "serve", "--weights", weights, "--image-size", str(image_size), "--allow-schemes", "udp",
             "--allow-hosts", "127.0.0.1",  # the feeds are sent on loopback, which serve refuses by default
             "--encoder-gpus", "0", "--encoder-cpus", "1", "--min-encoders", "1", "--max-encoders", "1",
             "--idle-s", "3600", "--port", str(self.port), "--metrics-port", "0", "--data-dir", str(folder),
-            "--token", self.token,
+            "--token", self.token, *extra,
         ]  # fmt: skip
         self.log = open(folder / "serve.log", "wb")  # noqa: SIM115 (the process writes to it)
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
@@ -166,7 +169,7 @@ def measure(
     figures = DensityFigures(streams, fps, seconds)
     x, y = (float(v) for v in object_centres(0, clip.width, clip.height)[0])
     with tempfile.TemporaryDirectory(prefix="samstream-density-") as tmp:
-        service = _Service(Path(tmp), image_size)
+        service = Service(Path(tmp), image_size)
         feeds = UdpFeeds(clip, free_udp_ports(streams))
         try:
             service.wait_ready()
@@ -181,9 +184,9 @@ def measure(
             with EmbeddedRedis(Path(tmp) / "redis") as server:
                 client = connect(server.url)
                 keys = Keys()
-                _wait_publishing(client, keys, jobs, timeout=60 + 0.5 * streams, service=service)
+                wait_publishing(client, keys, jobs, timeout=60 + 0.5 * streams, service=service)
                 time.sleep(warmup)
-                dropped0 = _dropped(client, keys, jobs)
+                dropped0 = dropped(client, keys, jobs)
                 t0 = time.time()
                 samples = []
                 while time.time() < t0 + seconds:
@@ -193,7 +196,7 @@ def measure(
                 time.sleep(2.0)  # frames captured before t1 finish publishing
                 figures.processes = max(n for n, _ in samples)
                 figures.pss = max(p for _, p in samples)
-                dropped1 = _dropped(client, keys, jobs)
+                dropped1 = dropped(client, keys, jobs)
                 for job in jobs:
                     captured = []
                     entries: Any = client.xrange(keys.masks(job))
@@ -220,14 +223,14 @@ def measure(
     return figures
 
 
-def _dropped(client: Any, keys: Any, jobs: list[str]) -> list[int]:
+def dropped(client: Any, keys: Any, jobs: list[str]) -> list[int]:
     pipe = client.pipeline(transaction=False)
     for job in jobs:
         pipe.hget(keys.job(job), "dropped")
     return [int(v or 0) for v in pipe.execute()]
 
 
-def _wait_publishing(client: Any, keys: Any, jobs: list[str], timeout: float, service: _Service) -> None:
+def wait_publishing(client: Any, keys: Any, jobs: list[str], timeout: float, service: Service) -> None:
     deadline = time.monotonic() + timeout
     waiting = list(jobs)
     while waiting:

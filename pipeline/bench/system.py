@@ -180,8 +180,11 @@ def describe_machine() -> dict[str, Any]:
 
     import torch
 
+    from pipeline.model.precision import cpu_kind
+
     return {
         "cpu": platform.processor() or platform.machine(),
+        "cpu_kind": cpu_kind(),
         "cores": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "torch": torch.__version__,

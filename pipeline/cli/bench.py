@@ -8,7 +8,7 @@ import sys
 
 from pipeline.errors import InvalidInputError
 
-SUITES = ("encoder", "decoder", "pipeline", "machinery", "tracking", "density")
+SUITES = ("encoder", "decoder", "pipeline", "machinery", "tracking", "density", "capacity")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -45,11 +45,21 @@ def run(args: argparse.Namespace) -> int:
             from pipeline.bench.tracking import run_tracking
 
             new = run_tracking(args.image_size, args.runs, device)
+        elif suite == "capacity":
+            from pipeline.bench.capacity import run_capacity
+
+            new = run_capacity(
+                _counts(args.capacity_streams, "--capacity-streams"),
+                args.capacity_fps,
+                args.capacity_seconds,
+                args.capacity_warmup,
+                args.capacity_image_size,
+            )
         else:
             from pipeline.bench.density import run_density
 
             new = run_density(
-                _counts(args.streams),
+                _counts(args.streams, "--streams"),
                 args.fps,
                 args.seconds,
                 args.warmup,
@@ -64,11 +74,11 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _counts(text: str) -> list[int]:
+def _counts(text: str, option: str) -> list[int]:
     try:
         counts = [int(v) for v in text.split(",") if v.strip()]
     except ValueError:
-        raise InvalidInputError(f"--streams must be stream counts like 10,50,100, got {text!r}") from None
+        raise InvalidInputError(f"{option} must be stream counts like 1,2,4, got {text!r}") from None
     if not counts or min(counts) < 1:
-        raise InvalidInputError(f"--streams must be stream counts >= 1, got {text!r}")
+        raise InvalidInputError(f"{option} must be stream counts >= 1, got {text!r}")
     return sorted(set(counts))

@@ -579,7 +579,7 @@ def build_parser() -> argparse.ArgumentParser:
     bn = sub.add_parser("bench", help="measure speed: ratios against baselines measured in the same run")
     bn.add_argument(
         "--suite",
-        choices=["encoder", "decoder", "pipeline", "machinery", "tracking", "density", "all"],
+        choices=["encoder", "decoder", "pipeline", "machinery", "tracking", "density", "capacity", "all"],
         default="all",
         help="default all",
     )
@@ -627,6 +627,20 @@ def build_parser() -> argparse.ArgumentParser:
         default=256,
         metavar="N",
         help="encoder input size of the streams (256)",
+    )
+    cp = bn.add_argument_group("capacity suite (live streams through samstream serve, random weights)")
+    cp.add_argument(
+        "--capacity-streams", default="1,2,4,8", metavar="K,K,…", help="stream counts to measure (1,2,4,8)"
+    )
+    cp.add_argument("--capacity-fps", type=float, default=10.0, metavar="F", help="each stream's rate (10)")
+    cp.add_argument(
+        "--capacity-seconds", type=float, default=30.0, metavar="S", help="measured seconds per count (30)"
+    )
+    cp.add_argument(
+        "--capacity-warmup", type=float, default=15.0, metavar="S", help="seconds run before measuring (15)"
+    )
+    cp.add_argument(
+        "--capacity-image-size", type=int, default=512, metavar="N", help="encoder input size (512)"
     )
     bn.add_argument(
         "--precision",

@@ -35,6 +35,21 @@ def cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> frozenset[str]:
     return frozenset()
 
 
+def cpu_kind(flags: frozenset[str] | None = None) -> str:
+    """The CPU's matrix kind, as the bench prints it: ``amx``, ``avx512_bf16``, ``avx512``,
+    ``avx2`` or ``other`` (what decides which kernels and precision pay here)."""
+    flags = cpu_flags() if flags is None else flags
+    for kind, flag in (
+        ("amx", "amx_bf16"),
+        ("avx512_bf16", "avx512_bf16"),
+        ("avx512", "avx512f"),
+        ("avx2", "avx2"),
+    ):
+        if flag in flags:
+            return kind
+    return "other"
+
+
 def _matmul_s(dtype: torch.dtype, n: int = 512, runs: int = 5) -> float:
     import torch
 

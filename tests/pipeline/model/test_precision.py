@@ -29,6 +29,15 @@ def test_cpu_flags_are_read_from_cpuinfo(tmp_path: Path) -> None:
     assert prec.cpu_flags(tmp_path / "missing") == frozenset()
 
 
+def test_the_cpu_kind_names_its_best_matrix_units() -> None:
+    assert prec.cpu_kind(frozenset({"avx2", "avx512f", "avx512_bf16", "amx_bf16"})) == "amx"
+    assert prec.cpu_kind(frozenset({"avx2", "avx512f", "avx512_bf16"})) == "avx512_bf16"
+    assert prec.cpu_kind(frozenset({"avx2", "avx512f"})) == "avx512"
+    assert prec.cpu_kind(frozenset({"fma", "avx2"})) == "avx2"
+    assert prec.cpu_kind(frozenset()) == "other"
+    assert prec.cpu_kind() in {"amx", "avx512_bf16", "avx512", "avx2", "other"}
+
+
 def test_fp32_is_fp32_everywhere() -> None:
     assert prec.resolve(Precision.FP32, CPU) == torch.float32
 

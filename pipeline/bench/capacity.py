@@ -1,0 +1,180 @@
+"""The capacity suite: live streams when the model cannot keep up with them.
+
+One ``samstream serve`` on local Ray with real compute (random weights, one CPU encoder) follows
+K = 1, 2, 4, 8 live UDP feeds at ``fps`` in turn (:mod:`pipeline.bench.feeds`), each with one
+point track: far more frames than the encoder can take once K > 1 (on a CPU, already at K = 1).
+For each K, after a warm-up, it measures for ``seconds``, from the streams' entries in Redis:
+
+* the total published rate and each stream's (frames captured in the window);
+* capture-to-publish latency over all entries (p50, p99);
+* the service interval of K = 1: the median gap between its published frames.
+
+Targets (the live-latency issue's): for every K, p99 ≤ 2 × the service interval of K = 1 (latency
+stays about one frame's processing, whatever the number of streams), the slowest stream ≥ 0.8 ×
+its fair share of the total (total / K), and the total ≥ 0.9 × that of K = 1 (pacing costs no
+throughput). Each K is measured against K = 1 of the same run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import statistics
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pipeline.bench.density import Service, wait_publishing
+from pipeline.bench.report import Result
+from pipeline.errors import SamstreamError
+
+
+@dataclass
+class CapacityFigures:
+    """What one stream count gave."""
+
+    streams: int
+    seconds: float
+    rates: list[float] = field(default_factory=list)
+    latencies: list[float] = field(default_factory=list)
+    gaps: list[float] = field(default_factory=list)  # between one stream's published frames
+    failed: int = 0
+    detail: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def total(self) -> float:
+        return sum(self.rates)
+
+    def quantile(self, q: float) -> float:
+        values = sorted(self.latencies)
+        if not values:
+            return float("inf")
+        return values[min(len(values) - 1, int(q * (len(values) - 1) + 0.5))]
+
+
+def measure(
+    service: Service, streams: int, clip: Any, seconds: float, warmup: float, client: Any, keys: Any
+) -> CapacityFigures:
+    """``streams`` live feeds through the running ``service``, measured (see the module docstring)."""
+    from pipeline.bench.feeds import UdpFeeds, free_udp_ports
+    from pipeline.samples import object_centres
+
+    figures = CapacityFigures(streams, seconds)
+    x, y = (float(v) for v in object_centres(0, clip.width, clip.height)[0])
+    feeds = UdpFeeds(clip, free_udp_ports(streams)).start()
+    jobs = [f"capacity-{streams}-{i}" for i in range(streams)]
+    try:
+        with service.api() as api:
+            for job, url in zip(jobs, feeds.urls, strict=True):
+                body = {"source": url, "tracks": [{"id": 1, "points": [[x, y]]}], "job_id": job}
+                r = api.post("/streams", json=body)
+                if r.status_code != 201:
+                    raise SamstreamError(f"the API refused stream {job}: {r.status_code} {r.text[:200]}")
+        wait_publishing(client, keys, jobs, timeout=120 + 10 * streams, service=service)
+        time.sleep(warmup)
+        t0 = time.time()
+        time.sleep(seconds)
+        t1 = t0 + seconds
+        time.sleep(5.0)  # frames captured before t1 finish publishing
+        for job in jobs:
+            captured, published = [], []
+            entries: Any = client.xrange(keys.masks(job))
+            for _, f in entries:
+                c = float(f["capture_time"])
+                if t0 <= c < t1:
+                    captured.append(float(f["publish_time"]) - c)
+                    published.append(float(f["publish_time"]))
+            figures.rates.append(len(captured) / seconds)
+            figures.latencies += captured
+            figures.gaps += [b - a for a, b in itertools.pairwise(published)]
+            info: Any = client.hgetall(keys.job(job))
+            if info.get("status") == "failed":
+                figures.failed += 1
+        info = client.hgetall(keys.job(jobs[0]))
+        figures.detail = {
+            k: info.get(k) for k in ("requested_fps", "delivered_fps", "capacity_bound") if k in info
+        }
+    finally:
+        with service.api() as api:
+            for job in jobs:
+                with contextlib.suppress(Exception):
+                    api.delete(f"/streams/{job}")
+        feeds.stop()
+        _wait_ended(client, keys, jobs)
+    return figures
+
+
+def _wait_ended(client: Any, keys: Any, jobs: list[str], timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        states = [client.hget(keys.job(j), "status") for j in jobs]
+        if all(s not in ("queued", "running") for s in states):
+            return
+        time.sleep(0.5)
+
+
+def run_capacity(
+    counts: list[int], fps: float, seconds: float, warmup: float, image_size: int
+) -> list[Result]:
+    """Measure each stream count in turn on one service; the results against the targets."""
+    from pipeline.bench.feeds import TsClip
+    from pipeline.streams import EmbeddedRedis, Keys, connect
+
+    clip = TsClip.encode(frames=max(50, int(fps * 30)), fps=fps)
+    runs = []
+    with tempfile.TemporaryDirectory(prefix="samstream-capacity-") as tmp:
+        service = Service(Path(tmp), image_size, weights="random")
+        try:
+            service.wait_ready()
+            with EmbeddedRedis(Path(tmp) / "redis") as server:
+                client = connect(server.url)
+                for k in counts:
+                    print(f"bench: capacity: {k} streams at {fps:g} fps …", file=sys.stderr, flush=True)
+                    runs.append(measure(service, k, clip, seconds, warmup, client, Keys()))
+                client.close()
+        finally:
+            service.stop()
+    return capacity_results(runs, fps)
+
+
+def capacity_results(runs: list[CapacityFigures], fps: float) -> list[Result]:
+    """The table rows: each K against K = 1 (or the smallest K measured) of the same run."""
+    if not runs:
+        return []
+    base = runs[0]
+    interval = statistics.median(base.gaps) if base.gaps else float("inf")
+    out: list[Result] = [
+        Result(
+            "capacity",
+            f"K={base.streams}: service interval p50",
+            interval,
+            None,
+            "s",
+            None,
+            detail={"fps_per_stream": fps, "total_fps": base.total},
+        )
+    ]
+    for r in runs:
+        name = f"K={r.streams}"
+        share = r.total / r.streams if r.streams else 0.0
+        low = min(r.rates) if r.rates else 0.0
+        detail = {
+            "streams": r.streams,
+            "seconds": r.seconds,
+            "rates": [round(v, 3) for v in r.rates],
+            **r.detail,
+        }
+        out += [
+            Result("capacity", f"{name}: total published", r.total, base.total, "frames/s",
+                   r.total / base.total if base.total else 0.0, "higher", 0.9, detail=detail),
+            Result("capacity", f"{name}: slowest stream / fair share", low, share, "frames/s",
+                   low / share if share else 0.0, "higher", 0.8),
+            Result("capacity", f"{name}: latency p50", r.quantile(0.5), None, "s", None, "lower"),
+            Result("capacity", f"{name}: latency p99 / K=1 interval", r.quantile(0.99), interval, "s",
+                   r.quantile(0.99) / interval if interval else float("inf"), "lower", 2.0),
+            Result("capacity", f"{name}: jobs failed", r.failed, None, "jobs", None, "lower", 0.0),
+        ]  # fmt: skip
+    return out
