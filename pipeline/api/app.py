@@ -47,9 +47,10 @@ from pipeline.api.models import (
 from pipeline.api.viewer.routes import mount_static, page, viewer_router
 from pipeline.api.viewer.sessions import BearerAuth, Sessions
 from pipeline.errors import InvalidInputError, JobError, RedisUnavailableError
+from pipeline.jobs.admission import Demand, EncoderCapacity, admit
 from pipeline.sources.limits import DEFAULT_MAX_FRAME_PIXELS
 from pipeline.sources.policy import SourcePolicy
-from pipeline.spec import JobSpec
+from pipeline.spec import MAX_FPS, JobSpec
 from pipeline.streams import JobInfo, JobStatus, JobStore, Keys, MaskReader, read_events
 from pipeline.streams.control import Command, send
 from pipeline.streams.keys import JOB_ID, new_job_id
@@ -71,6 +72,9 @@ class Backend(Protocol):
         """Whether something is running the job now."""
 
 
+ADMISSIONS = ("none", "capacity")  # serve --admission
+
+
 @dataclass(frozen=True)
 class ApiSettings:
     """How the API behaves.
@@ -90,6 +94,10 @@ class ApiSettings:
         max_maxlen: the most masks entries a job or stream may ask to keep.
         max_frame_pixels: the most pixels of a frame (``--max-frame-pixels``; None: no limit),
             and so of a mask prompt, refused larger before it is read.
+        admission: ``none``, or ``capacity``: a live stream that would push a stream's fair
+            share of the encoders below ``min_stream_fps`` is refused with 429
+            (:mod:`pipeline.jobs.admission`).
+        min_stream_fps: the floor of a stream's fair share under ``capacity`` admission.
     """
 
     token: str
@@ -105,8 +113,18 @@ class ApiSettings:
     max_keep_s: int | None = DEFAULT_KEEP_S
     max_maxlen: int = MAX_MAXLEN
     max_frame_pixels: int | None = DEFAULT_MAX_FRAME_PIXELS
+    admission: str = "none"
+    min_stream_fps: float = 1.0
 
     def __post_init__(self) -> None:
+        if self.admission not in ADMISSIONS:
+            raise InvalidInputError(
+                f"--admission must be one of {', '.join(ADMISSIONS)}, got {self.admission!r}"
+            )
+        if not 0 < self.min_stream_fps <= MAX_FPS:
+            raise InvalidInputError(
+                f"--min-stream-fps must be > 0 and <= {MAX_FPS:g}, got {self.min_stream_fps}"
+            )
         if not self.token:
             raise InvalidInputError("the API needs a token (--token or SAMSTREAM_API_TOKEN)")
         if self.max_jobs < 1:
@@ -296,6 +314,21 @@ def create_app(settings: ApiSettings, client: redis.Redis, backend: Backend) -> 
             where = ["tracking"] if "tracking" in text else ["tracks"] if "track" in text else []
             raise HttpError(422, [invalid(where, exc)]) from None
 
+    def admit_stream(spec: JobSpec) -> None:
+        """429 if this stream would push a stream's fair share below the floor (``capacity``)."""
+        measured = store.capacity()
+        capacity = None if measured is None else EncoderCapacity(*measured)
+        running = []
+        for info in store.list():
+            if info.spec.get("live") and info.status in (JobStatus.QUEUED, JobStatus.RUNNING):
+                other = JobSpec.from_dict(info.spec)
+                caps = [c for c in (other.max_fps, info.requested_fps) if c]
+                running.append(Demand(other.weight, other.image_size, min(caps) if caps else None))
+        new = Demand(spec.weight, spec.image_size, spec.max_fps)
+        refusal = admit(new, running, capacity, settings.min_stream_fps)
+        if refusal is not None:
+            raise HttpError(429, refusal.message(), {"Retry-After": str(RETRY_AFTER_S)})
+
     def add_routes(kind: str, live: bool) -> None:
         one = "stream" if live else "job"
         path_id = Path(pattern=JOB_ID, description=f"the {one}'s id")
@@ -326,6 +359,8 @@ def create_app(settings: ApiSettings, client: redis.Redis, backend: Backend) -> 
                         f"takes (--max-jobs {settings.max_jobs}); try again when one has ended",
                         {"Retry-After": str(RETRY_AFTER_S)},
                     )
+                if live and settings.admission == "capacity":
+                    admit_stream(spec)
                 try:
                     store.create(job_id, spec.to_dict(), keep_s=keep_s)
                 except JobError:

@@ -551,6 +551,20 @@ def build_parser() -> argparse.ArgumentParser:
         help="jobs and streams queued or running at once; more are refused with 429 (256)",
     )
     lim.add_argument(
+        "--admission",
+        choices=("none", "capacity"),
+        default="none",
+        help="capacity: a live stream that would push a stream's fair share of the encoders below "
+        "--min-stream-fps is refused with 429 naming the capacity and the share (none)",
+    )
+    lim.add_argument(
+        "--min-stream-fps",
+        type=float,
+        default=1.0,
+        metavar="FPS",
+        help="the least fair share a stream keeps under --admission capacity (1.0)",
+    )
+    lim.add_argument(
         "--max-tracks",
         type=int,
         default=64,

@@ -88,6 +88,8 @@ def serve(args: argparse.Namespace) -> int:
         max_keep_s=max_keep_s,
         max_maxlen=args.max_maxlen,
         max_frame_pixels=media.max_frame_pixels,
+        admission=args.admission,
+        min_stream_fps=args.min_stream_fps,
     )
     metrics_host = args.metrics_host or args.host
     from workers.pool import PoolConfig

@@ -389,10 +389,14 @@ class JobDriver:
             self._drops_at = now
             self._write_drops()
             self._write_rates(now)
+            measured: dict[int, float] = {}
             for size in {j.source.image_size for j in self.jobs.values()}:
                 fps = self.pacer.capacity(size)
                 if math.isfinite(fps):
                     self.metrics.encoder_capacity(size, fps)
+                    measured[size] = fps
+            if measured:
+                self._write_capacity(measured)
             busy = {g.decoder for g in self._decoding.values()}
             self.placement.retire_idle(now, set(self._reads), busy)
             in_flight = sum(j.in_flight for j in self.jobs.values())
@@ -766,6 +770,13 @@ class JobDriver:
             self.events(job_id, kind, detail)
         except SamstreamError as exc:
             log.warning("job %s: writing its %s event: %s", job_id, kind, exc)
+
+    def _write_capacity(self, fps: dict[int, float]) -> None:
+        """What the encoders take, for admission (:mod:`pipeline.jobs.admission`)."""
+        try:
+            self.lifecycle.store.record_capacity(fps, can_grow=self.transport.encoder_slots()[1])
+        except (SamstreamError, JobError) as exc:
+            log.warning("recording the encoders' capacity: %s", exc)
 
     def _write_rates(self, now: float) -> None:
         """Each live job's requested and delivered rates, and whether the encoders bound it, to its

@@ -411,6 +411,35 @@ class JobStore:
         with redis_errors("recording drops"):
             pipe.execute()
 
+    def record_capacity(self, fps: Mapping[int, float], can_grow: bool, ttl_s: int = 30) -> None:
+        """What the encoders take at each image size (frames a second), and whether the pool may
+        grow: read by admission (:mod:`pipeline.jobs.admission`); gone ``ttl_s`` after the last write."""
+        key = self._keys.encoder_capacity()
+        mapping: dict[Any, Any] = {str(size): repr(float(v)) for size, v in fps.items()}
+        mapping["grow"] = "1" if can_grow else "0"
+        with redis_errors("recording the encoders' capacity"):
+            pipe = self._client.pipeline(transaction=True)
+            pipe.delete(key)
+            pipe.hset(key, mapping=mapping)
+            pipe.expire(key, ttl_s)
+            pipe.execute()
+
+    def capacity(self) -> tuple[dict[int, float], bool] | None:
+        """The encoders' capacity as last recorded (None: none recorded lately)."""
+        with redis_errors("reading the encoders' capacity"):
+            raw: Any = self._client.hgetall(self._keys.encoder_capacity())
+        if not raw:
+            return None
+        fields = {as_text(k): as_text(v) for k, v in raw.items()}
+        fps: dict[int, float] = {}
+        for name, value in fields.items():
+            try:
+                if name != "grow" and float(value) > 0:
+                    fps[int(name)] = float(value)
+            except ValueError:
+                continue
+        return fps, fields.get("grow") == "1"
+
     def record_fields_many(self, fields: Mapping[str, Mapping[str, str]]) -> None:
         """Write the given fields of many jobs' hashes in one round trip (jobs gone are skipped):
         what the driver measures of live jobs (their rates)."""

@@ -108,6 +108,12 @@ class Keys:
         ``{prefix}viewer:login-failures:{address}``."""
         return f"{self.prefix}viewer:login-failures:{address}"
 
+    def encoder_capacity(self) -> str:
+        """Hash the driver writes about once a second, expiring when it stops: frames a second the
+        encoders take at each image size (field: the size) and ``grow`` (1: the pool may grow):
+        ``{prefix}encoder-capacity``."""
+        return f"{self.prefix}encoder-capacity"
+
     def jobs_index(self) -> str:
         """Sorted set of every job id, scored by creation time (epoch s): ``{prefix}jobs``."""
         return f"{self.prefix}jobs"

@@ -56,6 +56,38 @@ def test_jobs_and_streams_over_the_limit_are_429_with_retry_after(
     assert api.post("/jobs", json=JOB).status_code == 201
 
 
+def test_admission_by_capacity_refuses_a_stream_that_would_starve_the_others(
+    settings: ApiSettings, redis_client: redis.Redis, backend: RecordingBackend, prefix: str
+) -> None:
+    api = _api(settings, redis_client, backend, admission="capacity", min_stream_fps=2.0)
+    store = JobStore(redis_client, Keys(prefix))
+    assert api.post("/streams", json=STREAM).status_code == 201  # nothing measured yet: admitted
+    store.record_capacity({512: 6.0}, can_grow=False)  # as the driver writes it
+    assert 0 < redis_client.ttl(Keys(prefix).encoder_capacity()) <= 30  # gone if the driver stops
+    assert api.post("/streams", json=STREAM).status_code == 201
+    assert api.post("/streams", json=STREAM).status_code == 201  # three streams: 2 fps each
+    r = api.post("/streams", json={**STREAM, "job_id": "fourth"})
+    assert r.status_code == 429, r.text
+    detail = r.json()["detail"]
+    assert "6.00 frames a second at 512 px" in detail and "1.50 fps" in detail, detail
+    assert "--min-stream-fps" in detail and r.headers["retry-after"] == "30"
+    assert api.get("/streams/fourth").status_code == 404  # not created, not started
+    assert len(backend.submitted) == 3
+    # even a stream that asks little would take from the three at the floor
+    assert api.post("/streams", json={**STREAM, "max_fps": 0.5}).status_code == 429
+    store.set_status(api.get("/streams").json()["items"][0]["id"], JobStatus.SUCCEEDED)
+    assert api.post("/streams", json={**STREAM, "max_fps": 0.5}).status_code == 201  # room again
+    # file jobs are not live streams: admission does not apply to them
+    assert api.post("/jobs", json=JOB).status_code == 201
+    # a pool that can grow admits: the demand is the autoscaler's
+    store.record_capacity({512: 6.0}, can_grow=True)
+    assert api.post("/streams", json=STREAM).status_code == 201
+    # a service without admission never asks
+    store.record_capacity({512: 0.1}, can_grow=False)
+    plain = _api(settings, redis_client, backend)
+    assert plain.post("/streams", json=STREAM).status_code == 201
+
+
 def test_finished_jobs_do_not_count(
     settings: ApiSettings, redis_client: redis.Redis, backend: RecordingBackend, prefix: str
 ) -> None:
@@ -249,6 +281,8 @@ def test_an_unauthenticated_body_is_401_whatever_its_size(
             {"image_sizes": (256, 512), "image_size": 1024},
             "--image-size 1024 must be one of --image-sizes 256,512",
         ),
+        ({"admission": "first-come"}, "--admission must be one of none, capacity"),
+        ({"min_stream_fps": 0}, "--min-stream-fps must be > 0"),
     ],
 )
 def test_bad_limits_are_refused_naming_the_option(limits: dict[str, Any], says: str) -> None:

@@ -15,6 +15,7 @@ def test_limits_have_their_documented_defaults() -> None:
     assert (args.max_jobs, args.max_tracks, args.max_body_kb) == (256, 64, 256)
     assert _sizes(args.image_sizes) == (256, 512, 1024)
     assert args.metrics_host is None  # serve then uses --host
+    assert (args.admission, args.min_stream_fps) == ("none", 1.0)
 
 
 def test_limits_are_given_on_the_command_line() -> None:
@@ -29,8 +30,9 @@ def test_limits_are_given_on_the_command_line() -> None:
         "--max-body-kb",
         "16",
     ]
-    argv += ["--metrics-host", "10.0.0.5"]
+    argv += ["--metrics-host", "10.0.0.5", "--admission", "capacity", "--min-stream-fps", "2.5"]
     args = build_parser().parse_args(argv)
+    assert (args.admission, args.min_stream_fps) == ("capacity", 2.5)
     assert (args.max_jobs, args.max_tracks, args.max_body_kb, args.metrics_host) == (8, 4, 16, "10.0.0.5")
     assert _sizes(args.image_sizes) == (512, 1024)
 

@@ -109,7 +109,10 @@ def test_a_streams_rates_are_in_its_record(rig) -> None:
     jobs = feeds(r, 3)
     run_for(r, 3.0)
     infos = [r.store.get(j) for j in jobs]
+    capacity = r.store.capacity()  # what admission reads: 1 / COST frames a second at 256
     stop_all(r, jobs)
+    assert capacity is not None and set(capacity[0]) == {256} and capacity[1] is False
+    assert 12.0 <= capacity[0][256] <= 25.0, capacity
     for info in infos:
         assert info.requested_fps == 30.0
         assert info.delivered_fps is not None and 2.0 <= info.delivered_fps <= 12.0, info.delivered_fps
