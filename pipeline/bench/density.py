@@ -107,10 +107,12 @@ class Service:
             "--allow-hosts", "127.0.0.1",  # the feeds are sent on loopback, which serve refuses by default
             "--encoder-gpus", "0", "--encoder-cpus", "1", "--min-encoders", "1", "--max-encoders", "1",
             "--idle-s", "3600", "--port", str(self.port), "--metrics-port", "0", "--data-dir", str(folder),
-            "--token", self.token, *extra,
+            *extra,
         ]  # fmt: skip
         self.log = open(folder / "serve.log", "wb")  # noqa: SIM115 (the process writes to it)
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        # The token by the environment: a token that starts with "-" is not an option's value, and a
+        # command line shows in every process list.
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", "SAMSTREAM_API_TOKEN": self.token}
         self.proc = subprocess.Popen(
             args, stdout=self.log, stderr=subprocess.STDOUT, env=env, start_new_session=True
         )

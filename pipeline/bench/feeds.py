@@ -105,7 +105,8 @@ class UdpFeeds:
 
     def stop(self) -> None:
         self._stop.set()
-        self._thread.join(timeout=5)
+        if self._thread.ident is not None:  # started
+            self._thread.join(timeout=5)
         self._sock.close()
 
 
