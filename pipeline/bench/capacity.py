@@ -27,9 +27,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pipeline.bench.density import Service, wait_publishing
+from pipeline.bench.density import Service, submit_streams, wait_publishing
 from pipeline.bench.report import Result
-from pipeline.errors import SamstreamError
 
 
 @dataclass
@@ -67,12 +66,7 @@ def measure(
     feeds = UdpFeeds(clip, free_udp_ports(streams)).start()
     jobs = [f"capacity-{streams}-{i}" for i in range(streams)]
     try:
-        with service.api() as api:
-            for job, url in zip(jobs, feeds.urls, strict=True):
-                body = {"source": url, "tracks": [{"id": 1, "points": [[x, y]]}], "job_id": job}
-                r = api.post("/streams", json=body)
-                if r.status_code != 201:
-                    raise SamstreamError(f"the API refused stream {job}: {r.status_code} {r.text[:200]}")
+        submit_streams(service, jobs, feeds.urls, (x, y))
         wait_publishing(client, keys, jobs, timeout=120 + 10 * streams, service=service)
         time.sleep(warmup)
         t0 = time.time()

@@ -177,12 +177,7 @@ def measure(
             service.wait_ready()
             feeds.start()
             jobs = [f"density-{streams}-{i}" for i in range(streams)]
-            with service.api() as api:
-                for job, url in zip(jobs, feeds.urls, strict=True):
-                    body = {"source": url, "tracks": [{"id": 1, "points": [[x, y]]}], "job_id": job}
-                    r = api.post("/streams", json=body)
-                    if r.status_code != 201:
-                        raise SamstreamError(f"the API refused stream {job}: {r.status_code} {r.text[:200]}")
+            submit_streams(service, jobs, feeds.urls, (x, y))
             with EmbeddedRedis(Path(tmp) / "redis") as server:
                 client = connect(server.url)
                 keys = Keys()
@@ -230,6 +225,16 @@ def dropped(client: Any, keys: Any, jobs: list[str]) -> list[int]:
     for job in jobs:
         pipe.hget(keys.job(job), "dropped")
     return [int(v or 0) for v in pipe.execute()]
+
+
+def submit_streams(service: Service, jobs: list[str], urls: list[str], point: tuple[float, float]) -> None:
+    """Each feed as a live stream of the running ``service``, one point track on ``point``."""
+    with service.api() as api:
+        for job, url in zip(jobs, urls, strict=True):
+            body = {"source": url, "tracks": [{"id": 1, "points": [list(point)]}], "job_id": job}
+            r = api.post("/streams", json=body)
+            if r.status_code != 201:
+                raise SamstreamError(f"the API refused stream {job}: {r.status_code} {r.text[:200]}")
 
 
 def wait_publishing(client: Any, keys: Any, jobs: list[str], timeout: float, service: Service) -> None:
