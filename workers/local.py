@@ -160,6 +160,15 @@ def run_local(spec: JobSpec, model: ModelConfig, run: LocalRun, out: TextIO = sy
     """
     job_id = run.job_id or new_job_id()
     err = sys.stderr
+    metrics = PrometheusMetrics()
+    if run.metrics_port is not None:  # bound before Ray starts: Ray's processes take free ports
+        try:
+            metrics.serve(run.metrics_port)
+        except OSError as exc:
+            raise InvalidInputError(
+                f"--metrics-port {run.metrics_port} is not free ({exc.strerror}): another process "
+                "listens there; stop it or pick another --metrics-port"
+            ) from None
     with InterruptOnSignals() as signals, ExitStack() as stack:
         # Ray takes seconds to start: it starts now, while Redis starts and the source is probed.
         ray_ready = _RayStart(stack, detach=run.detach)
@@ -187,9 +196,6 @@ def run_local(spec: JobSpec, model: ModelConfig, run: LocalRun, out: TextIO = sy
             print(f"samstream: error: job {job_id} failed: {exc}", file=err)
             return 1
 
-        metrics = PrometheusMetrics()
-        if run.metrics_port is not None:
-            metrics.serve(run.metrics_port)
         if model.weights is not Weights.OFFICIAL:
             print(f"samstream: WARNING: {_notice(model)}", file=err)
         size = f"{source_info.width}x{source_info.height}, " if source_info is not None else "live, "

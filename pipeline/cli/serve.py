@@ -29,22 +29,27 @@ def _sizes(text: str) -> tuple[int, ...]:
         raise InvalidInputError(f"--image-sizes must be a list like 256,512,1024, got {text!r}") from None
 
 
-def _check_free(host: str, port: int, what: str) -> None:
-    """Refuse now, in one line, a port that another process holds (not after Ray has started)."""
+def _listen(host: str, port: int, what: str) -> socket.socket:
+    """Hold ``port`` from now on, or refuse it in one line. The API's socket is bound before Ray
+    starts: Ray's own processes take free ports as they start, and a port only checked as free could
+    be theirs by the time the API binds it."""
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
     except socket.gaierror as exc:
         raise InvalidInputError(f"cannot listen on {host!r} for {what}: {exc.strerror}") from None
     family, kind, proto, _, address = infos[0]
-    with socket.socket(family, kind, proto) as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn and prometheus do
-        try:
-            s.bind(address)
-        except OSError as exc:
-            raise InvalidInputError(
-                f"{what} {port} on {host} is not free ({exc.strerror}): another process listens there; "
-                f"stop it or pick another {what}"
-            ) from None
+    sock = socket.socket(family, kind, proto)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn and prometheus do
+    try:
+        sock.bind(address)
+        sock.listen(2048)  # uvicorn's default backlog
+    except OSError as exc:
+        sock.close()
+        raise InvalidInputError(
+            f"{what} {port} on {host} is not free ({exc.strerror}): another process listens there; "
+            f"stop it or pick another {what}"
+        ) from None
+    return sock
 
 
 def _require_shared_redis(address: str | None, redis_url: str | None) -> None:
@@ -127,9 +132,6 @@ def serve(args: argparse.Namespace) -> int:
         raise InvalidInputError(f"--source-hosts must be >= 1, got {source_hosts}")
     redis_url = args.redis_url or os.environ.get("SAMSTREAM_REDIS_URL")
     _require_shared_redis(args.address, redis_url)
-    _check_free(args.host, args.port, "--port")
-    if args.metrics_port:
-        _check_free(metrics_host, args.metrics_port, "--metrics-port")
     if model.weights.value == "official":
         from pipeline.model.weights import resolve_checkpoint
 
@@ -151,8 +153,21 @@ def serve(args: argparse.Namespace) -> int:
     # SIGINT or SIGTERM to this process alone (docker stop, systemd) ends it as Ctrl-C does: the API
     # stops, jobs on a cluster (--address) go on, a local Ray and the embedded Redis are shut down.
     with InterruptOnSignals() as signals, contextlib.ExitStack() as stack:
+        api_socket = stack.enter_context(_listen(args.host, args.port, "--port"))
+        held = (
+            stack.enter_context(_listen(metrics_host, args.metrics_port, "--metrics-port"))
+            if args.metrics_port
+            else None
+        )
         url = open_redis(stack, redis_url, Path(args.data_dir) / "redis")
         client = connect(url)
+        store = JobStore(client, Keys(args.prefix))
+        if held is not None:  # the metrics server binds it again at once, still before Ray starts
+            held.close()
+            try:
+                serve_metrics(store, args.metrics_port, metrics_host)
+            except OSError as exc:
+                raise InvalidInputError(f"--metrics-port {args.metrics_port}: {exc.strerror}") from None
         connect_ray(args.address)
         signals.reassert()  # ray.init sets a SIGTERM handler that exits at once
         stack.callback(_disconnect_ray)
@@ -179,7 +194,6 @@ def serve(args: argparse.Namespace) -> int:
                 redis_retry_s=args.redis_retry_s,
             )
         )
-        store = JobStore(client, Keys(args.prefix))
         resumed = recover(store, backend)
         if resumed:
             print(f"samstream serve: resumed {len(resumed)} unfinished jobs: {', '.join(resumed)}", file=err)
@@ -187,11 +201,6 @@ def serve(args: argparse.Namespace) -> int:
         reconciler = Reconciler(store, backend, every_s=backend.config.reconcile_s)
         reconciler.start()
         stack.callback(reconciler.stop)
-        if args.metrics_port:
-            try:
-                serve_metrics(store, args.metrics_port, metrics_host)
-            except OSError as exc:  # taken since the check above
-                raise InvalidInputError(f"--metrics-port {args.metrics_port}: {exc.strerror}") from None
         app = create_app(settings, client, backend)
         print(
             f"samstream serve: API on http://{args.host}:{args.port} (OpenAPI at /openapi.json), "
@@ -205,8 +214,12 @@ def serve(args: argparse.Namespace) -> int:
             print(f"samstream serve: no --token given; this run's token is: {token}", file=err)
         err.flush()
         # uvicorn takes SIGINT and SIGTERM while it runs, and raises the one taken again once stopped
+        server = uvicorn.Server(uvicorn.Config(app, host=args.host, port=args.port, log_level="warning"))
         with contextlib.suppress(KeyboardInterrupt):
-            uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+            server.run(sockets=[api_socket])
+        if not server.started and signals.signum is None:
+            print("samstream serve: the API did not start (uvicorn's log above says why)", file=err)
+            return 1
         if signals.signum is None:
             return 0
         print(f"samstream serve: stopped ({signal.Signals(signals.signum).name})", file=err)

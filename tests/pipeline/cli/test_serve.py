@@ -54,3 +54,17 @@ def test_a_busy_port_is_one_line(taken: int, option: str, tmp_path: Path) -> Non
     assert line.startswith(f"samstream: error: {option} {taken} on 127.0.0.1 is not free"), line
     assert f"pick another {option}" in line
     assert not (tmp_path / "redis").exists()
+
+
+def test_run_refuses_a_busy_metrics_port_before_ray_or_redis(taken: int, tmp_path: Path) -> None:
+    """``run`` binds its metrics port first: Ray's processes, started next, take free ports, and a
+    port checked late could be theirs by then."""
+    clean = {k: v for k, v in os.environ.items() if k not in ("SAMSTREAM_REDIS_URL", "RAY_ADDRESS")}
+    res = subprocess.run(
+        [EXE, "run", "--weights", "null", "--metrics-port", str(taken), "--data-dir", str(tmp_path),
+         "--point", "1,1", str(tmp_path / "clip.mp4")],
+        capture_output=True, text=True, timeout=60, env=clean,
+    )  # fmt: skip
+    line = one_line(res)
+    assert line.startswith(f"samstream: error: --metrics-port {taken} is not free"), line
+    assert not (tmp_path / "redis").exists()
