@@ -80,6 +80,7 @@ class FrameSummary:
     publish_time: float
     active_tracks: int
     timings: dict[str, float] = field(default_factory=dict)
+    image_size: int = 0  # the size it was encoded at (0: not said)
 
 
 @dataclass
@@ -122,6 +123,10 @@ class TrackDecoder:
         resume: how far the job got; None asks the sink.
         owned: for a job split over several decoders, which track ids this one follows (it
             keeps only those of a restored checkpoint, which holds every track of the job).
+        image_size: the encoder size ``segmenter`` decodes for (0: not said).
+        segmenters: the segmenter of another encoder size (an adaptive stream's frames move
+            between sizes: a frame of another size switches the tracker to that size's model,
+            its tracks carried over); None: every frame is ``segmenter``'s.
     """
 
     def __init__(
@@ -136,6 +141,8 @@ class TrackDecoder:
         live: bool = False,
         resume: ResumePoint | None = None,
         owned: Callable[[int], bool] | None = None,
+        image_size: int = 0,
+        segmenters: Callable[[int], Segmenter] | None = None,
     ) -> None:
         if checkpoint_every < 1:
             raise InvalidInputError(f"checkpoint_every must be >= 1, got {checkpoint_every}")
@@ -143,10 +150,13 @@ class TrackDecoder:
             raise InvalidInputError(f"stride must be >= 1, got {stride}")
         self.sink = sink
         self.segmenter = segmenter
+        self.size = image_size
+        self.segmenters = segmenters
         self.tracker = Tracker(segmenter, config)
         resume = sink.resume_point() if resume is None else resume
         if resume.snapshot is not None:
             self.tracker.restore(resume.snapshot)
+            self.tracker.use(segmenter)  # a checkpoint of an adaptive stream may be of another size
             if owned is not None:
                 self.tracker.keep_only(owned)
         else:
@@ -212,6 +222,10 @@ class TrackDecoder:
         in an ``error`` event (once: not again when replaying), and the others go on.
         """
         timings = dict(frame.timings)
+        if frame.image_size and frame.image_size != self.size and self.segmenters is not None:
+            self.segmenter = self.segmenters(frame.image_size)
+            self.tracker.use(self.segmenter)
+            self.size = frame.image_size
         if not self.live and not self._in_order(frame.index):
             return Step(frame, Action.SKIP, None, timings)
         action = self.resume.action(frame.index)
@@ -266,7 +280,15 @@ class TrackDecoder:
         )
         height, width = frame.original_size
         result = FrameResult(
-            frame.index, frame.pts, frame.capture_time, width, height, tracks, timings, frame.preview
+            frame.index,
+            frame.pts,
+            frame.capture_time,
+            width,
+            height,
+            tracks,
+            timings,
+            frame.preview,
+            frame.image_size or self.size,
         )
         checkpoint = self.since_checkpoint is None or self.since_checkpoint + 1 >= self.every
         snapshot = self.tracker.snapshot(binary=True) if checkpoint else None
@@ -292,7 +314,11 @@ class TrackDecoder:
         flags = iter(published)
         for p in prepared:
             if p.result is None:
-                out.append(FrameSummary(p.frame.index, False, p.frame.capture_time, now, 0, p.timings))
+                out.append(
+                    FrameSummary(
+                        p.frame.index, False, p.frame.capture_time, now, 0, p.timings, p.frame.image_size
+                    )
+                )
                 continue
             for e in p.events:
                 self.sink.event(
@@ -304,6 +330,14 @@ class TrackDecoder:
                 )
             p.timings["publish"] = per_frame
             out.append(
-                FrameSummary(p.frame.index, next(flags), p.frame.capture_time, now, p.active, p.timings)
+                FrameSummary(
+                    p.frame.index,
+                    next(flags),
+                    p.frame.capture_time,
+                    now,
+                    p.active,
+                    p.timings,
+                    p.frame.image_size,
+                )
             )
         return out

@@ -50,6 +50,7 @@ class FrameEncoder:
                 {**f.timings, "encode": took, "encode_batch": float(len(frames))},
                 f.job_id,
                 preview=f.preview,
+                image_size=f.image_size,
             )
             for f, emb in zip(frames, embeddings, strict=True)
         ]

@@ -107,6 +107,7 @@ class EncodedFrame:
         timings: seconds spent per stage so far (``decode``, ``preprocess``, ``encode``).
         error: why the encoder could not encode the frame (``embedding`` is None then): the
             frame's job fails with it, the other jobs of the same call go on.
+        image_size: the encoder size S it was encoded at (0: not said; the job's).
     """
 
     index: int
@@ -118,6 +119,7 @@ class EncodedFrame:
     job_id: str = ""
     error: str | None = None
     preview: Preview | None = None
+    image_size: int = 0
 
 
 @dataclass(frozen=True)
@@ -142,7 +144,8 @@ class TrackMask:
 @dataclass(frozen=True)
 class FrameResult:
     """Everything published for one processed frame (one entry of the masks stream, and its
-    preview's entry when it has one)."""
+    preview's entry when it has one); ``image_size`` is the encoder size its masks were made at
+    (None: not said)."""
 
     frame_index: int
     pts: float | None
@@ -152,3 +155,4 @@ class FrameResult:
     tracks: tuple[TrackMask, ...] = field(default_factory=tuple)
     timings: dict[str, float] = field(default_factory=dict)
     preview: Preview | None = None
+    image_size: int | None = None

@@ -15,6 +15,35 @@ MAX_FPS = 1000.0  # a live feed's largest max_fps
 
 
 @dataclass(frozen=True)
+class AutoSize:
+    """A live stream's ``image_size: auto`` (see :mod:`pipeline.jobs.sizing`).
+
+    Attributes:
+        sizes: the sizes it may be encoded at, ascending (the job's ``image_size`` is where it starts).
+        target_fps: the rate it wants (None: its feed's rate, up to its ``max_fps``).
+    """
+
+    sizes: tuple[int, ...]
+    target_fps: float | None = None
+
+    def __post_init__(self) -> None:
+        if not self.sizes or list(self.sizes) != sorted(set(self.sizes)) or self.sizes[0] < 16:
+            raise InvalidInputError(
+                f"auto sizes must be distinct, ascending and >= 16, got {list(self.sizes)}"
+            )
+        if self.target_fps is not None and not (0 < self.target_fps <= MAX_FPS):
+            raise InvalidInputError(f"target_fps must be > 0 and <= {MAX_FPS:g}, got {self.target_fps}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"sizes": list(self.sizes), "target_fps": self.target_fps}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> AutoSize:
+        target = data.get("target_fps")
+        return cls(tuple(int(s) for s in data["sizes"]), None if target is None else float(target))
+
+
+@dataclass(frozen=True)
 class JobSpec:
     """A video job.
 
@@ -31,6 +60,8 @@ class JobSpec:
         weight: a live feed's share of the encoders beside other live feeds' when they cannot
             take every frame (1: an even share).
         max_fps: a live feed's most frames a second (None: as many as its share allows).
+        auto_size: a live feed's adaptive size (``image_size`` is where it starts), or None: every
+            frame at ``image_size``.
         extra: free data kept with the spec.
     """
 
@@ -45,6 +76,7 @@ class JobSpec:
     tracking: dict[str, Any] = field(default_factory=dict)
     weight: float = 1.0
     max_fps: float | None = None
+    auto_size: AutoSize | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -65,6 +97,15 @@ class JobSpec:
             raise InvalidInputError(f"weight must be > 0 and <= {MAX_WEIGHT:g}, got {self.weight}")
         if self.max_fps is not None and not (0 < self.max_fps <= MAX_FPS):
             raise InvalidInputError(f"max_fps must be > 0 and <= {MAX_FPS:g}, got {self.max_fps}")
+        if self.auto_size is not None:
+            if not self.live:
+                raise InvalidInputError(
+                    "image_size auto is for live streams (a file's every frame is encoded)"
+                )
+            if self.image_size not in self.auto_size.sizes:
+                raise InvalidInputError(
+                    f"an auto stream starts at one of its sizes {list(self.auto_size.sizes)}, got {self.image_size}"
+                )
         self.tracking_config()  # validates
 
     def tracking_config(self) -> TrackingConfig:
@@ -87,6 +128,7 @@ class JobSpec:
             **({"tracking": self.tracking} if self.tracking else {}),
             **({"weight": self.weight} if self.weight != 1.0 else {}),
             **({"max_fps": self.max_fps} if self.max_fps is not None else {}),
+            **({"auto_size": self.auto_size.to_dict()} if self.auto_size is not None else {}),
             **({"extra": self.extra} if self.extra else {}),
         }
 
@@ -105,6 +147,7 @@ class JobSpec:
                 tracking=dict(data.get("tracking") or {}),
                 weight=float(data.get("weight", 1.0)),
                 max_fps=None if data.get("max_fps") is None else float(data["max_fps"]),
+                auto_size=None if data.get("auto_size") is None else AutoSize.from_dict(data["auto_size"]),
                 extra=dict(data.get("extra") or {}),
             )
         except (KeyError, TypeError, ValueError) as exc:

@@ -16,6 +16,7 @@ answer, not the others'.
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from collections import deque
@@ -192,6 +193,8 @@ class TrackerHost:
                 stride=setup.stride,
                 live=setup.live,
                 owned=None if setup.role == WHOLE else setup.owns,
+                image_size=setup.image_size,
+                segmenters=functools.partial(self._segmenter, tracks=len(setup.tracks)),
             )
             self._decoders[job_id] = decoder
             self._sinks[job_id] = sink

@@ -160,6 +160,7 @@ class EncoderReplica:
                         dict(f.timings),
                         f.job_id,
                         error,
+                        image_size=f.image_size,
                     )
                     for f in frames
                 ]

@@ -50,7 +50,7 @@ from pipeline.errors import InvalidInputError, JobError, RedisUnavailableError
 from pipeline.jobs.admission import Demand, EncoderCapacity, admit
 from pipeline.sources.limits import DEFAULT_MAX_FRAME_PIXELS
 from pipeline.sources.policy import SourcePolicy
-from pipeline.spec import MAX_FPS, JobSpec
+from pipeline.spec import MAX_FPS, AutoSize, JobSpec
 from pipeline.streams import JobInfo, JobStatus, JobStore, Keys, MaskReader, read_events
 from pipeline.streams.control import Command, send
 from pipeline.streams.keys import JOB_ID, new_job_id
@@ -270,7 +270,7 @@ def create_app(settings: ApiSettings, client: redis.Redis, backend: Backend) -> 
 
     def check_limits(body: JobBody) -> None:
         """The service's own limits on a job's spec (the models hold only the absolute ones)."""
-        if body.image_size is not None and body.image_size not in settings.image_sizes:
+        if isinstance(body.image_size, int) and body.image_size not in settings.image_sizes:
             allowed = ", ".join(map(str, settings.image_sizes))
             msg = f"image_size must be one of {allowed} (this service's sizes), got {body.image_size}"
             raise HttpError(422, [invalid(["image_size"], msg)])
@@ -278,8 +278,19 @@ def create_app(settings: ApiSettings, client: redis.Redis, backend: Backend) -> 
             msg = f"a job has at most {settings.max_tracks} tracks on this service, got {len(body.tracks)}"
             raise HttpError(422, [invalid(["tracks"], msg)])
 
+    def auto_of(body: JobBody, live: bool) -> AutoSize | None:
+        if body.image_size != "auto":
+            if body.target_fps is not None:
+                raise HttpError(422, [invalid(["target_fps"], 'target_fps goes with image_size "auto"')])
+            return None
+        if not live:
+            msg = 'image_size "auto" is for streams: a job encodes every frame at one size'
+            raise HttpError(422, [invalid(["image_size"], msg)])
+        return AutoSize(tuple(sorted(settings.image_sizes)), body.target_fps)
+
     def spec_of(body: JobBody, live: bool) -> JobSpec:
         check_limits(body)
+        auto = auto_of(body, live)
         try:
             source = settings.policy.check(body.source)
             _check_kind(source, live)
@@ -300,7 +311,7 @@ def create_app(settings: ApiSettings, client: redis.Redis, backend: Backend) -> 
                 source=source,
                 tracks=tuple(tracks),
                 stride=body.stride,
-                image_size=body.image_size or settings.image_size,
+                image_size=body.image_size if isinstance(body.image_size, int) else settings.image_size,
                 weights=settings.weights,
                 live=live,
                 maxlen=maxlen,
@@ -308,6 +319,7 @@ def create_app(settings: ApiSettings, client: redis.Redis, backend: Backend) -> 
                 tracking=dict(body.tracking),
                 weight=body.weight,
                 max_fps=body.max_fps,
+                auto_size=auto,
             )
         except InvalidInputError as exc:
             text = str(exc)
@@ -323,8 +335,8 @@ def create_app(settings: ApiSettings, client: redis.Redis, backend: Backend) -> 
             if info.spec.get("live") and info.status in (JobStatus.QUEUED, JobStatus.RUNNING):
                 other = JobSpec.from_dict(info.spec)
                 caps = [c for c in (other.max_fps, info.requested_fps) if c]
-                running.append(Demand(other.weight, other.image_size, min(caps) if caps else None))
-        new = Demand(spec.weight, spec.image_size, spec.max_fps)
+                running.append(Demand(other.weight, _least_size(other), min(caps) if caps else None))
+        new = Demand(spec.weight, _least_size(spec), spec.max_fps)
         refusal = admit(new, running, capacity, settings.min_stream_fps)
         if refusal is not None:
             raise HttpError(429, refusal.message(), {"Retry-After": str(RETRY_AFTER_S)})
@@ -595,3 +607,9 @@ def recover(store: JobStore, backend: Backend) -> list[str]:
             backend.submit(info.job_id)
             resumed.append(info.job_id)
     return resumed
+
+
+def _least_size(spec: JobSpec) -> int:
+    """The size a stream's share is counted at for admission: an ``auto`` stream's smallest (it
+    moves down to make room)."""
+    return spec.auto_size.sizes[0] if spec.auto_size is not None else spec.image_size

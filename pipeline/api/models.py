@@ -123,13 +123,17 @@ class JobBody(BaseModel):
     )
     job_id: str | None = Field(default=None, pattern=JOB_ID, description="default: a new id is made")
     stride: int = Field(default=1, ge=1, le=10_000, description="process every n-th frame (jobs)")
-    image_size: int | None = Field(
+    image_size: int | Literal["auto"] | None = Field(
         default=None,
-        ge=64,
-        le=4096,
-        multiple_of=16,
         description="encoder input size, one of the service's --image-sizes (256, 512, 1024); "
-        "default the service's",
+        "default the service's. Streams: \"auto\" moves over the service's sizes to keep "
+        "target_fps when the encoders cannot (starting at the service's size)",
+    )
+    target_fps: float | None = Field(
+        default=None,
+        gt=0,
+        le=MAX_FPS,
+        description="streams with image_size auto: the rate to keep; default its feed's rate",
     )
     maxlen: int | None = Field(
         default=None,
@@ -166,6 +170,16 @@ class JobBody(BaseModel):
         default=None, gt=0, le=MAX_FPS, description="live: its most frames a second; default: its share"
     )
 
+    @field_validator("image_size", mode="before")
+    @classmethod
+    def _size(cls, value: Any) -> Any:
+        """One message (not one per member of the union) for a size that is neither."""
+        if value is None or value == "auto":
+            return value
+        if isinstance(value, bool) or not isinstance(value, int) or not 64 <= value <= 4096 or value % 16:
+            raise ValueError(f'image_size must be "auto" or a multiple of 16 from 64 to 4096, got {value!r}')
+        return value
+
 
 class TrackCommandBody(PromptBody):
     """A track to add (a new id) or re-prompt (an existing id)."""
@@ -181,6 +195,9 @@ class StreamRate(BaseModel):
     delivered_fps: float | None = Field(description="frames published a second; null until measured")
     capacity_bound: bool = Field(description="the encoders cannot take every frame it asks for")
     dropped: int = Field(description="frames skipped to keep its latency bounded")
+    image_size: int | None = Field(
+        default=None, description="the size its frames are encoded at now (image_size auto: it moves)"
+    )
 
 
 class JobView(BaseModel):
@@ -237,6 +254,7 @@ class JobView(BaseModel):
                 delivered_fps=info.delivered_fps,
                 capacity_bound=info.capacity_bound,
                 dropped=info.dropped,
+                image_size=info.image_size if info.image_size is not None else info.spec.get("image_size"),
             )
             if info.spec.get("live")
             else None,

@@ -51,11 +51,13 @@ from pipeline.errors import InvalidInputError, JobError, SamstreamError
 from pipeline.jobs.lifecycle import Ending, Lifecycle, Start
 from pipeline.jobs.pacing import Pacer
 from pipeline.jobs.placement import Placement
+from pipeline.jobs.sizing import SizePlanner, Stream
 from pipeline.jobs.transport import Handle, Transport
 from pipeline.metrics import Metrics, NullMetrics
 from pipeline.preview import PreviewOptions
 from pipeline.sources.host import ReadReply, ReadRequest, SourceSpec
 from pipeline.sources.limits import MediaLimits
+from pipeline.spec import AutoSize
 from pipeline.streams.control import Command, ControlBus
 from pipeline.tracker_host import OWNER, PART, TrackReply, TrackSetup
 
@@ -167,7 +169,11 @@ class _Job:
     requested_fps: float | None = None  # its feed's rate (up to max_fps), once known
     refused: int = 0  # turns it wanted a frame and the encoders had no room (since the last write)
     published: int = 0  # frames published since the last write
-    rates_written: tuple[float | None, float, bool] | None = None
+    rates_written: tuple[float | None, float, bool, int] | None = None
+    size: int = 0  # the size its frames are read at now (an auto stream's moves)
+    auto: AutoSize | None = None  # image_size auto: the sizes it may move over, and its target
+    delivered_fps: float | None = None  # over the last window
+    bound: bool = False  # the encoders held it back in the last window
 
     @property
     def job_id(self) -> str:
@@ -253,6 +259,7 @@ class JobDriver:
         self._rates_at = time.monotonic()
         self._vclock = 0.0  # fair queueing's clock: the least vtime among jobs that read
         self.pacer = Pacer()
+        self.sizes = SizePlanner()
         self._encoding: dict[Handle, list[Hashable]] = {}  # encode calls in the pacer
         self.placement = Placement(transport, self.options)
         self._stop = threading.Event()
@@ -342,6 +349,8 @@ class JobDriver:
             weight=spec.weight if spec.live else self.options.file_weight,
             max_fps=spec.max_fps if spec.live else None,
             vtime=self._vclock,  # a new job starts level with the others: no burst, no wait
+            size=spec.image_size,
+            auto=spec.auto_size if spec.live else None,
         )
         self.jobs[start.job_id] = job
         try:
@@ -389,14 +398,7 @@ class JobDriver:
             self._drops_at = now
             self._write_drops()
             self._write_rates(now)
-            measured: dict[int, float] = {}
-            for size in {j.source.image_size for j in self.jobs.values()}:
-                fps = self.pacer.capacity(size)
-                if math.isfinite(fps):
-                    self.metrics.encoder_capacity(size, fps)
-                    measured[size] = fps
-            if measured:
-                self._write_capacity(measured)
+            self._measure_capacity(now)
             busy = {g.decoder for g in self._decoding.values()}
             self.placement.retire_idle(now, set(self._reads), busy)
             in_flight = sum(j.in_flight for j in self.jobs.values())
@@ -457,7 +459,7 @@ class JobDriver:
                     continue
                 if paced:
                     least = job.vtime if least is None else least
-                    size = job.source.image_size
+                    size = job.size
                     if size not in room:
                         room[size] = self.pacer.room(size, now, _sum_sizes(reserved))
                     count = int(min(count, room[size]))
@@ -473,7 +475,14 @@ class JobDriver:
                 if job.live and job.max_fps:
                     job.next_read = now + 1.0 / job.max_fps
                 budget -= count
-                request = ReadRequest(job.job_id, job.source, job.after, count, self._previews(job))
+                request = ReadRequest(
+                    job.job_id,
+                    job.source,
+                    job.after,
+                    count,
+                    self._previews(job),
+                    job.size if job.auto else None,
+                )
                 wanted.setdefault(job.host, {}).setdefault(job.decoder, []).append(request)
         if least is not None:
             self._vclock = max(self._vclock, least)
@@ -515,7 +524,7 @@ class JobDriver:
                 sizes: dict[int, int] = {}
                 for job_id, count in group.counts.items():
                     if job_id in self.jobs:
-                        size = self.jobs[job_id].source.image_size
+                        size = self.jobs[job_id].size
                         sizes[size] = sizes.get(size, 0) + count
                 keys: list[Hashable] = []
                 for size, count in sizes.items():
@@ -638,7 +647,9 @@ class JobDriver:
         for s in summaries:
             batch = s.timings.get("encode_batch")
             if batch and "encode" in s.timings:
-                self.pacer.cost_seen(job.source.image_size, s.timings["encode"] / batch)
+                # an auto stream's frames in flight across a change are of the size they were read at
+                size = s.image_size or job.size if job.auto else job.size
+                self.pacer.cost_seen(size, s.timings["encode"] / batch)
             if not s.published:
                 continue
             job.published += 1
@@ -787,19 +798,20 @@ class JobDriver:
         self._rates_at = now
         changed: dict[str, dict[str, str]] = {}
         for job in self.jobs.values():
-            delivered = round(job.published / elapsed, 2)
-            bound = job.refused > 0
+            delivered = job.delivered_fps = round(job.published / elapsed, 2)
+            bound = job.bound = job.refused > 0
             job.published = job.refused = 0
             if not job.live:
                 continue
             self.metrics.stream_rates(job.job_id, job.requested_fps, delivered, bound)
-            rates = (job.requested_fps, delivered, bound)
+            rates = (job.requested_fps, delivered, bound, job.size)
             if rates != job.rates_written:
                 job.rates_written = rates
                 changed[job.job_id] = {
                     "requested_fps": "" if job.requested_fps is None else f"{job.requested_fps:g}",
                     "delivered_fps": f"{delivered:g}",
                     "capacity_bound": "1" if bound else "0",
+                    "image_size_now": str(job.size),
                 }
         if not changed:
             return
@@ -807,6 +819,48 @@ class JobDriver:
             self.lifecycle.store.record_fields_many(changed)
         except (SamstreamError, JobError) as exc:
             log.warning("recording stream rates: %s", exc)
+
+    def _measure_capacity(self, now: float) -> None:
+        """What the encoders take at each size in use and on an auto stream's ladder (estimated
+        where a size is not measured yet): the metrics (measured sizes), the store (for admission)
+        and the auto streams' sizes planned from it."""
+        used = {j.size for j in self.jobs.values()}
+        ladders = {z for j in self.jobs.values() if j.auto is not None for z in j.auto.sizes}
+        capacity: dict[int, float] = {}
+        for size in used | ladders:
+            fps = self.pacer.capacity(size, estimated=True)
+            if not math.isfinite(fps):
+                continue
+            capacity[size] = fps
+            if size in used and size in self.pacer.cost:
+                self.metrics.encoder_capacity(size, fps)
+        if capacity:  # admission counts auto streams at their smallest size: estimated, maybe
+            self._write_capacity(capacity)
+        self._plan_sizes(capacity, now)
+
+    def _plan_sizes(self, capacity: dict[int, float], now: float) -> None:
+        """Move ``image_size: auto`` streams over their sizes (:mod:`pipeline.jobs.sizing`); each
+        change is an ``image_size`` event, and the job's next reads bring frames of the new size."""
+        if not any(j.auto for j in self.jobs.values()):
+            return
+        streams = [
+            Stream(
+                j.job_id,
+                j.weight,
+                j.size,
+                j.requested_fps if j.live else None,
+                j.auto,
+                j.delivered_fps,
+                j.bound,
+            )
+            for j in self.jobs.values()
+            if j.ending is None and not j.end
+        ]
+        for change in self.sizes.plan(streams, capacity, now):
+            job = self.jobs[change.key]
+            job.size = change.new
+            log.info("job %s: image size %s", job.job_id, change.detail())
+            self._event(job.job_id, "image_size", change.detail())
 
     def _write_drops(self, jobs: Sequence[_Job] | None = None) -> None:
         changed = {

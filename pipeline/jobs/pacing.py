@@ -105,8 +105,23 @@ class Pacer:
     def planned(self, size: int) -> float:
         """The cost a frame of ``size`` is planned at: its mean and twice its deviation (as TCP
         times out on its round trips): a slow encode rarely finds the next frame queued behind it,
-        and a fast one is seen done and read after at once."""
-        return self.cost.get(size, 0.0) + 2 * self.spread.get(size, 0.0)
+        and a fast one is seen done and read after at once. A size not measured yet is planned at
+        its :meth:`estimate` (0 while no size is measured)."""
+        if size not in self.cost:
+            return self.estimate(size) or 0.0
+        return self.cost[size] + 2 * self.spread.get(size, 0.0)
+
+    def estimate(self, size: int) -> float | None:
+        """A frame's compute at ``size``: measured, or scaled from the nearest measured size by the
+        pixels (the encoder's work grows with them: its attention is windowed), None while no size
+        is measured. An adaptive stream's first frames at a new size are paced by it."""
+        if self.cost.get(size):
+            return self.cost[size]
+        known = [s for s, c in self.cost.items() if c > 0]
+        if not known:
+            return None
+        near = min(known, key=lambda s: (abs(s - size), s))
+        return self.cost[near] * (size / near) ** 2
 
     def forget(self) -> None:
         """Work the driver gave up on (a host replaced): what is in flight is no longer known."""
@@ -115,15 +130,16 @@ class Pacer:
 
     # -- the answer --
 
-    def capacity(self, size: int) -> float:
-        """Frames a second the encoders can take at ``size`` (inf while its cost is unknown)."""
-        cost = self.cost.get(size)
+    def capacity(self, size: int, estimated: bool = False) -> float:
+        """Frames a second the encoders can take at ``size`` (inf while its cost is unknown;
+        ``estimated``: from another size's where this one's is not measured)."""
+        cost = self.estimate(size) if estimated else self.cost.get(size)
         return math.inf if not cost else self.slots / cost
 
     def room(self, size: int, now: float, pending: Mapping[int, int] | None = None) -> float:
         """Frames of ``size`` that a read sent now may bring (inf: no limit known), besides the
         ``pending`` frames (image size -> frames) of reads about to be sent now."""
-        if not self.cost.get(size):
+        if not self.estimate(size):
             return math.inf
         cost = self.planned(size)
         extra = [

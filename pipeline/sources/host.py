@@ -72,6 +72,8 @@ class ReadRequest:
         count: most frames wanted (a live feed gives at most one: its newest).
         preview: make previews of these frames as the job's options say (False: a live job that
             nobody watches).
+        image_size: a live job's frames are prepared for this encoder size from now on (an
+            ``image_size: auto`` stream's moves); None: its source's ``image_size``.
     """
 
     job_id: str
@@ -79,6 +81,7 @@ class ReadRequest:
     after: int | None
     count: int
     preview: bool = True
+    image_size: int | None = None
 
 
 @dataclass(frozen=True)
@@ -210,6 +213,9 @@ class SourceHost:
                 if slot.reader is None:  # opening: its thread sets the event when done
                     waiting = True
                     continue
+                resize = getattr(slot.reader, "resize", None)  # live readers' (files keep their size)
+                if request.image_size is not None and resize is not None:
+                    resize(request.image_size)
                 want = request.count - len(taken[i])
                 if want <= 0:
                     continue

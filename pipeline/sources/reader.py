@@ -17,7 +17,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Protocol
 
-from pipeline.errors import SamstreamError, SourceError
+from pipeline.errors import InvalidInputError, SamstreamError, SourceError
 from pipeline.frames import Frame
 from pipeline.sources.limits import DEFAULT_MAX_FRAME_PIXELS, MediaLimits
 from pipeline.sources.video import DEFAULT_READ_TIMEOUT_S, SourceInfo, VideoPass, VideoSource
@@ -224,6 +224,18 @@ class LiveReader:
     @property
     def info(self) -> SourceInfo:
         return self.source.info
+
+    @property
+    def image_size(self) -> int | None:
+        """The encoder size the frames taken from now on are prepared for."""
+        return self.source.image_size
+
+    def resize(self, image_size: int) -> None:
+        """Prepare the frames taken from now on for ``image_size`` (an adaptive stream's new size:
+        frames are converted when taken, so the next one already has it)."""
+        if not isinstance(image_size, int) or isinstance(image_size, bool) or image_size < 1:
+            raise InvalidInputError(f"image_size must be an int >= 1, got {image_size!r}")
+        self.source.image_size = image_size
 
     def take(self, after: int | None, count: int) -> tuple[list[Frame], bool]:
         """The newest frame not taken before, if one came and is fresh enough (``count`` and

@@ -135,6 +135,8 @@ class JobInfo:
         dropped: a live job's frames skipped to keep its latency bounded.
         requested_fps, delivered_fps, capacity_bound: a live job's rates, as the driver last
             measured them (None: not yet).
+        image_size: the size a live job's frames are encoded at now (an ``auto`` stream's moves;
+            None: not written yet, the spec's).
     """
 
     job_id: str
@@ -153,6 +155,7 @@ class JobInfo:
     requested_fps: float | None = None
     delivered_fps: float | None = None
     capacity_bound: bool = False
+    image_size: int | None = None
 
     @property
     def expires(self) -> float | None:
@@ -490,6 +493,7 @@ def _job_info(job_id: str, raw: Mapping[Any, Any]) -> JobInfo:
             requested_fps=opt_float("requested_fps"),
             delivered_fps=opt_float("delivered_fps"),
             capacity_bound=f.get("capacity_bound") == "1",
+            image_size=opt_int("image_size_now"),
         )
     except (KeyError, ValueError) as e:
         raise JobError(f"job {job_id!r} has a malformed hash: {type(e).__name__}: {e}") from None

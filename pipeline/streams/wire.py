@@ -99,8 +99,9 @@ def encode_entry(
         publish_time: epoch seconds to record; default now.
 
     Returns:
-        ``{"v", "frame", "pts", "capture_time", "publish_time", "width", "height", "tracks"}`` and
-        ``"notice"`` when given, all strings. ``pts`` is ``""`` when unknown.
+        ``{"v", "frame", "pts", "capture_time", "publish_time", "width", "height", "tracks"}``,
+        ``"image_size"`` when the result says it and ``"notice"`` when given, all strings. ``pts``
+        is ``""`` when unknown.
 
     Raises:
         WireFormatError: a value cannot be represented (bad track state, RLE size not the frame's,
@@ -121,6 +122,8 @@ def encode_entry(
             allow_nan=False,
         ),
     }
+    if result.image_size is not None:
+        fields["image_size"] = str(int(result.image_size))
     if notice is not None:
         fields["notice"] = str(notice)
     return fields
@@ -159,6 +162,7 @@ def decode_mask_entry(entry_id: str | bytes, fields: Mapping[Any, Any]) -> MaskE
         width=_int(f, "width", eid),
         height=_int(f, "height", eid),
         tracks=tracks,
+        image_size=_int(f, "image_size", eid) if f.get("image_size") else None,
     )
     return MaskEntry(
         entry_id=eid,

@@ -45,3 +45,31 @@ def decode_array(data: Mapping[str, Any] | None, max_shape: tuple[int, ...]) -> 
     out = np.frombuffer(raw, dtype="<f4").astype(np.float32).reshape(shape)
     out.setflags(write=False)
     return out
+
+
+def resize_square(array: np.ndarray, side: int) -> np.ndarray:
+    """A (n, n) float32 array resampled bilinearly to (side, side), read-only (pixel centres at
+    half-integers, edges clamped, as ``F.interpolate(..., mode="bilinear", align_corners=False)``).
+
+    Low-resolution logits live in the padded, square encoder-input frame, whose content keeps its
+    place whatever the encoder size: moving a track's logits to another size is this resampling.
+    """
+    n = array.shape[0]
+    if array.ndim != 2 or array.shape[1] != n or n < 1 or side < 1:
+        raise InvalidInputError(
+            f"expected a square (n, n) array and a side >= 1, got {array.shape} and {side}"
+        )
+    if side == n:
+        out = np.array(array, dtype=np.float32)
+        out.setflags(write=False)
+        return out
+    pos = np.clip((np.arange(side, dtype=np.float64) + 0.5) * (n / side) - 0.5, 0, n - 1)
+    lo = np.floor(pos).astype(np.intp)
+    hi = np.minimum(lo + 1, n - 1)
+    w = (pos - lo).astype(np.float32)
+    a = np.asarray(array, dtype=np.float32)
+    rows = a[lo] * (1 - w)[:, None] + a[hi] * w[:, None]
+    out = rows[:, lo] * (1 - w)[None, :] + rows[:, hi] * w[None, :]
+    out = np.ascontiguousarray(out, dtype=np.float32)
+    out.setflags(write=False)
+    return out

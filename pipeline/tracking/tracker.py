@@ -59,6 +59,7 @@ from pipeline.errors import InvalidInputError, PromptError
 from pipeline.masks import mask_bbox
 from pipeline.model.types import DecodeRequest, Embedding, MaskBatch
 from pipeline.prompts import POSITIVE, Box, Point, Prompt, TrackSpec
+from pipeline.tracking.arrays import resize_square
 from pipeline.tracking.memory import PURE, FrameFeatures, Memory
 from pipeline.tracking.motion import Motion
 from pipeline.tracking.state import MaskBox, TrackingConfig, TrackState, TrackStatus
@@ -222,6 +223,18 @@ class Tracker:
         self._tracks: dict[int, TrackState] = {}
         self._pending: list[tuple[EventKind, int, str]] = []
         self._last_frame: int | None = None
+
+    def use(self, segmenter: Segmenter) -> None:
+        """Decode with ``segmenter`` from the next frame on: an adaptive stream's frames moved to
+        another encoder size, or a checkpoint made at another size was restored. Every track
+        carries over: its low-resolution logits are resampled to the new model's side (they live in
+        the square, padded encoder-input frame, which keeps the picture's place at any size); its
+        box, motion and memory do not depend on the size."""
+        self.segmenter = segmenter
+        low = segmenter.low_res_size
+        for tid, state in self._tracks.items():
+            if state.logits is not None and state.logits.shape != (low, low):
+                self._tracks[tid] = replace(state, logits=resize_square(state.logits, low))
 
     @property
     def tracks(self) -> Mapping[int, TrackState]:

@@ -104,3 +104,34 @@ def test_resume_replays_from_the_checkpoint_and_equals_an_uninterrupted_run() ->
 def test_checkpoint_every_must_be_positive() -> None:
     with pytest.raises(InvalidInputError):
         TrackDecoder(_tracks(), _stub(), MemorySink(), checkpoint_every=0)
+
+
+def test_a_frame_of_another_size_switches_the_model_and_the_tracks_carry_over() -> None:
+    """An adaptive stream's frames move between encoder sizes: each is decoded by its size's model,
+    every entry says its size, and the tracks go on (their logits resampled)."""
+    objects = [disc(SIZE, moving, 18), disc(SIZE, lambda t: (230, 50), 25)]
+    models = {size: StubSegmenter(objects, SIZE, image_size=size) for size in (256, 512)}
+    asked: list[int] = []
+
+    def segmenters(size: int) -> StubSegmenter:
+        asked.append(size)
+        return models[size]
+
+    sink = MemorySink()
+    decoder = TrackDecoder(_tracks(), models[512], sink, image_size=512, segmenters=segmenters)
+    sizes = {t: 512 if t < 4 or t >= 8 else 256 for t in range(12)}
+    frames = [
+        EncodedFrame(t, t / 30, 0.0, SIZE, models[sizes[t]].embedding(t), {}, image_size=sizes[t])
+        for t in range(12)
+    ]
+    decoder.process(frames)
+    assert asked == [256, 512]  # one switch down, one back up
+    assert [sink.results[t].image_size for t in range(12)] == [sizes[t] for t in range(12)]
+    assert all(m.state == "active" for r in sink.results.values() for m in r.tracks)
+    # the masks match a run that stayed at 512 (the stub draws the same discs at any size)
+    still = MemorySink()
+    TrackDecoder(_tracks(), models[512], still, image_size=512).process(_frames(models[512], range(12)))
+    assert _masks(sink) == _masks(still)
+    assert models[256].calls and all(
+        r.mask_input is None or r.mask_input.shape == (64, 64) for call in models[256].calls for r in call
+    )

@@ -100,15 +100,63 @@ def test_a_streams_share_and_rate_are_asked_and_shown(
         "delivered_fps": None,
         "capacity_bound": False,
         "dropped": 0,
+        "image_size": 512,  # the spec's, until the driver writes the size it reads at
     }
     # what the driver measures, as it writes it
     JobStore(redis_client, Keys(prefix)).record_fields_many(
-        {"cam": {"requested_fps": "4", "delivered_fps": "1.5", "capacity_bound": "1"}}
+        {
+            "cam": {
+                "requested_fps": "4",
+                "delivered_fps": "1.5",
+                "capacity_bound": "1",
+                "image_size_now": "256",
+            }
+        }
     )
     rate = api.get("/streams/cam").json()["rate"]
-    assert rate == {"requested_fps": 4.0, "delivered_fps": 1.5, "capacity_bound": True, "dropped": 0}
+    assert rate == {
+        "requested_fps": 4.0,
+        "delivered_fps": 1.5,
+        "capacity_bound": True,
+        "dropped": 0,
+        "image_size": 256,
+    }
     # a file job has no rate; its weight is the service's, not its own
     assert api.post("/jobs", json=JOB).json()["rate"] is None
+
+
+def test_a_stream_may_ask_for_an_adaptive_size(
+    api: TestClient, redis_client: redis.Redis, prefix: str
+) -> None:
+    stream = api.post(
+        "/streams", json={**STREAM, "job_id": "auto", "image_size": "auto", "target_fps": 2}
+    ).json()
+    spec = JobStore(redis_client, Keys(prefix)).get("auto").spec
+    # it starts at the service's size and may move over the service's sizes
+    assert spec["image_size"] == 512 and spec["auto_size"] == {"sizes": [256, 512, 1024], "target_fps": 2.0}
+    assert stream["rate"]["image_size"] == 512
+    plain = api.post("/streams", json={**STREAM, "job_id": "plain"}).json()
+    assert "auto_size" not in JobStore(redis_client, Keys(prefix)).get(plain["id"]).spec
+    # without a target it keeps up with its feed
+    api.post("/streams", json={**STREAM, "job_id": "feed", "image_size": "auto"})
+    assert JobStore(redis_client, Keys(prefix)).get("feed").spec["auto_size"]["target_fps"] is None
+
+
+@pytest.mark.parametrize(
+    ("kind", "body", "where", "words"),
+    [
+        ("jobs", {**JOB, "image_size": "auto"}, "image_size", "is for streams"),
+        ("streams", {**STREAM, "target_fps": 2}, "target_fps", 'goes with image_size "auto"'),
+        ("streams", {**STREAM, "image_size": "big"}, "image_size", ""),
+        ("streams", {**STREAM, "image_size": "auto", "target_fps": 0}, "target_fps", ""),
+    ],
+)
+def test_a_bad_adaptive_size_is_422(
+    api: TestClient, kind: str, body: dict[str, Any], where: str, words: str
+) -> None:
+    r = api.post(f"/{kind}", json=body)
+    assert r.status_code == 422, r.text
+    assert where in _loc(r) and words in r.json()["detail"][0]["msg"]
 
 
 @pytest.mark.parametrize(

@@ -71,8 +71,10 @@ def tracks(count: int = 2) -> tuple[TrackSpec, ...]:
     return tuple(TrackSpec(i + 1, prompts[i % len(prompts)]) for i in range(count))
 
 
-def _frame(index: int) -> Frame:
-    return Frame(index, index / 30, time.time(), np.zeros((4, 4, 3), np.uint8), SIZE, {"decode": 0.001})
+def _frame(index: int, image_size: int = 4) -> Frame:
+    """A frame whose picture is ``image_size`` a side (its encoder size, as a real source's)."""
+    image = np.zeros((image_size, image_size, 3), np.uint8)
+    return Frame(index, index / 30, time.time(), image, SIZE, {"decode": 0.001})
 
 
 def _info(uri: str, count: int | None) -> SourceInfo:
@@ -130,6 +132,7 @@ class FakeFeed:
         self.opened = time.monotonic()
         self.taken = -1
         self.skipped = 0
+        self.image_size = spec.image_size
         self._closed = threading.Event()
         threading.Thread(target=self._tick, daemon=True).start()
 
@@ -147,7 +150,11 @@ class FakeFeed:
             return [], False
         self.skipped += newest - self.taken - 1
         self.taken = newest
-        return [_frame(newest + self.offset)], False
+        return [_frame(newest + self.offset, self.image_size)], False
+
+    def resize(self, image_size: int) -> None:
+        """As a live reader's: the next frames are prepared for ``image_size``."""
+        self.image_size = image_size
 
     def events(self) -> list[tuple[str, str, float]]:
         return []
@@ -182,11 +189,15 @@ class Opener:
 
 
 class StubEncoder:
-    """The encoder stage over the stub: the embedding carries the frame index."""
+    """The encoder stage over the stub: the embedding carries the frame index.
 
-    def __init__(self, delay_s: float = 0.0) -> None:
+    ``per_pixel``: a frame of image size S costs ``delay_s * (S / 256) ** 2`` (as the real
+    encoder's work grows with the pixels), not ``delay_s``."""
+
+    def __init__(self, delay_s: float = 0.0, per_pixel: bool = False) -> None:
         self.stub = stub()
         self.delay_s = delay_s
+        self.per_pixel = per_pixel
         self.batches: list[list[str]] = []
 
     def encode(self, frames: Sequence[Frame]) -> list[EncodedFrame]:
@@ -194,7 +205,8 @@ class StubEncoder:
         self.batches.append([f.job_id for f in frames])
         start = time.perf_counter()
         if self.delay_s:
-            time.sleep(self.delay_s * len(frames))
+            scale = [(f.image_size / 256) ** 2 if self.per_pixel else 1.0 for f in frames]
+            time.sleep(self.delay_s * sum(scale))
         timings = {"encode": time.perf_counter() - start, "encode_batch": float(len(frames))}
         return [
             EncodedFrame(
@@ -205,6 +217,7 @@ class StubEncoder:
                 self.stub.embedding(f.index),
                 timings,
                 f.job_id,
+                image_size=f.image_size,
             )
             for f in frames
         ]
@@ -233,6 +246,7 @@ class Rig:
         keys: Keys,
         options: DriverOptions | None = None,
         encoder_delay_s: float = 0.0,
+        per_pixel: bool = False,
         hosts: int = 1,
         decoders: int = 1,
         opener: Opener | None = None,
@@ -240,7 +254,7 @@ class Rig:
         self.client, self.keys = client, keys
         self.store = JobStore(client, keys)
         self.opener = opener or Opener()
-        self.encoder = StubEncoder(encoder_delay_s)
+        self.encoder = StubEncoder(encoder_delay_s, per_pixel)
         self.transport = InProcessTransport(
             lambda: SourceHost(self.opener, idle_wait_s=0.05),
             self.encoder,
@@ -262,7 +276,8 @@ class Rig:
         Publisher(self.client, self.keys, job_id).event(kind, detail=detail)
 
     def create(self, job_id: str, source: str, live: bool = False, n_tracks: int = 2, **extra: object) -> str:
-        spec = JobSpec(source=source, tracks=tracks(n_tracks), image_size=256, live=live, **extra)  # type: ignore[arg-type]
+        extra.setdefault("image_size", 256)
+        spec = JobSpec(source=source, tracks=tracks(n_tracks), live=live, **extra)  # type: ignore[arg-type]
         self.store.create(job_id, spec.to_dict())
         self.driver.submit(job_id)
         return job_id

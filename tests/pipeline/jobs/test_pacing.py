@@ -86,3 +86,15 @@ def test_a_spread_cost_is_planned_above_its_mean() -> None:
     assert 0.1 < p.cost[512] < 0.2
     assert p.planned(512) > p.cost[512] + 0.05  # twice a spread of several hundredths
     assert p.capacity(512) == pytest.approx(1 / p.cost[512])  # capacity is the mean's
+
+
+def test_a_size_not_measured_yet_is_estimated_from_a_measured_one_by_its_pixels() -> None:
+    p = Pacer()
+    assert p.estimate(512) is None and p.capacity(512, estimated=True) == math.inf
+    p.cost_seen(512, 0.08)
+    assert p.estimate(1024) == pytest.approx(0.32) and p.estimate(256) == pytest.approx(0.02)
+    assert p.capacity(1024) == math.inf  # measured only, unless asked for an estimate
+    assert p.capacity(1024, estimated=True) == pytest.approx(1 / 0.32)
+    assert p.room(1024, 0.0) == 1  # a new size's first frames are paced, not let through unbounded
+    p.cost_seen(768, 0.2)
+    assert p.estimate(1024) == pytest.approx(0.2 * (1024 / 768) ** 2)  # from the nearest measured

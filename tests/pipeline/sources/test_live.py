@@ -20,6 +20,7 @@ from pipeline.errors import InvalidInputError, SourceError
 from pipeline.frames import Frame, Yuv420
 from pipeline.model.transforms import input_size
 from pipeline.sources import LiveSource
+from pipeline.sources.reader import LiveReader
 from tests.fixtures.streams import RtspServer, StreamSender, free_port, rtsp_server_available
 
 W, H = 320, 240
@@ -393,3 +394,31 @@ def test_rtsp_over_tcp_and_a_restarted_server() -> None:
         after = _take(src, 5, timeout_s=5.0)
     assert events.kinds == ["source_lost", "source_restored"]
     assert after[0].index > before[-1].index and time.time() - after[-1].capture_time < 1.0
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(30)
+def test_a_live_reader_resized_takes_its_next_frames_at_the_new_size() -> None:
+    """An ``image_size: auto`` stream moves between sizes: the frame taken after ``resize`` is
+    prepared for the new size (frames are converted when taken, not when received)."""
+    with StreamSender("tcp", fps=30) as sender:
+        reader = LiveReader(sender.url, 512, give_up_s=5.0, fresh=False)
+        try:
+            first = _wait_frames(reader)
+            reader.resize(256)
+            after = _wait_frames(reader)
+            with pytest.raises(InvalidInputError, match="image_size"):
+                reader.resize(0)
+        finally:
+            reader.close()
+    assert first.image_size == 512 and reader.image_size == 256
+    assert after.image_size == 256 and after.rgb().shape == (*input_size((H, W), 256), 3)
+
+
+def _wait_frames(reader: LiveReader) -> Frame:
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        frames = reader.wait(0.5)
+        if frames:
+            return frames[0]
+    raise AssertionError("no frame within 5 s")

@@ -80,6 +80,17 @@ def test_round_trip_edge_values() -> None:
     assert decode_entry("0-1", encode_entry(FrameResult(3, 0.1, 1.0, 8, 8))).tracks == ()
 
 
+def test_an_entry_says_the_encoder_size_its_masks_were_made_at() -> None:
+    result = replace(make_result(4), image_size=512)
+    fields = encode_entry(result)
+    assert fields["image_size"] == "512" and fields["v"] == "1"  # an optional field: same version
+    assert decode_entry("4-1", fields) == result
+    # an entry written before the field existed says nothing of its size
+    old = {k: v for k, v in fields.items() if k != "image_size"}
+    assert decode_entry("4-1", old).image_size is None
+    assert "image_size" not in encode_entry(make_result(4))
+
+
 @pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")  # pycocotools vs numpy 2
 def test_tracks_field_layout_and_pycocotools_decodes_it() -> None:
     mask = np.zeros((24, 32), bool)
