@@ -13,6 +13,11 @@ Targets (the live-latency issue's): for every K, p99 ≤ 2 × the service interv
 stays about one frame's processing, whatever the number of streams), the slowest stream ≥ 0.8 ×
 its fair share of the total (total / K), and the total ≥ 0.9 × that of K = 1 (pacing costs no
 throughput). Each K is measured against K = 1 of the same run.
+
+With ``image_size="auto"`` the streams ask for adaptive resolution with a ``target_fps``, on a
+service of sizes 256, 512, 768 and 1024 whose streams start at 1024: each K also reports the
+slowest stream against the target (≥ 0.9 ×) and the sizes its entries were made at in the window
+and its ``image_size`` events named.
 """
 
 from __future__ import annotations
@@ -30,6 +35,13 @@ from typing import Any
 from pipeline.bench.density import Service, submit_streams, wait_publishing
 from pipeline.bench.report import Result
 
+AUTO_SIZES = (
+    256,
+    512,
+    768,
+    1024,
+)  # the service's sizes when the streams ask for auto; they start at the last
+
 
 @dataclass
 class CapacityFigures:
@@ -42,6 +54,8 @@ class CapacityFigures:
     gaps: list[float] = field(default_factory=list)  # between one stream's published frames
     failed: int = 0
     detail: dict[str, Any] = field(default_factory=dict)
+    sizes: dict[int, int] = field(default_factory=dict)  # entries in the window per image size
+    changes: list[str] = field(default_factory=list)  # the image_size events' details
 
     @property
     def total(self) -> float:
@@ -55,7 +69,14 @@ class CapacityFigures:
 
 
 def measure(
-    service: Service, streams: int, clip: Any, seconds: float, warmup: float, client: Any, keys: Any
+    service: Service,
+    streams: int,
+    clip: Any,
+    seconds: float,
+    warmup: float,
+    client: Any,
+    keys: Any,
+    body: dict[str, Any] | None = None,
 ) -> CapacityFigures:
     """``streams`` live feeds through the running ``service``, measured (see the module docstring)."""
     from pipeline.bench.feeds import UdpFeeds, free_udp_ports
@@ -66,7 +87,7 @@ def measure(
     feeds = UdpFeeds(clip, free_udp_ports(streams)).start()
     jobs = [f"capacity-{streams}-{i}" for i in range(streams)]
     try:
-        submit_streams(service, jobs, feeds.urls, (x, y))
+        submit_streams(service, jobs, feeds.urls, (x, y), body)
         wait_publishing(client, keys, jobs, timeout=120 + 10 * streams, service=service)
         time.sleep(warmup)
         t0 = time.time()
@@ -81,12 +102,16 @@ def measure(
                 if t0 <= c < t1:
                     captured.append(float(f["publish_time"]) - c)
                     published.append(float(f["publish_time"]))
+                    size = int(f.get("image_size") or 0)
+                    figures.sizes[size] = figures.sizes.get(size, 0) + 1
             figures.rates.append(len(captured) / seconds)
             figures.latencies += captured
             figures.gaps += [b - a for a, b in itertools.pairwise(published)]
             info: Any = client.hgetall(keys.job(job))
             if info.get("status") == "failed":
                 figures.failed += 1
+            events: Any = client.xrange(keys.events(job))
+            figures.changes += [f.get("detail", "") for _, f in events if f.get("type") == "image_size"]
         info = client.hgetall(keys.job(jobs[0]))
         figures.detail = {
             k: info.get(k) for k in ("requested_fps", "delivered_fps", "capacity_bound") if k in info
@@ -111,31 +136,45 @@ def _wait_ended(client: Any, keys: Any, jobs: list[str], timeout: float = 60) ->
 
 
 def run_capacity(
-    counts: list[int], fps: float, seconds: float, warmup: float, image_size: int
+    counts: list[int],
+    fps: float,
+    seconds: float,
+    warmup: float,
+    image_size: int | str,
+    target_fps: float = 2.0,
 ) -> list[Result]:
-    """Measure each stream count in turn on one service; the results against the targets."""
+    """Measure each stream count in turn on one service; the results against the targets
+    (``image_size`` ``"auto"``: adaptive streams with ``target_fps``, see the module docstring)."""
     from pipeline.bench.feeds import TsClip
     from pipeline.streams import EmbeddedRedis, Keys, connect
 
     clip = TsClip.encode(frames=max(50, int(fps * 30)), fps=fps)
     runs = []
     with tempfile.TemporaryDirectory(prefix="samstream-capacity-") as tmp:
-        service = Service(Path(tmp), image_size, weights="random")
+        auto = image_size == "auto"
+        extra = ("--image-sizes", ",".join(map(str, AUTO_SIZES))) if auto else ()
+        service = Service(
+            Path(tmp), AUTO_SIZES[-1] if auto else int(image_size), weights="random", extra=extra
+        )
+        body = {"image_size": "auto", "target_fps": target_fps} if auto else None
         try:
             service.wait_ready()
             with EmbeddedRedis(Path(tmp) / "redis") as server:
                 client = connect(server.url)
                 for k in counts:
                     print(f"bench: capacity: {k} streams at {fps:g} fps …", file=sys.stderr, flush=True)
-                    runs.append(measure(service, k, clip, seconds, warmup, client, Keys()))
+                    runs.append(measure(service, k, clip, seconds, warmup, client, Keys(), body))
                 client.close()
         finally:
             service.stop()
-    return capacity_results(runs, fps)
+    return capacity_results(runs, fps, target_fps if auto else None)
 
 
-def capacity_results(runs: list[CapacityFigures], fps: float) -> list[Result]:
-    """The table rows: each K against K = 1 (or the smallest K measured) of the same run."""
+def capacity_results(
+    runs: list[CapacityFigures], fps: float, target_fps: float | None = None
+) -> list[Result]:
+    """The table rows: each K against K = 1 (or the smallest K measured) of the same run; with a
+    ``target_fps`` (adaptive streams), each K's slowest stream against it too."""
     if not runs:
         return []
     base = runs[0]
@@ -171,4 +210,10 @@ def capacity_results(runs: list[CapacityFigures], fps: float) -> list[Result]:
                    r.quantile(0.99) / interval if interval else float("inf"), "lower", 2.0),
             Result("capacity", f"{name}: jobs failed", r.failed, None, "jobs", None, "lower", 0.0),
         ]  # fmt: skip
+        if target_fps is not None:
+            sizes = {"entries_by_size": {str(k): v for k, v in sorted(r.sizes.items())}, "events": r.changes}
+            out.append(
+                Result("capacity", f"{name}: slowest stream / target (auto)", low, target_fps, "frames/s",
+                       low / target_fps, "higher", 0.9, detail=sizes)
+            )  # fmt: skip
     return out

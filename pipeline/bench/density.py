@@ -227,11 +227,23 @@ def dropped(client: Any, keys: Any, jobs: list[str]) -> list[int]:
     return [int(v or 0) for v in pipe.execute()]
 
 
-def submit_streams(service: Service, jobs: list[str], urls: list[str], point: tuple[float, float]) -> None:
-    """Each feed as a live stream of the running ``service``, one point track on ``point``."""
+def submit_streams(
+    service: Service,
+    jobs: list[str],
+    urls: list[str],
+    point: tuple[float, float],
+    extra: dict[str, Any] | None = None,
+) -> None:
+    """Each feed as a live stream of the running ``service``, one point track on ``point`` (and
+    ``extra`` fields in each body)."""
     with service.api() as api:
         for job, url in zip(jobs, urls, strict=True):
-            body = {"source": url, "tracks": [{"id": 1, "points": [list(point)]}], "job_id": job}
+            body = {
+                "source": url,
+                "tracks": [{"id": 1, "points": [list(point)]}],
+                "job_id": job,
+                **(extra or {}),
+            }
             r = api.post("/streams", json=body)
             if r.status_code != 201:
                 raise SamstreamError(f"the API refused stream {job}: {r.status_code} {r.text[:200]}")

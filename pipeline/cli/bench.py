@@ -15,6 +15,7 @@ def run(args: argparse.Namespace) -> int:
     suites = SUITES if args.suite == "all" else (args.suite,)
     if args.runs < 1:
         raise InvalidInputError(f"--runs must be >= 1, got {args.runs}")
+    capacity_size = _capacity_size(args.capacity_image_size)  # refused before any suite runs
     import torch
 
     from pipeline.bench.model import run_decoder, run_encoder
@@ -53,7 +54,8 @@ def run(args: argparse.Namespace) -> int:
                 args.capacity_fps,
                 args.capacity_seconds,
                 args.capacity_warmup,
-                args.capacity_image_size,
+                capacity_size,
+                args.capacity_target_fps,
             )
         else:
             from pipeline.bench.density import run_density
@@ -82,3 +84,16 @@ def _counts(text: str, option: str) -> list[int]:
     if not counts or min(counts) < 1:
         raise InvalidInputError(f"{option} must be stream counts >= 1, got {text!r}")
     return sorted(set(counts))
+
+
+def _capacity_size(text: str) -> int | str:
+    """``--capacity-image-size``: a size, or ``auto``."""
+    if text == "auto":
+        return text
+    try:
+        size = int(text)
+    except ValueError:
+        size = 0
+    if size < 64 or size % 16:
+        raise InvalidInputError(f"--capacity-image-size must be auto or a multiple of 16 >= 64, got {text!r}")
+    return size

@@ -390,7 +390,18 @@ def build_parser() -> argparse.ArgumentParser:
     sb.add_argument("source", metavar="SOURCE", help="video URL (or a file on the service's machines)")
     sb.add_argument("--job-id", metavar="ID", help="job id (default: the service makes one)")
     _add_job_options(sb)
-    sb.add_argument("--image-size", type=int, metavar="N", help="encoder input size (default: the service's)")
+    sb.add_argument(
+        "--image-size",
+        metavar="N|auto",
+        help="encoder input size (default: the service's); auto (live): a smaller size when the "
+        "encoders cannot keep --target-fps",
+    )
+    sb.add_argument(
+        "--target-fps",
+        type=float,
+        metavar="F",
+        help="with --image-size auto: the rate to keep (default: the feed's)",
+    )
     sb.add_argument("--wait", action="store_true", help="wait for the job to end, showing its progress")
     sb.add_argument(
         "--keep",
@@ -654,7 +665,17 @@ def build_parser() -> argparse.ArgumentParser:
         "--capacity-warmup", type=float, default=15.0, metavar="S", help="seconds run before measuring (15)"
     )
     cp.add_argument(
-        "--capacity-image-size", type=int, default=512, metavar="N", help="encoder input size (512)"
+        "--capacity-image-size",
+        default="512",
+        metavar="N|auto",
+        help="encoder input size (512); auto: adaptive streams starting at 1024 on sizes 256-1024",
+    )
+    cp.add_argument(
+        "--capacity-target-fps",
+        type=float,
+        default=2.0,
+        metavar="F",
+        help="with --capacity-image-size auto: each stream's target_fps (2)",
     )
     bn.add_argument(
         "--precision",

@@ -24,7 +24,10 @@ def job_body(args: argparse.Namespace) -> tuple[dict[str, Any], bool]:
     from pipeline.cli.run import build_spec
 
     # The same checks as `samstream run`, before anything is sent; the size is sent only if given.
-    spec = build_spec(args, args.image_size or 1024, "official")
+    size = _size(args.image_size, args.target_fps)
+    spec = build_spec(args, size if isinstance(size, int) else 1024, "official")
+    if size == "auto" and not spec.live:
+        raise InvalidInputError("--image-size auto is for live streams (give --live, or a live URL)")
     body: dict[str, Any] = {
         "source": spec.source,
         "tracks": [t.to_dict() for t in spec.tracks],
@@ -33,8 +36,10 @@ def job_body(args: argparse.Namespace) -> tuple[dict[str, Any], bool]:
     }
     if args.job_id:
         body["job_id"] = args.job_id
-    if args.image_size is not None:
-        body["image_size"] = spec.image_size
+    if size is not None:
+        body["image_size"] = size
+    if args.target_fps is not None:
+        body["target_fps"] = args.target_fps
     if spec.maxlen is not None:
         body["maxlen"] = spec.maxlen
     if spec.tracking:
@@ -49,6 +54,20 @@ def job_body(args: argparse.Namespace) -> tuple[dict[str, Any], bool]:
             )
         body["keep_s"] = keep_s
     return body, spec.live
+
+
+def _size(text: str | None, target_fps: float | None) -> int | str | None:
+    """``--image-size``: a size, ``auto`` or not given (the service's); ``--target-fps`` goes with auto."""
+    if target_fps is not None and (text != "auto" or not target_fps > 0):
+        raise InvalidInputError(
+            f"--target-fps goes with --image-size auto and must be > 0, got {target_fps:g}"
+        )
+    if text is None or text == "auto":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise InvalidInputError(f"--image-size must be a size like 512, or auto, got {text!r}") from None
 
 
 def submit(args: argparse.Namespace) -> int:

@@ -202,3 +202,21 @@ def test_submit_and_track_send_mask_prompts_as_compressed_rle(
         f"samstream: error: mask {tmp_path / 'grey.png'} is not a mask: its grey has 251 values "
         "(0, 1, 2, 3, 4, …); expected 0 (background) and one other value (the object)"
     ]
+
+
+def test_submit_may_ask_a_stream_for_an_adaptive_size(api_url: str, client: redis.Redis, prefix: str) -> None:
+    where = ["--api", api_url, "--token", TOKEN]
+    cam = "rtsp://cam.example/live"
+    r = sam(
+        "submit", cam, "--point", "1,1", "--job-id", "a1", "--image-size", "auto", "--target-fps", "3", *where
+    )
+    assert r.returncode == 0, r.stderr
+    spec = JobStore(client, Keys(prefix)).get("a1").spec
+    assert spec["auto_size"]["target_fps"] == 3.0 and spec["image_size"] in spec["auto_size"]["sizes"]
+    for args, words in [
+        (("https://videos.example/a.mp4", "--image-size", "auto"), "--image-size auto is for live streams"),
+        ((cam, "--target-fps", "3"), "--target-fps goes with --image-size auto"),
+        ((cam, "--image-size", "big"), "--image-size must be a size like 512, or auto"),
+    ]:
+        r = sam("submit", *args, "--point", "1,1", *where)
+        assert r.returncode == 1 and words in r.stderr and "Traceback" not in r.stderr, r.stderr
