@@ -31,7 +31,8 @@ class Metrics:
 
     def frame_published(self) -> None: ...
 
-    def frame_failed(self) -> None: ...
+    def frame_failed(self, count: int = 1) -> None:
+        """Frames read that could not be published: their encode or tracking failed (their job fails)."""
 
     def frames_dropped(self, count: int = 1) -> None: ...
 
@@ -116,8 +117,9 @@ class PrometheusMetrics(Metrics):
     def frame_published(self) -> None:
         self.published.inc()
 
-    def frame_failed(self) -> None:
-        self.failed.inc()
+    def frame_failed(self, count: int = 1) -> None:
+        if count > 0:
+            self.failed.inc(count)
 
     def frames_dropped(self, count: int = 1) -> None:
         self.dropped.inc(count)

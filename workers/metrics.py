@@ -54,8 +54,9 @@ class RayMetrics(Metrics):
     def frame_published(self) -> None:
         self.published.inc()
 
-    def frame_failed(self) -> None:
-        self.failed.inc()
+    def frame_failed(self, count: int = 1) -> None:
+        if count > 0:
+            self.failed.inc(count)
 
     def frames_dropped(self, count: int = 1) -> None:
         if count > 0:

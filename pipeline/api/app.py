@@ -27,7 +27,7 @@ from fastapi.security import HTTPBearer
 
 from pipeline.api.headers import SecurityHeaders
 from pipeline.api.internal import InternalErrors, logged, unavailable
-from pipeline.api.limits import BodyLimit, TrackSlots, spec_track_ids
+from pipeline.api.limits import BodyLimit, CreationLock, TrackSlots, spec_track_ids
 from pipeline.api.models import (
     MAX_TRACKS,
     TRACKS_CEILING,
@@ -239,7 +239,7 @@ def create_app(settings: ApiSettings, client: redis.Redis, backend: Backend) -> 
     app.add_middleware(BearerAuth, token=settings.token, sessions=sessions, login_page=page("login.html"))
     app.add_middleware(SecurityHeaders)
     slots = TrackSlots(client, keys, settings.max_tracks)
-    creating = threading.Lock()  # one count-then-create at a time (in this process)
+    creating = CreationLock(client, keys)  # one count-then-create at a time, over all API processes
     commanding = threading.Lock()  # a track's slot and its command in the same order
     bearer = HTTPBearer(auto_error=False, description="the service's API token")
     secured = [Security(bearer)]
@@ -362,7 +362,7 @@ def create_app(settings: ApiSettings, client: redis.Redis, backend: Backend) -> 
             except InvalidInputError as exc:
                 raise HttpError(422, [invalid(["keep_s"], exc)]) from None
             job_id = body.job_id or new_job_id()
-            with creating:
+            with creating.held():
                 active = store.count_active()
                 if active >= settings.max_jobs:
                     raise HttpError(

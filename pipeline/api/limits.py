@@ -1,12 +1,16 @@
-"""The API's limits: request body size (an ASGI middleware) and tracks per job (a Redis set).
+"""The API's limits: request body size (an ASGI middleware), tracks per job (a Redis set), and
+active jobs (a count of the job store, made and acted on under a lock in Redis).
 
 The numbers themselves are :class:`~pipeline.api.app.ApiSettings` fields (``samstream serve``
-options); the limit on active jobs is a count of the job store, checked in the create route.
+options).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import contextlib
+import secrets
+import time
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import redis
@@ -15,6 +19,7 @@ from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from pipeline.api.internal import WatchedSend, send_json
+from pipeline.errors import RedisUnavailableError
 from pipeline.streams.connection import redis_errors
 from pipeline.streams.keys import Keys
 
@@ -120,3 +125,54 @@ class TrackSlots:
 def spec_track_ids(spec: dict[str, Any]) -> list[int]:
     """The ids of the tracks a stored job spec starts with."""
     return [int(t["id"]) for t in spec.get("tracks", []) if isinstance(t, dict) and "id" in t]
+
+
+# Deletes the lock only if it is still this holder's (it may have expired and been taken since).
+_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+
+class CreationLock:
+    """One count-then-create at a time over every API process of a service (they share Redis):
+    without it, two processes that both count ``max_jobs - 1`` active jobs would both create one.
+
+    The lock is a Redis key set only if absent, with a token and an expiry (``hold_s``: a process
+    that dies holding it does not block the others for longer), released only by its holder.
+
+    Args:
+        hold_s: most seconds a holder keeps it (a count and a create take milliseconds).
+        wait_s: most seconds a request waits for it.
+    """
+
+    def __init__(self, client: redis.Redis, keys: Keys, hold_s: float = 10.0, wait_s: float = 5.0) -> None:
+        self.client = client
+        self.key = keys.creating()
+        self.hold_s = hold_s
+        self.wait_s = wait_s
+        self._release = client.register_script(_RELEASE)
+
+    @contextlib.contextmanager
+    def held(self) -> Iterator[None]:
+        """Hold the lock for the block.
+
+        Raises:
+            RedisUnavailableError: Redis fails, or the lock stays taken for ``wait_s``.
+        """
+        token = secrets.token_hex(16)
+        deadline = time.monotonic() + self.wait_s
+        pause = 0.002
+        with redis_errors("taking the job creation lock"):
+            while not self.client.set(self.key, token, nx=True, px=int(self.hold_s * 1000)):
+                if time.monotonic() >= deadline:
+                    raise RedisUnavailableError(
+                        f"another API process held the job creation lock for {self.wait_s:g} s"
+                    )
+                time.sleep(pause)
+                pause = min(2 * pause, 0.05)
+        try:
+            yield
+        finally:
+            with contextlib.suppress(redis.RedisError):  # it expires by itself
+                self._release(keys=[self.key], args=[token])

@@ -612,6 +612,7 @@ class JobDriver:
                 job = self.jobs.get(job_id)
                 if job is not None:
                     job.in_flight -= count
+                    self.metrics.frame_failed(count)
                     self._finish(job, Ending.FAILED, text)
             return
         for reply in replies:
@@ -619,7 +620,8 @@ class JobDriver:
             if job is None:
                 continue
             job.in_flight -= group.counts.get(reply.job_id, 0)
-            if reply.error is not None:
+            if reply.error is not None:  # its frames of the group were not published
+                self.metrics.frame_failed(group.counts.get(reply.job_id, 0))
                 self._finish(job, Ending.FAILED, reply.error)
                 continue
             job.tracks = reply.tracks

@@ -22,7 +22,8 @@ Hysteresis:
   delivered rate counts too: a stream bound by the encoders and below ``shortfall`` of its target
   for ``down_after`` windows moves down a step even where the prediction said it would not (the
   prediction was wrong: a tracker host, not the encoders, held it back), and does not move
-  above that size again for ``ceiling_s``;
+  above that size again for ``ceiling_s``; its rate counts only ``hold_s`` after its last change
+  (the first frames of a new size wait for its model to load);
 * a stream moves **up** one step at a time, only when the plan made with ``up_margin`` over
   every target (a larger size must leave room to spare) said so ``up_after`` times in a row, and
   not within ``hold_s`` of its last change.
@@ -127,7 +128,13 @@ class SizePlanner:
             assert s.auto is not None and s.target is not None  # filtered above
             ladder = [z for z in s.auto.sizes if z in capacity] or [s.size]
             here = ladder.index(s.size) if s.size in ladder else len(ladder) - 1
-            slow = s.bound and s.delivered_fps is not None and s.delivered_fps < self.shortfall * s.target
+            settled = now - self._changed_at.get(s.key, -1e18) >= self.hold_s  # a change stalls a little
+            slow = (
+                settled
+                and s.bound
+                and s.delivered_fps is not None
+                and s.delivered_fps < self.shortfall * s.target
+            )
             self._slow[s.key] = self._slow.get(s.key, 0) + 1 if slow else 0
             self._down[s.key] = self._down.get(s.key, 0) + 1 if hold[s.key] < s.size else 0
             self._up[s.key] = self._up.get(s.key, 0) + 1 if roomy[s.key] > s.size else 0

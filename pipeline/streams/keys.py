@@ -114,6 +114,11 @@ class Keys:
         ``{prefix}encoder-capacity``."""
         return f"{self.prefix}encoder-capacity"
 
+    def creating(self) -> str:
+        """The lock an API process holds while it counts the active jobs and creates one (so that
+        API processes side by side never pass ``--max-jobs`` together): ``{prefix}creating``."""
+        return f"{self.prefix}creating"
+
     def jobs_index(self) -> str:
         """Sorted set of every job id, scored by creation time (epoch s): ``{prefix}jobs``."""
         return f"{self.prefix}jobs"

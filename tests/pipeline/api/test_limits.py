@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import socket
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -113,6 +114,40 @@ def test_concurrent_creates_cannot_pass_the_job_limit(
         codes = list(pool.map(lambda _: http.post("/jobs", json=JOB).status_code, range(12)))
     assert sorted(codes) == [201] * 3 + [429] * 9
     assert len(backend.submitted) == 3
+
+
+@pytest.mark.integration
+def test_two_api_processes_together_cannot_pass_the_job_limit(
+    settings: ApiSettings,
+    redis_client: redis.Redis,
+    backend: RecordingBackend,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Two API processes of one service share its Redis, not their memory: the count and the create
+    hold a lock in Redis. Counting is slowed here so that, without it, both would count 2 and create."""
+    from pipeline.streams import JobStore
+
+    count = JobStore.count_active
+
+    def slow_count(self: JobStore) -> int:
+        n = count(self)
+        time.sleep(0.05)
+        return n
+
+    monkeypatch.setattr(JobStore, "count_active", slow_count)
+    limited = dataclasses.replace(settings, max_jobs=3)
+    apps = [create_app(limited, redis_client, backend) for _ in range(2)]  # each with its own state
+    with (
+        served(apps[0]) as one,
+        served(apps[1]) as two,
+        httpx.Client(base_url=one, headers=AUTH, timeout=30) as a,
+        httpx.Client(base_url=two, headers=AUTH, timeout=30) as b,
+        ThreadPoolExecutor(12) as pool,
+    ):
+        codes = list(pool.map(lambda i: (a, b)[i % 2].post("/jobs", json=JOB).status_code, range(12)))
+    assert sorted(codes) == [201] * 3 + [429] * 9
+    assert len(backend.submitted) == 3
+    assert not redis_client.exists(limited.prefix + "creating")  # released by its holders
 
 
 # -- tracks per job: 409 ----------------------------------------------------------------------------
@@ -299,3 +334,23 @@ def test_the_spec_documents_each_limit(api: TestClient) -> None:
         assert "Retry-After" in create["429"]["headers"]
         tracks = paths[f"/{kind}/{{job_id}}/tracks"]["post"]["responses"]
         assert "--max-tracks" in tracks["409"]["description"] and "413" in tracks
+
+
+def test_the_creation_lock_waits_a_bounded_time_and_expires_with_a_dead_holder(
+    redis_client: redis.Redis, prefix: str
+) -> None:
+    from pipeline.api.limits import CreationLock
+    from pipeline.errors import RedisUnavailableError
+    from pipeline.streams import Keys
+
+    keys = Keys(prefix)
+    redis_client.set(keys.creating(), "a dead process's token", px=300)  # it died holding the lock
+    lock = CreationLock(redis_client, keys, wait_s=0.1)
+    with pytest.raises(RedisUnavailableError, match=r"held the job creation lock for 0\.1 s"), lock.held():
+        pass
+    patient = CreationLock(redis_client, keys, wait_s=2.0)
+    start = time.monotonic()
+    with patient.held():  # taken once the dead holder's lock expires
+        assert redis_client.get(keys.creating()) != "a dead process's token"
+    assert time.monotonic() - start < 1.0
+    assert not redis_client.exists(keys.creating())

@@ -24,6 +24,7 @@ from pipeline.frames import EncodedFrame, Frame
 from pipeline.jobs.driver import DriverOptions, JobDriver, Listener
 from pipeline.jobs.lifecycle import Lifecycle
 from pipeline.jobs.transport import InProcessTransport
+from pipeline.metrics import Metrics
 from pipeline.prompts import Prompt, TrackSpec
 from pipeline.sources.host import SourceHost, SourceSpec
 from pipeline.sources.reader import Notify
@@ -199,6 +200,7 @@ class StubEncoder:
         self.delay_s = delay_s
         self.per_pixel = per_pixel
         self.batches: list[list[str]] = []
+        self.fail_jobs: set[str] = set()  # their frames come back with an error, as the pool's do
 
     def encode(self, frames: Sequence[Frame]) -> list[EncodedFrame]:
         """``delay_s`` a frame, timed as the real encoder times its batches (the driver paces by it)."""
@@ -218,6 +220,10 @@ class StubEncoder:
                 timings,
                 f.job_id,
                 image_size=f.image_size,
+            )
+            if f.job_id not in self.fail_jobs
+            else EncodedFrame(
+                f.index, f.pts, f.capture_time, f.original_size, None, timings, f.job_id, "encoder: boom"
             )
             for f in frames
         ]
@@ -250,6 +256,7 @@ class Rig:
         hosts: int = 1,
         decoders: int = 1,
         opener: Opener | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self.client, self.keys = client, keys
         self.store = JobStore(client, keys)
@@ -269,6 +276,7 @@ class Rig:
             ControlBus(client, keys),
             self.event,
             options or DriverOptions(tick_s=0.01, control_poll_s=0.01),
+            metrics=metrics,
             listener=self.recorder,
         )
 

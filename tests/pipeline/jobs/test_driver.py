@@ -208,6 +208,25 @@ def test_a_source_that_fails_ends_its_job_and_no_other(rig) -> None:
     assert r.frames("good") == list(range(50))
 
 
+def test_frames_whose_encode_failed_are_counted_and_fail_their_job_only(rig) -> None:
+    from prometheus_client import CollectorRegistry
+
+    from pipeline.metrics import PrometheusMetrics
+
+    registry = CollectorRegistry()
+    r = rig(metrics=PrometheusMetrics(registry))
+    r.encoder.fail_jobs.add("bad")
+    r.create("bad", "file:30")
+    r.create("good", "file:30#other")
+    r.run()
+    assert r.store.get("bad").status.value == "failed" and "encoder: boom" in (r.store.get("bad").error or "")
+    assert r.frames("bad") == [] and r.frames("good") == list(range(30))
+    failed = registry.get_sample_value("samstream_frames_failed_total")
+    published = registry.get_sample_value("samstream_frames_published_total")
+    assert failed is not None and 1 <= failed <= 24, failed  # the bad job's frames in flight (its window)
+    assert published == 30
+
+
 def test_a_prompt_outside_the_frame_fails_the_job_when_its_source_opens(rig) -> None:
     from pipeline.prompts import TrackSpec
     from pipeline.spec import JobSpec

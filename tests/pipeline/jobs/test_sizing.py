@@ -83,6 +83,19 @@ def test_a_stream_slower_than_predicted_moves_down_and_stays_down() -> None:
     assert [c.new for c in planner.plan(streams([256]), CAPACITY, 32.0)] == [512]
 
 
+def test_a_stream_just_moved_is_not_judged_by_its_rate_until_it_settles() -> None:
+    """The first frames at a new size wait for its model: two windows without a frame right after
+    a change are no reason to move again."""
+    planner = SizePlanner(down_after=2, hold_s=8.0)
+    sizes = settle(planner, [1024] * 4, 2)
+    assert sizes == [768, 512, 512, 512]
+    stalled = [Stream(f"s{i}", 1.0, z, 10.0, LADDER, 0.0, True) for i, z in enumerate(sizes)]
+    assert planner.plan(stalled, CAPACITY, 2.0) == [] and planner.plan(stalled, CAPACITY, 3.0) == []
+    # once settled, a stream that still delivers nothing moves down
+    planner.plan(stalled, CAPACITY, 10.0)
+    assert [c.new for c in planner.plan(stalled, CAPACITY, 11.0)] == [512, 256, 256, 256]
+
+
 def test_when_nothing_meets_the_target_the_smallest_size_is_the_best_there_is() -> None:
     sizes = settle(SizePlanner(), [512] * 4, 3, auto=AutoSize((256, 512), target_fps=50.0))
     assert sizes == [256] * 4
