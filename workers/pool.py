@@ -6,7 +6,8 @@ a tick's frames (of many jobs); Serve's dynamic batching joins several requests 
 call. When that call fails, the replica encodes each request's jobs one by one: a job whose frames
 cannot be encoded gets them back marked with the error (its tracker host fails that job alone),
 and every other job of the batch goes on. Serve's autoscaler keeps between
-``min_replicas`` and ``max_replicas`` replicas, following the requests in flight; a replica that
+``min_replicas`` and ``max_replicas`` replicas, following the requests in flight and, while live
+streams run, the replicas their drivers say they need (:mod:`workers.demand`); a replica that
 cannot be placed is a pending resource demand, which the Ray autoscaler (cluster launcher or
 KubeRay) answers by adding a GPU node, and removes again once idle.
 """
@@ -87,6 +88,8 @@ class PoolConfig:
                 "downscale_delay_s": self.downscale_delay_s,
                 "metrics_interval_s": 1.0,
                 "look_back_period_s": 5.0,
+                # the larger of the requests in flight and the live streams' demand (workers.demand)
+                "policy": {"policy_function": "workers.demand:EncoderDemandPolicy"},
             },
             "ray_actor_options": {"num_gpus": self.gpus, "num_cpus": self.cpus},
         }
@@ -202,15 +205,31 @@ def pool_handle() -> Any:
     return serve.get_app_handle(APP)
 
 
+def replicas_running(states: dict[Any, int]) -> int:
+    """Running replicas in a deployment's ``replica_states`` (Serve's status gives the states as
+    their plain names, ``"RUNNING"``; older versions gave ``ReplicaState`` members)."""
+    return sum(n for state, n in states.items() if str(getattr(state, "value", state)) == "RUNNING")
+
+
 class PoolEncoders:
     """:class:`~workers.transport.Encoders` over the pool: each tick's frames become a pool request."""
 
     def __init__(self, handle: Any | None = None, max_replicas: int = 1, every_s: float = 5.0) -> None:
+        from workers.demand import DemandBoard
+
         self.handle = handle if handle is not None else pool_handle()
         self.max_replicas = max_replicas
         self.every_s = every_s
         self._slots = (1, max_replicas > 1)
         self._asked = -math.inf
+        self.board = DemandBoard()
+
+    def demand(self, replicas: int) -> None:
+        """The replicas this driver's live streams need, for the pool's autoscaling policy."""
+        self.board.publish(replicas)
+
+    def shutdown(self) -> None:
+        self.board.withdraw()
 
     def submit(self, frames: Any) -> Any:
         return self.handle.encode.remote(frames)._to_object_ref_sync()
@@ -224,7 +243,7 @@ class PoolEncoders:
             try:
                 app = serve.status().applications[APP]
                 states = app.deployments["encoder"].replica_states
-                running = sum(n for state, n in states.items() if str(state.value) == "RUNNING")
+                running = replicas_running(states)
             except Exception as exc:  # the last answer stands
                 log.debug("asking Serve for the encoder replicas: %s", exc)
             else:

@@ -70,6 +70,10 @@ class Encoders(Protocol):
         """Encoders working at once now, and whether there may be more (an autoscaled pool)."""
         ...
 
+    def demand(self, replicas: int) -> None:
+        """The encoders the driver's live streams need (an autoscaled pool grows or shrinks to it)."""
+        ...
+
 
 class OwnEncoders:
     """Encoder actors of this driver's own (``samstream run``), taking batches in turn.
@@ -97,6 +101,9 @@ class OwnEncoders:
 
     def slots(self) -> tuple[int, bool]:
         return len(self.actors), False
+
+    def demand(self, replicas: int) -> None:
+        """A run's own encoders are as many as it was given."""
 
     def shutdown(self) -> None:
         for actor in self.actors:
@@ -185,6 +192,9 @@ class RayTransport:
 
     def encoder_slots(self) -> tuple[int, bool]:
         return self.encoders.slots()
+
+    def encoder_demand(self, replicas: int) -> None:
+        self.encoders.demand(replicas)
 
     def decode(
         self,

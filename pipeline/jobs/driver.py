@@ -64,6 +64,8 @@ from pipeline.tracker_host import OWNER, PART, TrackReply, TrackSetup
 log = logging.getLogger(__name__)
 # How often the driver asks Redis which live jobs a viewer shows (their previews start within it).
 WATCH_POLL_S = 1.0
+# An encoder is counted busy this share of the time at most when the live jobs' demand is said.
+DEMAND_UTILISATION = 0.85
 
 
 @dataclass(frozen=True)
@@ -260,6 +262,7 @@ class JobDriver:
         self._vclock = 0.0  # fair queueing's clock: the least vtime among jobs that read
         self.pacer = Pacer()
         self.sizes = SizePlanner()
+        self._demanding = False  # live jobs' demand was said (0 is said once after the last)
         self._encoding: dict[Handle, list[Hashable]] = {}  # encode calls in the pacer
         self.placement = Placement(transport, self.options)
         self._stop = threading.Event()
@@ -839,6 +842,27 @@ class JobDriver:
         if capacity:  # admission counts auto streams at their smallest size: estimated, maybe
             self._write_capacity(capacity)
         self._plan_sizes(capacity, now)
+        self._tell_demand()
+
+    def _tell_demand(self) -> None:
+        """The encoders the live jobs need (each one's rate at its size's cost per frame), for an
+        autoscaled pool: paced reads keep about one call in flight per encoder, so the calls in
+        flight no longer say it (see :mod:`workers.demand`). Said once a window while live jobs run
+        (0 once they have gone); a job whose rate or cost is not known yet adds nothing."""
+        live = [j for j in self.jobs.values() if j.live and j.ending is None and not j.end]
+        if not live and not self._demanding:
+            return
+        work = 0.0
+        for job in live:
+            cost = self.pacer.estimate(job.size)
+            if job.requested_fps and cost:
+                work += job.requested_fps * cost
+        replicas = math.ceil(max(0.0, work) / DEMAND_UTILISATION - 1e-9)
+        self._demanding = bool(live)
+        try:
+            self.transport.encoder_demand(replicas)
+        except Exception as exc:  # the pool's own measure stands
+            log.warning("telling the encoder pool its demand: %s", exc)
 
     def _plan_sizes(self, capacity: dict[int, float], now: float) -> None:
         """Move ``image_size: auto`` streams over their sizes (:mod:`pipeline.jobs.sizing`); each

@@ -81,6 +81,11 @@ class Transport(Protocol):
         """Encoders working at once now, and whether there may be more (an autoscaled pool)."""
         ...
 
+    def encoder_demand(self, replicas: int) -> None:
+        """The encoders the live jobs need: an autoscaled pool grows or shrinks to it (while live
+        jobs run, paced reads keep the calls in flight from saying so)."""
+        ...
+
     def encode(self, frames: Handle) -> Handle:
         """Encode a group's frames; a handle to their :class:`EncodedFrame`\\ s (same order)."""
         ...
@@ -151,6 +156,7 @@ class InProcessTransport:
         self._decoder_threads: dict[int, cf.ThreadPoolExecutor] = {}
         self._encoder_thread = cf.ThreadPoolExecutor(1, thread_name_prefix="encoder")
         self.calls: list[tuple[str, int]] = []  # (stage, frames or jobs): what went where, for tests
+        self.demanded: list[int] = []  # the encoders the driver said it needs, each window
         for _ in range(hosts):
             self.add_host()
         for _ in range(decoders):
@@ -208,6 +214,9 @@ class InProcessTransport:
 
     def encoder_slots(self) -> tuple[int, bool]:
         return 1, False  # one encoder thread
+
+    def encoder_demand(self, replicas: int) -> None:
+        self.demanded.append(replicas)  # one encoder thread whatever is asked; tests read it
 
     def encode(self, frames: Handle) -> Handle:
         def run() -> list[EncodedFrame]:

@@ -174,3 +174,18 @@ def test_a_bad_request_in_a_pool_batch_fails_its_own_job_only(pool: Any) -> None
     assert [(e.job_id, e.index) for e in out[2]] == [("other", 7), ("bad", 9)]
     assert out[2][0].error is None and out[2][0].embedding is not None
     assert out[2][1].error is not None and out[2][1].error.startswith(message)
+
+
+@pytest.mark.parametrize(
+    "states", [{"RUNNING": 2, "STARTING": 1}, {"RUNNING": 2, "STOPPING": 3, "PENDING_MIGRATION": 1}]
+)
+def test_running_replicas_are_counted_from_serves_status(states: dict[str, int]) -> None:
+    from ray.serve._private.common import ReplicaState
+
+    from workers.pool import replicas_running
+
+    assert replicas_running(states) == 2  # plain names, as Serve's status gives them now
+    assert (
+        replicas_running({ReplicaState(k): n for k, n in states.items() if k in ReplicaState.__members__})
+        == 2
+    )

@@ -129,3 +129,19 @@ def test_streams_the_encoder_keeps_up_with_are_not_capacity_bound(rig) -> None:
     stop_all(r, ["cam"])
     assert info.delivered_fps is not None and info.delivered_fps >= 7.0, info.delivered_fps
     assert not info.capacity_bound
+
+
+def test_the_live_streams_demand_on_the_encoders_is_said_each_window(rig) -> None:
+    """Paced reads keep about one call in flight per encoder, so the driver says what the streams
+    need: each one's rate at its size's cost, over the share of time an encoder can be busy."""
+    r = rig(options=DriverOptions(tick_s=0.01, control_poll_s=0.01), encoder_delay_s=COST)
+    jobs = feeds(r, 3)  # 3 x 30 frames a second at 0.05 s a frame: 4.5 encoders' work
+    run_for(r, 3.0)
+    demanded = r.transport.demanded
+    assert demanded and demanded[-1] == 6, demanded  # ceil(4.5 / 0.85)
+    stop_all(r, jobs)
+    run_for(r, 1.2)
+    assert r.transport.demanded[-1] == 0  # said once after the last stream has gone
+    said = len(r.transport.demanded)
+    run_for(r, 1.2)
+    assert len(r.transport.demanded) == said  # and then no more
