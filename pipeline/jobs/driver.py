@@ -845,18 +845,22 @@ class JobDriver:
         self._tell_demand()
 
     def _tell_demand(self) -> None:
-        """The encoders the live jobs need (each one's rate at its size's cost per frame), for an
-        autoscaled pool: paced reads keep about one call in flight per encoder, so the calls in
-        flight no longer say it (see :mod:`workers.demand`). Said once a window while live jobs run
-        (0 once they have gone); a job whose rate or cost is not known yet adds nothing."""
+        """The encoders the live jobs need (each one's rate, an auto stream's target, at its size's
+        cost per frame), for an autoscaled pool: paced reads keep about one call in flight per
+        encoder, so the calls in flight no longer say it (see :mod:`workers.demand`). Said once a
+        window while live jobs run (0 once they have gone); a job whose rate or cost is not known
+        yet adds nothing."""
         live = [j for j in self.jobs.values() if j.live and j.ending is None and not j.end]
         if not live and not self._demanding:
             return
         work = 0.0
         for job in live:
             cost = self.pacer.estimate(job.size)
-            if job.requested_fps and cost:
-                work += job.requested_fps * cost
+            rate = job.requested_fps
+            if rate and job.auto is not None and job.auto.target_fps is not None:
+                rate = min(rate, job.auto.target_fps)  # an auto stream wants its target, at its size
+            if rate and cost:
+                work += rate * cost
         replicas = math.ceil(max(0.0, work) / DEMAND_UTILISATION - 1e-9)
         self._demanding = bool(live)
         try:

@@ -145,3 +145,13 @@ def test_the_live_streams_demand_on_the_encoders_is_said_each_window(rig) -> Non
     said = len(r.transport.demanded)
     run_for(r, 1.2)
     assert len(r.transport.demanded) == said  # and then no more
+
+
+def test_an_auto_streams_demand_is_its_target_not_its_feeds_rate(rig) -> None:
+    from pipeline.spec import AutoSize
+
+    r = rig(options=DriverOptions(tick_s=0.01, control_poll_s=0.01), encoder_delay_s=COST)
+    r.create("auto", "feed:30", live=True, auto_size=AutoSize((256,), target_fps=5.0))
+    run_for(r, 2.5)
+    assert r.transport.demanded[-1] == 1, r.transport.demanded  # 5 x 0.05 s = 0.25 encoders, not 1.5
+    stop_all(r, ["auto"])
