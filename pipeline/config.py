@@ -11,6 +11,21 @@ from pathlib import Path
 
 from pipeline.errors import InvalidInputError
 
+MIN_IMAGE_SIZE, MAX_IMAGE_SIZE = 64, 4096  # the encoder's input side; it takes multiples of 16
+
+
+def is_image_size(value: object) -> bool:
+    """Whether ``value`` is an encoder input size: an int, a multiple of 16, 64 to 4096."""
+    return (
+        isinstance(value, int)
+        and not isinstance(value, bool)
+        and MIN_IMAGE_SIZE <= value <= MAX_IMAGE_SIZE
+        and value % 16 == 0
+    )
+
+
+IMAGE_SIZE_RULE = f"a multiple of 16 from {MIN_IMAGE_SIZE} to {MAX_IMAGE_SIZE}"
+
 
 class Weights(str, Enum):
     """Where the model's weights come from."""
@@ -92,10 +107,8 @@ class ModelConfig:
         object.__setattr__(self, "compile", _enum(Compile, self.compile, "compile"))
         object.__setattr__(self, "device", _enum(DeviceKind, self.device, "device"))
         object.__setattr__(self, "weights", _enum(Weights, self.weights, "weights"))
-        if not isinstance(self.image_size, int) or self.image_size < 64 or self.image_size % 16:
-            raise InvalidInputError(
-                f"image size must be a multiple of 16 and at least 64, got {self.image_size}"
-            )
+        if not is_image_size(self.image_size):
+            raise InvalidInputError(f"image size must be {IMAGE_SIZE_RULE}, got {self.image_size}")
         if self.weights is not Weights.OFFICIAL and self.checkpoint is not None:
             raise InvalidInputError(f"give either --checkpoint or --weights {self.weights.value}, not both")
         if self.checkpoint is not None:

@@ -6,6 +6,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
 
+from pipeline.config import IMAGE_SIZE_RULE, is_image_size
 from pipeline.errors import InvalidInputError
 from pipeline.prompts import TrackSpec, check_unique_ids
 from pipeline.tracking import TrackingConfig
@@ -27,9 +28,13 @@ class AutoSize:
     target_fps: float | None = None
 
     def __post_init__(self) -> None:
-        if not self.sizes or list(self.sizes) != sorted(set(self.sizes)) or self.sizes[0] < 16:
+        if (
+            not self.sizes
+            or list(self.sizes) != sorted(set(self.sizes))
+            or not all(map(is_image_size, self.sizes))
+        ):
             raise InvalidInputError(
-                f"auto sizes must be distinct, ascending and >= 16, got {list(self.sizes)}"
+                f"auto sizes must be distinct, ascending, each {IMAGE_SIZE_RULE}, got {list(self.sizes)}"
             )
         if self.target_fps is not None and not (0 < self.target_fps <= MAX_FPS):
             raise InvalidInputError(f"target_fps must be > 0 and <= {MAX_FPS:g}, got {self.target_fps}")

@@ -46,6 +46,7 @@ from pipeline.api.models import (
 )
 from pipeline.api.viewer.routes import mount_static, page, viewer_router
 from pipeline.api.viewer.sessions import BearerAuth, Sessions
+from pipeline.config import IMAGE_SIZE_RULE, is_image_size
 from pipeline.errors import InvalidInputError, JobError, RedisUnavailableError
 from pipeline.jobs.admission import Demand, EncoderCapacity, admit
 from pipeline.sources.limits import DEFAULT_MAX_FRAME_PIXELS
@@ -133,10 +134,9 @@ class ApiSettings:
             raise InvalidInputError(f"--max-tracks must be 1 to {TRACKS_CEILING}, got {self.max_tracks}")
         if self.max_body_kb < 1:
             raise InvalidInputError(f"--max-body-kb must be >= 1, got {self.max_body_kb}")
-        bad = [n for n in self.image_sizes if n % 16 or not 64 <= n <= 4096]
-        if not self.image_sizes or bad:
+        if not self.image_sizes or not all(is_image_size(n) for n in self.image_sizes):
             raise InvalidInputError(
-                f"--image-sizes must list multiples of 16 from 64 to 4096, got {list(self.image_sizes)}"
+                f"--image-sizes must list sizes, each {IMAGE_SIZE_RULE}, got {list(self.image_sizes)}"
             )
         if self.image_size not in self.image_sizes:
             raise InvalidInputError(

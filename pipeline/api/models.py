@@ -14,6 +14,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from pipeline.config import IMAGE_SIZE_RULE, is_image_size
 from pipeline.errors import InvalidInputError
 from pipeline.prompts import Prompt, TrackSpec
 from pipeline.sources.opening import redact, redact_text
@@ -176,8 +177,8 @@ class JobBody(BaseModel):
         """One message (not one per member of the union) for a size that is neither."""
         if value is None or value == "auto":
             return value
-        if isinstance(value, bool) or not isinstance(value, int) or not 64 <= value <= 4096 or value % 16:
-            raise ValueError(f'image_size must be "auto" or a multiple of 16 from 64 to 4096, got {value!r}')
+        if not is_image_size(value):
+            raise ValueError(f'image_size must be "auto" or {IMAGE_SIZE_RULE}, got {value!r}')
         return value
 
 

@@ -90,10 +90,10 @@ def _capacity_size(text: str) -> int | str:
     """``--capacity-image-size``: a size, or ``auto``."""
     if text == "auto":
         return text
-    try:
-        size = int(text)
-    except ValueError:
-        size = 0
-    if size < 64 or size % 16:
-        raise InvalidInputError(f"--capacity-image-size must be auto or a multiple of 16 >= 64, got {text!r}")
+    from pipeline.config import IMAGE_SIZE_RULE, is_image_size
+
+    size = int(text) if text.isdigit() else None
+    if not is_image_size(size):
+        raise InvalidInputError(f"--capacity-image-size must be auto or {IMAGE_SIZE_RULE}, got {text!r}")
+    assert size is not None  # is_image_size said so
     return size

@@ -309,7 +309,7 @@ def test_an_unauthenticated_body_is_401_whatever_its_size(
         ({"max_tracks": 0}, "--max-tracks must be 1 to 1024"),
         ({"max_tracks": 5000}, "--max-tracks must be 1 to 1024"),
         ({"max_body_kb": 0}, "--max-body-kb must be >= 1"),
-        ({"image_sizes": ()}, "--image-sizes must list multiples of 16"),
+        ({"image_sizes": ()}, "--image-sizes must list sizes, each a multiple of 16 from 64 to 4096"),
         ({"image_sizes": (256, 500)}, "got [256, 500]"),
         ({"image_sizes": (256, 8192)}, "from 64 to 4096"),
         (
