@@ -18,6 +18,11 @@ With ``image_size="auto"`` the streams ask for adaptive resolution with a ``targ
 service of sizes 256, 512, 768 and 1024 whose streams start at 1024: each K also reports the
 slowest stream against the target (≥ 0.9 ×) and the sizes its entries were made at in the window
 and its ``image_size`` events named.
+
+With ``admission_floor`` F the service runs ``--admission capacity --min-stream-fps F``: once
+each K is measured, one more stream is asked for. It must be refused (429) exactly when a fair
+share of the measured total over K + 1 streams would fall below F, and the streams already
+running must keep their rate (the next ``seconds / 2`` against the measured window, ≥ 0.9).
 """
 
 from __future__ import annotations
@@ -56,6 +61,7 @@ class CapacityFigures:
     detail: dict[str, Any] = field(default_factory=dict)
     sizes: dict[int, int] = field(default_factory=dict)  # entries in the window per image size
     changes: list[str] = field(default_factory=list)  # the image_size events' details
+    admission: dict[str, Any] | None = None  # one more stream asked for: the answer, what followed
 
     @property
     def total(self) -> float:
@@ -77,6 +83,7 @@ def measure(
     client: Any,
     keys: Any,
     body: dict[str, Any] | None = None,
+    admission_floor: float | None = None,
 ) -> CapacityFigures:
     """``streams`` live feeds through the running ``service``, measured (see the module docstring)."""
     from pipeline.bench.feeds import UdpFeeds, free_udp_ports
@@ -112,6 +119,8 @@ def measure(
                 figures.failed += 1
             events: Any = client.xrange(keys.events(job))
             figures.changes += [f.get("detail", "") for _, f in events if f.get("type") == "image_size"]
+        if admission_floor is not None:
+            figures.admission = _one_more(service, client, keys, jobs, figures, admission_floor, body)
         info = client.hgetall(keys.job(jobs[0]))
         figures.detail = {
             k: info.get(k) for k in ("requested_fps", "delivered_fps", "capacity_bound") if k in info
@@ -124,6 +133,44 @@ def measure(
         feeds.stop()
         _wait_ended(client, keys, jobs)
     return figures
+
+
+def _one_more(
+    service: Service,
+    client: Any,
+    keys: Any,
+    jobs: list[str],
+    figures: CapacityFigures,
+    floor: float,
+    body: dict[str, Any] | None,
+) -> dict[str, Any]:
+    """Ask for one more stream (a feed nobody sends: admitted, it is deleted at once); then the
+    running streams' total over the next half window, against the measured one."""
+    from pipeline.bench.feeds import free_udp_ports
+
+    url = f"udp://127.0.0.1:{free_udp_ports(1)[0]}"
+    extra = f"{jobs[0]}-one-more"
+    request = {"source": url, "tracks": [{"id": 1, "points": [[10, 10]]}], "job_id": extra, **(body or {})}
+    with service.api() as api:
+        r = api.post("/streams", json=request)
+        if r.status_code == 201:
+            api.delete(f"/streams/{extra}")
+    after = max(2.0, figures.seconds / 2)
+    t0 = time.time()
+    time.sleep(after + 5.0)  # frames captured in the window finish publishing
+    captured = 0
+    for job in jobs:
+        entries: Any = client.xrange(keys.masks(job))
+        captured += sum(1 for _, f in entries if t0 <= float(f["capture_time"]) < t0 + after)
+    share = figures.total / (figures.streams + 1)
+    return {
+        "status": r.status_code,
+        "detail": r.json().get("detail") if r.status_code != 201 else None,
+        "share_if_admitted": round(share, 3),
+        "floor": floor,
+        "refused_as_due": (r.status_code == 429) == (share < floor),
+        "total_after": round(captured / after, 3),
+    }
 
 
 def _wait_ended(client: Any, keys: Any, jobs: list[str], timeout: float = 60) -> None:
@@ -142,6 +189,7 @@ def run_capacity(
     warmup: float,
     image_size: int | str,
     target_fps: float = 2.0,
+    admission_floor: float | None = None,
 ) -> list[Result]:
     """Measure each stream count in turn on one service; the results against the targets
     (``image_size`` ``"auto"``: adaptive streams with ``target_fps``, see the module docstring)."""
@@ -152,7 +200,9 @@ def run_capacity(
     runs = []
     with tempfile.TemporaryDirectory(prefix="samstream-capacity-") as tmp:
         auto = image_size == "auto"
-        extra = ("--image-sizes", ",".join(map(str, AUTO_SIZES))) if auto else ()
+        extra: tuple[str, ...] = ("--image-sizes", ",".join(map(str, AUTO_SIZES))) if auto else ()
+        if admission_floor is not None:
+            extra += ("--admission", "capacity", "--min-stream-fps", f"{admission_floor:g}")
         service = Service(
             Path(tmp), AUTO_SIZES[-1] if auto else int(image_size), weights="random", extra=extra
         )
@@ -163,7 +213,9 @@ def run_capacity(
                 client = connect(server.url)
                 for k in counts:
                     print(f"bench: capacity: {k} streams at {fps:g} fps …", file=sys.stderr, flush=True)
-                    runs.append(measure(service, k, clip, seconds, warmup, client, Keys(), body))
+                    runs.append(
+                        measure(service, k, clip, seconds, warmup, client, Keys(), body, admission_floor)
+                    )
                 client.close()
         finally:
             service.stop()
@@ -210,6 +262,14 @@ def capacity_results(
                    r.quantile(0.99) / interval if interval else float("inf"), "lower", 2.0),
             Result("capacity", f"{name}: jobs failed", r.failed, None, "jobs", None, "lower", 0.0),
         ]  # fmt: skip
+        if r.admission is not None:
+            a = r.admission
+            out += [
+                Result("capacity", f"{name}: one more stream refused iff its share < floor",
+                       float(a["refused_as_due"]), None, "yes", None, "higher", 1.0, detail=a),
+                Result("capacity", f"{name}: running streams' total after / before", a["total_after"],
+                       r.total, "frames/s", a["total_after"] / r.total if r.total else 0.0, "higher", 0.9),
+            ]  # fmt: skip
         if target_fps is not None:
             sizes = {"entries_by_size": {str(k): v for k, v in sorted(r.sizes.items())}, "events": r.changes}
             out.append(

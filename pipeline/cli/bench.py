@@ -16,6 +16,8 @@ def run(args: argparse.Namespace) -> int:
     if args.runs < 1:
         raise InvalidInputError(f"--runs must be >= 1, got {args.runs}")
     capacity_size = _capacity_size(args.capacity_image_size)  # refused before any suite runs
+    if args.capacity_admission is not None and not args.capacity_admission > 0:
+        raise InvalidInputError(f"--capacity-admission must be > 0 fps, got {args.capacity_admission:g}")
     import torch
 
     from pipeline.bench.model import run_decoder, run_encoder
@@ -56,6 +58,7 @@ def run(args: argparse.Namespace) -> int:
                 args.capacity_warmup,
                 capacity_size,
                 args.capacity_target_fps,
+                args.capacity_admission,
             )
         else:
             from pipeline.bench.density import run_density

@@ -677,6 +677,13 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="F",
         help="with --capacity-image-size auto: each stream's target_fps (2)",
     )
+    cp.add_argument(
+        "--capacity-admission",
+        type=float,
+        metavar="F",
+        help="serve with --admission capacity --min-stream-fps F, and ask for one more stream after "
+        "each count: refused exactly when its share would fall below F, the others keep their rate",
+    )
     bn.add_argument(
         "--precision",
         choices=["auto", "fp32", "bf16", "fp16"],

@@ -54,3 +54,27 @@ def test_the_capacity_size_is_a_size_or_auto(text: str, want: object) -> None:
 def test_a_bad_capacity_size_is_one_clear_error(text: str) -> None:
     with pytest.raises(InvalidInputError, match="--capacity-image-size must be auto or a multiple of 16"):
         _capacity_size(text)
+
+
+def test_the_admission_probe_is_judged_against_the_floor_and_the_rate_kept() -> None:
+    k4 = figures(4, [3.0, 3.0, 3.0, 3.0], [0.1] * 10, [0.3] * 10)
+    k4.admission = {
+        "status": 201,
+        "share_if_admitted": 2.4,
+        "floor": 2.0,
+        "refused_as_due": True,
+        "total_after": 11.5,
+    }
+    k8 = figures(8, [1.5] * 8, [0.1] * 10, [0.6] * 10)
+    k8.admission = {
+        "status": 429,
+        "share_if_admitted": 1.33,
+        "floor": 2.0,
+        "refused_as_due": True,
+        "total_after": 10.0,
+    }
+    rows = {r.name: r for r in capacity_results([k4, k8], fps=10.0)}
+    assert rows["K=4: one more stream refused iff its share < floor"].meets_target
+    kept = rows["K=8: running streams' total after / before"]
+    assert kept.ratio == pytest.approx(10.0 / 12.0) and kept.meets_target is False  # under 0.9: shown
+    assert rows["K=8: one more stream refused iff its share < floor"].detail["status"] == 429
