@@ -22,11 +22,11 @@ Hysteresis:
   delivered rate counts too: a stream bound by the encoders and below ``shortfall`` of its target
   for ``down_after`` windows moves down a step even where the prediction said it would not (the
   prediction was wrong: a tracker host, not the encoders, held it back), and does not move
-  above that size again for ``ceiling_s``; its rate counts only ``hold_s`` after its last change
-  (the first frames of a new size wait for its model to load);
+  above that size again for ``ceiling_s``; its rate counts only ``hold_s`` after it started or
+  last changed (a new stream's source opens, the first frames of a new size wait for its model);
 * a stream moves **up** one step at a time, only when the plan made with ``up_margin`` over
   every target (a larger size must leave room to spare) said so ``up_after`` times in a row, and
-  not within ``hold_s`` of its last change.
+  not within ``hold_s`` of its start or last change.
 """
 
 from __future__ import annotations
@@ -126,6 +126,7 @@ class SizePlanner:
         changes: list[SizeChange] = []
         for s in auto:
             assert s.auto is not None and s.target is not None  # filtered above
+            self._changed_at.setdefault(s.key, now)  # a new stream settles as a moved one does
             ladder = [z for z in s.auto.sizes if z in capacity] or [s.size]
             here = ladder.index(s.size) if s.size in ladder else len(ladder) - 1
             settled = now - self._changed_at.get(s.key, -1e18) >= self.hold_s  # a change stalls a little

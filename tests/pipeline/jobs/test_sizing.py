@@ -66,10 +66,11 @@ def test_a_change_holds_for_hold_s_before_moving_up() -> None:
     sizes = settle(planner, [1024], 1)
     assert sizes == [1024]  # one stream alone at 1024 meets 2 fps (3.25), no change
     planner = SizePlanner(up_after=1, hold_s=5.0)
-    first = planner.plan(streams([256]), CAPACITY, 0.0)
+    assert planner.plan(streams([256]), CAPACITY, 0.0) == []  # a new stream settles first
+    first = planner.plan(streams([256]), CAPACITY, 5.0)
     assert first and first[0].new == 512
-    assert planner.plan(streams([512]), CAPACITY, 1.0) == []  # held
-    assert planner.plan(streams([512]), CAPACITY, 5.0)[0].new == 768
+    assert planner.plan(streams([512]), CAPACITY, 6.0) == []  # held
+    assert planner.plan(streams([512]), CAPACITY, 10.0)[0].new == 768
 
 
 def test_a_stream_slower_than_predicted_moves_down_and_stays_down() -> None:
@@ -123,3 +124,11 @@ def test_without_a_target_an_auto_stream_keeps_up_with_its_feed() -> None:
 def test_an_auto_ladder_must_be_ascending_sizes(sizes: tuple[int, ...]) -> None:
     with pytest.raises(InvalidInputError, match="ascending"):
         AutoSize(sizes)
+
+
+def test_a_new_stream_is_not_judged_by_its_rate_while_its_source_opens() -> None:
+    planner = SizePlanner(down_after=2, hold_s=8.0)
+    opening = [Stream("s0", 1.0, 1024, 10.0, LADDER, 0.0, True)]  # bound, nothing delivered yet
+    assert all(planner.plan(opening, {1024: 3.25, 768: 5.8}, float(t)) == [] for t in range(8))
+    planner.plan(opening, {1024: 3.25, 768: 5.8}, 8.0)
+    assert [c.new for c in planner.plan(opening, {1024: 3.25, 768: 5.8}, 9.0)] == [768]
