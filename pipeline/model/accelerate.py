@@ -114,8 +114,22 @@ def prepare_encoder(encoder: nn.Module, tile: bool, dtype: torch.dtype = torch.f
     return prepared.to(dtype=dtype, memory_format=torch.channels_last)  # type: ignore[call-overload]
 
 
+def target_isa() -> str:
+    """The vector instructions a package compiled here is built for: the CPU's kind, and torch's
+    ``ATEN_CPU_CAPABILITY`` where it is set (inductor generates its code for it). A package built on
+    an AMX machine holds AVX-512 and AMX code, which another CPU cannot run (a cache shared between
+    machines, an image built on another) and which an AVX2-bound run must not take."""
+    import os
+
+    from pipeline.model.precision import cpu_kind
+
+    capability = os.environ.get("ATEN_CPU_CAPABILITY", "")
+    return cpu_kind() + (f"-{capability}" if capability else "")
+
+
 def package_key(module: nn.Module, *parts: object) -> str:
-    """Identifies a compiled package: versions, ``parts`` (shapes, dtype) and a digest of the weights it embeds."""
+    """Identifies a compiled package: versions, the instructions it targets (:func:`target_isa`),
+    ``parts`` (shapes, dtype) and a digest of the weights it embeds."""
     import hashlib
 
     import kornia
@@ -125,7 +139,10 @@ def package_key(module: nn.Module, *parts: object) -> str:
     h = hashlib.sha256()
     h.update(
         "|".join(
-            map(str, (__version__, torch.__version__, kornia.__version__, PACKAGE_FORMAT, *parts))
+            map(
+                str,
+                (__version__, torch.__version__, kornia.__version__, PACKAGE_FORMAT, target_isa(), *parts),
+            )
         ).encode()
     )
     for name, value in sorted(module.state_dict().items()):

@@ -176,3 +176,22 @@ def test_another_users_cache_folder_is_refused(tmp_path: Path) -> None:
     folder.mkdir(mode=0o700)
     os.chown(folder, 4321, -1)
     assert "belongs to user id 4321, not to you" in _refused(folder / "encoder-256-abc.pt2")
+
+
+def test_a_package_is_keyed_by_the_instructions_it_targets(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A package built on an AMX machine holds code another CPU cannot run, and one built for an
+    AVX2-bound run (``ATEN_CPU_CAPABILITY=avx2``) is slower where AVX-512 is there: neither may be
+    taken for the other from a shared cache."""
+    from pipeline.model import accelerate, precision
+
+    module = nn.Linear(4, 4)
+    monkeypatch.delenv("ATEN_CPU_CAPABILITY", raising=False)
+    keys = {}
+    for kind, flags in {"amx": {"avx2", "avx512f", "amx_bf16"}, "avx2": {"avx2"}}.items():
+        monkeypatch.setattr(precision, "cpu_flags", lambda flags=flags: frozenset(flags))
+        keys[kind] = accelerate.package_key(module, "encoder", 1024)
+        assert accelerate.target_isa() == kind
+    assert keys["amx"] != keys["avx2"]
+    monkeypatch.setenv("ATEN_CPU_CAPABILITY", "avx2")
+    assert accelerate.target_isa() == "avx2-avx2"
+    assert accelerate.package_key(module, "encoder", 1024) != keys["avx2"]
