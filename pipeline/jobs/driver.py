@@ -653,7 +653,7 @@ class JobDriver:
             batch = s.timings.get("encode_batch")
             if batch and "encode" in s.timings:
                 # an auto stream's frames in flight across a change are of the size they were read at
-                size = s.image_size or job.size if job.auto else job.size
+                size = (s.image_size or job.size) if job.auto else job.size
                 self.pacer.cost_seen(size, s.timings["encode"] / batch)
             if not s.published:
                 continue

@@ -116,9 +116,8 @@ class SizePlanner:
         """This window's changes (``capacity``: frames a second the encoders take at each size
         a stream may have; a size missing from it is not chosen)."""
         auto = [s for s in streams if s.auto is not None and s.target is not None]
-        for key in set(self._down) | set(self._up) | set(self._slow):
-            if key not in {s.key for s in auto}:
-                self._forget(key)
+        for key in set(self._changed_at) - {s.key for s in auto}:  # every auto stream has a time
+            self._forget(key)
         if not auto or not capacity:
             return []
         hold = _fill(streams, capacity, self.margin)
@@ -127,7 +126,7 @@ class SizePlanner:
         for s in auto:
             assert s.auto is not None and s.target is not None  # filtered above
             self._changed_at.setdefault(s.key, now)  # a new stream settles as a moved one does
-            ladder = [z for z in s.auto.sizes if z in capacity] or [s.size]
+            ladder = _ladder(s, capacity)
             here = ladder.index(s.size) if s.size in ladder else len(ladder) - 1
             settled = now - self._changed_at.get(s.key, -1e18) >= self.hold_s  # a change stalls a little
             slow = (
@@ -176,13 +175,19 @@ class SizePlanner:
             table.pop(key, None)
 
 
+def _ladder(stream: Stream, capacity: Mapping[int, float]) -> list[int]:
+    """The sizes an auto stream may move over now: those of its ladder with a capacity known."""
+    assert stream.auto is not None
+    return [z for z in stream.auto.sizes if z in capacity] or [stream.size]
+
+
 def _fill(streams: Sequence[Stream], capacity: Mapping[int, float], margin: float) -> dict[str, int]:
     """The largest sizes the auto streams may have, filled from the bottom of their ladders one
     step at a time (the smallest size first; at a tie, the stream that has the larger size now):
     a step is kept while every auto stream's predicted share stays at ``margin`` times its target."""
     sizes = {s.key: s.size for s in streams}
     auto = [s for s in streams if s.auto is not None and s.target is not None]
-    ladders = {s.key: [z for z in s.auto.sizes if z in capacity] or [s.size] for s in auto if s.auto}
+    ladders = {s.key: _ladder(s, capacity) for s in auto}
     for s in auto:
         sizes[s.key] = ladders[s.key][0]
 
