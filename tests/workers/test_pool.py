@@ -13,6 +13,7 @@ from pipeline.config import ModelConfig
 from pipeline.encoding import SizedEncoders
 from pipeline.errors import InvalidInputError
 from pipeline.frames import EncodedFrame, Frame
+from tests.fixtures.pool import local_pool
 from workers.pool import EncoderReplica, PoolConfig
 
 
@@ -137,20 +138,9 @@ def test_the_per_size_models_are_a_bounded_lru() -> None:
 def pool() -> Iterator[Any]:
     """The encoder pool on a local Ray: one CPU replica of the null model, batches gathered for
     half a second so that requests sent together are encoded as one batch."""
-    import ray
-    from ray import serve
-
-    from workers.pool import start_pool
-
-    ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
-    try:
-        config = PoolConfig(min_replicas=1, max_replicas=1, gpus=0, cpus=0.5, max_batch=8, batch_wait_s=0.5)
-        handle, deployed = start_pool(ModelConfig(weights="null", device="cpu", compile="eager"), config)
-        assert deployed
+    config = PoolConfig(min_replicas=1, max_replicas=1, gpus=0, cpus=0.5, max_batch=8, batch_wait_s=0.5)
+    with local_pool(config) as handle:
         yield handle
-    finally:
-        serve.shutdown()
-        ray.shutdown()
 
 
 @pytest.mark.integration

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from pipeline.config import ModelConfig
+from tests.fixtures.pool import local_pool
 from workers import demand
 from workers.demand import DemandBoard, EncoderDemandPolicy, read_board
 from workers.pool import APP, PoolConfig, PoolEncoders, replicas_running
@@ -83,20 +83,10 @@ def test_the_policy_takes_the_larger_of_serves_answer_and_the_demand(
 
 @pytest.fixture(scope="module")
 def ray_pool() -> Iterator[Any]:
-    import ray
     from ray import serve
 
-    from workers.pool import start_pool
-
-    ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
-    try:
-        config = PoolConfig(min_replicas=1, max_replicas=2, gpus=0, cpus=0.5, downscale_delay_s=2)
-        _, deployed = start_pool(ModelConfig(weights="null", device="cpu", compile="eager"), config)
-        assert deployed
+    with local_pool(PoolConfig(min_replicas=1, max_replicas=2, gpus=0, cpus=0.5, downscale_delay_s=2)):
         yield serve
-    finally:
-        serve.shutdown()
-        ray.shutdown()
 
 
 def _running(serve: Any) -> int:
