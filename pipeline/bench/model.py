@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.bench.report import Result, median, rate_result, timed
+from pipeline.bench.report import Result, median, rate_result, timed, timed_pair
 
 
 def matmul_gflops(device: Any, dtype: Any = None, runs: int = 5, n: int = 2048) -> float:
@@ -125,7 +125,7 @@ def run_encoder(device: Any, image_size: int, runs: int, batch: int, precision: 
             plain.image_encoder(x)
         _sync(device)
 
-    base_s = median(timed(eager, runs)) / batch
+    eager()  # kornia's first call (allocations), untimed
     gflop = encoder_flops(plain.image_encoder, image_size) / 1e9
     results = []
     variants: list[tuple[str, Any, Compile, float | None]] = [("fp32", torch.float32, Compile.COMPILED, 2.3)]
@@ -145,7 +145,8 @@ def run_encoder(device: Any, image_size: int, runs: int, batch: int, precision: 
             ours.encode(frames)
             _sync(device)
 
-        ours_s = median(timed(fast, runs)) / batch
+        ours_runs, base_runs = timed_pair(fast, eager, runs, warmup=0)
+        ours_s, base_s = median(ours_runs) / batch, median(base_runs) / batch
         results.append(
             rate_result(
                 "encoder",
@@ -245,8 +246,8 @@ def run_decoder(
                     (F.interpolate(up, (height, width), mode="bilinear", align_corners=False) > 0).cpu()
             _sync(device)
 
-        ours_s = median(timed(fast, runs, warmup=2))
-        base_s = median(timed(singles, runs))
+        ours_runs, base_runs = timed_pair(fast, singles, runs, warmup=2)
+        ours_s, base_s = median(ours_runs), median(base_runs)
         target = (0.4, 0.4) if k == 16 else (None, None)
         results.append(
             Result(

@@ -23,6 +23,27 @@ def timed(fn: Callable[[], Any], runs: int, warmup: int = 1) -> list[float]:
     return out
 
 
+def timed_pair(
+    ours: Callable[[], Any], baseline: Callable[[], Any], runs: int, warmup: int = 1
+) -> tuple[list[float], list[float]]:
+    """Seconds of ``runs`` calls of each, taken in turn after ``warmup`` calls of each: a machine
+    whose speed drifts over a minute (a shared VM's neighbours, turbo) moves both alike, and their
+    ratio holds where two blocks of runs apart would not. The order alternates (ours, baseline,
+    baseline, ours, …), so that a steady drift favours neither."""
+    for _ in range(warmup):
+        ours()
+        baseline()
+    ours_s: list[float] = []
+    base_s: list[float] = []
+    for run in range(runs):
+        pair = ((ours, ours_s), (baseline, base_s))
+        for fn, out in pair if run % 2 == 0 else pair[::-1]:
+            start = time.perf_counter()
+            fn()
+            out.append(time.perf_counter() - start)
+    return ours_s, base_s
+
+
 def median(values: list[float]) -> float:
     return float(statistics.median(values))
 

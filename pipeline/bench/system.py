@@ -57,6 +57,16 @@ def _exe() -> str:
     return str(Path(sys.executable).with_name("samstream"))
 
 
+def warmup(model: list[str]) -> float:
+    """Seconds of ``samstream warmup`` with ``model``'s options: the packages compiled (or found
+    cached) before anything is timed."""
+    start = time.perf_counter()
+    res = subprocess.run([_exe(), "warmup", *model], capture_output=True, text=True)
+    if res.returncode != 0:
+        raise SamstreamError(f"samstream warmup failed in the benchmark: {res.stderr.strip()[-300:]}")
+    return time.perf_counter() - start
+
+
 def _steady(published: list[float]) -> float:
     """Seconds per frame once running (first to last publish, the first frame excluded)."""
     return (published[-1] - published[0]) / max(1, len(published) - 1)
@@ -106,11 +116,7 @@ def run_pipeline(
         )
         warmup_s = None
         if device != "cuda":
-            start = time.perf_counter()
-            res = subprocess.run([_exe(), "warmup", *model], capture_output=True, text=True)
-            if res.returncode != 0:
-                raise SamstreamError(f"samstream warmup failed in the benchmark: {res.stderr.strip()[-300:]}")
-            warmup_s = time.perf_counter() - start
+            warmup_s = warmup(model)
         warm = _samstream_run(clip, folder / "warm", [*model, *keep_tracks])
         base_wall = _seed_loop(clip, device)
     out = []

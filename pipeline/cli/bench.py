@@ -16,6 +16,8 @@ def run(args: argparse.Namespace) -> int:
     if args.runs < 1:
         raise InvalidInputError(f"--runs must be >= 1, got {args.runs}")
     capacity_size = _capacity_size(args.capacity_image_size)  # refused before any suite runs
+    if args.capacity_encoder_cpus < 1:
+        raise InvalidInputError(f"--capacity-encoder-cpus must be >= 1, got {args.capacity_encoder_cpus}")
     if args.capacity_admission is not None and not args.capacity_admission > 0:
         raise InvalidInputError(f"--capacity-admission must be > 0 fps, got {args.capacity_admission:g}")
     import torch
@@ -59,6 +61,7 @@ def run(args: argparse.Namespace) -> int:
                 capacity_size,
                 args.capacity_target_fps,
                 args.capacity_admission,
+                args.capacity_encoder_cpus,
             )
         else:
             from pipeline.bench.density import run_density

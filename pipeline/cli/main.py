@@ -678,6 +678,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="with --capacity-image-size auto: each stream's target_fps (2)",
     )
     cp.add_argument(
+        "--capacity-encoder-cpus",
+        type=int,
+        default=1,
+        metavar="C",
+        help="CPUs of the service's one encoder replica: its torch threads (1, serve's default)",
+    )
+    cp.add_argument(
         "--capacity-admission",
         type=float,
         metavar="F",

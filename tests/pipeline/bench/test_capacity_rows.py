@@ -78,3 +78,9 @@ def test_the_admission_probe_is_judged_against_the_floor_and_the_rate_kept() -> 
     kept = rows["K=8: running streams' total after / before"]
     assert kept.ratio == pytest.approx(10.0 / 12.0) and kept.meets_target is False  # under 0.9: shown
     assert rows["K=8: one more stream refused iff its share < floor"].detail["status"] == 429
+
+
+def test_the_first_row_says_how_long_the_model_took_to_compile_first() -> None:
+    runs = [figures(1, [1.5], [0.6] * 9, [0.6] * 9)]
+    [first, *_] = capacity_results(runs, 10.0, warmup_s=95.5)
+    assert first.name == "K=1: service interval p50" and first.detail["warmup_s"] == 95.5
