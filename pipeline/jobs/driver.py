@@ -40,7 +40,7 @@ import queue
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -49,7 +49,7 @@ import redis
 from pipeline.decoding import FrameSummary
 from pipeline.errors import InvalidInputError, JobError, SamstreamError
 from pipeline.jobs.lifecycle import Ending, Lifecycle, Start
-from pipeline.jobs.pacing import Pacer
+from pipeline.jobs.pacing import Pacer, TrackerLoad
 from pipeline.jobs.placement import Placement
 from pipeline.jobs.sizing import SizePlanner, Stream
 from pipeline.jobs.transport import Handle, Transport
@@ -261,6 +261,7 @@ class JobDriver:
         self._rates_at = time.monotonic()
         self._vclock = 0.0  # fair queueing's clock: the least vtime among jobs that read
         self.pacer = Pacer()
+        self.trackers = TrackerLoad()
         self.sizes = SizePlanner()
         self._demanding = False  # live jobs' demand was said (0 is said once after the last)
         self._encoding: dict[Handle, list[Hashable]] = {}  # encode calls in the pacer
@@ -444,6 +445,7 @@ class JobDriver:
         else:
             order, passes = jobs, (True, False)  # live jobs first: file jobs take what is left
         room: dict[int, float] = {}  # image size -> frames the encoders can take in time
+        coming = self._coming() if paced else {}  # tracker host -> frames on their way to it
         wanted: dict[int, dict[int, list[ReadRequest]]] = {}
         reserved: dict[int, dict[int, int]] = {}  # host -> image size -> paced frames
         least: float | None = None
@@ -463,6 +465,9 @@ class JobDriver:
                 if paced:
                     least = job.vtime if least is None else least
                     size = job.size
+                    if self._tracker_late(job, coming, now):
+                        job.refused += job.live
+                        continue
                     if size not in room:
                         room[size] = self.pacer.room(size, now, _sum_sizes(reserved))
                     count = int(min(count, room[size]))
@@ -470,6 +475,7 @@ class JobDriver:
                         job.refused += job.live
                         continue
                     room[size] -= count
+                    coming[job.decoder] = coming.get(job.decoder, 0) + count
                     for other in [s for s in room if s != size]:
                         del room[other]  # the same encoders: asked again, with these frames
                     host_sizes = reserved.setdefault(job.host, {})
@@ -506,6 +512,20 @@ class JobDriver:
                 frozenset(r.job_id for g in groups for r in g),
                 paced=keys,
             )
+
+    def _coming(self) -> dict[int, int]:
+        """Frames read or encoded and not yet given to their tracker host, per tracker host."""
+        out: dict[int, int] = {}
+        for (_, decoder), lane in self._lanes.items():
+            out[decoder] = out.get(decoder, 0) + sum(sum(g.counts.values()) for g in lane)
+        return out
+
+    def _tracker_late(self, job: _Job, coming: Mapping[int, int], now: float) -> bool:
+        """Whether a frame of ``job`` read now would wait at its tracker host (see
+        :class:`~pipeline.jobs.pacing.TrackerLoad`): it gets there after the read and its encode."""
+        p = self.pacer
+        reach = p.lead + p.overhead + (p.estimate(job.size) or 0.0) + p.slack_s
+        return self.trackers.late(job.decoder, coming.get(job.decoder, 0), reach, now)
 
     def _read_done(self, read: _Read) -> None:
         try:
@@ -601,6 +621,7 @@ class JobDriver:
                 setups = {j: self.jobs[j].setup for j in group.counts if j in self.jobs}
                 group.replies = self.transport.decode(group.decoder, setups, group.embeddings, group.parts)
                 self._decoding[group.replies] = group
+                self.trackers.sent(group.replies, group.decoder, sum(group.counts.values()), time.monotonic())
                 for job in split:
                     job.joining -= 1
                     if not job.joining:
@@ -610,6 +631,7 @@ class JobDriver:
         try:
             replies: list[TrackReply] = self.transport.get(handle)
         except Exception as exc:
+            self.trackers.done(handle, None)
             text = _reason(exc, f"tracker host {group.decoder} failed")
             for job_id, count in group.counts.items():
                 job = self.jobs.get(job_id)
@@ -618,6 +640,7 @@ class JobDriver:
                     self.metrics.frame_failed(count)
                     self._finish(job, Ending.FAILED, text)
             return
+        self.trackers.done(handle, time.monotonic())
         for reply in replies:
             job = self.jobs.get(reply.job_id)
             if job is None:

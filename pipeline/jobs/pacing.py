@@ -20,6 +20,10 @@ So a live frame is read about when an encoder frees, and waits for nothing but i
 latency stays about one service interval whatever the number of streams, and frames the
 encoders cannot take are never read (the source host replaces a live job's unread frame by a
 newer one, counted as dropped). Which job's frame goes first is the driver's (fair shares).
+
+The tracker hosts are the second stage a frame may wait at: :class:`TrackerLoad` measures each
+one's cost a frame and backlog, and the driver reads no frame for a host that would still be more
+than one call behind when the frame got there.
 """
 
 from __future__ import annotations
@@ -176,3 +180,73 @@ class Pacer:
 
 def _average(old: float, new: float, first: bool) -> float:
     return new if first else (1 - ALPHA) * old + ALPHA * new
+
+
+@dataclass
+class _Call:
+    decoder: int
+    frames: int
+    sent: float
+
+
+@dataclass
+class TrackerLoad:
+    """How far behind each tracker host is, from the decode calls it was given and returned.
+
+    A tracker host takes its calls one at a time, so a call's own time is from when it was sent or
+    the host's previous call returned, whichever is later, to its return: over its frames, the
+    host's **cost** a frame (a moving average: it follows the tracks a host holds). Its **backlog**
+    is the work it was given and has not returned, plus the frames on their way to it (encoded or
+    encoding), at that cost, less what its current call has done already.
+
+    A live frame read now reaches its tracker host after the read and its encode; if the host will
+    still be busy by then with more than one call's work, the frame would wait in its queue, and
+    the wait would grow with every stream it serves (the encoders' pacing cannot see it). The
+    driver reads it later instead (:meth:`late`), and the source host replaces it by a newer one.
+    """
+
+    cost: dict[int, float] = field(default_factory=dict)  # tracker host -> seconds a frame
+    call_frames: dict[int, float] = field(default_factory=dict)  # tracker host -> frames a call
+    _calls: dict[Hashable, _Call] = field(default_factory=dict)
+    _free: dict[int, float] = field(default_factory=dict)  # tracker host -> its last return
+
+    def sent(self, key: Hashable, decoder: int, frames: int, now: float) -> None:
+        if frames > 0:
+            self._calls[key] = _Call(decoder, frames, now)
+
+    def done(self, key: Hashable, now: float | None) -> None:
+        """A call returned at ``now`` (None: it failed; no measure)."""
+        call = self._calls.pop(key, None)
+        if call is None or now is None:
+            return
+        start = max(call.sent, self._free.get(call.decoder, 0.0))
+        self._free[call.decoder] = now
+        d = call.decoder
+        first = d not in self.cost
+        self.cost[d] = _average(self.cost.get(d, 0.0), max(0.0, now - start) / call.frames, first)
+        self.call_frames[d] = _average(self.call_frames.get(d, 0.0), float(call.frames), first)
+
+    def backlog_s(self, decoder: int, coming: int, now: float) -> float:
+        """Seconds of work the host holds beyond now, with ``coming`` more frames on their way to it
+        (0 while its cost is not measured)."""
+        cost = self.cost.get(decoder)
+        if not cost:
+            return 0.0
+        calls = [c for c in self._calls.values() if c.decoder == decoder]
+        frames = sum(c.frames for c in calls) + coming
+        running_since = max([min(c.sent for c in calls), self._free.get(decoder, 0.0)]) if calls else now
+        return max(0.0, frames * cost - (now - running_since))
+
+    def late(self, decoder: int, coming: int, reach_s: float, now: float) -> bool:
+        """Whether a frame read now would wait at the host: it reaches it in ``reach_s`` (the read
+        and its encode), and the host's backlog is more than that and one call of its usual size."""
+        cost = self.cost.get(decoder)
+        if not cost:
+            return False
+        one_call = cost * max(1.0, self.call_frames.get(decoder, 1.0))
+        return self.backlog_s(decoder, coming, now) > reach_s + one_call
+
+    def forget(self, decoder: int | None = None) -> None:
+        """Calls given up on (a host restarted, or all of them)."""
+        for key in [k for k, c in self._calls.items() if decoder is None or c.decoder == decoder]:
+            del self._calls[key]

@@ -13,6 +13,7 @@ import time
 import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import pytest
@@ -229,6 +230,22 @@ class StubEncoder:
         ]
 
 
+class SlowTrackerHost:
+    """A tracker host that takes ``delay_s`` more a frame (a host with more tracks than it can
+    follow at the feeds' rate); otherwise the host it wraps."""
+
+    def __init__(self, host: TrackerHost, delay_s: float) -> None:
+        self.host = host
+        self.delay_s = delay_s
+
+    def process(self, setups: Any, frames: Sequence[EncodedFrame], answers: Any = None) -> Any:
+        time.sleep(self.delay_s * len(frames))
+        return self.host.process(setups, frames, answers)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.host, name)
+
+
 @dataclass
 class Recorder(Listener):
     """What the driver told: frames per job, endings, the most frames in flight seen per job."""
@@ -253,6 +270,7 @@ class Rig:
         options: DriverOptions | None = None,
         encoder_delay_s: float = 0.0,
         per_pixel: bool = False,
+        tracker_delay_s: float = 0.0,
         hosts: int = 1,
         decoders: int = 1,
         opener: Opener | None = None,
@@ -265,7 +283,9 @@ class Rig:
         self.transport = InProcessTransport(
             lambda: SourceHost(self.opener, idle_wait_s=0.05),
             self.encoder,
-            lambda: TrackerHost(lambda size, n: stub(), client, keys, checkpoint_every=10),
+            lambda: SlowTrackerHost(
+                TrackerHost(lambda size, n: stub(), client, keys, checkpoint_every=10), tracker_delay_s
+            ),
             hosts=hosts,
             decoders=decoders,
         )

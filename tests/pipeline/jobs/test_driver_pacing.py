@@ -12,6 +12,8 @@ import statistics
 import time
 from typing import Any
 
+import pytest
+
 from pipeline.jobs.driver import DriverOptions
 from pipeline.streams.control import Command
 
@@ -155,3 +157,59 @@ def test_an_auto_streams_demand_is_its_target_not_its_feeds_rate(rig) -> None:
     run_for(r, 2.5)
     assert r.transport.demanded[-1] == 1, r.transport.demanded  # 5 x 0.05 s = 0.25 encoders, not 1.5
     stop_all(r, ["auto"])
+
+
+def test_a_tracker_host_that_cannot_keep_up_holds_frames_back_not_in_its_queue(rig) -> None:
+    """The encoder is fast; the tracker host takes 0.05 s a frame (20 frames a second in all, far
+    less than 4 feeds of 30 send). Paced by the encoders alone, each stream's frames would wait in
+    the tracker host's queue: latency about streams × frames in flight × its cost."""
+    slow = 0.05
+    opts = DriverOptions(tick_s=0.01, control_poll_s=0.01, live_in_flight=3)
+    r = rig(options=opts, encoder_delay_s=0.002, tracker_delay_s=slow)
+    jobs = feeds(r, 4)
+    run_for(r, 1.0)  # the host's cost is learnt from the first calls
+    t0 = time.time()
+    run_for(r, 3.0)
+    paced = [v for j in jobs for v in latencies(r, j, t0)]
+    counts = [len(latencies(r, j, t0)) for j in jobs]
+    stop_all(r, jobs)
+
+    unpaced_rig = rig(
+        options=DriverOptions(tick_s=0.01, control_poll_s=0.01, live_in_flight=3, pacing=False),
+        encoder_delay_s=0.002,
+        tracker_delay_s=slow,
+    )
+    jobs = feeds(unpaced_rig, 4, name="unpaced")
+    run_for(unpaced_rig, 1.0)
+    t1 = time.time()
+    run_for(unpaced_rig, 3.0)
+    unpaced = [v for j in jobs for v in latencies(unpaced_rig, j, t1)]
+    unpaced_total = sum(len(latencies(unpaced_rig, j, t1)) for j in jobs)
+    stop_all(unpaced_rig, jobs)
+
+    # Unpaced, 4 streams x 3 frames wait at the tracker host: about 12 of its frames of latency.
+    assert statistics.median(unpaced) > 6 * slow, statistics.median(unpaced)
+    # Paced by the host's load, a frame waits for about one call of the host's.
+    assert statistics.median(paced) < 4 * slow + 1 / 30, statistics.median(paced)
+    # It costs no throughput, and the streams share the host evenly.
+    assert sum(counts) >= 0.8 * unpaced_total, (counts, unpaced_total)
+    assert min(counts) >= 0.7 * sum(counts) / len(counts), counts
+
+
+def test_tracker_load_measures_each_hosts_cost_and_backlog() -> None:
+    from pipeline.jobs.pacing import TrackerLoad
+
+    load = TrackerLoad()
+    assert not load.late(0, coming=100, reach_s=0.0, now=0.0)  # nothing measured: no limit
+    load.sent("a", 0, 2, now=0.0)
+    load.sent("b", 0, 2, now=0.0)  # queued behind "a" on the same host
+    load.done("a", now=0.2)  # 0.1 s a frame
+    load.done("b", now=0.4)  # from a's return: 0.1 s a frame again, not 0.2
+    assert load.cost[0] == pytest.approx(0.1) and load.call_frames[0] == 2.0
+    load.sent("c", 0, 4, now=1.0)
+    assert load.backlog_s(0, coming=2, now=1.1) == pytest.approx(0.5)  # 6 frames less 0.1 s done
+    assert load.late(0, coming=2, reach_s=0.2, now=1.1)  # 0.5 > 0.2 + one call (0.2)
+    assert not load.late(0, coming=0, reach_s=0.2, now=1.1)  # 0.3 ≤ 0.4
+    assert not load.late(1, coming=50, reach_s=0.0, now=1.1)  # another host: its own measure
+    load.done("c", None)  # failed: no measure, and no longer held
+    assert load.backlog_s(0, coming=0, now=1.2) == 0.0
