@@ -43,27 +43,26 @@ def feeds(r: Any, count: int, name: str = "cam", **spec: Any) -> list[str]:
     return jobs
 
 
-def test_latency_stays_about_one_encode_however_many_streams_and_shares_are_even(rig) -> None:
-    opts = DriverOptions(tick_s=0.01, control_poll_s=0.01)
-    r = rig(options=opts, encoder_delay_s=COST)
-    jobs = feeds(r, 6)
-    run_for(r, 1.0)  # the encoder's cost is learnt from the first frames
+def streams(rig: Any, count: int, paced: bool, **kw: Any) -> tuple[list[float], list[int]]:
+    """``count`` feeds on a new rig (``kw``: its encoder and tracker delays; ``live_in_flight``),
+    paced or not: the latencies of 3 s after a second's warm-up (the costs are learnt from the
+    first frames), and each stream's frames in them."""
+    in_flight = kw.pop("live_in_flight", 2)
+    opts = DriverOptions(tick_s=0.01, control_poll_s=0.01, pacing=paced, live_in_flight=in_flight)
+    r = rig(options=opts, **kw)
+    jobs = feeds(r, count, name="paced" if paced else "unpaced")
+    run_for(r, 1.0)
     t0 = time.time()
     run_for(r, 3.0)
-    paced = [v for j in jobs for v in latencies(r, j, t0)]
+    values = [v for j in jobs for v in latencies(r, j, t0)]
     counts = [len(latencies(r, j, t0)) for j in jobs]
     stop_all(r, jobs)
+    return values, counts
 
-    unpaced_rig = rig(
-        options=DriverOptions(tick_s=0.01, control_poll_s=0.01, pacing=False), encoder_delay_s=COST
-    )
-    jobs = feeds(unpaced_rig, 6, name="unpaced")
-    run_for(unpaced_rig, 1.0)
-    t1 = time.time()
-    run_for(unpaced_rig, 3.0)
-    unpaced = [v for j in jobs for v in latencies(unpaced_rig, j, t1)]
-    unpaced_total = sum(len(latencies(unpaced_rig, j, t1)) for j in jobs)
-    stop_all(unpaced_rig, jobs)
+
+def test_latency_stays_about_one_encode_however_many_streams_and_shares_are_even(rig) -> None:
+    paced, counts = streams(rig, 6, True, encoder_delay_s=COST)
+    unpaced, unpaced_counts = streams(rig, 6, False, encoder_delay_s=COST)
 
     # Unpaced, 6 streams x 2 frames wait in the encoder's queue: about 12 encodes of latency.
     assert statistics.median(unpaced) > 6 * COST, statistics.median(unpaced)
@@ -71,7 +70,7 @@ def test_latency_stays_about_one_encode_however_many_streams_and_shares_are_even
     assert statistics.median(paced) < 3 * COST + 1 / 30, statistics.median(paced)
     assert statistics.median(paced) < statistics.median(unpaced) / 2
     # Pacing costs no throughput, and every stream gets about its share.
-    assert sum(counts) >= 0.8 * unpaced_total, (counts, unpaced_total)
+    assert sum(counts) >= 0.8 * sum(unpaced_counts), (counts, unpaced_counts)
     assert min(counts) >= 0.7 * sum(counts) / len(counts), counts
 
 
@@ -164,35 +163,16 @@ def test_a_tracker_host_that_cannot_keep_up_holds_frames_back_not_in_its_queue(r
     less than 4 feeds of 30 send). Paced by the encoders alone, each stream's frames would wait in
     the tracker host's queue: latency about streams × frames in flight × its cost."""
     slow = 0.05
-    opts = DriverOptions(tick_s=0.01, control_poll_s=0.01, live_in_flight=3)
-    r = rig(options=opts, encoder_delay_s=0.002, tracker_delay_s=slow)
-    jobs = feeds(r, 4)
-    run_for(r, 1.0)  # the host's cost is learnt from the first calls
-    t0 = time.time()
-    run_for(r, 3.0)
-    paced = [v for j in jobs for v in latencies(r, j, t0)]
-    counts = [len(latencies(r, j, t0)) for j in jobs]
-    stop_all(r, jobs)
-
-    unpaced_rig = rig(
-        options=DriverOptions(tick_s=0.01, control_poll_s=0.01, live_in_flight=3, pacing=False),
-        encoder_delay_s=0.002,
-        tracker_delay_s=slow,
-    )
-    jobs = feeds(unpaced_rig, 4, name="unpaced")
-    run_for(unpaced_rig, 1.0)
-    t1 = time.time()
-    run_for(unpaced_rig, 3.0)
-    unpaced = [v for j in jobs for v in latencies(unpaced_rig, j, t1)]
-    unpaced_total = sum(len(latencies(unpaced_rig, j, t1)) for j in jobs)
-    stop_all(unpaced_rig, jobs)
+    rig_kw = {"encoder_delay_s": 0.002, "tracker_delay_s": slow, "live_in_flight": 3}
+    paced, counts = streams(rig, 4, True, **rig_kw)
+    unpaced, unpaced_counts = streams(rig, 4, False, **rig_kw)
 
     # Unpaced, 4 streams x 3 frames wait at the tracker host: about 12 of its frames of latency.
     assert statistics.median(unpaced) > 6 * slow, statistics.median(unpaced)
     # Paced by the host's load, a frame waits for about one call of the host's.
     assert statistics.median(paced) < 4 * slow + 1 / 30, statistics.median(paced)
     # It costs no throughput, and the streams share the host evenly.
-    assert sum(counts) >= 0.8 * unpaced_total, (counts, unpaced_total)
+    assert sum(counts) >= 0.8 * sum(unpaced_counts), (counts, unpaced_counts)
     assert min(counts) >= 0.7 * sum(counts) / len(counts), counts
 
 
