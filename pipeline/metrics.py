@@ -10,7 +10,9 @@ rates are labelled by its id, which ``--max-jobs`` bounds, and go when the strea
 from __future__ import annotations
 
 import contextlib
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
@@ -56,57 +58,81 @@ class Metrics:
 NullMetrics = Metrics
 
 
-class PrometheusMetrics(Metrics):
+@dataclass(frozen=True)
+class Series:
+    """One metric, declared once (:data:`SERIES`): local mode's Prometheus registry and Ray's
+    metrics agent on a cluster (``workers.metrics``) both make theirs from it."""
+
+    kind: str  # histogram, counter or gauge
+    name: str
+    help: str
+    labels: tuple[str, ...] = ()
+    buckets: tuple[float, ...] = ()
+
+
+SERIES: dict[str, Series] = {
+    "stage": Series("histogram", "samstream_stage_seconds", "Latency of one pipeline stage", ("stage",), BUCKETS),
+    "e2e": Series("histogram", "samstream_end_to_end_seconds", "Capture to published latency of a frame", (), BUCKETS),
+    "published": Series("counter", "samstream_frames_published", "Frames published"),
+    "failed": Series("counter", "samstream_frames_failed", "Frames that failed"),
+    "dropped": Series("counter", "samstream_frames_dropped", "Live frames dropped to keep latency bounded"),
+    "batch": Series("histogram", "samstream_encoder_batch_size", "Frames per encoder call", (), (1, 2, 4, 8, 16, 32, 64)),
+    "queue": Series("gauge", "samstream_queue_depth", "Items waiting in a bounded queue", ("queue",)),
+    "jobs": Series("gauge", "samstream_active_jobs", "Jobs running"),
+    "tracks": Series("gauge", "samstream_active_tracks", "Tracks followed"),
+    "requested": Series("gauge", "samstream_stream_requested_fps", "A live stream's frame rate asked for", ("stream",)),
+    "delivered": Series("gauge", "samstream_stream_delivered_fps", "A live stream's frames published a second", ("stream",)),
+    "bound": Series(
+        "gauge",
+        "samstream_stream_capacity_bound",
+        "1 while the encoders' capacity holds a live stream below its rate",
+        ("stream",),
+    ),
+    "capacity": Series("gauge", "samstream_encoder_capacity_fps", "Frames a second the encoders can take", ("size",)),
+}  # fmt: skip
+
+
+class Recorded(Metrics):
+    """Metrics kept in some backend: one attribute per :data:`SERIES` entry, made by ``make``."""
+
+    stage: Any
+    e2e: Any
+    published: Any
+    failed: Any
+    dropped: Any
+    batch: Any
+    queue: Any
+    jobs: Any
+    tracks: Any
+    requested: Any
+    delivered: Any
+    bound: Any
+    capacity: Any
+
+    def _declare(self, make: Callable[[Series], Any], skip: tuple[str, ...] = ()) -> None:
+        for attr, series in SERIES.items():
+            if attr not in skip:
+                setattr(self, attr, make(series))
+
+
+class PrometheusMetrics(Recorded):
     """Metrics in a ``prometheus_client`` registry (a fresh one unless given)."""
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
         self.registry = registry or CollectorRegistry()
-        r = self.registry
-        self.stage = Histogram(
-            "samstream_stage_seconds", "Latency of one pipeline stage", ["stage"], buckets=BUCKETS, registry=r
-        )
+        kinds = {"histogram": Histogram, "counter": Counter, "gauge": Gauge}
+
+        def make(series: Series) -> Any:
+            extra = {"buckets": series.buckets} if series.kind == "histogram" else {}
+            return kinds[series.kind](
+                series.name, series.help, list(series.labels), registry=self.registry, **extra
+            )
+
+        self._declare(make)
         for s in STAGES:
             self.stage.labels(stage=s)
-        self.e2e = Histogram(
-            "samstream_end_to_end_seconds",
-            "Capture to published latency of a frame",
-            buckets=BUCKETS,
-            registry=r,
-        )
-        self.published = Counter("samstream_frames_published", "Frames published", registry=r)
-        self.failed = Counter("samstream_frames_failed", "Frames that failed", registry=r)
-        self.dropped = Counter(
-            "samstream_frames_dropped", "Live frames dropped to keep latency bounded", registry=r
-        )
-        self.batch = Histogram(
-            "samstream_encoder_batch_size",
-            "Frames per encoder call",
-            buckets=(1, 2, 4, 8, 16, 32, 64),
-            registry=r,
-        )
-        self.queue = Gauge("samstream_queue_depth", "Items waiting in a bounded queue", ["queue"], registry=r)
-        self.jobs = Gauge("samstream_active_jobs", "Jobs running", registry=r)
-        self.tracks = Gauge("samstream_active_tracks", "Tracks followed", registry=r)
-        self.requested = Gauge(
-            "samstream_stream_requested_fps", "A live stream's frame rate asked for", ["stream"], registry=r
-        )
-        self.delivered = Gauge(
-            "samstream_stream_delivered_fps",
-            "A live stream's frames published a second",
-            ["stream"],
-            registry=r,
-        )
-        self.bound = Gauge(
-            "samstream_stream_capacity_bound",
-            "1 while the encoders' capacity holds a live stream below its rate",
-            ["stream"],
-            registry=r,
-        )
-        self.capacity = Gauge(
-            "samstream_encoder_capacity_fps", "Frames a second the encoders can take", ["size"], registry=r
-        )
 
     def observe_stage(self, stage: str, seconds: float) -> None:
         self.stage.labels(stage=stage).observe(seconds)

@@ -7,43 +7,26 @@ export port with a ``ray_`` prefix (``ray_samstream_stage_seconds_bucket{stage="
 
 from __future__ import annotations
 
-from pipeline.metrics import BUCKETS, Metrics
+from typing import Any
+
+from pipeline.metrics import Recorded, Series
 
 
-class RayMetrics(Metrics):
-    """:class:`~pipeline.metrics.Metrics` recorded through ``ray.util.metrics`` (names as local mode)."""
+class RayMetrics(Recorded):
+    """:class:`~pipeline.metrics.Metrics` recorded through ``ray.util.metrics`` (names as local mode).
+    Jobs are counted by the API process on a cluster (``samstream_active_jobs``, ``samstream_jobs``),
+    not by each driver."""
 
     def __init__(self) -> None:
         from ray.util.metrics import Counter, Gauge, Histogram
 
-        self.stage = Histogram(
-            "samstream_stage_seconds", "Latency of one pipeline stage", list(BUCKETS), tag_keys=("stage",)
-        )
-        self.e2e = Histogram("samstream_end_to_end_seconds", "Capture to published latency", list(BUCKETS))
-        self.published = Counter("samstream_frames_published", "Frames published")
-        self.failed = Counter("samstream_frames_failed", "Frames that failed")
-        self.dropped = Counter("samstream_frames_dropped", "Live frames dropped to keep latency bounded")
-        self.batch = Histogram(
-            "samstream_encoder_batch_size", "Frames per encoder call", [1, 2, 4, 8, 16, 32, 64]
-        )
-        self.queue = Gauge("samstream_queue_depth", "Items waiting in a bounded queue", tag_keys=("queue",))
-        self.tracks = Gauge("samstream_active_tracks", "Tracks followed (by one job)")
-        self.requested = Gauge(
-            "samstream_stream_requested_fps", "A live stream's frame rate asked for", tag_keys=("stream",)
-        )
-        self.delivered = Gauge(
-            "samstream_stream_delivered_fps",
-            "A live stream's frames published a second",
-            tag_keys=("stream",),
-        )
-        self.bound = Gauge(
-            "samstream_stream_capacity_bound",
-            "1 while the encoders' capacity holds a live stream below its rate",
-            tag_keys=("stream",),
-        )
-        self.capacity = Gauge(
-            "samstream_encoder_capacity_fps", "Frames a second the encoders can take", tag_keys=("size",)
-        )
+        def make(series: Series) -> Any:
+            if series.kind == "histogram":
+                return Histogram(series.name, series.help, list(series.buckets), tag_keys=series.labels)
+            kind = Counter if series.kind == "counter" else Gauge
+            return kind(series.name, series.help, tag_keys=series.labels)
+
+        self._declare(make, skip=("jobs",))
 
     def observe_stage(self, stage: str, seconds: float) -> None:
         self.stage.observe(seconds, tags={"stage": stage})

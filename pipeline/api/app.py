@@ -584,19 +584,11 @@ def _page(entries: Iterator[T], count: int) -> list[T]:
 
 def _check_kind(source: str, live: bool) -> None:
     """A job reads a file or an http(s) URL; a live stream reads a feed."""
-    from pipeline.sources.feed import LIVE_SCHEMES
-    from pipeline.sources.opening import scheme_of
-    from pipeline.sources.video import URL_SCHEMES
+    from pipeline.sources.opening import kind_error
 
-    scheme = scheme_of(source)
-    if scheme is None or scheme == "file":
-        return
-    if not live and scheme not in URL_SCHEMES:
-        raise InvalidInputError(
-            f"a job reads files and http(s) URLs; a {scheme}:// feed is a live stream: POST it to /streams"
-        )
-    if live and scheme not in LIVE_SCHEMES:
-        raise InvalidInputError(f"a live stream cannot read {scheme}:// sources")
+    error = kind_error(source, live)
+    if error is not None:
+        raise InvalidInputError(error)
 
 
 def recover(store: JobStore, backend: Backend) -> list[str]:

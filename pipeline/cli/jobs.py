@@ -11,22 +11,17 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from pipeline.cli.options import results_redis
 from pipeline.errors import InvalidInputError, JobError
 from pipeline.frames import FrameResult
 from pipeline.masks import rle_area
-from pipeline.streams import JobInfo, JobStore, Keys, MaskReader, connect
-from pipeline.streams.server import open_redis
+from pipeline.streams import JobInfo, JobStore, Keys, MaskReader
 
 
 @contextlib.contextmanager
 def _store(args: argparse.Namespace) -> Iterator[tuple[JobStore, MaskReader, JobInfo]]:
     with contextlib.ExitStack() as stack:
-        data = Path(args.data_dir) / "redis"
-        if not args.redis_url and not data.is_dir():
-            raise InvalidInputError(
-                f"no local results under {args.data_dir}: pass --redis-url URL, or the run's --data-dir DIR"
-            )
-        client = connect(open_redis(stack, args.redis_url, data))
+        client = results_redis(stack, args)
         keys = Keys(args.prefix)
         store = JobStore(client, keys)
         info = store.get(args.job)

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pipeline.config import ModelConfig
+from pipeline.errors import InvalidInputError
 from pipeline.sources.limits import MediaLimits
 
 if TYPE_CHECKING:
@@ -64,3 +66,18 @@ def preview_options(args: argparse.Namespace) -> PreviewOptions:
         keep=args.preview_keep,
         live_always=args.preview_live_always,
     )
+
+
+def results_redis(stack: contextlib.ExitStack, args: argparse.Namespace) -> Any:
+    """The Redis a job's results are in, for the commands that read them (``status``, ``view``, …):
+    ``--redis-url``, or the embedded server of a run's ``--data-dir`` (started for the command and
+    stopped with ``stack``); no results there is one line, not a server started on an empty folder."""
+    from pipeline.streams import connect
+    from pipeline.streams.server import open_redis
+
+    data = Path(args.data_dir) / "redis"
+    if not args.redis_url and not data.is_dir():
+        raise InvalidInputError(
+            f"no local results under {args.data_dir}: pass --redis-url URL, or the run's --data-dir DIR"
+        )
+    return connect(open_redis(stack, args.redis_url, data))

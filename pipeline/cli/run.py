@@ -11,16 +11,10 @@ from typing import NoReturn
 from pipeline.cli.options import media_limits, model_config, preview_options, tracking_overrides
 from pipeline.errors import InvalidInputError
 from pipeline.prompts import load_prompts_file, tracks_from_cli
+from pipeline.sources.opening import is_feed
 from pipeline.spec import JobSpec
 from pipeline.streams.keys import validate_job_id
 from pipeline.streams.retention import default_maxlen, parse_keep
-
-
-def is_live_uri(source: str) -> bool:
-    """rtsp(s)://, udp://, tcp:// and /dev/videoN are live; http(s) is live only with --live."""
-    return source.split("://", 1)[0].lower() in ("rtsp", "rtsps", "udp", "tcp") or source.startswith(
-        "/dev/video"
-    )
 
 
 def build_spec(args: argparse.Namespace, image_size: int, weights: str) -> JobSpec:
@@ -32,7 +26,7 @@ def build_spec(args: argparse.Namespace, image_size: int, weights: str) -> JobSp
                 "give tracks either with --point/--box/--mask-prompt or with --prompts, not both"
             )
         tracks = load_prompts_file(args.prompts)
-    live = args.live or is_live_uri(args.source)
+    live = args.live or is_feed(args.source)
     return JobSpec(
         source=args.source,
         live=live,

@@ -5,25 +5,17 @@ from __future__ import annotations
 import argparse
 import contextlib
 import sys
-from pathlib import Path
-
-from pipeline.errors import InvalidInputError
 
 
 def view(args: argparse.Namespace) -> int:
     from pipeline.api.viewer.local import check_port, serve_viewer, viewer_token
-    from pipeline.streams import JobStore, Keys, connect
-    from pipeline.streams.server import open_redis
+    from pipeline.cli.options import results_redis
+    from pipeline.streams import JobStore, Keys
 
     check_port(args.port)
     token, made = viewer_token(args.token)
     with contextlib.ExitStack() as stack:
-        data = Path(args.data_dir) / "redis"
-        if not args.redis_url and not data.is_dir():
-            raise InvalidInputError(
-                f"no local results under {args.data_dir}: pass --redis-url URL, or the run's --data-dir DIR"
-            )
-        client = connect(open_redis(stack, args.redis_url, data))
+        client = results_redis(stack, args)
         JobStore(client, Keys(args.prefix)).get(args.job)  # no such job: one line, before serving
         serve_viewer(client, args.prefix, args.job, args.port, token, made, sys.stderr)
     return 0

@@ -18,6 +18,7 @@ from urllib.parse import urlsplit
 from pipeline.errors import InvalidInputError, SourceError
 from pipeline.sources.limits import LimitExceeded, MediaLimits
 from pipeline.sources.opening import (
+    LIVE_SCHEMES,
     error_reason,
     protocol_options,
     redact,
@@ -36,7 +37,6 @@ if TYPE_CHECKING:
 
     from pipeline.sources.guard import GuardSession
 
-LIVE_SCHEMES = ("rtsp", "rtsps", "udp", "tcp", "http", "https")
 ALLOWED = "expected an rtsp://, rtsps://, udp://, tcp://, http:// or https:// URL, or a camera /dev/videoN"
 
 _DEVICE = re.compile(r"^/dev/(video\d+|v4l/by-[a-z]+/[^/]+)$")

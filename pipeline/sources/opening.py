@@ -24,6 +24,34 @@ def scheme_of(uri: str) -> str | None:
     return "file" if uri.lower().startswith("file:") else None
 
 
+# The schemes samstream reads, written once. A job (a file, whole) reads a path or an http(s) URL;
+# a live stream reads a feed: any of LIVE_SCHEMES (http(s): MJPEG, HLS, MPEG-TS over HTTP) or a
+# camera device. The first four of those are feeds whatever is asked: nothing there has an end.
+URL_SCHEMES = ("http", "https")
+FEED_SCHEMES = ("rtsp", "rtsps", "udp", "tcp")
+LIVE_SCHEMES = (*FEED_SCHEMES, *URL_SCHEMES)
+NETWORK_SCHEMES = (*URL_SCHEMES, *FEED_SCHEMES)  # every scheme a service may allow
+
+
+def is_feed(source: str) -> bool:
+    """Whether ``source`` can only be read live: an rtsp(s)://, udp:// or tcp:// URL, or a camera
+    (/dev/videoN); an http(s) URL is live only when asked."""
+    return scheme_of(source) in FEED_SCHEMES or source.startswith("/dev/video")
+
+
+def kind_error(source: str, live: bool) -> str | None:
+    """Why ``source`` cannot be read as a job (``live`` False) or a live stream (True); None if it can.
+    Paths and file: URLs are left to the source policy."""
+    scheme = scheme_of(source)
+    if scheme is None or scheme == "file":
+        return None
+    if not live and scheme not in URL_SCHEMES:
+        return f"a job reads files and http(s) URLs; a {scheme}:// feed is a live stream: POST it to /streams"
+    if live and scheme not in LIVE_SCHEMES:
+        return f"a live stream cannot read {scheme}:// sources"
+    return None
+
+
 _AUTHORITY = re.compile(r"^([A-Za-z][A-Za-z0-9+.\-]*://)([^/?#]*)")
 _URL_IN_TEXT = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*://[^\s'\"<>()\[\]{}]+")
 

@@ -24,10 +24,9 @@ from urllib.parse import urlsplit
 from pipeline.errors import InvalidInputError
 from pipeline.sources.addresses import AddressRules, SourceBlockedError, UnreachableError
 from pipeline.sources.guard import DEFAULT_PORTS, check_url_options
-from pipeline.sources.opening import redact, scheme_of
+from pipeline.sources.opening import NETWORK_SCHEMES, redact, scheme_of
 
-# Network schemes samstream reads (files and URLs: http, https; live feeds: all of them).
-NETWORK_SCHEMES = ("http", "https", "rtsp", "rtsps", "udp", "tcp")
+# What a service allows unless told: files and URLs over http(s), and RTSP cameras.
 DEFAULT_SCHEMES = ("http", "https", "rtsp", "rtsps")
 
 

@@ -41,6 +41,7 @@ from pipeline.sources.decode_thread import DecodeThread, Emit, reraise
 from pipeline.sources.demux import DecodeFailure, OpenedVideo
 from pipeline.sources.limits import LimitExceeded, MediaLimits
 from pipeline.sources.opening import (
+    URL_SCHEMES,
     error_reason,
     protocol_options,
     redact,
@@ -57,7 +58,6 @@ if TYPE_CHECKING:
 
     from pipeline.sources.guard import GuardSession, NetworkGuard
 
-URL_SCHEMES = ("http", "https")
 DEFAULT_OPEN_TIMEOUT_S = 10.0
 DEFAULT_READ_TIMEOUT_S = 10.0
 DEFAULT_QUEUE_SIZE = 4
