@@ -269,7 +269,22 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"samstream {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for add in (
+        _segment_command,
+        _run_command,
+        _result_commands,
+        _submit_command,
+        _serve_command,
+        _bench_command,
+        _warmup_command,
+        _weights_command,
+    ):
+        add(sub)
+    return parser
 
+
+def _segment_command(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """``samstream segment``: one image."""
     seg = sub.add_parser("segment", help="segment one image with point/box prompts, write a PNG mask")
     seg.add_argument("image", metavar="IMAGE", help="image file (PNG, JPEG, …)")
     seg.add_argument(
@@ -284,6 +299,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_options(seg, precision="fp32")
     seg.set_defaults(handler="pipeline.cli.segment:run")
 
+
+def _run_command(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """``samstream run``: a video on this machine."""
     run = sub.add_parser("run", help="segment every frame of a video file or URL, publish masks to Redis")
     run.add_argument("source", metavar="SOURCE", help="video file or http(s) URL")
     run.add_argument(
@@ -314,6 +332,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_options(run)
     run.set_defaults(handler="pipeline.cli.run:run")
 
+
+def _result_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """The commands over a job's results: status, watch, render, view, track, cancel, delete."""
     st = sub.add_parser("status", help="a job's status and progress")
     st.add_argument("job", metavar="JOB", help="job id")
     st.add_argument("--json", action="store_true", help="one JSON object")
@@ -386,6 +407,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_api_options(dl)
     dl.set_defaults(handler="pipeline.cli.jobs:delete")
 
+
+def _submit_command(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """``samstream submit``: a job or stream to a service."""
     sb = sub.add_parser("submit", help="submit a job or live stream to a samstream service (its REST API)")
     sb.add_argument("source", metavar="SOURCE", help="video URL (or a file on the service's machines)")
     sb.add_argument("--job-id", metavar="ID", help="job id (default: the service makes one)")
@@ -411,10 +435,22 @@ def build_parser() -> argparse.ArgumentParser:
     _add_api_options(sb, required=True)
     sb.set_defaults(handler="pipeline.cli.remote:submit")
 
+
+def _serve_command(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """``samstream serve``: the service, its options by group."""
     sv = sub.add_parser(
         "serve",
         help="run the service: REST API, the job driver, stream hosts and the autoscaled encoder pool on Ray",
     )
+    _serve_service_options(sv)
+    _serve_pool_options(sv)
+    _serve_host_options(sv)
+    _serve_limit_options(sv)
+    sv.set_defaults(handler="pipeline.cli.serve:serve")
+
+
+def _serve_service_options(sv: argparse.ArgumentParser) -> None:
+    """serve: the service itself (address, ports, Redis, model, data)."""
     g = sv.add_argument_group("service")
     g.add_argument(
         "--address",
@@ -477,6 +513,10 @@ def build_parser() -> argparse.ArgumentParser:
         "link-local or metadata addresses (refused by default), e.g. cams.lan,10.1.0.0/16",
     )
     _add_ending_options(sv)
+
+
+def _serve_pool_options(sv: argparse.ArgumentParser) -> None:
+    """serve: the encoder pool (Ray Serve, autoscaled)."""
     pool = sv.add_argument_group("encoder pool (Ray Serve, autoscaled)")
     pool.add_argument("--min-encoders", type=int, default=0, metavar="N", help="replicas kept when idle (0)")
     pool.add_argument("--max-encoders", type=int, default=4, metavar="N", help="most replicas (4)")
@@ -494,6 +534,10 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="image sizes whose model each replica keeps loaded; the least recently used goes (4)",
     )
+
+
+def _serve_host_options(sv: argparse.ArgumentParser) -> None:
+    """serve: the source hosts and tracker hosts."""
     hosts = sv.add_argument_group("stream hosts and tracker hosts (many jobs per process)")
     hosts.add_argument(
         "--source-hosts",
@@ -553,6 +597,10 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="G",
         help="GPUs each tracker host asks Ray for, fractions allowed (0: the CPU)",
     )
+
+
+def _serve_limit_options(sv: argparse.ArgumentParser) -> None:
+    """serve: what one client may ask of the service."""
     lim = sv.add_argument_group("limits (what one client may ask of the service)")
     lim.add_argument(
         "--max-jobs",
@@ -599,8 +647,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_preview_options(sv)
     _add_redis_options(sv)
     _add_model_options(sv)
-    sv.set_defaults(handler="pipeline.cli.serve:serve")
 
+
+def _bench_command(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """``samstream bench``: the suites and their options."""
     bn = sub.add_parser("bench", help="measure speed: ratios against baselines measured in the same run")
     bn.add_argument(
         "--suite",
@@ -699,19 +749,24 @@ def build_parser() -> argparse.ArgumentParser:
     )
     bn.set_defaults(handler="pipeline.cli.bench:run")
 
+
+def _warmup_command(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """``samstream warmup``: compile the model now."""
     wu = sub.add_parser(
         "warmup", help="compile the encoder and mask decoder for this machine now (cached; runs start fast)"
     )
     _add_model_options(wu)
     wu.set_defaults(handler="pipeline.cli.warmup:run")
 
+
+def _weights_command(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """``samstream weights``: download and verify the release."""
     wts = sub.add_parser("weights", help="download (once) and verify the released MobileSAM weights")
     wts.add_argument(
         "action", choices=["fetch", "path"], help="fetch: download if not cached; path: print the path"
     )
     wts.add_argument("--url", action="append", metavar="URL", help="download from here instead (repeatable)")
     wts.set_defaults(handler="pipeline.cli.weights:run")
-    return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
