@@ -245,8 +245,3 @@ class TrackerLoad:
             return False
         one_call = cost * max(1.0, self.call_frames.get(decoder, 1.0))
         return self.backlog_s(decoder, coming, now) > reach_s + one_call
-
-    def forget(self, decoder: int | None = None) -> None:
-        """Calls given up on (a host restarted, or all of them)."""
-        for key in [k for k, c in self._calls.items() if decoder is None or c.decoder == decoder]:
-            del self._calls[key]
