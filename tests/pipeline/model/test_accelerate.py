@@ -25,6 +25,7 @@ from pipeline.model.accelerate import (
     tile_conv_stage,
 )
 from pipeline.model.architecture import build_mobile_sam
+from pipeline.model.build import recipes
 from pipeline.prompts import Prompt
 from tests.conftest import sample_rgb
 
@@ -113,29 +114,40 @@ def test_compiled_model_agrees_with_eager(checkpoint: Path) -> None:
             assert union == 0 or np.logical_and(m1, m2).sum() / union >= 0.99
 
 
-@pytest.mark.slow
-def test_package_loader_equals_torchs_public_loader(checkpoint: Path, tmp_path: Path) -> None:
-    fast = MobileSam.from_config(
-        ModelConfig(
-            checkpoint=checkpoint, image_size=256, device="cpu", compile="compiled", cache_dir=tmp_path
-        )
-    )
-    fast.encode([sample_rgb(240, 320, 0)])
-    (package,) = (tmp_path / "compiled").glob("encoder-256-*.pt2")
-    x = torch.randn(1, 3, 256, 256).contiguous(memory_format=torch.channels_last)
-    expected = torch._inductor.aoti_load_package(str(package))(x)
-    assert torch.equal(_load_package(package)(x)[0], expected)
-    assert stat.S_IMODE(package.parent.stat().st_mode) == 0o700  # the folder made for packages is private
+class _Small(nn.Module):
+    """A few of the encoder's kinds of layer: compiles in seconds, not the encoder's minute."""
 
-    # The same package, once others may write it, is not loaded by a new model.
-    package.chmod(0o666)
-    again = MobileSam.from_config(
-        ModelConfig(
-            checkpoint=checkpoint, image_size=256, device="cpu", compile="compiled", cache_dir=tmp_path
-        )
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3, padding=1)
+        self.proj = nn.Linear(8, 4)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        y = nn.functional.gelu(self.conv(x))
+        return self.proj(y.permute(0, 2, 3, 1)), y.mean(dim=(2, 3))
+
+
+def test_package_loader_equals_torchs_public_loader(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    x = torch.randn(1, 3, 16, 16).contiguous(memory_format=torch.channels_last)
+    package = build_package(_Small().eval(), (x,), tmp_path / "compiled" / "small.pt2")
+    assert stat.S_IMODE(package.parent.stat().st_mode) == 0o700  # the folder made for packages is private
+    expected = torch._inductor.aoti_load_package(str(package))(x)
+    ours = _load_package(package)(x)
+    assert len(ours) == 2 and all(torch.equal(a, b) for a, b in zip(ours, expected, strict=True))
+
+
+def test_a_model_does_not_load_a_package_others_may_write(checkpoint: Path, tmp_path: Path) -> None:
+    config = ModelConfig(
+        checkpoint=checkpoint, image_size=256, device="cpu", compile="compiled", cache_dir=tmp_path
     )
+    (recipe,) = recipes(config, ["encoder"])
+    recipe.path.parent.mkdir(mode=0o700, parents=True)
+    recipe.path.write_bytes(b"a package")  # never read: the mode is checked first
+    recipe.path.chmod(0o666)
+    model = MobileSam.from_config(config)
     with pytest.raises(UnsafeCacheError, match="writable by its group and others"):
-        again.encode([sample_rgb(240, 320, 0)])
+        model.encode([sample_rgb(240, 320, 0)])
 
 
 def _refused(path: Path) -> str:
