@@ -431,7 +431,10 @@ def create_app(settings: ApiSettings, client: redis.Redis, backend: Backend) -> 
             if info.status.terminal:
                 raise HttpError(409, f"{one} {job_id} is {info.status.value} already")
             send(client, keys, job_id, Command("stop"))
-            if info.status is JobStatus.QUEUED or not backend.running(job_id):
+            if info.status is JobStatus.QUEUED:
+                # Only while still queued: a driver that took it up since reads the stop command.
+                store.set_status(job_id, JobStatus.CANCELLED, "cancelled on request", only_from=[info.status])
+            elif not backend.running(job_id):
                 store.set_status(job_id, JobStatus.CANCELLED, "cancelled on request")
             return view(store.get(job_id))
 

@@ -1,5 +1,8 @@
 """The job lifecycle: queued → running → succeeded / failed / cancelled, written in one place.
 
+The changes allowed are the state machine's (:data:`pipeline.streams.jobs.TRANSITIONS`), which the
+job store checks atomically in Redis on every write; this module says when each one is made.
+
 Both ``samstream run`` and ``samstream serve`` move their jobs through these steps, and only
 through them:
 
@@ -125,7 +128,10 @@ class Lifecycle:
             self.store.set_status(job_id, JobStatus.FAILED, str(exc))
             raise JobError(f"job {job_id!r} cannot run: {exc}") from None
         resume = load(self.store.client, self.store.keys, job_id, with_snapshot=False)
-        self.store.set_status(job_id, JobStatus.RUNNING)
+        # Checked again in the write: a job cancelled since it was read does not start.
+        ongoing = None if again else (JobStatus.QUEUED, JobStatus.RUNNING)
+        if not self.store.set_status(job_id, JobStatus.RUNNING, only_from=ongoing):
+            return None
         return Start(job_id, spec, resume, first_run=info.status is JobStatus.QUEUED and resume.fresh)
 
     def resume_point(self, job_id: str) -> ResumePoint:
@@ -149,7 +155,11 @@ class Lifecycle:
             self.store.set_total(start.job_id, (info.frame_count + stride - 1) // stride)
 
     def end(self, job_id: str, spec: JobSpec | None, ending: Ending, error: str | None = None) -> JobStatus:
-        """Write the job's final status (and its event); the status written."""
+        """Write the job's final status (and its event); the status it has then.
+
+        The first ending wins: a job that ended meanwhile (cancelled through the API while its
+        driver finished it) keeps the status it has, which is returned.
+        """
         if ending is Ending.FAILED:
             status, text = JobStatus.FAILED, error or "failed"
         elif ending is Ending.INTERRUPTED:
@@ -158,8 +168,9 @@ class Lifecycle:
             status, text = JobStatus.CANCELLED, self.stop_reason
         else:
             status, text = JobStatus.SUCCEEDED, None
-        self.store.set_status(job_id, status, text)
-        return status
+        if self.store.set_status(job_id, status, text):
+            return status
+        return self.store.get(job_id).status
 
     def terminal(self, job_id: str) -> bool:
         """Whether the job has ended (or is gone)."""

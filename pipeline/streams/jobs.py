@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import builtins
 import json
+import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from enum import Enum
 from typing import Any
@@ -17,6 +18,8 @@ from pipeline.streams.connection import redis_errors
 from pipeline.streams.keys import Keys, validate_job_id
 from pipeline.streams.retention import DEFAULT_KEEP_S, EVENTS_MAXLEN, check_keep
 from pipeline.streams.wire import WIRE_VERSION, as_text, encode_event
+
+_log = logging.getLogger(__name__)
 
 # Creates the hash only if absent, indexes it and appends the first status event, atomically.
 # KEYS: job hash, jobs index, events stream. ARGV: job id, created time, events maxlen, n, n hash
@@ -45,14 +48,19 @@ return 1
 # stops half done), and DEL is allowed when out of memory: so a terminal status first deletes the
 # job's control stream, which an ended job no longer reads (a job run again reads only commands
 # sent after it starts), then writes a few hundred bytes.
+# The change is made only from a status in the allowed list (the state machine's, see
+# TRANSITIONS, narrowed by the caller); read before the first write, so a refusal writes nothing.
 # KEYS: the job's keys in Keys.of_job's order: hash, masks, events, control, state, tracks, preview.
-# ARGV: n, n hash args, terminal ('1' or '0'), events maxlen, event args.
+# ARGV: n, n hash args, terminal ('1' or '0'), events maxlen, allowed from (',a,b,'), event args.
+# Returns 1 (written), 0 (no hash) or the status the job has (refused).
 _STATUS = """
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
 local n = tonumber(ARGV[1])
+local now = redis.call('HGET', KEYS[1], 'status') or ''
+if not string.find(ARGV[4 + n], ',' .. now .. ',', 1, true) then return now end
 if ARGV[2 + n] == '1' then redis.call('DEL', KEYS[4]) end
 redis.call('HSET', KEYS[1], unpack(ARGV, 2, 1 + n))
-redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[3 + n], '*', unpack(ARGV, 4 + n))
+redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[3 + n], '*', unpack(ARGV, 5 + n))
 local keep = nil
 if ARGV[2 + n] == '1' then keep = tonumber(redis.call('HGET', KEYS[1], 'keep_s')) end
 for i = 1, #KEYS do
@@ -113,6 +121,24 @@ class JobStatus(str, Enum):
         except ValueError:
             choices = ", ".join(s.value for s in cls)
             raise InvalidInputError(f"job status must be one of {choices}, got {value!r}") from None
+
+
+# The job's state machine, written once: the statuses each status may be entered from. Every
+# other change is refused (JobStore.set_status logs it and writes nothing).
+# - running: a queued job starts; a running one is taken up again after its driver stopped
+#   (restart, resume); a failed or cancelled one runs again when asked (``run`` with its id).
+# - an ending (succeeded, failed, cancelled) comes once, to a queued or running job: the first
+#   ending wins (a job cancelled while its driver ends it keeps the first one written).
+# - succeeded is final: a job that succeeded never runs again.
+TRANSITIONS: dict[JobStatus, frozenset[JobStatus]] = {
+    JobStatus.QUEUED: frozenset(),  # only by creating the job
+    JobStatus.RUNNING: frozenset(
+        {JobStatus.QUEUED, JobStatus.RUNNING, JobStatus.FAILED, JobStatus.CANCELLED}
+    ),
+    JobStatus.SUCCEEDED: frozenset({JobStatus.RUNNING}),  # only a job that ran succeeds
+    JobStatus.FAILED: frozenset({JobStatus.QUEUED, JobStatus.RUNNING}),
+    JobStatus.CANCELLED: frozenset({JobStatus.QUEUED, JobStatus.RUNNING}),
+}
 
 
 @dataclass(frozen=True)
@@ -246,20 +272,37 @@ class JobStore:
             raise JobError(f"job {job_id!r} exists already")
         return self.get(job_id)
 
-    def set_status(self, job_id: str, status: JobStatus | str, error: str | None = None) -> None:
-        """Set a job's status, stamp ``started``/``finished``, and append a ``status`` event.
+    def set_status(
+        self,
+        job_id: str,
+        status: JobStatus | str,
+        error: str | None = None,
+        *,
+        only_from: Collection[JobStatus] | None = None,
+    ) -> bool:
+        """Move a job to ``status``, stamp ``started``/``finished``, and append a ``status`` event.
 
-        Any transition is allowed (a failed or cancelled job may be resumed: ``running`` again).
+        Only the changes :data:`TRANSITIONS` allows are made, and of those only the ones from
+        ``only_from`` when given (e.g. a job is cancelled by the API only while still queued).
+        The current status is checked in the same atomic step as the write. A refused change writes
+        nothing, is logged, and returns False.
+
         ``error`` replaces the stored error; leaving it None clears it. A terminal status sets the
         TTL of every key of the job to its ``keep_s``; any other status removes their TTL. A
         terminal status is written even when Redis is out of memory (see ``_STATUS``); it deletes
         the job's control stream, which an ended job no longer reads.
+
+        Returns:
+            True when written; False when refused (the job's status did not allow it).
 
         Raises:
             JobError: no such job.
             InvalidInputError: ``status`` is not a :class:`JobStatus` value.
         """
         status = JobStatus.parse(status)
+        allowed = TRANSITIONS[status]
+        if only_from is not None:
+            allowed = allowed & frozenset(JobStatus.parse(s) for s in only_from)
         now = repr(time.time())
         fields = {"status": status.value, "error": error or "", "updated": now}
         if status is JobStatus.RUNNING:
@@ -271,11 +314,22 @@ class JobStore:
         )
         keys = self._keys.of_job(job_id)
         args: builtins.list[str | int] = [2 * len(fields), *_flat(fields)]
-        args += ["1" if status.terminal else "0", EVENTS_MAXLEN, *_flat(event)]
+        args += ["1" if status.terminal else "0", EVENTS_MAXLEN]
+        args += ["," + ",".join(sorted(s.value for s in allowed)) + ",", *_flat(event)]
         with redis_errors(f"setting job {job_id!r} to {status.value}"):
-            done = self._status(keys=list(keys), args=args)
-        if not done:
+            done: Any = self._status(keys=list(keys), args=args)
+        if done == 1:
+            return True
+        if done == 0:
             raise JobError(f"no job {job_id!r} (no hash at {keys[0]})")
+        _log.warning(
+            "job %s: %s -> %s refused (allowed from: %s)",
+            job_id,
+            as_text(done) or "(no status)",
+            status.value,
+            ", ".join(sorted(s.value for s in allowed)) or "none",
+        )
+        return False
 
     def set_keep(self, job_id: str, keep_s: int | None) -> None:
         """Keep the job's keys ``keep_s`` seconds (None: until deleted) after it next ends.

@@ -345,7 +345,9 @@ def test_track_commands_are_validated_and_refused_on_finished_jobs(
     assert _loc(api.post(url, json={"id": 2})) == ["body"]  # no prompt at all
     assert _loc(api.post(url, json={"id": 2, "points": [[1, 2]], "action": "swap"})) == ["body", "action"]
     assert api.delete(f"{url}/0").status_code == 422
-    JobStore(redis_client, Keys(prefix)).set_status(job["id"], JobStatus.SUCCEEDED)
+    store = JobStore(redis_client, Keys(prefix))
+    store.set_status(job["id"], JobStatus.RUNNING)
+    store.set_status(job["id"], JobStatus.SUCCEEDED)
     assert api.post(url, json={"id": 2, "points": [[1, 2]]}).status_code == 409
     assert api.delete(f"{url}/1").status_code == 409
 
@@ -401,6 +403,7 @@ def test_a_new_api_resumes_unfinished_jobs_nothing_runs(
     orphan = api.post("/jobs", json=JOB).json()["id"]
     done = api.post("/jobs", json=JOB).json()["id"]
     store = JobStore(redis_client, Keys(prefix))
+    store.set_status(done, JobStatus.RUNNING)
     store.set_status(done, JobStatus.SUCCEEDED)
     backend.alive = {running}
     assert recover(store, backend) == [orphan]

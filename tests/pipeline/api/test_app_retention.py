@@ -125,6 +125,7 @@ def test_delete_data_removes_every_key_of_an_ended_job_at_once(
     assert r.status_code == 409 and "cancel it first" in r.json()["detail"]
     assert redis_client.exists(keys.job(job_id), keys.events(job_id), keys.control(job_id)) == 3
 
+    store.set_status(job_id, JobStatus.RUNNING)
     store.set_status(job_id, JobStatus.SUCCEEDED)
     r = api.delete(f"/{kind}/{job_id}/data")
     assert r.status_code == 204 and r.content == b""

@@ -76,7 +76,9 @@ def test_admission_by_capacity_refuses_a_stream_that_would_starve_the_others(
     assert len(backend.submitted) == 3
     # even a stream that asks little would take from the three at the floor
     assert api.post("/streams", json={**STREAM, "max_fps": 0.5}).status_code == 429
-    store.set_status(api.get("/streams").json()["items"][0]["id"], JobStatus.SUCCEEDED)
+    oldest = api.get("/streams").json()["items"][0]["id"]
+    store.set_status(oldest, JobStatus.RUNNING)
+    store.set_status(oldest, JobStatus.SUCCEEDED)
     assert api.post("/streams", json={**STREAM, "max_fps": 0.5}).status_code == 201  # room again
     # file jobs are not live streams: admission does not apply to them
     assert api.post("/jobs", json=JOB).status_code == 201

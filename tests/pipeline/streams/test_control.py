@@ -33,6 +33,7 @@ def test_a_command_for_no_job_is_refused_and_writes_nothing(redis_client: redis.
 def test_a_command_sent_as_the_job_ends_expires_with_it(redis_client: redis.Redis, keys: Keys) -> None:
     store = JobStore(redis_client, keys)
     store.create("j", {}, keep_s=100)
+    store.set_status("j", JobStatus.RUNNING)
     store.set_status("j", JobStatus.SUCCEEDED)  # no control stream yet: nothing to give a TTL
     send(redis_client, keys, "j", Command("stop"))  # a client that read "running" a moment ago
     assert 90 < int(redis_client.ttl(keys.control("j"))) <= 100  # type: ignore[arg-type]

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
@@ -54,6 +56,38 @@ def test_lifecycle(redis_client: redis.Redis, keys: Keys) -> None:
         ("status", "succeeded"),
     ]
     assert events[2].data == {"error": "source lost"}
+
+
+def test_only_the_state_machines_changes_are_made_and_a_refusal_writes_nothing(
+    redis_client: redis.Redis, keys: Keys, caplog: pytest.LogCaptureFixture
+) -> None:
+    store = JobStore(redis_client, keys)
+    store.create("j", {})
+
+    def refused(status: JobStatus, **kwargs: Any) -> None:
+        before = (redis_client.hgetall(keys.job("j")), redis_client.xlen(keys.events("j")))
+        with caplog.at_level(logging.WARNING, logger="pipeline.streams.jobs"):
+            assert store.set_status("j", status, **kwargs) is False
+        assert (redis_client.hgetall(keys.job("j")), redis_client.xlen(keys.events("j"))) == before
+        assert f"-> {status.value} refused" in caplog.text
+        caplog.clear()
+
+    refused(JobStatus.SUCCEEDED)  # a job that never ran does not succeed
+    refused(JobStatus.QUEUED)  # queued only by creating the job
+    assert store.set_status("j", JobStatus.RUNNING) is True
+    assert store.set_status("j", JobStatus.RUNNING) is True  # taken up again after a restart
+    refused(JobStatus.CANCELLED, only_from=[JobStatus.QUEUED])  # the API's cancel of a queued job
+    assert store.set_status("j", JobStatus.CANCELLED, "cancelled on request") is True
+    refused(JobStatus.SUCCEEDED)  # the first ending wins: the driver finishing it writes nothing
+    refused(JobStatus.FAILED, error="late")
+    refused(
+        JobStatus.RUNNING, only_from=[JobStatus.QUEUED, JobStatus.RUNNING]
+    )  # a start that was not asked again
+    assert store.set_status("j", JobStatus.RUNNING) is True  # run again when asked
+    assert store.set_status("j", JobStatus.SUCCEEDED) is True
+    for status in JobStatus:  # succeeded is final
+        refused(status)
+    assert store.get("j").status is JobStatus.SUCCEEDED
 
 
 def test_unknown_and_duplicate_jobs(redis_client: redis.Redis, keys: Keys) -> None:
@@ -137,6 +171,7 @@ def test_a_job_that_runs_again_keeps_its_keys(redis_client: redis.Redis, keys: K
 def test_a_job_kept_for_ever_gets_no_ttl(redis_client: redis.Redis, keys: Keys) -> None:
     store = JobStore(redis_client, keys)
     store.create("j", {}, keep_s=None)
+    store.set_status("j", JobStatus.RUNNING)
     store.set_status("j", JobStatus.SUCCEEDED)
     assert _ttls(redis_client, keys, "j")[0] == -1 and store.get("j").expires is None
     assert store.get("j").keep_s is None
@@ -152,7 +187,7 @@ def test_an_expired_job_leaves_the_listing_and_no_key(redis_client: redis.Redis,
     store.create("gone", {}, keep_s=1)
     store.create("stays", {}, keep_s=1)
     store.create("again", {}, keep_s=1)
-    store.set_status("gone", JobStatus.SUCCEEDED)
+    store.set_status("gone", JobStatus.CANCELLED, "cancelled on request")
     # A frame published as the job was cancelled makes its masks stream after the TTL was set:
     # it must go with the job all the same.
     RedisSink(redis_client, keys, "gone").publish(make_result(0), None)
