@@ -1,4 +1,8 @@
-"""Publishing a job's per-frame results and events to its Redis streams, exactly once per frame."""
+"""A job's events stream, and the newest frame its masks stream holds.
+
+Frames are published by :class:`~pipeline.streams.sink.RedisSink` only (one script: the entry, its
+checkpoint, its progress and the loss check, atomically); this module writes no masks entry.
+"""
 
 from __future__ import annotations
 
@@ -8,31 +12,21 @@ from typing import Any
 import redis
 
 from pipeline.errors import InvalidInputError
-from pipeline.frames import FrameResult
 from pipeline.streams.connection import redis_errors
 from pipeline.streams.keys import Keys, validate_job_id
 from pipeline.streams.retention import EVENTS_MAXLEN
-from pipeline.streams.wire import encode_entry, encode_event, entry_id, frame_of
-
-# Redis's reply to an XADD whose explicit ID is not above the stream's last ID. The last ID is kept
-# even when entries are trimmed or deleted, so a trimmed frame is still refused.
-_ID_TOO_SMALL = "equal or smaller than the target stream top item"
+from pipeline.streams.wire import encode_event, frame_of
 
 
 class Publisher:
-    """Writes one job's masks stream (one entry per frame) and events stream.
-
-    The entry ID of frame ``i`` is ``"{i}-1"``, so Redis refuses any frame at or below the last one
-    published: a frame replayed after a restart is dropped by Redis itself. Frames must therefore be
-    published in increasing index order (a skipped frame cannot be published later).
+    """Writes one job's events stream and reads the top of its masks stream.
 
     Args:
         client: a Redis client (``decode_responses`` either way).
         keys: the key names.
         job_id: the job whose streams are written.
-        maxlen: keep about this many masks entries (``XADD MAXLEN ~``; Redis trims whole macro-nodes,
-            so the stream may hold somewhat more); None keeps every entry.
-        events_maxlen: the same for the events stream (default
+        events_maxlen: keep about this many events (``XADD MAXLEN ~``; Redis trims whole
+            macro-nodes, so the stream may hold somewhat more; default
             :data:`~pipeline.streams.retention.EVENTS_MAXLEN`: a long live job's events would grow
             without end); None keeps every event.
     """
@@ -42,55 +36,21 @@ class Publisher:
         client: redis.Redis,
         keys: Keys,
         job_id: str,
-        maxlen: int | None = None,
         *,
         events_maxlen: int | None = EVENTS_MAXLEN,
     ) -> None:
-        for name, value in (("maxlen", maxlen), ("events_maxlen", events_maxlen)):
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-                raise InvalidInputError(f"{name} must be None or an int >= 1, got {value!r}")
+        value = events_maxlen
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise InvalidInputError(f"events_maxlen must be None or an int >= 1, got {value!r}")
         self._client = client
         self._job_id = validate_job_id(job_id)
         self._masks_key = keys.masks(job_id)
         self._events_key = keys.events(job_id)
-        self._maxlen = maxlen
         self._events_maxlen = events_maxlen
 
     @property
     def job_id(self) -> str:
         return self._job_id
-
-    def publish(self, result: FrameResult, notice: str | None = None) -> bool:
-        """Append the frame's entry to the masks stream unless it was published before.
-
-        Args:
-            result: the frame's result (see :func:`~pipeline.streams.wire.encode_entry`).
-            notice: a warning carried with the entry (e.g. random weights).
-
-        Returns:
-            True if the entry was added; False if this frame (or a later one) is already in the
-            stream, in which case nothing is written.
-
-        Raises:
-            WireFormatError: the result cannot be encoded.
-            RedisUnavailableError: the connection failed.
-        """
-        fields = encode_entry(result, notice)
-        eid = entry_id(result.frame_index)
-        with redis_errors(f"publishing frame {result.frame_index} of job {self._job_id!r}"):
-            try:
-                self._client.xadd(
-                    self._masks_key,
-                    _fields(fields),
-                    id=eid,
-                    maxlen=self._maxlen,
-                    approximate=True,
-                )
-            except redis.ResponseError as e:
-                if _ID_TOO_SMALL in str(e):
-                    return False
-                raise
-        return True
 
     def last_published_frame(self) -> int | None:
         """Index of the newest frame in the masks stream, or None if it holds no entry."""

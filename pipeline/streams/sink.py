@@ -126,7 +126,7 @@ class RedisSink:
         self.maxlen = maxlen
         self.notice = notice
         self.preview_keep = preview_keep
-        self.publisher = Publisher(client, keys, job_id, maxlen)
+        self.publisher = Publisher(client, keys, job_id)
         # The newest frame the masks stream must hold before the next publish (None: no frame);
         # learnt from the resume point, then from each publish.
         self._newest: int | str | None = _UNCHECKED

@@ -11,8 +11,9 @@ from fastapi.testclient import TestClient
 
 from pipeline.api import ApiSettings, create_app, recover
 from pipeline.frames import FrameResult, TrackMask
-from pipeline.streams import JobStatus, JobStore, Keys, Publisher
+from pipeline.streams import JobStatus, JobStore, Keys
 from pipeline.streams.control import ControlReader
+from pipeline.streams.sink import RedisSink
 from tests.pipeline.api.conftest import AUTH, TOKEN, RecordingBackend
 
 JOB = {"source": "https://videos.example/clip.mp4", "tracks": [{"id": 1, "points": [[10, 20]]}]}
@@ -356,11 +357,10 @@ def test_track_commands_are_validated_and_refused_on_finished_jobs(
 
 
 def _publish(redis_client: redis.Redis, prefix: str, job_id: str, frames: int) -> None:
-    publisher = Publisher(redis_client, Keys(prefix), job_id)
+    sink = RedisSink(redis_client, Keys(prefix), job_id)  # as the tracker host publishes
     rle = {"size": [4, 6], "counts": "0O0O0O"}
-    for i in range(frames):
-        track = TrackMask(1, "active", 0.9, (0, 0, 2, 2), rle)
-        publisher.publish(FrameResult(i, i / 30, 1000.0 + i, 6, 4, (track,)))
+    track = TrackMask(1, "active", 0.9, (0, 0, 2, 2), rle)
+    sink.publish_many([(FrameResult(i, i / 30, 1000.0 + i, 6, 4, (track,)), None) for i in range(frames)])
 
 
 def test_masks_are_paged_in_frame_order(api: TestClient, redis_client: redis.Redis, prefix: str) -> None:

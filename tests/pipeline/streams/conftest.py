@@ -14,7 +14,8 @@ from pycocotools import mask as mask_utils
 
 from pipeline.frames import FrameResult, TrackMask
 from pipeline.preview import PreviewOptions, make_preview
-from pipeline.streams import EmbeddedRedis, Keys, connect
+from pipeline.streams import EmbeddedRedis, JobStatus, JobStore, Keys, connect
+from pipeline.streams.sink import RedisSink
 
 
 @pytest.fixture(scope="session")
@@ -86,3 +87,12 @@ def pid_alive(pid: int) -> bool:
     except OSError:
         return False
     return stat.rpartition(")")[2].split()[0] not in ("Z", "X")
+
+
+def running_job(client: redis.Redis, keys: Keys, job_id: str, **sink: Any) -> RedisSink:
+    """A job created and started as a driver does, and the sink that publishes its frames: tests
+    write masks through the same script production does. ``sink``: RedisSink's options."""
+    store = JobStore(client, keys)
+    store.create(job_id, {"source": "a.mp4"})
+    store.set_status(job_id, JobStatus.RUNNING)
+    return RedisSink(client, keys, job_id, **sink)

@@ -1,4 +1,7 @@
-"""Publishing to a real Redis: exactly once per frame, in order, resumable, trimmed, with events."""
+"""A job's masks and events streams on a real Redis: each frame once, in order, resumable, trimmed.
+
+Frames are published the one way production does (the sink's script); events by the Publisher.
+"""
 
 from __future__ import annotations
 
@@ -8,17 +11,18 @@ import redis
 from pipeline.errors import InvalidInputError
 from pipeline.streams import EmbeddedRedis, Keys, MaskReader, Publisher, read_events
 from pipeline.streams.retention import EVENTS_MAXLEN
-from tests.pipeline.streams.conftest import make_result
+from tests.pipeline.streams.conftest import make_result, running_job
 
 pytestmark = pytest.mark.integration
 
 
 def test_a_frame_is_published_exactly_once(redis_client: redis.Redis, keys: Keys) -> None:
+    sink = running_job(redis_client, keys, "job1")
     pub = Publisher(redis_client, keys, "job1")
     assert pub.last_published_frame() is None
-    assert pub.publish(make_result(5)) is True
-    assert pub.publish(make_result(5)) is False  # replayed: Redis refuses the ID
-    assert pub.publish(make_result(3)) is False  # at or below the top: counted as published
+    assert sink.publish(make_result(5), None) is True
+    assert sink.publish(make_result(5), None) is False  # replayed: Redis refuses the ID
+    assert sink.publish(make_result(3), None) is False  # at or below the top: counted as published
     assert pub.last_published_frame() == 5
     entries = list(MaskReader(redis_client, keys, "job1").read())
     assert [eid for eid, _ in entries] == ["5-1"]
@@ -26,10 +30,10 @@ def test_a_frame_is_published_exactly_once(redis_client: redis.Redis, keys: Keys
 
 
 def test_frame_zero_and_order_and_resume(redis_client: redis.Redis, keys: Keys) -> None:
-    pub = Publisher(redis_client, keys, "job2")
+    sink = running_job(redis_client, keys, "job2")
     frames = [0, 1, 2, 4, 7, 8, 9]  # a stride or dropped frames leave gaps
     for f in frames:
-        assert pub.publish(make_result(f))
+        assert sink.publish(make_result(f), None)
     reader = MaskReader(redis_client, keys, "job2")
     assert reader.count() == len(frames)
     seen = list(reader.read(count=2))  # several round trips
@@ -44,27 +48,28 @@ def test_frame_zero_and_order_and_resume(redis_client: redis.Redis, keys: Keys) 
 
 
 def test_notice_reaches_the_reader(redis_client: redis.Redis, keys: Keys) -> None:
-    pub = Publisher(redis_client, keys, "job3")
-    pub.publish(make_result(0), notice="random weights")
-    pub.publish(make_result(1))
-    entries = list(MaskReader(redis_client, keys, "job3").read_entries())
+    running_job(redis_client, keys, "job3", notice="random weights").publish(make_result(0), None)
+    running_job(redis_client, keys, "job3b").publish(make_result(0), None)
+    entries = [
+        *MaskReader(redis_client, keys, "job3").read_entries(),
+        *MaskReader(redis_client, keys, "job3b").read_entries(),
+    ]
     assert [e.notice for e in entries] == ["random weights", None]
     assert all(e.publish_time > 1.7e9 for e in entries)
 
 
 def test_maxlen_trims_approximately(redis_client: redis.Redis, keys: Keys) -> None:
-    pub = Publisher(redis_client, keys, "live", maxlen=10)
+    sink = running_job(redis_client, keys, "live", maxlen=10)
     pipe_frames = 600
-    for f in range(pipe_frames):
-        pub.publish(make_result(f, n_tracks=0))
+    sink.publish_many([(make_result(f, n_tracks=0), None) for f in range(pipe_frames)])
     reader = MaskReader(redis_client, keys, "live")
     n = reader.count()
     assert 10 <= n <= 10 + 200, n  # MAXLEN ~ trims whole macro-nodes (100 entries by default)
     frames = [r.frame_index for _, r in reader.read()]
     assert frames == list(range(pipe_frames - n, pipe_frames))
-    assert pub.publish(make_result(0, n_tracks=0)) is False  # trimmed, yet still refused
-    with pytest.raises(InvalidInputError, match="maxlen"):
-        Publisher(redis_client, keys, "live", maxlen=0)
+    assert sink.publish(make_result(0, n_tracks=0), None) is False  # trimmed, yet still refused
+    with pytest.raises(InvalidInputError, match="events_maxlen"):
+        Publisher(redis_client, keys, "live", events_maxlen=0)
 
 
 def test_events(redis_client: redis.Redis, keys: Keys) -> None:
@@ -94,8 +99,7 @@ def test_events_are_trimmed_by_default(redis_client: redis.Redis, keys: Keys) ->
 
 def test_works_with_a_bytes_client(redis_server: EmbeddedRedis, keys: Keys) -> None:
     client = redis.Redis.from_url(redis_server.url)
-    pub = Publisher(client, keys, "job5")
-    assert pub.publish(make_result(2))
-    assert pub.last_published_frame() == 2
+    assert running_job(client, keys, "job5").publish(make_result(2), None)
+    assert Publisher(client, keys, "job5").last_published_frame() == 2
     assert list(MaskReader(client, keys, "job5").read()) == [("2-1", make_result(2))]
     client.close()

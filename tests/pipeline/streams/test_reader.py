@@ -9,18 +9,19 @@ import pytest
 import redis
 
 from pipeline.errors import JobError
-from pipeline.streams import JobStatus, JobStore, Keys, MaskReader, Publisher
-from tests.pipeline.streams.conftest import make_result
+from pipeline.streams import JobStatus, JobStore, Keys, MaskReader
+from pipeline.streams.sink import RedisSink
+from tests.pipeline.streams.conftest import make_result, running_job
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(30)]
 
 
 def _produce(client: redis.Redis, keys: Keys, job_id: str, frames: range, delay_s: float) -> None:
-    pub, store = Publisher(client, keys, job_id), JobStore(client, keys)
+    sink, store = RedisSink(client, keys, job_id), JobStore(client, keys)
     store.set_status(job_id, JobStatus.RUNNING)
     for f in frames:
         time.sleep(delay_s)
-        pub.publish(make_result(f, n_tracks=1))
+        sink.publish(make_result(f, n_tracks=1), None)
         store.progress(job_id, f + 1, f)
     store.set_status(job_id, JobStatus.SUCCEEDED)
 
@@ -48,9 +49,9 @@ def test_follow_unknown_job(redis_client: redis.Redis, keys: Keys) -> None:
 
 
 def test_read_blocks_for_late_entries_then_stops(redis_client: redis.Redis, keys: Keys) -> None:
-    pub = Publisher(redis_client, keys, "r1")
-    pub.publish(make_result(0))
-    timer = threading.Timer(0.2, pub.publish, args=(make_result(1),))
+    sink = running_job(redis_client, keys, "r1")
+    sink.publish(make_result(0), None)
+    timer = threading.Timer(0.2, sink.publish, args=(make_result(1), None))
     timer.start()
     start = time.monotonic()
     frames = [r.frame_index for _, r in MaskReader(redis_client, keys, "r1").read(block_ms=800)]
