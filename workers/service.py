@@ -22,7 +22,7 @@ import ray
 from pipeline.config import ModelConfig
 from pipeline.errors import SamstreamError
 from pipeline.jobs.driver import DriverOptions, JobDriver
-from pipeline.jobs.lifecycle import Lifecycle, unfinished
+from pipeline.jobs.lifecycle import Lifecycle, resume_unfinished
 from pipeline.sources.guard import NetworkGuard
 from pipeline.streams import JobStore, Keys, Publisher, connect
 from pipeline.streams.connection import DEFAULT_RETRY_S
@@ -110,8 +110,8 @@ class DriverService:
             config.driver,
             RayMetrics(),
         )
-        for job_id in unfinished(self.store):  # after a restart: every job that had not ended
-            self.submit(job_id)
+        # After a restart: every job that had not ended (this driver holds none yet).
+        resume_unfinished(self.store, set, self.submit)
         self._thread = threading.Thread(target=self._loop, name="samstream-driver", daemon=True)
         self._thread.start()
 

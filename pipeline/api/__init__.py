@@ -5,6 +5,6 @@
 ``--api`` options of the CLI) is :mod:`pipeline.api.client`.
 """
 
-from pipeline.api.app import ApiSettings, Backend, create_app, recover
+from pipeline.api.app import ApiSettings, Backend, create_app
 
-__all__ = ["ApiSettings", "Backend", "create_app", "recover"]
+__all__ = ["ApiSettings", "Backend", "create_app"]

@@ -594,16 +594,6 @@ def _check_kind(source: str, live: bool) -> None:
         raise InvalidInputError(error)
 
 
-def recover(store: JobStore, backend: Backend) -> list[str]:
-    """Start again every unfinished job that nothing runs (the cluster restarted); their ids."""
-    resumed = []
-    for info in store.list():
-        if not info.status.terminal and not backend.running(info.job_id):
-            backend.submit(info.job_id)
-            resumed.append(info.job_id)
-    return resumed
-
-
 def _least_size(spec: JobSpec) -> int:
     """The size a stream's share is counted at for admission: an ``auto`` stream's smallest (it
     moves down to make room)."""

@@ -15,7 +15,7 @@ import threading
 from typing import Protocol
 
 from pipeline.errors import InvalidInputError
-from pipeline.jobs.lifecycle import unfinished
+from pipeline.jobs.lifecycle import resume_unfinished
 from pipeline.streams import JobStore
 
 log = logging.getLogger(__name__)
@@ -57,21 +57,10 @@ class Reconciler:
     def once(self) -> list[str]:
         """One pass: the ids of the jobs resumed (none when Redis or the driver cannot be asked)."""
         try:
-            waiting = unfinished(self.store)
-            if not waiting:
-                return []
-            held = self.backend.held()
+            resumed = resume_unfinished(self.store, self.backend.held, self.backend.submit, self.most)
         except Exception as exc:  # Redis or Ray down for now: the next pass asks again
             log.warning("reconcile: cannot list jobs or ask the driver: %s", exc)
             return []
-        resumed = []
-        for job_id in [j for j in waiting if j not in held][: self.most]:
-            try:
-                self.backend.submit(job_id)
-            except Exception as exc:
-                log.warning("reconcile: resuming job %s: %s", job_id, exc)
-                continue
-            resumed.append(job_id)
         if resumed:
             log.warning("reconcile: resumed %d jobs that nothing ran: %s", len(resumed), ", ".join(resumed))
         return resumed

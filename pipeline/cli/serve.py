@@ -224,13 +224,12 @@ def _start_ray(
 def _start_jobs(stack: contextlib.ExitStack, store: Any, backend: Any, err: TextIO) -> None:
     """Unfinished jobs resumed; from then on, a job whose runner is gone is found and resumed
     within seconds (the reconciler)."""
-    from pipeline.api import recover
     from pipeline.api.reconcile import Reconciler
 
-    resumed = recover(store, backend)
+    reconciler = Reconciler(store, backend, every_s=backend.config.reconcile_s)
+    resumed = reconciler.once()
     if resumed:
         print(f"samstream serve: resumed {len(resumed)} unfinished jobs: {', '.join(resumed)}", file=err)
-    reconciler = Reconciler(store, backend, every_s=backend.config.reconcile_s)
     reconciler.start()
     stack.callback(reconciler.stop)
 

@@ -20,6 +20,8 @@ through them:
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
 from typing import TYPE_CHECKING
@@ -34,6 +36,8 @@ if TYPE_CHECKING:
     from pipeline.sources.video import SourceInfo
 
 INTERRUPTED = "interrupted; run again with the same --job-id to resume"
+
+log = logging.getLogger(__name__)
 
 
 class Ending(str, Enum):
@@ -183,3 +187,36 @@ class Lifecycle:
 def unfinished(store: JobStore) -> list[str]:
     """Ids of jobs that are queued or running, oldest first."""
     return [i.job_id for i in store.list() if not i.status.terminal]
+
+
+def resume_unfinished(
+    store: JobStore,
+    held: Callable[[], set[str]],
+    submit: Callable[[str], None],
+    most: int | None = None,
+) -> list[str]:
+    """The one place unfinished jobs are taken up again: every queued or running job that nothing
+    holds is submitted, oldest first; the ids submitted.
+
+    Used by a driver that (re)starts, by ``serve`` as it starts, and by its reconciler every few
+    seconds after.
+
+    Args:
+        store: the job hashes.
+        held: the ids of the jobs something runs now (asked only when a job is unfinished).
+        submit: runs (or resumes) one job; one that raises is logged and left for the next call.
+        most: submit at most this many (the rest in the next call); None: all.
+    """
+    waiting = unfinished(store)
+    if not waiting:
+        return []
+    taken = held()
+    resumed = []
+    for job_id in [j for j in waiting if j not in taken][:most]:
+        try:
+            submit(job_id)
+        except Exception as exc:
+            log.warning("resuming job %s: %s", job_id, exc)
+            continue
+        resumed.append(job_id)
+    return resumed

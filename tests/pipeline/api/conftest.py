@@ -40,6 +40,9 @@ class RecordingBackend:
     def running(self, job_id: str) -> bool:
         return job_id in self.alive
 
+    def held(self) -> set[str]:
+        return set(self.alive)
+
 
 @pytest.fixture(scope="session")
 def api_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedRedis]:

@@ -9,7 +9,8 @@ import pytest
 import redis
 from fastapi.testclient import TestClient
 
-from pipeline.api import ApiSettings, create_app, recover
+from pipeline.api import ApiSettings, create_app
+from pipeline.api.reconcile import Reconciler
 from pipeline.frames import FrameResult, TrackMask
 from pipeline.streams import JobStatus, JobStore, Keys
 from pipeline.streams.control import ControlReader
@@ -406,5 +407,5 @@ def test_a_new_api_resumes_unfinished_jobs_nothing_runs(
     store.set_status(done, JobStatus.RUNNING)
     store.set_status(done, JobStatus.SUCCEEDED)
     backend.alive = {running}
-    assert recover(store, backend) == [orphan]
+    assert Reconciler(store, backend).once() == [orphan]  # what serve does as it starts
     assert backend.submitted[-1] == orphan
