@@ -1,7 +1,7 @@
 """The API's limits: request body size (an ASGI middleware), tracks per job (a Redis set), and
 active jobs (a count of the job store, made and acted on under a lock in Redis).
 
-The numbers themselves are :class:`~pipeline.api.app.ApiSettings` fields (``samstream serve``
+The numbers themselves are :class:`~pipeline.api.settings.ApiSettings` fields (``samstream serve``
 options).
 """
 
