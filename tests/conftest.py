@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -34,6 +38,29 @@ def make_random_checkpoint(path: Path, seed: int = 0) -> Path:
 def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Path of a random-weights checkpoint in the official layout (same for the whole session)."""
     return make_random_checkpoint(tmp_path_factory.mktemp("weights") / "mobile_sam.pt")
+
+
+@dataclass(frozen=True)
+class CompiledCache:
+    """A cache folder where ``samstream warmup`` compiled the model (random weights, 256 px,
+    fp32), and what that first warmup printed."""
+
+    path: Path
+    first: subprocess.CompletedProcess[str]
+    args: tuple[str, ...] = ("--weights", "random", "--image-size", "256", "--precision", "fp32")
+
+    def warmup(self, *args: str) -> subprocess.CompletedProcess[str]:
+        exe = str(Path(sys.executable).with_name("samstream"))
+        env = {**os.environ, "SAMSTREAM_CACHE_DIR": str(self.path)}
+        return subprocess.run([exe, "warmup", *args], capture_output=True, text=True, timeout=600, env=env)
+
+
+@pytest.fixture(scope="session")
+def compiled_cache(tmp_path_factory: pytest.TempPathFactory) -> CompiledCache:
+    """The model compiled once for the session (a minute or two): the warmup test checks how it
+    was made, the compiled-model tests run on it (compiling is the slowest step of the suite)."""
+    cache = CompiledCache(tmp_path_factory.mktemp("compiled-cache"), subprocess.CompletedProcess([], 0))
+    return CompiledCache(cache.path, cache.warmup(*cache.args))
 
 
 def sample_rgb(height: int, width: int, seed: int = 0) -> np.ndarray:

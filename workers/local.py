@@ -160,15 +160,7 @@ def run_local(spec: JobSpec, model: ModelConfig, run: LocalRun, out: TextIO = sy
     """
     job_id = run.job_id or new_job_id()
     err = sys.stderr
-    metrics = PrometheusMetrics()
-    if run.metrics_port is not None:  # bound before Ray starts: Ray's processes take free ports
-        try:
-            metrics.serve(run.metrics_port)
-        except OSError as exc:
-            raise InvalidInputError(
-                f"--metrics-port {run.metrics_port} is not free ({exc.strerror}): another process "
-                "listens there; stop it or pick another --metrics-port"
-            ) from None
+    metrics = _metrics(run.metrics_port)
     with InterruptOnSignals() as signals, ExitStack() as stack:
         # Ray takes seconds to start: it starts now, while Redis starts and the source is probed.
         ray_ready = _RayStart(stack, detach=run.detach)
@@ -255,22 +247,40 @@ def run_local(spec: JobSpec, model: ModelConfig, run: LocalRun, out: TextIO = sy
             # A bug, not a user mistake: the job is marked failed, the traceback goes on.
             lifecycle.end(job_id, spec, Ending.FAILED, f"internal error: {type(exc).__name__}: {exc}")
             raise
-        status, error = listener.ended_with or ("failed", "the job ended without a status")
-        if status == "failed":
-            print(f"samstream: error: job {job_id} failed: {error}", file=err)
-            return 1
-        if status == "cancelled":
-            print(f"job {job_id} {error}", file=out)
-            return 0
-        final = store.get(job_id)
-        where = (
-            f"Redis {redact(url)}" if run.redis_url else f"{run.out_dir / 'redis'} (embedded Redis, stopped)"
-        )
-        print(
-            f"job {job_id} succeeded: {final.frames_done} frames, masks in stream {keys.masks(job_id)} of {where}",
-            file=out,
-        )
+        return _report(listener, store, job_id, url, run, out)
+
+
+def _metrics(port: int | None) -> PrometheusMetrics:
+    """The run's metrics, served on ``port`` when given: bound before Ray starts (Ray's processes
+    take free ports)."""
+    metrics = PrometheusMetrics()
+    if port is not None:
+        try:
+            metrics.serve(port)
+        except OSError as exc:
+            raise InvalidInputError(
+                f"--metrics-port {port} is not free ({exc.strerror}): another process "
+                "listens there; stop it or pick another --metrics-port"
+            ) from None
+    return metrics
+
+
+def _report(
+    listener: _RunListener, store: JobStore, job_id: str, url: str, run: LocalRun, out: TextIO
+) -> int:
+    """How the job ended, said once (stdout, or stderr for a failure); the exit code."""
+    status, error = listener.ended_with or ("failed", "the job ended without a status")
+    if status == "failed":
+        print(f"samstream: error: job {job_id} failed: {error}", file=sys.stderr)
+        return 1
+    if status == "cancelled":
+        print(f"job {job_id} {error}", file=out)
         return 0
+    final = store.get(job_id)
+    where = f"Redis {redact(url)}" if run.redis_url else f"{run.out_dir / 'redis'} (embedded Redis, stopped)"
+    masks = store.keys.masks(job_id)
+    print(f"job {job_id} succeeded: {final.frames_done} frames, masks in stream {masks} of {where}", file=out)
+    return 0
 
 
 def _driver(

@@ -18,7 +18,7 @@ from pipeline.streams.keys import JOB_ID, new_job_id
 def job_routes(ctx: ApiContext, kind: str, live: bool) -> APIRouter:
     """The routes of ``/{kind}`` and ``/{kind}/{job_id}`` (``kind``: jobs, or streams when ``live``)."""
     router = APIRouter()
-    one = "stream" if live else "job"
+    one = _one(live)
     path_id = Path(pattern=JOB_ID, description=f"the {one}'s id")
 
     @router.post(
@@ -32,35 +32,7 @@ def job_routes(ctx: ApiContext, kind: str, live: bool) -> APIRouter:
         tags=[kind],
     )
     def create(body: JobBody) -> JobView:
-        spec = ctx.spec_of(body, live)
-        try:
-            keep_s = ctx.settings.keep_of(body.keep_s)
-        except InvalidInputError as exc:
-            raise HttpError(422, [invalid(["keep_s"], exc)]) from None
-        job_id = body.job_id or new_job_id()
-        with ctx.creating.held():
-            active = ctx.store.count_active()
-            if active >= ctx.settings.max_jobs:
-                raise HttpError(
-                    429,
-                    f"this service runs {active} jobs and streams (queued or running), the most it "
-                    f"takes (--max-jobs {ctx.settings.max_jobs}); try again when one has ended",
-                    {"Retry-After": str(RETRY_AFTER_S)},
-                )
-            if live and ctx.settings.admission == "capacity":
-                ctx.admit_stream(spec)
-            try:
-                ctx.store.create(job_id, spec.to_dict(), keep_s=keep_s)
-            except JobError:
-                raise HttpError(409, f"a job {job_id!r} exists already") from None
-        try:
-            ctx.backend.submit(job_id)
-        except Exception as exc:
-            error_id = logged(f"{one} {job_id} could not be started", exc)
-            reason = "could not be started: the cluster did not take it"
-            ctx.store.set_status(job_id, JobStatus.FAILED, f"{reason} (error id {error_id})")
-            raise HttpError(503, f"{one} {job_id} {unavailable(reason, error_id)}") from None
-        return ctx.view(ctx.store.get(job_id))
+        return _create(ctx, body, live)
 
     @router.get(
         f"/{kind}",
@@ -143,3 +115,41 @@ def job_routes(ctx: ApiContext, kind: str, live: bool) -> APIRouter:
         return Response(status_code=204)
 
     return router
+
+
+def _create(ctx: ApiContext, body: JobBody, live: bool) -> JobView:
+    """Create the job asked for (within ``--max-jobs``, counted and created under the service-wide
+    lock, and a stream's admission) and hand it to the backend."""
+    spec = ctx.spec_of(body, live)
+    try:
+        keep_s = ctx.settings.keep_of(body.keep_s)
+    except InvalidInputError as exc:
+        raise HttpError(422, [invalid(["keep_s"], exc)]) from None
+    job_id = body.job_id or new_job_id()
+    with ctx.creating.held():
+        active = ctx.store.count_active()
+        if active >= ctx.settings.max_jobs:
+            raise HttpError(
+                429,
+                f"this service runs {active} jobs and streams (queued or running), the most it "
+                f"takes (--max-jobs {ctx.settings.max_jobs}); try again when one has ended",
+                {"Retry-After": str(RETRY_AFTER_S)},
+            )
+        if live and ctx.settings.admission == "capacity":
+            ctx.admit_stream(spec)
+        try:
+            ctx.store.create(job_id, spec.to_dict(), keep_s=keep_s)
+        except JobError:
+            raise HttpError(409, f"a job {job_id!r} exists already") from None
+    try:
+        ctx.backend.submit(job_id)
+    except Exception as exc:
+        error_id = logged(f"{_one(live)} {job_id} could not be started", exc)
+        reason = "could not be started: the cluster did not take it"
+        ctx.store.set_status(job_id, JobStatus.FAILED, f"{reason} (error id {error_id})")
+        raise HttpError(503, f"{_one(live)} {job_id} {unavailable(reason, error_id)}") from None
+    return ctx.view(ctx.store.get(job_id))
+
+
+def _one(live: bool) -> str:
+    return "stream" if live else "job"

@@ -44,9 +44,14 @@ def page(name: str) -> bytes:
 
 def viewer_router(client: redis.Redis, keys: Keys, sessions: Sessions) -> APIRouter:
     """The viewer's routes over a Redis client (decoded replies) for one token's sessions."""
-    store = JobStore(client, keys)
-    throttle = LoginThrottle(client, keys)
     router = APIRouter(include_in_schema=False)
+    _page_routes(router, sessions, LoginThrottle(client, keys))
+    _data_routes(router, client, keys)
+    return router
+
+
+def _page_routes(router: APIRouter, sessions: Sessions, throttle: LoginThrottle) -> None:
+    """The pages, and signing in and out."""
     job_id_path = Path(pattern=JOB_ID)
 
     def html(name: str) -> HTMLResponse:
@@ -93,6 +98,12 @@ def viewer_router(client: redis.Redis, keys: Keys, sessions: Sessions) -> APIRou
             sessions.end(cookie)
         expired = f"{COOKIE}=; Max-Age=0; Path=/; HttpOnly; SameSite=Strict"
         return Response(status_code=204, headers={"Set-Cookie": expired})
+
+
+def _data_routes(router: APIRouter, client: redis.Redis, keys: Keys) -> None:
+    """What the pages read: the jobs, and a job's previews and frames."""
+    store = JobStore(client, keys)
+    job_id_path = Path(pattern=JOB_ID)
 
     def info_of(job_id: str) -> JobInfo:
         try:
@@ -143,8 +154,6 @@ def viewer_router(client: redis.Redis, keys: Keys, sessions: Sessions) -> APIRou
         if preview is None:
             raise HTTPException(404, f"frame {frame} has no preview (none was made, or it was trimmed)")
         return _json(_frame(client, keys, job_id, preview))
-
-    return router
 
 
 def mount_static(app: Any) -> None:

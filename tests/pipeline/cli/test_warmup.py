@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import CompiledCache
+
 EXE = str(Path(sys.executable).with_name("samstream"))
 
 
@@ -18,24 +20,24 @@ def warmup(cache: Path, *args: str) -> subprocess.CompletedProcess[str]:
 
 
 @pytest.mark.slow
-def test_warmup_compiles_both_parts_once_and_the_model_loads_them(tmp_path: Path) -> None:
-    args = ("--weights", "random", "--image-size", "64", "--precision", "fp32")
-    first = warmup(tmp_path, *args)
+def test_warmup_compiles_both_parts_once_and_the_model_loads_them(compiled_cache: CompiledCache) -> None:
+    first = compiled_cache.first  # the session's one compile (an empty cache folder)
     assert first.returncode == 0, first.stderr
     lines = first.stdout.strip().splitlines()
     assert [line.split(" (")[0] for line in lines] == ["mask decoder", "encoder"], first.stdout
     assert all("compiled in" in line for line in lines), first.stdout
     assert "compiling the encoder" in first.stderr  # progress on a long step
-    packages = sorted(p.name for p in (tmp_path / "compiled").glob("*.pt2"))
+    packages = sorted(p.name for p in (compiled_cache.path / "compiled").glob("*.pt2"))
     assert [p.split("-")[0] for p in packages] == ["encoder", "mask"], packages
 
-    again = warmup(tmp_path, *args)
+    again = compiled_cache.warmup(*compiled_cache.args)
     assert again.returncode == 0 and again.stdout.count("already compiled") == 2, again.stdout
 
     from pipeline.config import ModelConfig
     from pipeline.model import MobileSam
 
-    model = MobileSam.from_config(ModelConfig(weights="random", image_size=64, cache_dir=tmp_path))
+    config = ModelConfig(weights="random", image_size=256, precision="fp32", cache_dir=compiled_cache.path)
+    model = MobileSam.from_config(config)
     model.warm(encoder=True, decoder=True)
     assert model.encoder.compiled and model.mask_decoder.compiled  # what a run starts on
 

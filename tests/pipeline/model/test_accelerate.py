@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import stat
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -27,7 +28,7 @@ from pipeline.model.accelerate import (
 from pipeline.model.architecture import build_mobile_sam
 from pipeline.model.build import recipes
 from pipeline.prompts import Prompt
-from tests.conftest import sample_rgb
+from tests.conftest import CompiledCache, sample_rgb
 
 # Compiled kernels reorder float sums: the stated tolerance of the compiled encoder and decoder.
 ENCODER_TOL = 1e-4
@@ -82,13 +83,11 @@ def test_the_prepared_decoder_is_kornias_in_float32_and_near_it_in_bfloat16(chec
 
 
 @pytest.mark.slow
-def test_compiled_model_agrees_with_eager(checkpoint: Path) -> None:
-    eager = MobileSam.from_config(
-        ModelConfig(checkpoint=checkpoint, image_size=256, device="cpu", compile="eager")
-    )
-    fast = MobileSam.from_config(
-        ModelConfig(checkpoint=checkpoint, image_size=256, device="cpu", compile="compiled")
-    )
+def test_compiled_model_agrees_with_eager(compiled_cache: CompiledCache) -> None:
+    # The packages `samstream warmup` made for the session (random weights, 256 px, fp32).
+    config = ModelConfig(weights="random", image_size=256, precision="fp32", device="cpu")
+    eager = MobileSam.from_config(replace(config, compile="eager"))
+    fast = MobileSam.from_config(replace(config, compile="compiled", cache_dir=compiled_cache.path))
     frames = [sample_rgb(240, 320, s) for s in range(2)]
     for frame in frames:
         a, b = eager.encode([frame])[0], fast.encode([frame])[0]
