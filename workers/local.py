@@ -28,7 +28,7 @@ from pipeline.preview import PreviewOptions
 from pipeline.signals import InterruptOnSignals, exit_code, signal_name
 from pipeline.sources.limits import MediaLimits
 from pipeline.spec import JobSpec
-from pipeline.streams import JobStore, Keys, Publisher, connect, redact
+from pipeline.streams import JobStore, Keys, Publisher, connect, redact_redis_url
 from pipeline.streams.connection import DEFAULT_RETRY_S
 from pipeline.streams.keys import new_job_id
 from pipeline.streams.retention import DEFAULT_KEEP_S
@@ -130,7 +130,7 @@ class Layout:
     encoders: int = 1
     encoder_gpus: float = 0.0
     encoder_threads: int | None = None
-    decoder_gpus: float = 0.0
+    tracker_gpus: float = 0.0
 
 
 def layout(model: ModelConfig) -> Layout:
@@ -146,7 +146,7 @@ def layout(model: ModelConfig) -> Layout:
         return Layout(batched)
     gpus = int(ray.cluster_resources().get("GPU", 0))
     if gpus >= 1:
-        return Layout(batched, encoders=gpus, encoder_gpus=0.9, decoder_gpus=0.1)
+        return Layout(batched, encoders=gpus, encoder_gpus=0.9, tracker_gpus=0.1)
     # One live frame in flight: the frame taken is always the newest when the encoder has room.
     cpu = DriverOptions(batch_frames=1, file_window=3, live_in_flight=1, max_hosts=1, max_decoders=1)
     return Layout(cpu, encoder_threads=os.cpu_count())
@@ -277,7 +277,11 @@ def _report(
         print(f"job {job_id} {error}", file=out)
         return 0
     final = store.get(job_id)
-    where = f"Redis {redact(url)}" if run.redis_url else f"{run.out_dir / 'redis'} (embedded Redis, stopped)"
+    where = (
+        f"Redis {redact_redis_url(url)}"
+        if run.redis_url
+        else f"{run.out_dir / 'redis'} (embedded Redis, stopped)"
+    )
     masks = store.keys.masks(job_id)
     print(f"job {job_id} succeeded: {final.frames_done} frames, masks in stream {masks} of {where}", file=out)
     return 0
@@ -311,7 +315,7 @@ def _driver(
         url,
         prefix,
         encoders,
-        HostResources(decoder_gpus=lay.decoder_gpus),
+        HostResources(tracker_gpus=lay.tracker_gpus),
         redis_retry_s=run.redis_retry_s,
     )
     if not run.detach:

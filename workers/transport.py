@@ -41,21 +41,21 @@ class HostResources:
     Attributes:
         host_cpus: CPUs of a source host (its decode threads; fractions allowed).
         host_memory_mb: memory of a source host (its sources' buffers, torch for resizing).
-        decoder_cpus: CPUs of a tracker host (prompt encoder, mask decoder, RLE, publishing).
-        decoder_gpus: GPUs of a tracker host (a fraction beside the encoder on GPU nodes; 0: CPU).
-        decoder_memory_mb: memory of a tracker host (one model per image size, tracker state).
+        tracker_cpus: CPUs of a tracker host (prompt encoder, mask decoder, RLE, publishing).
+        tracker_gpus: GPUs of a tracker host (a fraction beside the encoder on GPU nodes; 0: CPU).
+        tracker_memory_mb: memory of a tracker host (one model per image size, tracker state).
     """
 
     host_cpus: float = 0.5
     host_memory_mb: int = 600
-    decoder_cpus: float = 0.5
-    decoder_gpus: float = 0.0
-    decoder_memory_mb: int = 900
+    tracker_cpus: float = 0.5
+    tracker_gpus: float = 0.0
+    tracker_memory_mb: int = 900
 
     def __post_init__(self) -> None:
-        if min(self.host_cpus, self.decoder_cpus, self.decoder_gpus) < 0:
+        if min(self.host_cpus, self.tracker_cpus, self.tracker_gpus) < 0:
             raise InvalidInputError("host CPUs and GPUs must be >= 0")
-        if min(self.host_memory_mb, self.decoder_memory_mb) < 0:
+        if min(self.host_memory_mb, self.tracker_memory_mb) < 0:
             raise InvalidInputError("host memory must be >= 0 MB")
 
 
@@ -171,7 +171,7 @@ class RayTransport:
         r = self.resources
         return self._decoders.add(
             TrackerHostActor.options(
-                num_cpus=r.decoder_cpus, num_gpus=r.decoder_gpus, **_memory(r.decoder_memory_mb)
+                num_cpus=r.tracker_cpus, num_gpus=r.tracker_gpus, **_memory(r.tracker_memory_mb)
             ).remote(self.model, self.redis_url, self.prefix, redis_retry_s=self.redis_retry_s)
         )
 

@@ -570,33 +570,41 @@ def _serve_host_options(sv: argparse.ArgumentParser) -> None:
         help="a host started for more jobs stops after holding none this long (60)",
     )
     hosts.add_argument(
-        "--tracks-per-decoder",
+        "--tracks-per-tracker",
         type=int,
         default=256,
         metavar="N",
         help="tracks a tracker host follows before another one is started (256)",
     )
     hosts.add_argument(
-        "--decoder-cpus",
+        "--tracker-cpus",
         type=float,
         default=0.5,
         metavar="C",
         help="CPUs each tracker host asks Ray for (0.5)",
     )
     hosts.add_argument(
-        "--decoder-memory-mb",
+        "--tracker-memory-mb",
         type=int,
         default=900,
         metavar="MB",
         help="memory each tracker host asks Ray for (900; 0: none)",
     )
     hosts.add_argument(
-        "--decoder-gpus",
+        "--tracker-gpus",
         type=float,
         default=0.0,
         metavar="G",
         help="GPUs each tracker host asks Ray for, fractions allowed (0: the CPU)",
     )
+    # The names these options had (a tracker host was called a decoder): still taken, not shown.
+    for old, new, kind in (
+        ("--tracks-per-decoder", "tracks_per_tracker", int),
+        ("--decoder-cpus", "tracker_cpus", float),
+        ("--decoder-memory-mb", "tracker_memory_mb", int),
+        ("--decoder-gpus", "tracker_gpus", float),
+    ):
+        sv.add_argument(old, dest=new, type=kind, default=argparse.SUPPRESS, help=argparse.SUPPRESS)
 
 
 def _serve_limit_options(sv: argparse.ArgumentParser) -> None:

@@ -151,7 +151,7 @@ def _service_config(args: argparse.Namespace, model: Any, policy: Any) -> Any:
             batch_frames=4,
             file_window=16,
             streams_per_host=args.streams_per_host,
-            tracks_per_decoder=args.tracks_per_decoder,
+            tracks_per_tracker=args.tracks_per_tracker,
             host_idle_s=args.host_idle_s,
             media=media,
             stall_s=args.stall_s,
@@ -160,9 +160,9 @@ def _service_config(args: argparse.Namespace, model: Any, policy: Any) -> Any:
         HostResources(
             host_cpus=args.host_cpus,
             host_memory_mb=args.host_memory_mb,
-            decoder_cpus=args.decoder_cpus,
-            decoder_gpus=args.decoder_gpus,
-            decoder_memory_mb=args.decoder_memory_mb,
+            tracker_cpus=args.tracker_cpus,
+            tracker_gpus=args.tracker_gpus,
+            tracker_memory_mb=args.tracker_memory_mb,
         ),
         hosts=source_hosts,
         decoders=1,
@@ -235,12 +235,12 @@ def _start_jobs(stack: contextlib.ExitStack, store: Any, backend: Any, err: Text
 
 
 def _announce(args: argparse.Namespace, url: str, made_token: str | None, err: TextIO) -> None:
-    from pipeline.streams import redact
+    from pipeline.streams import redact_redis_url
 
     metrics = f"http://{args.metrics_host or args.host}:{args.metrics_port}/metrics"
     print(
         f"samstream serve: API on http://{args.host}:{args.port} (OpenAPI at /openapi.json), "
-        f"Redis {redact(url)}" + (f", metrics on {metrics}" if args.metrics_port else ""),
+        f"Redis {redact_redis_url(url)}" + (f", metrics on {metrics}" if args.metrics_port else ""),
         file=err,
     )
     if made_token:

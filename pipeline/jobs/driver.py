@@ -80,7 +80,7 @@ class DriverOptions:
         tick_s: how long a read gathers frames before it answers.
         control_poll_s: how often the control streams are read.
         streams_per_host: jobs a source host takes before another host is started.
-        tracks_per_decoder: tracks a tracker host takes before another one is started.
+        tracks_per_tracker: tracks a tracker host takes before another one is started.
         max_hosts: most source hosts (None: no limit; a full host then takes more jobs).
         max_decoders: most tracker hosts (None: no limit).
         drain_s: most time an ending job waits for its frames in flight.
@@ -105,7 +105,7 @@ class DriverOptions:
     tick_s: float = 0.04
     control_poll_s: float = 0.05
     streams_per_host: int = 64
-    tracks_per_decoder: int = 256
+    tracks_per_tracker: int = 256
     max_hosts: int | None = None
     max_decoders: int | None = None
     drain_s: float = 60.0
@@ -123,7 +123,7 @@ class DriverOptions:
         for name in ("batch_frames", "file_window", "live_in_flight", "max_frames_in_flight"):
             if getattr(self, name) < 1:
                 raise InvalidInputError(f"driver {name} must be >= 1, got {getattr(self, name)}")
-        if self.streams_per_host < 1 or self.tracks_per_decoder < 1:
+        if self.streams_per_host < 1 or self.tracks_per_tracker < 1:
             raise InvalidInputError("streams per host and tracks per decoder must be >= 1")
         if self.tick_s <= 0 or self.control_poll_s <= 0 or self.drain_s <= 0:
             raise InvalidInputError("tick, control poll and drain times must be > 0 seconds")
@@ -302,7 +302,7 @@ class JobDriver:
     def add(self, start: Start) -> None:
         """Take up a job that :meth:`Lifecycle.begin` started.
 
-        A job with more tracks than a tracker host follows (``tracks_per_decoder``) is split by
+        A job with more tracks than a tracker host follows (``tracks_per_tracker``) is split by
         track over several: the first share's host (the owner) publishes each frame whole.
 
         Raises:
@@ -312,7 +312,7 @@ class JobDriver:
         # First, so that a job is never held without its commands (a cancel) reaching it.
         self.control.add(start.job_id, everything=start.first_run)
         spec = start.spec
-        size = self.options.tracks_per_decoder
+        size = self.options.tracks_per_tracker
         shares = [spec.tracks[i : i + size] for i in range(0, len(spec.tracks), size)] or [()]
         host, decoders = self.placement.place([len(share) for share in shares])
         setup = TrackSetup(

@@ -2,7 +2,7 @@
 full, and fewer once the jobs that needed them have ended.
 
 A job goes to the least-loaded source host with room (``streams_per_host`` jobs), and each share of
-its tracks to the least-loaded tracker host with room for it (``tracks_per_decoder`` tracks; the
+its tracks to the least-loaded tracker host with room for it (``tracks_per_tracker`` tracks; the
 shares of one job on different hosts). When every host is full another is started (up to
 ``max_hosts`` / ``max_decoders``; past that the least loaded takes more). A host started that way
 stops once it held no job for ``host_idle_s``, so that the autoscaler can take its node back; the
@@ -54,7 +54,7 @@ class Placement:
         decoders: list[int] = []
         for tracks in shares:
             free = {d: n for d, n in self.decoder_tracks.items() if d not in decoders}
-            found = _least(free, opts.tracks_per_decoder, max(1, tracks))
+            found = _least(free, opts.tracks_per_tracker, max(1, tracks))
             if found is None and (opts.max_decoders is None or len(self.decoder_tracks) < opts.max_decoders):
                 found = t.add_decoder()
                 self.decoder_tracks[found] = 0

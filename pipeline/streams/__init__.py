@@ -3,7 +3,7 @@
 Plain Python over redis-py (no Ray, no torch). The format is documented in ``docs/wire-format.md``.
 """
 
-from pipeline.streams.connection import connect, describe, redact
+from pipeline.streams.connection import connect, describe, redact_redis_url
 from pipeline.streams.jobs import JobInfo, JobStatus, JobStore
 from pipeline.streams.keys import Keys, validate_job_id
 from pipeline.streams.publisher import Publisher
@@ -45,7 +45,7 @@ __all__ = [
     "entry_id",
     "frame_of",
     "read_events",
-    "redact",
+    "redact_redis_url",
     "redis_server_executable",
     "validate_job_id",
 ]

@@ -194,8 +194,9 @@ def describe(url: str) -> str:
     return f"{parts.hostname or 'localhost'}:{port}/{db}{tls}"
 
 
-def redact(url: str) -> str:
-    """``url`` with its password replaced by ``***``, safe to print or log."""
+def redact_redis_url(url: str) -> str:
+    """The Redis ``url`` with its password replaced by ``***``, safe to print or log (a source's
+    URL is :func:`pipeline.sources.opening.redact`'s: it hides the query too)."""
     parts = _split(url)
     if parts.password is None:
         return url

@@ -75,7 +75,7 @@ class EmbeddedRedis:
     The server asks for a password (``requirepass``), made at random the first time a folder is used
     and kept in ``data_dir/samstream-redis.conf`` (mode 0600; ``data_dir`` itself is made mode 0700),
     so other users of the machine can neither connect nor read the data. :attr:`url` carries the
-    password: hand it to clients, and print only ``redact(url)``.
+    password: hand it to clients, and print only ``redact_redis_url(url)``.
 
     Use it as a context manager, or call :meth:`start` and :meth:`stop`. Every process that starts
     or reuses the server is recorded (``samstream-redis.users``); :meth:`stop` shuts the server down

@@ -120,7 +120,7 @@ def _service(redis_url: str, log_dir: Path) -> ServeProcess:
         "--source-hosts", "1", "--streams-per-host", "2", "--host-cpus", "2", "--host-idle-s", "3",
         # Ray's simulated nodes cannot declare memory (a real node type does, and the
         # autoscaler counts it): the hosts ask for none here, or no node would ever fit them.
-        "--host-memory-mb", "0", "--decoder-memory-mb", "0",
+        "--host-memory-mb", "0", "--tracker-memory-mb", "0",
     ]  # fmt: skip
     return ServeProcess(args, log_dir, TOKEN)
 

@@ -206,7 +206,7 @@ def test_a_job_with_more_tracks_than_a_tracker_host_follows_is_split_and_publish
         args = [
             "--redis-url", redis_server.url, "--weights", "random", "--image-size", "256", "--compile", "eager",
             "--allow-local-files", "--encoder-gpus", "0", "--min-encoders", "1", "--max-encoders", "1",
-            "--source-hosts", "1", "--tracks-per-decoder", "2", "--metrics-port", "0",
+            "--source-hosts", "1", "--tracks-per-tracker", "2", "--metrics-port", "0",
         ]  # fmt: skip
         service = ServeProcess(args, tmp_path, "split-test-token")
         client = connect(redis_server.url)

@@ -40,3 +40,42 @@ def test_limits_are_given_on_the_command_line() -> None:
 def test_image_sizes_that_are_not_numbers_are_refused() -> None:
     with pytest.raises(InvalidInputError, match="--image-sizes must be a list like 256,512,1024"):
         _sizes("256,big")
+
+
+def test_tracker_host_options_take_their_old_decoder_names_too(capsys: pytest.CaptureFixture[str]) -> None:
+    parse = build_parser().parse_args
+    defaults = parse(["serve"])
+    assert (defaults.tracks_per_tracker, defaults.tracker_cpus, defaults.tracker_memory_mb) == (256, 0.5, 900)
+    assert defaults.tracker_gpus == 0.0
+    new = [
+        "--tracks-per-tracker",
+        "8",
+        "--tracker-cpus",
+        "1",
+        "--tracker-memory-mb",
+        "500",
+        "--tracker-gpus",
+        "0.25",
+    ]
+    old = [
+        "--tracks-per-decoder",
+        "8",
+        "--decoder-cpus",
+        "1",
+        "--decoder-memory-mb",
+        "500",
+        "--decoder-gpus",
+        "0.25",
+    ]
+    for argv in (new, old):
+        args = parse(["serve", *argv])
+        assert (args.tracks_per_tracker, args.tracker_cpus, args.tracker_memory_mb, args.tracker_gpus) == (
+            8,
+            1.0,
+            500,
+            0.25,
+        )
+    with pytest.raises(SystemExit):
+        parse(["serve", "--help"])
+    shown = capsys.readouterr().out
+    assert "--tracker-cpus" in shown and "decoder-" not in shown  # the old names are not shown

@@ -243,7 +243,7 @@ def test_a_prompt_outside_the_frame_fails_the_job_when_its_source_opens(rig) -> 
 def test_jobs_are_spread_over_hosts_more_start_when_full_and_stop_when_idle(rig) -> None:
     opts = DriverOptions(
         streams_per_host=3,
-        tracks_per_decoder=4,
+        tracks_per_tracker=4,
         tick_s=0.01,
         control_poll_s=0.01,
         host_idle_s=0.2,
@@ -292,7 +292,7 @@ def test_streams_coming_and_going_by_the_hundred_leave_nothing_behind(rig) -> No
 
 
 def test_a_job_with_more_tracks_than_a_tracker_host_follows_is_split_and_published_whole(rig) -> None:
-    opts = DriverOptions(tracks_per_decoder=2, tick_s=0.01, control_poll_s=0.01)
+    opts = DriverOptions(tracks_per_tracker=2, tick_s=0.01, control_poll_s=0.01)
     r = rig(options=opts)
     r.create("many", "file:60:0.002", n_tracks=5)
     r.create("few", "file:40")
@@ -318,7 +318,7 @@ def test_a_job_with_more_tracks_than_a_tracker_host_follows_is_split_and_publish
 
 
 def test_track_commands_reach_the_share_that_follows_the_track(rig) -> None:
-    opts = DriverOptions(tracks_per_decoder=2, tick_s=0.01, control_poll_s=0.01)
+    opts = DriverOptions(tracks_per_tracker=2, tick_s=0.01, control_poll_s=0.01)
     r = rig(options=opts)
     r.create("cam", "feed:100", live=True, n_tracks=4)
     r.run(until=lambda: len(r.frames("cam")) >= 5)

@@ -11,7 +11,7 @@ import pytest
 import redis
 
 from pipeline.errors import InvalidInputError, RedisUnavailableError
-from pipeline.streams import EmbeddedRedis, connect, describe, redact, redis_server_executable
+from pipeline.streams import EmbeddedRedis, connect, describe, redact_redis_url, redis_server_executable
 from tests.pipeline.streams.conftest import free_port
 
 pytestmark = pytest.mark.integration
@@ -119,9 +119,9 @@ def test_unix_socket(tmp_path: Path) -> None:
 def test_describe_and_redact() -> None:
     url = "redis://bob:p%40ss@cache.local:6380/3"
     assert describe(url) == "cache.local:6380/3"
-    assert redact(url) == "redis://bob:***@cache.local:6380/3"
+    assert redact_redis_url(url) == "redis://bob:***@cache.local:6380/3"
     assert describe("rediss://h") == "h:6379/0 (TLS)"
-    assert redact("redis://h:1/0") == "redis://h:1/0"
+    assert redact_redis_url("redis://h:1/0") == "redis://h:1/0"
 
 
 def test_embedded_server_url_connects(redis_server: EmbeddedRedis) -> None:

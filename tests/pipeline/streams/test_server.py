@@ -16,7 +16,7 @@ import pytest
 import redis
 
 from pipeline.errors import RedisUnavailableError
-from pipeline.streams import EmbeddedRedis, connect, redact
+from pipeline.streams import EmbeddedRedis, connect, redact_redis_url
 from pipeline.streams.server import CONFIG_FILE, STATE_FILE
 from tests.pipeline.streams.conftest import pid_alive
 
@@ -160,7 +160,7 @@ def test_a_password_of_its_own_kept_private(tmp_path: Path, exe: str) -> None:
         assert server.port is not None and server.pid is not None
         password = redis.connection.parse_url(server.url)["password"]
         assert len(password) == 64
-        assert redact(server.url) == f"redis://:***@127.0.0.1:{server.port}/0"
+        assert redact_redis_url(server.url) == f"redis://:***@127.0.0.1:{server.port}/0"
         with pytest.raises(redis.AuthenticationError):  # NOAUTH: no password, no access
             redis.Redis(port=server.port, socket_timeout=5).get("x")
         with pytest.raises(redis.AuthenticationError):
