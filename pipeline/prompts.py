@@ -1,7 +1,7 @@
 """Prompts: the points, boxes and masks that say which object a track follows.
 
 Coordinates are pixels of the original frame, x to the right and y down, origin at the top-left
-corner of the top-left pixel; a box is XYXY; a mask (:class:`~pipeline.mask_prompt.MaskPrompt`)
+corner of the top-left pixel; a box is XYXY; a mask (:class:`~pipeline.masks.mask_prompt.MaskPrompt`)
 is a COCO RLE of the frame's size. Everything is validated here, at the edge, so the
 model and tracking code can trust what they get.
 """
@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.errors import ImageReadError, InvalidInputError, PromptError
-from pipeline.mask_prompt import MaskPrompt
-from pipeline.masks import MAX_RLE_PIXELS
+from pipeline.masks.mask_prompt import MaskPrompt
+from pipeline.masks.rle import MAX_RLE_PIXELS
 
 Point = tuple[float, float]
 Box = tuple[float, float, float, float]
@@ -190,13 +190,13 @@ def single_prompt(
 
 def parse_mask_prompt(text: str) -> TrackSpec:
     """Parse ``"ID=FILE.png"``: track ``ID`` starts from the mask in that image (see
-    :func:`pipeline.imageio.read_mask` for which images are masks).
+    :func:`pipeline.masks.imageio.read_mask` for which images are masks).
 
     Raises:
         PromptError: not ``ID=FILE``, or the image is not a mask.
         ImageReadError: the image cannot be read.
     """
-    from pipeline.imageio import read_mask
+    from pipeline.masks.imageio import read_mask
 
     track, sep, path = str(text).partition("=")
     try:
@@ -277,7 +277,7 @@ def load_prompts_file(path: str | Path) -> list[TrackSpec]:
 def _file_mask(value: Any, folder: Path) -> MaskPrompt:
     """A prompts file's ``mask``: a COCO RLE mapping, or an image's path (relative to ``folder``)."""
     if isinstance(value, str):
-        from pipeline.imageio import read_mask
+        from pipeline.masks.imageio import read_mask
 
         return MaskPrompt.from_array(read_mask(folder / value))
     return MaskPrompt.from_rle(value)

@@ -26,7 +26,7 @@ import numpy.typing as npt
 
 from pipeline.errors import InvalidInputError
 from pipeline.frames import FrameResult
-from pipeline.masks import decode_rle
+from pipeline.masks.rle import decode_rle
 
 if TYPE_CHECKING:
     from av.container import OutputContainer

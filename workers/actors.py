@@ -3,7 +3,7 @@
 * :class:`SourceHostWorker` — many jobs' sources (:class:`~pipeline.sources.host.SourceHost`).
 * :class:`EncoderWorker` — MobileSAM's image encoder on batches of many jobs' frames (``run``; the
   service shares the Ray Serve pool of :mod:`workers.pool` instead).
-* :class:`TrackerHostWorker` — many jobs' tracks (:class:`~pipeline.tracker_host.TrackerHost`).
+* :class:`TrackerHostWorker` — many jobs' tracks (:class:`~pipeline.tracking.host.TrackerHost`).
 
 Restart policy: a host rebuilds its state from the calls it gets (a source host reopens the
 sources named in the next read, by position or at the feed's present; a tracker host restores each
@@ -27,7 +27,7 @@ if TYPE_CHECKING:  # a worker imports what its own class uses (an encoder: no Re
     from pipeline.prompts import Prompt
     from pipeline.sources.guard import NetworkGuard
     from pipeline.sources.host import ReadRequest
-    from pipeline.tracker_host import TrackReply, TrackSetup
+    from pipeline.tracking.host import TrackReply, TrackSetup
 
 RESTARTS = -1  # a host is the home of many jobs: always bring it back
 RETRIES = 3
@@ -147,7 +147,7 @@ class EncoderWorker:
 
     def __init__(self, model: ModelConfig, threads: int | None = None) -> None:
         worker_env()
-        from pipeline.encoding import SizedEncoders
+        from pipeline.encoding.stage import SizedEncoders
         from pipeline.model.segmenter import load_model
 
         _threads(threads)
@@ -175,7 +175,7 @@ class TrackerHostWorker:
         worker_env()
         from pipeline.model.segmenter import load_model
         from pipeline.streams import Keys, connect
-        from pipeline.tracker_host import TrackerHost
+        from pipeline.tracking.host import TrackerHost
 
         _threads(threads)
         self.host = TrackerHost(

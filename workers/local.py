@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
 from pipeline.config import ModelConfig, Weights
-from pipeline.decoding import FrameSummary
 from pipeline.errors import InvalidInputError, SamstreamError
 from pipeline.jobs.driver import DriverOptions, JobDriver, Listener
 from pipeline.jobs.lifecycle import Ending, Lifecycle
@@ -33,6 +32,7 @@ from pipeline.streams.connection import DEFAULT_RETRY_S
 from pipeline.streams.keys import new_job_id
 from pipeline.streams.retention import DEFAULT_KEEP_S
 from pipeline.streams.server import open_redis
+from pipeline.tracking.stage import FrameSummary
 
 if TYPE_CHECKING:
     from pipeline.sources.video import SourceInfo

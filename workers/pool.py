@@ -105,7 +105,7 @@ class EncoderReplica:
         batch_wait_s: float = 0.0,
         max_sizes: int = DEFAULT_MAX_SIZES,
     ) -> None:
-        from pipeline.encoding import SizedEncoders
+        from pipeline.encoding.stage import SizedEncoders
         from pipeline.model.segmenter import load_model
         from workers.actors import worker_env
 

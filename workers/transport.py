@@ -28,7 +28,7 @@ from pipeline.prompts import Prompt
 from pipeline.sources.guard import NetworkGuard
 from pipeline.sources.host import ReadRequest
 from pipeline.streams.connection import DEFAULT_RETRY_S
-from pipeline.tracker_host import TrackSetup
+from pipeline.tracking.host import TrackSetup
 from workers.actors import EncoderActor, SourceHostActor, TrackerHostActor
 
 MB = 2**20

@@ -14,7 +14,7 @@ from typing import Any
 from pipeline.cli.options import results_redis
 from pipeline.errors import InvalidInputError, JobError
 from pipeline.frames import FrameResult
-from pipeline.masks import rle_area
+from pipeline.masks.rle import rle_area
 from pipeline.streams import JobInfo, JobStore, Keys, MaskReader
 
 
@@ -135,7 +135,7 @@ def export(args: argparse.Namespace) -> int:
     import numpy as np
 
     from pipeline.evaluation.davis import MAX_OBJECTS, write_labels
-    from pipeline.masks import decode_rle
+    from pipeline.masks.rle import decode_rle
 
     out = Path(args.davis)
     count = 0
@@ -184,8 +184,8 @@ def _send(args: argparse.Namespace, command: Any) -> None:
 
 
 def track(args: argparse.Namespace) -> int:
-    from pipeline.imageio import read_mask
-    from pipeline.mask_prompt import MaskPrompt
+    from pipeline.masks.imageio import read_mask
+    from pipeline.masks.mask_prompt import MaskPrompt
     from pipeline.prompts import parse_box, parse_point, single_prompt
     from pipeline.streams.control import Command
 

@@ -8,8 +8,8 @@ from pathlib import Path
 
 from pipeline.cli.options import model_config
 from pipeline.errors import PromptError
-from pipeline.imageio import read_image, read_mask, write_mask_png
-from pipeline.mask_prompt import MaskPrompt
+from pipeline.masks.imageio import read_image, read_mask, write_mask_png
+from pipeline.masks.mask_prompt import MaskPrompt
 from pipeline.prompts import parse_box, parse_point, single_prompt
 
 

@@ -19,7 +19,7 @@ import numpy as np
 
 from pipeline.errors import InvalidInputError
 from pipeline.evaluation.measures import DatasetScore, SequenceScore, SequenceScorer, score_dataset
-from pipeline.mask_prompt import MaskPrompt
+from pipeline.masks.mask_prompt import MaskPrompt
 from pipeline.prompts import Prompt, TrackSpec
 from pipeline.tracking import Tracker, TrackingConfig, TrackStatus
 
@@ -140,7 +140,7 @@ def track_sequence(
         InvalidInputError: a frame or annotation that cannot be read, or of another size.
     """
     from pipeline.errors import ImageReadError
-    from pipeline.imageio import read_image
+    from pipeline.masks.imageio import read_image
 
     first = read_labels(sequence.annotations[0])
     tracker = Tracker(segmenter, config)

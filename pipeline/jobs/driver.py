@@ -26,7 +26,7 @@ Per job:
   ``control_poll_s``): ``stop`` ends reading, track commands go to its tracker host ordered
   before the frames read after them.
 * a tracker host that was restarted asks for a *rewind* of a file job (see
-  :mod:`pipeline.decoding`): the job reads again after the frame it names.
+  :mod:`pipeline.tracking.stage`): the job reads again after the frame it names.
 
 The job lifecycle (status, resume point, the checks made when a source opens) is
 :mod:`pipeline.jobs.lifecycle`'s; the driver calls it.
@@ -46,7 +46,6 @@ from typing import Any
 
 import redis
 
-from pipeline.decoding import FrameSummary
 from pipeline.errors import InvalidInputError, JobError, SamstreamError
 from pipeline.jobs.lifecycle import Ending, Lifecycle, Start
 from pipeline.jobs.pacing import Pacer, TrackerLoad
@@ -59,7 +58,8 @@ from pipeline.sources.host import ReadReply, ReadRequest, SourceSpec
 from pipeline.sources.limits import MediaLimits
 from pipeline.spec import AutoSize
 from pipeline.streams.control import Command, ControlBus
-from pipeline.tracker_host import OWNER, PART, TrackReply, TrackSetup
+from pipeline.tracking.host import OWNER, PART, TrackReply, TrackSetup
+from pipeline.tracking.stage import FrameSummary
 
 log = logging.getLogger(__name__)
 # How often the driver asks Redis which live jobs a viewer shows (their previews start within it).

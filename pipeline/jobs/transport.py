@@ -20,7 +20,7 @@ from typing import Any, Protocol, TypeVar
 from pipeline.frames import EncodedFrame, Frame
 from pipeline.prompts import Prompt
 from pipeline.sources.host import ReadReply, ReadRequest, SourceHost
-from pipeline.tracker_host import TrackerHost, TrackReply, TrackSetup
+from pipeline.tracking.host import TrackerHost, TrackReply, TrackSetup
 
 Handle = Any  # hashable: a Ray ObjectRef, or a Future in process
 T = TypeVar("T")
@@ -133,7 +133,7 @@ class InProcessTransport:
 
     Args:
         make_host: makes a source host.
-        encoder: the encoder stage (:class:`~pipeline.encoding.FrameEncoder` or a stub).
+        encoder: the encoder stage (:class:`~pipeline.encoding.stage.FrameEncoder` or a stub).
         make_decoder: makes a tracker host.
         hosts: source hosts to start with.
         decoders: tracker hosts to start with.

@@ -55,7 +55,7 @@ class DecodeRequest:
         """The request of a user's prompt on a frame.
 
         A prompt without a mask is decoded as it is. A mask prompt becomes what SAM's predictor
-        takes for a mask: the mask as low-resolution mask input (:func:`~pipeline.mask_prompt.
+        takes for a mask: the mask as low-resolution mask input (:func:`~pipeline.masks.mask_prompt.
         mask_logits`), the box around it (unless the prompt gives one) and its points, decoded
         without multimask.
 
@@ -66,7 +66,7 @@ class DecodeRequest:
         """
         if prompt.mask is None:
             return cls(prompt)
-        from pipeline.mask_prompt import mask_logits
+        from pipeline.masks.mask_prompt import mask_logits
 
         logits = mask_logits(prompt.mask.array(), embedding.input_size, low_res_size)
         box = prompt.box if prompt.box is not None else tuple(float(v) for v in prompt.mask.box)

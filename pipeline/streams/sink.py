@@ -5,14 +5,14 @@ hash's progress and the tracker snapshot are written together or not at all. Red
 entry ID at or below the stream's newest, so a replayed frame changes nothing.
 
 The state is a checkpoint: the decoder passes a snapshot with some frames only (see
-:class:`~pipeline.decoding.TrackDecoder`), and a resumed job replays the frames after it.
+:class:`~pipeline.tracking.stage.TrackDecoder`), and a resumed job replays the frames after it.
 
 Exactly-once rests on Redis refusing lower IDs, which cannot catch writes Redis *lost* (a restart
 from an older snapshot, a failover to a lagging replica): the stream would simply go on after a
 gap. So each script is also told the newest frame the job expects in the stream, and writes
 nothing when the stream's newest entry is older: the sink raises :class:`LostEntriesError`, and
 the tracker host rewinds the job to the checkpoint Redis still holds (see
-:mod:`pipeline.tracker_host`).
+:mod:`pipeline.tracking.host`).
 
 The state key holds a JSON header, a newline, then the tracks' logits as raw bytes (256 KB a
 track at 1024): as base64 inside the JSON they cost more than all the rest of a frame's
@@ -100,7 +100,7 @@ class LostEntriesError(SamstreamError):
 
 
 class RedisSink:
-    """The :class:`~pipeline.decoding.ResultSink` of a job whose results live in Redis.
+    """The :class:`~pipeline.tracking.stage.ResultSink` of a job whose results live in Redis.
 
     Args:
         client: Redis client.

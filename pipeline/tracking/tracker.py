@@ -56,7 +56,7 @@ from typing import Any, Literal, Protocol, get_args
 import numpy as np
 
 from pipeline.errors import InvalidInputError, PromptError
-from pipeline.masks import mask_bbox
+from pipeline.masks.rle import mask_bbox
 from pipeline.model.types import DecodeRequest, Embedding, MaskBatch
 from pipeline.prompts import POSITIVE, Box, Point, Prompt, TrackSpec
 from pipeline.tracking.arrays import resize_square

@@ -13,7 +13,7 @@ import pytest
 from pipeline import samples
 from pipeline.errors import InvalidInputError, SourceError
 from pipeline.frames import FrameResult, TrackMask
-from pipeline.masks import encode_rle
+from pipeline.masks.rle import encode_rle
 from pipeline.render import OUTLINE_PX, PALETTE, overlay, pick_encoder, render_video, track_colour
 
 W, H, N = 160, 120, 20

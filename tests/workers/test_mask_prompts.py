@@ -16,8 +16,8 @@ import pytest
 from PIL import Image
 
 from pipeline.config import ModelConfig
-from pipeline.mask_prompt import MaskPrompt, mask_logits
-from pipeline.masks import decode_rle, mask_bbox
+from pipeline.masks.mask_prompt import MaskPrompt, mask_logits
+from pipeline.masks.rle import decode_rle, mask_bbox
 from pipeline.model import DecodeRequest, MobileSam
 from pipeline.prompts import Prompt, TrackSpec
 from pipeline.samples import object_masks, write_clip

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from pipeline.config import ModelConfig
-from pipeline.encoding import SizedEncoders
+from pipeline.encoding.stage import SizedEncoders
 from pipeline.errors import InvalidInputError
 from pipeline.frames import EncodedFrame, Frame
 from tests.fixtures.pool import local_pool

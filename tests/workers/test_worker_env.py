@@ -198,7 +198,7 @@ def test_a_runs_ray_has_no_api_server_and_reuses_freed_memory() -> None:
 def test_an_actor_module_import_leaves_each_worker_its_own_imports() -> None:
     # Every worker imports the module of the actor classes before it starts: an encoder has no
     # use for a Redis client or the tracker host (about 0.1 s of its start, before the first frame).
-    code = "import sys\nimport workers.actors\nprint(sorted({'redis', 'pipeline.tracker_host', 'torch'} & set(sys.modules)))\n"
+    code = "import sys\nimport workers.actors\nprint(sorted({'redis', 'pipeline.tracking.host', 'torch'} & set(sys.modules)))\n"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
 

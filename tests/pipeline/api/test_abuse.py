@@ -18,10 +18,10 @@ from hypothesis import strategies as st
 
 from pipeline.api import ApiSettings, create_app
 from pipeline.api.viewer.sessions import COOKIE, LOGIN_FAILURES
-from pipeline.masks import encode_rle
+from pipeline.masks.rle import encode_rle
 from pipeline.streams import JobStore, Keys
 from tests.pipeline.api.conftest import TOKEN, RecordingBackend
-from tests.pipeline.test_rle_untrusted import WRAP, oracle, oracle_mask
+from tests.pipeline.masks.test_rle_untrusted import WRAP, oracle, oracle_mask
 
 CSRF = {"X-Samstream-Viewer": "1"}
 STREAM = "rtsp://cam.example:8554/live"

@@ -11,7 +11,7 @@ import redis
 from fastapi.testclient import TestClient
 from pycocotools import mask as coco
 
-from pipeline.mask_prompt import MaskPrompt
+from pipeline.masks.mask_prompt import MaskPrompt
 from pipeline.spec import JobSpec
 from pipeline.streams import JobStore, Keys
 from pipeline.streams.control import ControlReader

@@ -71,8 +71,8 @@ def _disc_png(path: Path, size: tuple[int, int] = (240, 320)) -> np.ndarray:
 def test_segment_from_a_mask_matches_the_official_predictor(
     image: Path, checkpoint: Path, tmp_path: Path
 ) -> None:
-    from pipeline.mask_prompt import mask_logits
-    from pipeline.masks import mask_bbox
+    from pipeline.masks.mask_prompt import mask_logits
+    from pipeline.masks.rle import mask_bbox
     from pipeline.model.transforms import input_size
 
     obj = _disc_png(tmp_path / "disc.png")

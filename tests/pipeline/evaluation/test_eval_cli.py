@@ -13,7 +13,7 @@ import pytest
 from vos_benchmark.benchmark import benchmark
 
 from pipeline.evaluation.davis import palette, read_labels
-from pipeline.masks import decode_rle
+from pipeline.masks.rle import decode_rle
 from pipeline.streams import EmbeddedRedis, JobStatus, JobStore, Keys, connect
 from pipeline.streams.sink import RedisSink
 from tests.fixtures.davis import make_davis

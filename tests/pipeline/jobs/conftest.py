@@ -19,7 +19,6 @@ import numpy as np
 import pytest
 import redis
 
-from pipeline.decoding import FrameSummary
 from pipeline.errors import SourceError
 from pipeline.frames import EncodedFrame, Frame
 from pipeline.jobs.driver import DriverOptions, JobDriver, Listener
@@ -33,7 +32,8 @@ from pipeline.sources.video import SourceInfo
 from pipeline.spec import JobSpec
 from pipeline.streams import EmbeddedRedis, JobStore, Keys, MaskReader, Publisher, connect
 from pipeline.streams.control import Command, ControlBus, send
-from pipeline.tracker_host import TrackerHost
+from pipeline.tracking.host import TrackerHost
+from pipeline.tracking.stage import FrameSummary
 from tests.fixtures.stub_segmenter import StubSegmenter, disc
 
 SIZE = (240, 320)

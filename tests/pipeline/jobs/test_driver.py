@@ -7,13 +7,13 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from pipeline.decoding import TrackDecoder
 from pipeline.frames import EncodedFrame, FrameResult
 from pipeline.jobs.driver import DriverOptions
 from pipeline.jobs.resume import ResumePoint, load
 from pipeline.prompts import Prompt
 from pipeline.streams.control import Command
-from pipeline.tracker_host import TrackerHost
+from pipeline.tracking.host import TrackerHost
+from pipeline.tracking.stage import TrackDecoder
 from tests.pipeline.jobs.conftest import SIZE, stub, tracks
 
 

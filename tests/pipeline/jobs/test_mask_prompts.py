@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline.mask_prompt import MaskPrompt
-from pipeline.masks import decode_rle, encode_rle
+from pipeline.masks.mask_prompt import MaskPrompt
+from pipeline.masks.rle import decode_rle, encode_rle
 from pipeline.prompts import Prompt, TrackSpec, load_prompts_file, tracks_from_cli
 from pipeline.spec import JobSpec
 from pipeline.streams import MaskReader

@@ -8,7 +8,6 @@ import uuid
 
 import redis
 
-from pipeline.decoding import TrackDecoder
 from pipeline.evaluation.reference import ReferenceSegmenter
 from pipeline.evaluation.scenes import bench_scenes
 from pipeline.frames import EncodedFrame
@@ -16,6 +15,7 @@ from pipeline.jobs.resume import load
 from pipeline.prompts import TrackSpec
 from pipeline.streams import JobStore, Keys, MaskReader
 from pipeline.streams.sink import RedisSink
+from pipeline.tracking.stage import TrackDecoder
 
 SEGMENTER = ReferenceSegmenter(1024)
 SCENE = next(s for s in bench_scenes() if s.name == "lookalike")

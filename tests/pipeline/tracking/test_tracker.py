@@ -13,8 +13,8 @@ from PIL import Image
 from pycocotools import mask as coco
 
 from pipeline.errors import InvalidInputError, PromptError
-from pipeline.mask_prompt import MaskPrompt, mask_logits
-from pipeline.masks import mask_bbox as mask_box
+from pipeline.masks.mask_prompt import MaskPrompt, mask_logits
+from pipeline.masks.rle import mask_bbox as mask_box
 from pipeline.prompts import Prompt, TrackSpec, parse_mask_prompt
 from pipeline.tracking import (
     Tracker,

@@ -30,7 +30,7 @@ from typing import Any, Protocol
 from pipeline.errors import InvalidInputError
 from pipeline.frames import EncodedFrame, FrameResult, TrackMask
 from pipeline.jobs.resume import Action, ResumePoint
-from pipeline.masks import encode_rle
+from pipeline.masks.rle import encode_rle
 from pipeline.model.types import MaskBatch
 from pipeline.prompts import Prompt, TrackSpec
 from pipeline.tracking import StepPlan, Tracker, TrackEvent, TrackingConfig

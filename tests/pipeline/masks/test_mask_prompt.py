@@ -12,9 +12,9 @@ from PIL import Image
 from pycocotools import mask as coco
 
 from pipeline.errors import ImageReadError, InvalidInputError, PromptError
-from pipeline.imageio import read_mask
-from pipeline.mask_prompt import MASK_LOGIT, MaskPrompt, mask_logits
-from pipeline.masks import encode_rle, mask_bbox
+from pipeline.masks.imageio import read_mask
+from pipeline.masks.mask_prompt import MASK_LOGIT, MaskPrompt, mask_logits
+from pipeline.masks.rle import encode_rle, mask_bbox
 from pipeline.model.transforms import input_size, upscale_logits
 from pipeline.model.types import DecodeRequest, Embedding
 from pipeline.prompts import Prompt, TrackSpec, load_prompts_file, parse_mask_prompt, tracks_from_cli

@@ -8,11 +8,11 @@ from typing import Any
 
 import pytest
 
-from pipeline.decoding import TrackDecoder
 from pipeline.errors import InvalidInputError
 from pipeline.frames import EncodedFrame, FrameResult
 from pipeline.jobs.resume import ResumePoint
 from pipeline.prompts import Prompt, TrackSpec
+from pipeline.tracking.stage import TrackDecoder
 from tests.fixtures.stub_segmenter import StubSegmenter, disc
 
 SIZE = (240, 320)

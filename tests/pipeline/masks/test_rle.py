@@ -1,4 +1,4 @@
-"""COCO RLE in pipeline.masks, checked against pycocotools (the reference implementation)."""
+"""COCO RLE in pipeline.masks.rle, checked against pycocotools (the reference implementation)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from pipeline.errors import InvalidInputError
-from pipeline.masks import (
+from pipeline.masks.rle import (
     _counts_to_string,
     _string_to_counts,
     compress_rle,

@@ -1,6 +1,6 @@
 """Mask prompts: a track that starts from a binary mask of its object, as SAM's predictor allows.
 
-A mask prompt is kept as a compressed COCO RLE (:mod:`pipeline.masks`): a few hundred bytes for
+A mask prompt is kept as a compressed COCO RLE (:mod:`pipeline.masks.rle`): a few hundred bytes for
 a blob, where the job spec, the control stream and the tracker's checkpoints store it. On the
 frame it is decoded on, it becomes SAM's two dense/sparse prompts of a mask: the low-resolution
 mask input (:func:`mask_logits`: the mask in the padded encoder-input frame, at S/4, as logits)
@@ -21,7 +21,7 @@ import numpy as np
 import numpy.typing as npt
 
 from pipeline.errors import InvalidInputError, PromptError
-from pipeline.masks import MAX_RLE_PIXELS, compress_rle, decode_rle, encode_rle, rle_area_and_bbox
+from pipeline.masks.rle import MAX_RLE_PIXELS, compress_rle, decode_rle, encode_rle, rle_area_and_bbox
 
 MaskBox = tuple[int, int, int, int]  # x0, y0, x1, y1 (exclusive), original-frame pixels
 
@@ -78,7 +78,7 @@ class MaskPrompt:
 
         This is the one parser of every mask prompt a user sends (API, prompts file, control
         commands): the size is checked against ``max_pixels`` (a service's ``--max-frame-pixels``)
-        before the counts are read, and no mask is decoded (:func:`~pipeline.masks.compress_rle`).
+        before the counts are read, and no mask is decoded (:func:`~pipeline.masks.rle.compress_rle`).
 
         Raises:
             PromptError: not such a mapping, a malformed RLE, a mask over ``max_pixels``, or an

@@ -11,7 +11,7 @@ import redis
 from pipeline.frames import EncodedFrame
 from pipeline.model.types import DecodeRequest, Embedding, MaskBatch
 from pipeline.streams import EmbeddedRedis, JobStore, Keys, MaskReader, connect
-from pipeline.tracker_host import TrackerHost, TrackSetup
+from pipeline.tracking.host import TrackerHost, TrackSetup
 from tests.pipeline.jobs.conftest import SIZE, stub, tracks
 
 
@@ -110,7 +110,7 @@ def test_commands_for_a_job_the_host_has_not_met_wait_for_it(store: JobStore) ->
 def test_a_split_jobs_owner_publishes_each_frame_whole_or_not_at_all(store: JobStore) -> None:
     from dataclasses import replace
 
-    from pipeline.tracker_host import OWNER, PART
+    from pipeline.tracking.host import OWNER, PART
 
     store.create("job", {"source": "job"})
     every = tracks(4)

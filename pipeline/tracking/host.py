@@ -1,6 +1,6 @@
 """A tracker host: many jobs' tracks in one process, decoded and published together each tick.
 
-The plain class behind a track-decoder worker. It holds one :class:`~pipeline.decoding.TrackDecoder`
+The plain class behind a track-decoder worker. It holds one :class:`~pipeline.tracking.stage.TrackDecoder`
 per job it was given, and one model per image size. A :meth:`TrackerHost.process` call carries the
 encoded frames of many jobs (in each job's frame order); the host steps every job's tracker one
 frame at a time, but decodes the requests of all jobs of a round in one model call
@@ -10,7 +10,7 @@ frame at a time, but decodes the requests of all jobs of a round in one model ca
 A job's decoder is made on the first call that names the job, from the call's :class:`TrackSetup`
 and the job's resume point in Redis, so a host that was restarted picks its jobs up again from
 their checkpoints (a file job then asks to be *rewound* to its checkpoint; see
-:mod:`pipeline.decoding`). One job's trouble (a bug, Redis refusing its writes) is that job's
+:mod:`pipeline.tracking.stage`). One job's trouble (a bug, Redis refusing its writes) is that job's
 answer, not the others'.
 """
 
@@ -26,7 +26,6 @@ from typing import Any
 
 import redis
 
-from pipeline.decoding import CHECKPOINT_EVERY, FrameSummary, Prepared, Step, TrackDecoder
 from pipeline.errors import SamstreamError
 from pipeline.frames import EncodedFrame, TrackMask
 from pipeline.jobs.resume import load
@@ -35,6 +34,7 @@ from pipeline.prompts import Prompt, TrackSpec
 from pipeline.streams.keys import Keys
 from pipeline.streams.sink import PREVIEW_KEEP, LostEntriesError, RedisSink, publish_jobs
 from pipeline.tracking import TrackEvent, TrackingConfig
+from pipeline.tracking.stage import CHECKPOINT_EVERY, FrameSummary, Prepared, Step, TrackDecoder
 from pipeline.tracking.tracker import Segmenter
 
 log = logging.getLogger(__name__)

@@ -27,8 +27,8 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from pipeline.errors import InvalidInputError
-from pipeline.mask_prompt import MaskPrompt
-from pipeline.masks import MAX_RLE_PIXELS, compress_rle, decode_rle, encode_rle, rle_area_and_bbox
+from pipeline.masks.mask_prompt import MaskPrompt
+from pipeline.masks.rle import MAX_RLE_PIXELS, compress_rle, decode_rle, encode_rle, rle_area_and_bbox
 from pipeline.prompts import load_prompts_file
 
 MEMORY_BOUND = 16 * 2**20  # what reading one small untrusted RLE may allocate at its peak
@@ -229,7 +229,7 @@ def test_the_crashing_inputs_leave_a_fresh_process_alive() -> None:
     # In a child process, so that a native fault shows as its exit status, not as this run's death.
     code = textwrap.dedent(
         """
-        from pipeline.mask_prompt import MaskPrompt
+        from pipeline.masks.mask_prompt import MaskPrompt
         from pipeline.errors import InvalidInputError
         cases = [
             {"size": [1, 2], "counts": [2**63 - 1, 2**63 - 1, 0, 4]},
