@@ -20,14 +20,15 @@ from typing import TYPE_CHECKING, Any, TextIO
 from pipeline.config import ModelConfig, Weights
 from pipeline.errors import InvalidInputError, SamstreamError
 from pipeline.jobs.driver import DriverOptions, JobDriver, Listener
-from pipeline.jobs.lifecycle import Ending, Lifecycle
+from pipeline.ledger import JobStore
+from pipeline.ledger.lifecycle import Ending, Lifecycle
 from pipeline.metrics import PrometheusMetrics
 from pipeline.model.weights import resolve_checkpoint
 from pipeline.preview import PreviewOptions
 from pipeline.signals import InterruptOnSignals, exit_code, signal_name
 from pipeline.sources.limits import MediaLimits
 from pipeline.spec import JobSpec
-from pipeline.streams import JobStore, Keys, Publisher, connect, redact_redis_url
+from pipeline.streams import Keys, Publisher, connect, redact_redis_url
 from pipeline.streams.connection import DEFAULT_RETRY_S
 from pipeline.streams.keys import new_job_id
 from pipeline.streams.retention import DEFAULT_KEEP_S

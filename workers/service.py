@@ -22,9 +22,10 @@ import ray
 from pipeline.config import ModelConfig
 from pipeline.errors import SamstreamError
 from pipeline.jobs.driver import DriverOptions, JobDriver
-from pipeline.jobs.lifecycle import Lifecycle, resume_unfinished
+from pipeline.ledger import JobStore
+from pipeline.ledger.lifecycle import Lifecycle, resume_unfinished
 from pipeline.sources.guard import NetworkGuard
-from pipeline.streams import JobStore, Keys, Publisher, connect
+from pipeline.streams import Keys, Publisher, connect
 from pipeline.streams.connection import DEFAULT_RETRY_S
 from workers.pool import PoolConfig
 from workers.transport import HostResources

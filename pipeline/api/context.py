@@ -19,8 +19,9 @@ from pipeline.api.models import JobBody, JobView, Problem, invalid
 from pipeline.api.settings import ApiSettings
 from pipeline.errors import InvalidInputError, JobError
 from pipeline.jobs.admission import Demand, EncoderCapacity, admit
+from pipeline.ledger import JobInfo, JobStatus, JobStore
 from pipeline.spec import AutoSize, JobSpec
-from pipeline.streams import JobInfo, JobStatus, JobStore, Keys
+from pipeline.streams import Keys
 
 T = TypeVar("T")
 RETRY_AFTER_S = 30  # told to clients over the active-job limit: about the time a short job takes

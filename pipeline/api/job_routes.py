@@ -10,7 +10,7 @@ from pipeline.api.context import CONFLICT, NOT_FOUND, RETRY_AFTER_S, TOO_MANY, A
 from pipeline.api.internal import logged, unavailable
 from pipeline.api.models import JobBody, JobList, JobView, Problem, invalid
 from pipeline.errors import InvalidInputError, JobError
-from pipeline.streams import JobStatus
+from pipeline.ledger import JobStatus
 from pipeline.streams.control import Command, send
 from pipeline.streams.keys import JOB_ID, new_job_id
 

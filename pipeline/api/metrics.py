@@ -7,7 +7,7 @@ import contextlib
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
-from pipeline.streams import JobStatus, JobStore
+from pipeline.ledger import JobStatus, JobStore
 
 if TYPE_CHECKING:
     from wsgiref.simple_server import WSGIServer

@@ -16,10 +16,11 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from pipeline.config import IMAGE_SIZE_RULE, is_image_size
 from pipeline.errors import InvalidInputError
+from pipeline.ledger import JobInfo
 from pipeline.prompts import Prompt, TrackSpec
 from pipeline.sources.opening import redact, redact_text
 from pipeline.spec import MAX_FPS, MAX_WEIGHT
-from pipeline.streams import Event, JobInfo
+from pipeline.streams import Event
 from pipeline.streams.keys import JOB_ID
 
 Coordinate = float

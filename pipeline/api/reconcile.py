@@ -15,8 +15,8 @@ import threading
 from typing import Protocol
 
 from pipeline.errors import InvalidInputError
-from pipeline.jobs.lifecycle import resume_unfinished
-from pipeline.streams import JobStore
+from pipeline.ledger import JobStore
+from pipeline.ledger.lifecycle import resume_unfinished
 
 log = logging.getLogger(__name__)
 

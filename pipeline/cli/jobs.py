@@ -14,8 +14,9 @@ from typing import Any
 from pipeline.cli.options import results_redis
 from pipeline.errors import InvalidInputError, JobError
 from pipeline.frames import FrameResult
+from pipeline.ledger import JobInfo, JobStore
 from pipeline.masks.rle import rle_area
-from pipeline.streams import JobInfo, JobStore, Keys, MaskReader
+from pipeline.streams import Keys, MaskReader
 
 
 @contextlib.contextmanager

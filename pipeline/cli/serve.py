@@ -177,7 +177,8 @@ def _open_redis_and_metrics(
     """Redis (``--redis-url``, or the embedded server), and the metrics served at once: both before
     Ray starts (its processes take free ports as they start). Redis's URL, a client, the job store."""
     from pipeline.api.metrics import serve_metrics
-    from pipeline.streams import JobStore, Keys, connect
+    from pipeline.ledger import JobStore
+    from pipeline.streams import Keys, connect
     from pipeline.streams.server import open_redis
 
     host = args.metrics_host or args.host

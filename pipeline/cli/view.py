@@ -10,7 +10,8 @@ import sys
 def view(args: argparse.Namespace) -> int:
     from pipeline.api.viewer.local import check_port, serve_viewer, viewer_token
     from pipeline.cli.options import results_redis
-    from pipeline.streams import JobStore, Keys
+    from pipeline.ledger import JobStore
+    from pipeline.streams import Keys
 
     check_port(args.port)
     token, made = viewer_token(args.token)

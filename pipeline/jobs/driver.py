@@ -29,7 +29,7 @@ Per job:
   :mod:`pipeline.tracking.stage`): the job reads again after the frame it names.
 
 The job lifecycle (status, resume point, the checks made when a source opens) is
-:mod:`pipeline.jobs.lifecycle`'s; the driver calls it.
+:mod:`pipeline.ledger.lifecycle`'s; the driver calls it.
 """
 
 from __future__ import annotations
@@ -47,11 +47,11 @@ from typing import Any
 import redis
 
 from pipeline.errors import InvalidInputError, JobError, SamstreamError
-from pipeline.jobs.lifecycle import Ending, Lifecycle, Start
 from pipeline.jobs.pacing import Pacer, TrackerLoad
 from pipeline.jobs.placement import Placement
 from pipeline.jobs.sizing import SizePlanner, Stream
 from pipeline.jobs.transport import Handle, Transport
+from pipeline.ledger.lifecycle import Ending, Lifecycle, Start
 from pipeline.metrics import Metrics, NullMetrics
 from pipeline.preview import PreviewOptions
 from pipeline.sources.host import ReadReply, ReadRequest, SourceSpec

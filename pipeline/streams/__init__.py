@@ -1,10 +1,10 @@
-"""Redis streams: key names, the wire format, publishing, reading, job hashes and a local server.
+"""Redis streams: key names, the wire format, events, reading, and a local server (a job's record
+itself is :mod:`pipeline.ledger`'s).
 
 Plain Python over redis-py (no Ray, no torch). The format is documented in ``docs/wire-format.md``.
 """
 
 from pipeline.streams.connection import connect, describe, redact_redis_url
-from pipeline.streams.jobs import JobInfo, JobStatus, JobStore
 from pipeline.streams.keys import Keys, validate_job_id
 from pipeline.streams.publisher import Publisher
 from pipeline.streams.reader import MaskReader, read_events
@@ -27,9 +27,6 @@ __all__ = [
     "WIRE_VERSION",
     "EmbeddedRedis",
     "Event",
-    "JobInfo",
-    "JobStatus",
-    "JobStore",
     "Keys",
     "MaskEntry",
     "MaskReader",

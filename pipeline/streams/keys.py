@@ -67,7 +67,7 @@ class Keys:
 
     def state(self, job_id: str) -> str:
         """String with the tracker state after the last published frame (internal; JSON, then the
-        tracks' logits as raw bytes, see :mod:`pipeline.streams.sink`): ``{prefix}job:{id}:state``."""
+        tracks' logits as raw bytes, see :mod:`pipeline.ledger.sink`): ``{prefix}job:{id}:state``."""
         return f"{self.job(job_id)}:state"
 
     def tracks(self, job_id: str) -> str:

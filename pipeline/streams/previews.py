@@ -1,6 +1,6 @@
 """A job's ``:preview`` stream: small JPEGs of processed frames (see ``docs/wire-format.md``).
 
-Written by the publish script of :mod:`pipeline.streams.sink` (with the frame's masks entry, same
+Written by the publish script of :mod:`pipeline.ledger.sink` (with the frame's masks entry, same
 entry ID ``{frame}-1``); read here. Its ``jpeg`` field is raw bytes, so reads ask Redis for
 undecoded replies whatever the client's ``decode_responses``.
 """

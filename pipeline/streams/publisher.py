@@ -1,6 +1,6 @@
 """A job's events stream, and the newest frame its masks stream holds.
 
-Frames are published by :class:`~pipeline.streams.sink.RedisSink` only (one script: the entry, its
+Frames are published by :class:`~pipeline.ledger.sink.RedisSink` only (one script: the entry, its
 checkpoint, its progress and the loss check, atomically); this module writes no masks entry.
 """
 
@@ -73,7 +73,7 @@ class Publisher:
 
         Args:
             type: what happened: ``track_lost``, ``track_found``, ``reconnect``, ``error``, ….
-                (``status`` events are written by :class:`~pipeline.streams.jobs.JobStore`.)
+                (``status`` events are written by :class:`~pipeline.ledger.record.JobStore`.)
             frame: the frame index it refers to.
             track: the track id it refers to.
             detail: a short human-readable text.

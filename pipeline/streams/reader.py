@@ -12,7 +12,6 @@ import redis
 from pipeline.errors import InvalidInputError
 from pipeline.frames import FrameResult
 from pipeline.streams.connection import redis_errors
-from pipeline.streams.jobs import JobStore
 from pipeline.streams.keys import Keys, validate_job_id
 from pipeline.streams.wire import Event, MaskEntry, as_text, decode_event, decode_mask_entry
 
@@ -36,6 +35,8 @@ class MaskReader:
         self._client = client
         self._job_id = validate_job_id(job_id)
         self._key = keys.masks(job_id)
+        from pipeline.ledger.record import JobStore  # the ledger reads through this package
+
         self._jobs = JobStore(client, keys)
         timeout = client.connection_pool.connection_kwargs.get("socket_timeout")
         self._slice_ms = _MAX_SLICE_MS if not timeout else max(1, min(_MAX_SLICE_MS, int(timeout * 500)))

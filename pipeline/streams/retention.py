@@ -1,7 +1,7 @@
 """How long a finished job's keys stay in Redis, and how far its streams may grow.
 
 A job's keys (hash, masks, events, control, state) get a TTL of the job's ``keep_s`` when it
-reaches a terminal status, in the same atomic step (see :class:`~pipeline.streams.jobs.JobStore`),
+reaches a terminal status, in the same atomic step (see :class:`~pipeline.ledger.record.JobStore`),
 and lose it again if the job runs again. The events and control streams are trimmed as they are
 written; the masks stream keeps what the job's ``maxlen`` says.
 """

@@ -5,7 +5,7 @@ per job it was given, and one model per image size. A :meth:`TrackerHost.process
 encoded frames of many jobs (in each job's frame order); the host steps every job's tracker one
 frame at a time, but decodes the requests of all jobs of a round in one model call
 (:func:`decode_all`), and publishes every job's results in one Redis round trip
-(:func:`~pipeline.streams.sink.publish_jobs`), each frame still by its own atomic script.
+(:func:`~pipeline.ledger.sink.publish_jobs`), each frame still by its own atomic script.
 
 A job's decoder is made on the first call that names the job, from the call's :class:`TrackSetup`
 and the job's resume point in Redis, so a host that was restarted picks its jobs up again from
@@ -28,11 +28,11 @@ import redis
 
 from pipeline.errors import SamstreamError
 from pipeline.frames import EncodedFrame, TrackMask
-from pipeline.jobs.resume import load
+from pipeline.ledger.resume import load
+from pipeline.ledger.sink import PREVIEW_KEEP, LostEntriesError, RedisSink, publish_jobs
 from pipeline.model.types import DecodeRequest, Embedding, MaskBatch
 from pipeline.prompts import Prompt, TrackSpec
 from pipeline.streams.keys import Keys
-from pipeline.streams.sink import PREVIEW_KEEP, LostEntriesError, RedisSink, publish_jobs
 from pipeline.tracking import TrackEvent, TrackingConfig
 from pipeline.tracking.stage import CHECKPOINT_EVERY, FrameSummary, Prepared, Step, TrackDecoder
 from pipeline.tracking.tracker import Segmenter

@@ -3,7 +3,7 @@
 A :class:`TrackDecoder` owns one job's :class:`~pipeline.tracking.Tracker`, turns each frame's
 masks into COCO RLE and hands the result, with the tracker's snapshot, to a :class:`ResultSink`
 (Redis in production). What happens to a frame of a resumed job is the resume rule's
-(:mod:`pipeline.jobs.resume`): published frames after the checkpoint are replayed, not published
+(:mod:`pipeline.ledger.resume`): published frames after the checkpoint are replayed, not published
 again; a frame already stepped is ignored, so a retried call publishes nothing twice.
 
 A file job's frames must reach the tracker without a gap (frame t+1 is prompted by frame t's
@@ -29,7 +29,7 @@ from typing import Any, Protocol
 
 from pipeline.errors import InvalidInputError
 from pipeline.frames import EncodedFrame, FrameResult, TrackMask
-from pipeline.jobs.resume import Action, ResumePoint
+from pipeline.ledger.resume import Action, ResumePoint
 from pipeline.masks.rle import encode_rle
 from pipeline.model.types import MaskBatch
 from pipeline.prompts import Prompt, TrackSpec

@@ -21,7 +21,8 @@ from typing import Any, TextIO
 import redis
 
 from pipeline.errors import InvalidInputError
-from pipeline.streams import JobStatus, JobStore, Keys
+from pipeline.ledger import JobStatus, JobStore
+from pipeline.streams import Keys
 
 HOST = "127.0.0.1"  # a local viewer listens on loopback only
 

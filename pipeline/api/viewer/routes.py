@@ -23,8 +23,9 @@ from starlette.concurrency import run_in_threadpool
 from pipeline.api.models import JobView
 from pipeline.api.viewer.sessions import COOKIE, CSRF_HEADER, LoginThrottle, Sessions
 from pipeline.errors import JobError
+from pipeline.ledger import JobInfo, JobStore
 from pipeline.preview import WATCH_TTL_S
-from pipeline.streams import JobInfo, JobStore, Keys
+from pipeline.streams import Keys
 from pipeline.streams.keys import JOB_ID
 from pipeline.streams.previews import PreviewEntry, PreviewReader
 from pipeline.streams.wire import as_text, decode_mask_entry, entry_id

@@ -18,8 +18,9 @@ from hypothesis import strategies as st
 
 from pipeline.api import ApiSettings, create_app
 from pipeline.api.viewer.sessions import COOKIE, LOGIN_FAILURES
+from pipeline.ledger import JobStore
 from pipeline.masks.rle import encode_rle
-from pipeline.streams import JobStore, Keys
+from pipeline.streams import Keys
 from tests.pipeline.api.conftest import TOKEN, RecordingBackend
 from tests.pipeline.masks.test_rle_untrusted import WRAP, oracle, oracle_mask
 

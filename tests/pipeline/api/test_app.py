@@ -12,9 +12,10 @@ from fastapi.testclient import TestClient
 from pipeline.api import ApiSettings, create_app
 from pipeline.api.reconcile import Reconciler
 from pipeline.frames import FrameResult, TrackMask
-from pipeline.streams import JobStatus, JobStore, Keys
+from pipeline.ledger import JobStatus, JobStore
+from pipeline.ledger.sink import RedisSink
+from pipeline.streams import Keys
 from pipeline.streams.control import ControlReader
-from pipeline.streams.sink import RedisSink
 from tests.pipeline.api.conftest import AUTH, TOKEN, RecordingBackend
 
 JOB = {"source": "https://videos.example/clip.mp4", "tracks": [{"id": 1, "points": [[10, 20]]}]}

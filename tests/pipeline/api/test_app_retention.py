@@ -11,7 +11,8 @@ from fastapi.testclient import TestClient
 
 from pipeline.api import ApiSettings, create_app
 from pipeline.errors import InvalidInputError
-from pipeline.streams import JobStatus, JobStore, Keys, Publisher
+from pipeline.ledger import JobStatus, JobStore
+from pipeline.streams import Keys, Publisher
 from pipeline.streams.control import Command, send
 from pipeline.streams.retention import DEFAULT_KEEP_S
 from tests.pipeline.api.conftest import AUTH, TOKEN, RecordingBackend

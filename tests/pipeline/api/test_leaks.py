@@ -12,7 +12,8 @@ import redis
 from fastapi.testclient import TestClient
 
 from pipeline.api import ApiSettings, create_app
-from pipeline.streams import EmbeddedRedis, JobStatus, JobStore, Keys, Publisher, connect
+from pipeline.ledger import JobStatus, JobStore
+from pipeline.streams import EmbeddedRedis, Keys, Publisher, connect
 from tests.pipeline.api.conftest import AUTH, RecordingBackend
 
 SECRET_SOURCE = "https://alice:pa55word@videos.example/clip.mp4?X-Amz-Signature=f00dfeed#t=10"

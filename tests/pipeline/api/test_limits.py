@@ -18,7 +18,8 @@ from fastapi.testclient import TestClient
 
 from pipeline.api import ApiSettings, create_app
 from pipeline.errors import InvalidInputError
-from pipeline.streams import JobStatus, JobStore, Keys
+from pipeline.ledger import JobStatus, JobStore
+from pipeline.streams import Keys
 from pipeline.streams.control import ControlReader
 from tests.pipeline.api.conftest import AUTH, RecordingBackend, served
 
@@ -127,7 +128,7 @@ def test_two_api_processes_together_cannot_pass_the_job_limit(
 ) -> None:
     """Two API processes of one service share its Redis, not their memory: the count and the create
     hold a lock in Redis. Counting is slowed here so that, without it, both would count 2 and create."""
-    from pipeline.streams import JobStore
+    from pipeline.ledger import JobStore
 
     count = JobStore.count_active
 

@@ -11,9 +11,10 @@ import redis
 from fastapi.testclient import TestClient
 from pycocotools import mask as coco
 
+from pipeline.ledger import JobStore
 from pipeline.masks.mask_prompt import MaskPrompt
 from pipeline.spec import JobSpec
-from pipeline.streams import JobStore, Keys
+from pipeline.streams import Keys
 from pipeline.streams.control import ControlReader
 from tests.pipeline.api.conftest import RecordingBackend
 

@@ -9,7 +9,8 @@ import pytest
 import redis
 
 from pipeline.api.metrics import serve_metrics
-from pipeline.streams import JobStatus, JobStore, Keys
+from pipeline.ledger import JobStatus, JobStore
+from pipeline.streams import Keys
 
 
 def _free_port() -> int:

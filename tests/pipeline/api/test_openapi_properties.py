@@ -17,7 +17,8 @@ from schemathesis.specs.openapi.checks import (
 )
 
 from pipeline.api import ApiSettings, create_app
-from pipeline.streams import JobStatus, JobStore, Keys
+from pipeline.ledger import JobStatus, JobStore
+from pipeline.streams import Keys
 from tests.pipeline.api.conftest import AUTH, RecordingBackend
 
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance]

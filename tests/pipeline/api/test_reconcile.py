@@ -12,7 +12,8 @@ import redis
 
 from pipeline.api.reconcile import Reconciler
 from pipeline.jobs.driver import DriverOptions
-from pipeline.streams import JobStatus, Keys
+from pipeline.ledger import JobStatus
+from pipeline.streams import Keys
 from tests.pipeline.jobs.conftest import Rig
 from tests.pipeline.jobs.test_driver import reference
 

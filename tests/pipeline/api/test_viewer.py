@@ -20,9 +20,10 @@ from PIL import Image
 from pipeline.api import ApiSettings, create_app
 from pipeline.api.viewer.routes import static_dir
 from pipeline.api.viewer.sessions import COOKIE, Sessions
+from pipeline.ledger import JobStatus, JobStore
+from pipeline.ledger.sink import RedisSink
 from pipeline.render import PALETTE
-from pipeline.streams import JobStatus, JobStore, Keys
-from pipeline.streams.sink import RedisSink
+from pipeline.streams import Keys
 from tests.pipeline.api.conftest import TOKEN, RecordingBackend
 from tests.pipeline.streams.conftest import make_result
 

@@ -18,9 +18,10 @@ import uvicorn
 
 from pipeline.api import ApiSettings, create_app
 from pipeline.api.limits import TrackSlots
-from pipeline.streams import EmbeddedRedis, JobStatus, JobStore, Keys, connect
+from pipeline.ledger import JobStatus, JobStore
+from pipeline.ledger.sink import RedisSink
+from pipeline.streams import EmbeddedRedis, Keys, connect
 from pipeline.streams.control import Command, send
-from pipeline.streams.sink import RedisSink
 from tests.pipeline.api.conftest import TOKEN, RecordingBackend
 from tests.pipeline.streams.conftest import free_port, make_result
 

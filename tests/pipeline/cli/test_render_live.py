@@ -11,9 +11,10 @@ import numpy as np
 import pytest
 import redis
 
+from pipeline.ledger import JobStatus, JobStore
+from pipeline.ledger.sink import RedisSink
 from pipeline.render import track_colour
-from pipeline.streams import EmbeddedRedis, JobStatus, JobStore, Keys, connect
-from pipeline.streams.sink import RedisSink
+from pipeline.streams import EmbeddedRedis, Keys, connect
 from tests.pipeline.cli.test_jobs import sam
 from tests.pipeline.streams.conftest import make_result
 

@@ -13,9 +13,10 @@ import pytest
 from vos_benchmark.benchmark import benchmark
 
 from pipeline.evaluation.davis import palette, read_labels
+from pipeline.ledger import JobStatus, JobStore
+from pipeline.ledger.sink import RedisSink
 from pipeline.masks.rle import decode_rle
-from pipeline.streams import EmbeddedRedis, JobStatus, JobStore, Keys, connect
-from pipeline.streams.sink import RedisSink
+from pipeline.streams import EmbeddedRedis, Keys, connect
 from tests.fixtures.davis import make_davis
 from tests.pipeline.cli.test_segment import run_cli
 from tests.pipeline.streams.conftest import make_result

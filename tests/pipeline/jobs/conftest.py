@@ -22,15 +22,16 @@ import redis
 from pipeline.errors import SourceError
 from pipeline.frames import EncodedFrame, Frame
 from pipeline.jobs.driver import DriverOptions, JobDriver, Listener
-from pipeline.jobs.lifecycle import Lifecycle
 from pipeline.jobs.transport import InProcessTransport
+from pipeline.ledger import JobStore
+from pipeline.ledger.lifecycle import Lifecycle
 from pipeline.metrics import Metrics
 from pipeline.prompts import Prompt, TrackSpec
 from pipeline.sources.host import SourceHost, SourceSpec
 from pipeline.sources.reader import Notify
 from pipeline.sources.video import SourceInfo
 from pipeline.spec import JobSpec
-from pipeline.streams import EmbeddedRedis, JobStore, Keys, MaskReader, Publisher, connect
+from pipeline.streams import EmbeddedRedis, Keys, MaskReader, Publisher, connect
 from pipeline.streams.control import Command, ControlBus, send
 from pipeline.tracking.host import TrackerHost
 from pipeline.tracking.stage import FrameSummary

@@ -9,7 +9,7 @@ from typing import Any
 
 from pipeline.frames import EncodedFrame, FrameResult
 from pipeline.jobs.driver import DriverOptions
-from pipeline.jobs.resume import ResumePoint, load
+from pipeline.ledger.resume import ResumePoint, load
 from pipeline.prompts import Prompt
 from pipeline.streams.control import Command
 from pipeline.tracking.host import TrackerHost
@@ -311,7 +311,7 @@ def test_a_job_with_more_tracks_than_a_tracker_host_follows_is_split_and_publish
     takes = [after for reader in r.opener.made["file:60:0.002"] for after, _ in reader.takes]
     assert any(b is not None and a is not None and b < a for a, b in itertools.pairwise(takes)), "no rewind"
     # The checkpoint holds every share's tracks: a run resumed from it goes on with all of them.
-    from pipeline.streams.sink import read_state
+    from pipeline.ledger.sink import read_state
 
     state = read_state(r.client, r.keys, "many")
     assert state is not None and sorted(t["id"] for t in state["tracker"]["tracks"]) == [1, 2, 3, 4, 5]

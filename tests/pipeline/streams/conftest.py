@@ -13,9 +13,10 @@ import redis
 from pycocotools import mask as mask_utils
 
 from pipeline.frames import FrameResult, TrackMask
+from pipeline.ledger import JobStatus, JobStore
+from pipeline.ledger.sink import RedisSink
 from pipeline.preview import PreviewOptions, make_preview
-from pipeline.streams import EmbeddedRedis, JobStatus, JobStore, Keys, connect
-from pipeline.streams.sink import RedisSink
+from pipeline.streams import EmbeddedRedis, Keys, connect
 
 
 @pytest.fixture(scope="session")

@@ -8,8 +8,9 @@ import redis
 
 import pipeline.streams.control as control_module
 from pipeline.errors import JobError
+from pipeline.ledger import JobStatus, JobStore
 from pipeline.prompts import Prompt
-from pipeline.streams import JobStatus, JobStore, Keys
+from pipeline.streams import Keys
 from pipeline.streams.control import Command, ControlReader, send
 
 pytestmark = pytest.mark.integration

@@ -7,9 +7,10 @@ import io
 import redis
 from PIL import Image
 
-from pipeline.streams import JobStore, Keys
+from pipeline.ledger import JobStore
+from pipeline.ledger.sink import RedisSink
+from pipeline.streams import Keys
 from pipeline.streams.previews import PreviewReader
-from pipeline.streams.sink import RedisSink
 from tests.pipeline.streams.conftest import make_result
 
 

@@ -9,8 +9,9 @@ import pytest
 import redis
 
 from pipeline.errors import JobError
-from pipeline.streams import JobStatus, JobStore, Keys, MaskReader
-from pipeline.streams.sink import RedisSink
+from pipeline.ledger import JobStatus, JobStore
+from pipeline.ledger.sink import RedisSink
+from pipeline.streams import Keys, MaskReader
 from tests.pipeline.streams.conftest import make_result, running_job
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(30)]

@@ -11,10 +11,11 @@ import redis
 from pipeline.evaluation.reference import ReferenceSegmenter
 from pipeline.evaluation.scenes import bench_scenes
 from pipeline.frames import EncodedFrame
-from pipeline.jobs.resume import load
+from pipeline.ledger import JobStore
+from pipeline.ledger.resume import load
+from pipeline.ledger.sink import RedisSink
 from pipeline.prompts import TrackSpec
-from pipeline.streams import JobStore, Keys, MaskReader
-from pipeline.streams.sink import RedisSink
+from pipeline.streams import Keys, MaskReader
 from pipeline.tracking.stage import TrackDecoder
 
 SEGMENTER = ReferenceSegmenter(1024)

@@ -9,8 +9,9 @@ import pytest
 import redis
 
 from pipeline.frames import EncodedFrame
+from pipeline.ledger import JobStore
 from pipeline.model.types import DecodeRequest, Embedding, MaskBatch
-from pipeline.streams import EmbeddedRedis, JobStore, Keys, MaskReader, connect
+from pipeline.streams import EmbeddedRedis, Keys, MaskReader, connect
 from pipeline.tracking.host import TrackerHost, TrackSetup
 from tests.pipeline.jobs.conftest import SIZE, stub, tracks
 

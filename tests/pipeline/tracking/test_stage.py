@@ -10,7 +10,7 @@ import pytest
 
 from pipeline.errors import InvalidInputError
 from pipeline.frames import EncodedFrame, FrameResult
-from pipeline.jobs.resume import ResumePoint
+from pipeline.ledger.resume import ResumePoint
 from pipeline.prompts import Prompt, TrackSpec
 from pipeline.tracking.stage import TrackDecoder
 from tests.fixtures.stub_segmenter import StubSegmenter, disc

@@ -7,10 +7,11 @@ import uuid
 
 import pytest
 
-from pipeline.jobs.lifecycle import Ending, Lifecycle
+from pipeline.ledger import JobStatus, JobStore
+from pipeline.ledger.lifecycle import Ending, Lifecycle
 from pipeline.prompts import Prompt, TrackSpec
 from pipeline.spec import JobSpec
-from pipeline.streams import EmbeddedRedis, JobStatus, JobStore, Keys, connect
+from pipeline.streams import EmbeddedRedis, Keys, connect
 
 pytestmark = pytest.mark.integration
 

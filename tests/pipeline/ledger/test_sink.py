@@ -9,10 +9,11 @@ import pytest
 import redis
 
 from pipeline.frames import FrameResult
-from pipeline.jobs.resume import ResumePoint, load
+from pipeline.ledger import JobStore
+from pipeline.ledger.resume import ResumePoint, load
+from pipeline.ledger.sink import LostEntriesError, RedisSink, pack_state, publish_jobs, unpack_state
 from pipeline.prompts import Prompt
-from pipeline.streams import JobStore, Keys
-from pipeline.streams.sink import LostEntriesError, RedisSink, pack_state, publish_jobs, unpack_state
+from pipeline.streams import Keys
 from pipeline.tracking.state import TrackState
 
 
@@ -121,7 +122,7 @@ def test_a_batch_for_a_deleted_job_fails_clearly(redis_client: redis.Redis, keys
 
 
 def test_the_checkpoint_frame_is_read_without_the_logits(redis_client: redis.Redis, keys: Keys) -> None:
-    from pipeline.streams.sink import read_state_frame
+    from pipeline.ledger.sink import read_state_frame
 
     JobStore(redis_client, keys).create("job", {"source": "clip.mp4"})
     assert read_state_frame(redis_client, keys, "job") is None

@@ -81,8 +81,8 @@ class ResumePoint:
 
 def load(client: Any, keys: Any, job_id: str, with_snapshot: bool = True) -> ResumePoint:
     """The resume point of a job stored in Redis (``client`` a redis-py client, ``keys`` its Keys)."""
+    from pipeline.ledger.sink import read_state, read_state_frame
     from pipeline.streams.publisher import Publisher
-    from pipeline.streams.sink import read_state, read_state_frame
 
     last = Publisher(client, keys, job_id).last_published_frame()
     if last is None:

@@ -32,7 +32,7 @@ import redis
 
 from pipeline.errors import RedisUnavailableError, SamstreamError
 from pipeline.frames import FrameResult
-from pipeline.jobs.resume import ResumePoint
+from pipeline.ledger.resume import ResumePoint
 from pipeline.streams.connection import redis_errors, refusal, refused, retry_of
 from pipeline.streams.keys import Keys, validate_job_id
 from pipeline.streams.previews import encode_preview
@@ -172,7 +172,7 @@ class RedisSink:
         return calls
 
     def resume_point(self) -> ResumePoint:
-        from pipeline.jobs.resume import load
+        from pipeline.ledger.resume import load
 
         point = load(self.client, self.keys, self.job_id)
         self._newest = point.last_published

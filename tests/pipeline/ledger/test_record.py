@@ -10,12 +10,13 @@ from typing import Any
 import pytest
 import redis
 
-import pipeline.streams.jobs as jobs_module
+import pipeline.ledger.record as jobs_module
 from pipeline.api.limits import TrackSlots
 from pipeline.errors import InvalidInputError, JobError, RedisUnavailableError
-from pipeline.streams import EmbeddedRedis, JobStatus, JobStore, Keys, connect, read_events
+from pipeline.ledger import JobStatus, JobStore
+from pipeline.ledger.sink import RedisSink
+from pipeline.streams import EmbeddedRedis, Keys, connect, read_events
 from pipeline.streams.control import Command, send
-from pipeline.streams.sink import RedisSink
 from tests.pipeline.streams.conftest import make_result
 
 pytestmark = pytest.mark.integration
@@ -66,7 +67,7 @@ def test_only_the_state_machines_changes_are_made_and_a_refusal_writes_nothing(
 
     def refused(status: JobStatus, **kwargs: Any) -> None:
         before = (redis_client.hgetall(keys.job("j")), redis_client.xlen(keys.events("j")))
-        with caplog.at_level(logging.WARNING, logger="pipeline.streams.jobs"):
+        with caplog.at_level(logging.WARNING, logger="pipeline.ledger.record"):
             assert store.set_status("j", status, **kwargs) is False
         assert (redis_client.hgetall(keys.job("j")), redis_client.xlen(keys.events("j"))) == before
         assert f"-> {status.value} refused" in caplog.text

@@ -1,6 +1,6 @@
 """The job lifecycle: queued → running → succeeded / failed / cancelled, written in one place.
 
-The changes allowed are the state machine's (:data:`pipeline.streams.jobs.TRANSITIONS`), which the
+The changes allowed are the state machine's (:data:`pipeline.ledger.record.TRANSITIONS`), which the
 job store checks atomically in Redis on every write; this module says when each one is made.
 
 Both ``samstream run`` and ``samstream serve`` move their jobs through these steps, and only
@@ -27,9 +27,9 @@ from enum import Enum
 from typing import TYPE_CHECKING
 
 from pipeline.errors import JobError, SamstreamError
-from pipeline.jobs.resume import ResumePoint, load
+from pipeline.ledger.record import JobInfo, JobStatus, JobStore
+from pipeline.ledger.resume import ResumePoint, load
 from pipeline.spec import JobSpec
-from pipeline.streams.jobs import JobInfo, JobStatus, JobStore
 from pipeline.streams.retention import DEFAULT_KEEP_S
 
 if TYPE_CHECKING:
