@@ -53,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
         from pipeline.api.viewer.local import check_port
 
         check_port(args.view_port)
-    from workers.local import LocalRun, run_local
+    from pipeline.apps.run import LocalRun, run_local
 
     options = LocalRun(
         job_id=args.job_id,
