@@ -41,7 +41,7 @@ class Yuv420:
 
 @dataclass(frozen=True)
 class Preview:
-    """A small JPEG of a frame, for the viewer (see :mod:`pipeline.preview`).
+    """A small JPEG of a frame, for the viewer (see :mod:`pipeline.masks.preview`).
 
     Attributes:
         jpeg: the JPEG file's bytes (baseline, YCbCr).

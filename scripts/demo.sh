@@ -10,7 +10,7 @@ out=samstream-out/demo
 mkdir -p "$out"
 .venv/bin/python - "$out" <<'PY'
 import sys
-from pipeline.samples import object_boxes, object_centres, write_clip
+from pipeline.bench.samples import object_boxes, object_centres, write_clip
 out = sys.argv[1]
 write_clip(f"{out}/clip.mp4", frames=30, width=1280, height=720)
 x, y = object_centres(0, 1280, 720)[0]

@@ -22,9 +22,9 @@ from pipeline.errors import InvalidInputError, SamstreamError
 from pipeline.jobs.driver import DriverOptions, JobDriver, Listener
 from pipeline.ledger import JobStore
 from pipeline.ledger.lifecycle import Ending, Lifecycle
+from pipeline.masks.preview import PreviewOptions
 from pipeline.metrics import PrometheusMetrics
 from pipeline.model.weights import resolve_checkpoint
-from pipeline.preview import PreviewOptions
 from pipeline.signals import InterruptOnSignals, exit_code, signal_name
 from pipeline.sources.limits import MediaLimits
 from pipeline.spec import JobSpec

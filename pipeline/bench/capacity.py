@@ -87,7 +87,7 @@ def measure(
 ) -> CapacityFigures:
     """``streams`` live feeds through the running ``service``, measured (see the module docstring)."""
     from pipeline.bench.feeds import UdpFeeds, free_udp_ports
-    from pipeline.samples import object_centres
+    from pipeline.bench.samples import object_centres
 
     figures = CapacityFigures(streams, seconds)
     x, y = (float(v) for v in object_centres(0, clip.width, clip.height)[0])

@@ -165,7 +165,7 @@ def measure(
 ) -> DensityFigures:
     """Serve ``streams`` live feeds and measure them (see the module docstring)."""
     from pipeline.bench.feeds import UdpFeeds, free_udp_ports
-    from pipeline.samples import object_centres
+    from pipeline.bench.samples import object_centres
     from pipeline.streams import EmbeddedRedis, Keys, connect
 
     figures = DensityFigures(streams, fps, seconds)

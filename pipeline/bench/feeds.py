@@ -1,6 +1,6 @@
 """Many live UDP feeds from one thread: the density benchmark's cameras.
 
-A short clip of :func:`pipeline.samples.render_frame` pictures is encoded once (H.264, low
+A short clip of :func:`pipeline.bench.samples.render_frame` pictures is encoded once (H.264, low
 latency, a keyframe every ``gop`` frames) into MPEG-TS in memory, cut at frame boundaries; one
 thread then sends each frame's packets to every feed's UDP port at that feed's pace, the feeds
 spread evenly over a frame interval, 7 TS packets per datagram as cameras send them. Encoding
@@ -34,7 +34,7 @@ class TsClip:
         import av
         from av.video.stream import VideoStream
 
-        from pipeline.samples import render_frame
+        from pipeline.bench.samples import render_frame
 
         class _Collect:
             def __init__(self) -> None:

@@ -73,7 +73,7 @@ def _sync(device: Any) -> None:
 
 def sample_frames(count: int = 4) -> list[np.ndarray]:
     """Frames of the project's sample clips (720p, moving objects on a textured background)."""
-    from pipeline.samples import render_frame
+    from pipeline.bench.samples import render_frame
 
     return [render_frame(i * 7, 1280, 720) for i in range(count)]
 
@@ -81,9 +81,9 @@ def sample_frames(count: int = 4) -> list[np.ndarray]:
 def agreement(reference: Any, other: Any, frames: list[np.ndarray]) -> dict[str, float]:
     """Feature error and mask IoU of ``other`` against ``reference`` on ``frames``: one box and
     one point prompt per sample object (the prompts the samples put on them)."""
+    from pipeline.bench.samples import object_boxes, object_centres
     from pipeline.model import DecodeRequest
     from pipeline.prompts import Prompt
-    from pipeline.samples import object_boxes, object_centres
 
     errs, ious = [], []
     for i, frame in enumerate(frames):

@@ -15,7 +15,7 @@ from pipeline.errors import SamstreamError
 
 
 def _clip(folder: Path, frames: int, width: int = 1280, height: int = 720) -> Path:
-    from pipeline.samples import write_clip
+    from pipeline.bench.samples import write_clip
 
     return write_clip(
         folder / f"bench-{width}x{height}-{frames}.mp4", frames=frames, width=width, height=height
@@ -23,7 +23,7 @@ def _clip(folder: Path, frames: int, width: int = 1280, height: int = 720) -> Pa
 
 
 def _prompts(width: int, height: int) -> tuple[tuple[float, float], tuple[float, float, float, float]]:
-    from pipeline.samples import object_boxes, object_centres
+    from pipeline.bench.samples import object_boxes, object_centres
 
     x, y = object_centres(0, width, height)[0]
     box = object_boxes(0, width, height)[1]

@@ -116,7 +116,7 @@ def watch(args: argparse.Namespace) -> int:
 
 
 def render(args: argparse.Namespace) -> int:
-    from pipeline.render import render_video
+    from pipeline.masks.render import render_video
 
     out = Path(args.out)
     with _store(args) as (store, reader, info):
@@ -158,7 +158,7 @@ def export(args: argparse.Namespace) -> int:
 
 def _render_live(store: JobStore, info: JobInfo, results: Iterator[FrameResult], out: Path) -> int:
     """A live job's overlay from its previews: its frames are not kept, the newest previews are."""
-    from pipeline.render import render_previews
+    from pipeline.masks.render import render_previews
     from pipeline.streams.previews import PreviewReader
 
     previews = PreviewReader(store.client, store.keys, info.job_id).after(None, 1_000_000)

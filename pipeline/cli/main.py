@@ -164,7 +164,7 @@ def _add_media_options(p: argparse.ArgumentParser, service: bool = False) -> Non
 
 
 def _add_preview_options(p: argparse.ArgumentParser) -> None:
-    """The JPEG previews the viewer shows (``run`` and ``serve``; see ``pipeline.preview``)."""
+    """The JPEG previews the viewer shows (``run`` and ``serve``; see ``pipeline.masks.preview``)."""
     g = p.add_argument_group("previews (the viewer's pictures; docs/wire-format.md)")
     g.add_argument(
         "--no-preview", action="store_true", help="publish no previews (the viewer then shows none)"

@@ -13,7 +13,7 @@ from pipeline.errors import InvalidInputError
 from pipeline.sources.limits import MediaLimits
 
 if TYPE_CHECKING:
-    from pipeline.preview import PreviewOptions
+    from pipeline.masks.preview import PreviewOptions
 
 
 def cache_dir() -> Path | None:
@@ -57,7 +57,7 @@ def media_limits(args: argparse.Namespace) -> MediaLimits:
 
 def preview_options(args: argparse.Namespace) -> PreviewOptions:
     """``--no-preview``, ``--preview-side``, ``--preview-rate`` and ``--preview-keep``."""
-    from pipeline.preview import PreviewOptions
+    from pipeline.masks.preview import PreviewOptions
 
     return PreviewOptions(
         enabled=not args.no_preview,

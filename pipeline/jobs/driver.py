@@ -52,8 +52,8 @@ from pipeline.jobs.placement import Placement
 from pipeline.jobs.sizing import SizePlanner, Stream
 from pipeline.jobs.transport import Handle, Transport
 from pipeline.ledger.lifecycle import Ending, Lifecycle, Start
+from pipeline.masks.preview import PreviewOptions
 from pipeline.metrics import Metrics, NullMetrics
-from pipeline.preview import PreviewOptions
 from pipeline.sources.host import ReadReply, ReadRequest, SourceSpec
 from pipeline.sources.limits import MediaLimits
 from pipeline.spec import AutoSize
@@ -93,7 +93,7 @@ class DriverOptions:
             its status is written, whatever its source or host does.
         read_timeout_s: a source host that leaves a read unanswered this long is given up: its
             jobs fail and it is replaced (generous: a new host may wait for a node to start).
-        preview: the JPEG previews of every job's frames (see :mod:`pipeline.preview`).
+        preview: the JPEG previews of every job's frames (see :mod:`pipeline.masks.preview`).
         pacing: pace reads to the encoders' measured cost while live jobs run (see above).
         file_weight: a file job's share beside a live stream's (weight 1) while reads are paced.
     """

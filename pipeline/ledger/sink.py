@@ -80,7 +80,7 @@ return 1
 """
 _PUBLISH_SHA = hashlib.sha1(_PUBLISH.encode()).hexdigest()
 _UNCHECKED = "*"  # the sink does not know what the stream holds yet
-PREVIEW_KEEP = 64  # preview entries kept by default (see pipeline.preview.PreviewOptions.keep)
+PREVIEW_KEEP = 64  # preview entries kept by default (see pipeline.masks.preview.PreviewOptions.keep)
 
 
 class LostEntriesError(SamstreamError):

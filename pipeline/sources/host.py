@@ -24,7 +24,7 @@ from dataclasses import dataclass, field, replace
 
 from pipeline.errors import SamstreamError
 from pipeline.frames import Frame
-from pipeline.preview import OFF, PreviewOptions, PreviewPacer, make_preview
+from pipeline.masks.preview import OFF, PreviewOptions, PreviewPacer, make_preview
 from pipeline.sources.guard import NetworkGuard
 from pipeline.sources.limits import MediaLimits
 from pipeline.sources.reader import FileReader, LiveReader, Notify, Reader
@@ -48,7 +48,7 @@ class SourceSpec:
         give_up_s: live feeds: fail after this long without a frame.
         limits: pixels per frame (every source), frames and duration (files) it may have.
         stall_s: files and URLs: fail after this long without a frame while one is wanted.
-        preview: the JPEG previews the host makes of the job's frames (see :mod:`pipeline.preview`).
+        preview: the JPEG previews the host makes of the job's frames (see :mod:`pipeline.masks.preview`).
     """
 
     uri: str

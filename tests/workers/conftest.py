@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from pipeline.samples import write_clip
+from pipeline.bench.samples import write_clip
 from pipeline.streams import EmbeddedRedis, Keys, MaskReader, connect
 
 EXE = str(Path(sys.executable).with_name("samstream"))

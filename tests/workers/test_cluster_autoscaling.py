@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 
-from pipeline.samples import object_centres, write_clip
+from pipeline.bench.samples import object_centres, write_clip
 from pipeline.streams import EmbeddedRedis, Keys, MaskReader, connect
 from tests.fixtures.serve import ServeProcess
 

@@ -16,7 +16,7 @@ import pytest
 import redis
 from pycocotools import mask as coco
 
-from pipeline.samples import write_clip
+from pipeline.bench.samples import write_clip
 from pipeline.streams import Keys, MaskReader, connect, read_events
 from tests.fixtures.media import truncate_file, write_audio_only, write_png_frames, write_text_as_mp4
 from tests.fixtures.redis_snapshot import SnapshotRedis, save

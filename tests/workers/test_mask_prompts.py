@@ -15,12 +15,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from pipeline.bench.samples import object_masks, write_clip
 from pipeline.config import ModelConfig
 from pipeline.masks.mask_prompt import MaskPrompt, mask_logits
 from pipeline.masks.rle import decode_rle, mask_bbox
 from pipeline.model import DecodeRequest, MobileSam
 from pipeline.prompts import Prompt, TrackSpec
-from pipeline.samples import object_masks, write_clip
 from pipeline.sources import VideoSource
 from pipeline.tracking import Tracker, TrackingConfig
 from tests.conftest import sample_rgb

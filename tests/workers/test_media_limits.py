@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from pipeline.samples import write_clip
+from pipeline.bench.samples import write_clip
 from tests.fixtures.media import write_png_frames, write_undeclared_clip
 from tests.fixtures.serve import ServeProcess
 from tests.workers.conftest import cli

@@ -19,7 +19,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from pipeline.samples import object_centres, write_clip
+from pipeline.bench.samples import object_centres, write_clip
 from tests.workers.conftest import EXE
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(600)]

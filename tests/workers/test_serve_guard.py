@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from pipeline.samples import write_clip
+from pipeline.bench.samples import write_clip
 from pipeline.sources.addresses import BLOCKED, UNREACHABLE
 from tests.fixtures.http import serve_directory
 from tests.fixtures.serve import ServeProcess

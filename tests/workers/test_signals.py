@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from pipeline.bench.samples import write_clip
 from pipeline.processes import descendants, pid_alive
-from pipeline.samples import write_clip
 from pipeline.streams import EmbeddedRedis, Keys, connect
 from pipeline.streams.server import CONFIG_FILE, STATE_FILE
 from tests.fixtures.serve import ServeProcess

@@ -19,7 +19,7 @@ import psutil
 import pytest
 
 from pipeline.bench.feeds import TsClip, UdpFeeds, free_udp_ports
-from pipeline.samples import write_clip
+from pipeline.bench.samples import write_clip
 from pipeline.streams import EmbeddedRedis, Keys, connect
 from tests.fixtures.serve import ALLOW_LOOPBACK, ServeProcess
 

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 from pycocotools import mask as coco
 
+from pipeline.bench.samples import object_boxes, object_centres
 from pipeline.config import ModelConfig
 from pipeline.model import MobileSam
 from pipeline.prompts import Prompt, TrackSpec
-from pipeline.samples import object_boxes, object_centres
 from pipeline.sources import VideoSource
 from pipeline.spec import JobSpec
 from pipeline.tracking import Tracker

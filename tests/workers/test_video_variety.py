@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 
 from pipeline.apps.run import LocalRun, run_local
+from pipeline.bench.samples import write_clip
 from pipeline.config import ModelConfig
 from pipeline.prompts import Prompt, TrackSpec
-from pipeline.samples import write_clip
 from pipeline.spec import JobSpec
 from pipeline.streams import EmbeddedRedis, Keys, MaskReader, connect
 from tests.fixtures.http import serve_directory

@@ -24,7 +24,7 @@ import pytest
 from PIL import Image
 from pycocotools import mask as mask_utils
 
-from pipeline.samples import object_centres
+from pipeline.bench.samples import object_centres
 from tests.fixtures.serve import ALLOW_LOOPBACK, ServeProcess
 from tests.fixtures.streams import StreamSender
 

@@ -21,7 +21,7 @@ from typing import Any
 import httpx
 import pytest
 
-from pipeline.samples import write_clip
+from pipeline.bench.samples import write_clip
 from tests.fixtures.serve import free_port
 from tests.fixtures.streams import StreamSender
 from tests.workers.conftest import EXE, cli, popen

@@ -24,7 +24,7 @@ from pipeline.api.models import JobView
 from pipeline.api.viewer.sessions import COOKIE, CSRF_HEADER, LoginThrottle, Sessions
 from pipeline.errors import JobError
 from pipeline.ledger import JobInfo, JobStore
-from pipeline.preview import WATCH_TTL_S
+from pipeline.masks.preview import WATCH_TTL_S
 from pipeline.streams import Keys
 from pipeline.streams.keys import JOB_ID
 from pipeline.streams.previews import PreviewEntry, PreviewReader

@@ -22,7 +22,7 @@ from pipeline.api.viewer.routes import static_dir
 from pipeline.api.viewer.sessions import COOKIE, Sessions
 from pipeline.ledger import JobStatus, JobStore
 from pipeline.ledger.sink import RedisSink
-from pipeline.render import PALETTE
+from pipeline.masks.render import PALETTE
 from pipeline.streams import Keys
 from tests.pipeline.api.conftest import TOKEN, RecordingBackend
 from tests.pipeline.streams.conftest import make_result

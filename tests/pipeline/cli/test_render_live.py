@@ -13,7 +13,7 @@ import redis
 
 from pipeline.ledger import JobStatus, JobStore
 from pipeline.ledger.sink import RedisSink
-from pipeline.render import track_colour
+from pipeline.masks.render import track_colour
 from pipeline.streams import EmbeddedRedis, Keys, connect
 from tests.pipeline.cli.test_jobs import sam
 from tests.pipeline.streams.conftest import make_result

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
+from pipeline.bench.samples import write_clip
 from pipeline.errors import InvalidInputError, SourceError
-from pipeline.samples import write_clip
 from pipeline.sources.addresses import BLOCKED, UNREACHABLE, AddressRules
 from pipeline.sources.guard import NetworkGuard, check_url_options
 from pipeline.sources.live import LiveSource

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from pipeline.samples import write_clip
+from pipeline.bench.samples import write_clip
 from pipeline.sources.host import ReadReply, ReadRequest, SourceHost, SourceSpec, open_reader
 from tests.fixtures.streams import StreamSender
 
@@ -156,7 +156,7 @@ def test_a_jobs_frames_carry_previews_at_its_pace(clips: tuple[Path, Path]) -> N
 
     from PIL import Image
 
-    from pipeline.preview import PreviewOptions
+    from pipeline.masks.preview import PreviewOptions
 
     host = SourceHost()
     try:
@@ -202,7 +202,7 @@ def test_a_preview_that_cannot_be_made_costs_the_frame_only_its_preview(
     clips: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import pipeline.sources.host as host_module
-    from pipeline.preview import PreviewOptions
+    from pipeline.masks.preview import PreviewOptions
 
     def broken(*args: object) -> None:
         raise ValueError("no picture")

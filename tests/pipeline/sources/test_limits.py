@@ -12,10 +12,10 @@ from typing import Any
 
 import pytest
 
+from pipeline.bench.samples import write_clip
 from pipeline.cli.main import build_parser
 from pipeline.cli.options import media_limits
 from pipeline.errors import InvalidInputError, SourceError
-from pipeline.samples import write_clip
 from pipeline.sources import LiveSource, VideoSource
 from pipeline.sources.host import ReadRequest, SourceHost, SourceSpec
 from pipeline.sources.limits import DEFAULT_MAX_FRAME_PIXELS, LimitExceeded, MediaLimits

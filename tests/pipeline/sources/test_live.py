@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from pipeline import samples
+from pipeline.bench import samples
 from pipeline.errors import InvalidInputError, SourceError
 from pipeline.frames import Frame, Yuv420
 from pipeline.model.transforms import input_size

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
+from pipeline.bench.samples import write_clip
 from pipeline.errors import InvalidInputError, SourceError
-from pipeline.samples import write_clip
 from pipeline.sources.policy import SourcePolicy
 from pipeline.sources.video import VideoSource
 from tests.fixtures.http import serve_directory

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from pipeline import samples
+from pipeline.bench import samples
 from pipeline.errors import InvalidInputError, SourceError
 from pipeline.frames import Yuv420
 from pipeline.model.transforms import input_size, resize_longest_fast

@@ -15,7 +15,7 @@ from pycocotools import mask as mask_utils
 from pipeline.frames import FrameResult, TrackMask
 from pipeline.ledger import JobStatus, JobStore
 from pipeline.ledger.sink import RedisSink
-from pipeline.preview import PreviewOptions, make_preview
+from pipeline.masks.preview import PreviewOptions, make_preview
 from pipeline.streams import EmbeddedRedis, Keys, connect
 
 

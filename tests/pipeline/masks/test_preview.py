@@ -10,7 +10,7 @@ from PIL import Image
 
 from pipeline.errors import InvalidInputError
 from pipeline.frames import Yuv420
-from pipeline.preview import PreviewOptions, PreviewPacer, make_preview, preview_size
+from pipeline.masks.preview import PreviewOptions, PreviewPacer, make_preview, preview_size
 
 
 def _decoded(jpeg: bytes) -> np.ndarray:

@@ -10,11 +10,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline import samples
+from pipeline.bench import samples
 from pipeline.errors import InvalidInputError, SourceError
 from pipeline.frames import FrameResult, TrackMask
+from pipeline.masks.render import OUTLINE_PX, PALETTE, overlay, pick_encoder, render_video, track_colour
 from pipeline.masks.rle import encode_rle
-from pipeline.render import OUTLINE_PX, PALETTE, overlay, pick_encoder, render_video, track_colour
 
 W, H, N = 160, 120, 20
 # (track id, rows, cols) of the two tracked rectangles; ids 2 and 3 (green, yellow) are far from
