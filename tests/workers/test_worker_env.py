@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from workers import local
+from pipeline.apps import run as local
 from workers.actors import (
     MALLOC_OPTIONS,
     RUN_ENV,
@@ -148,7 +148,7 @@ def test_the_image_sets_the_start_env() -> None:
 _FAULTS_PER_PUT = """
 import resource, sys, time
 import numpy as np, ray
-from workers import local
+from pipeline.apps import run as local
 
 local._ray_init()  # as `samstream run` starts Ray
 
@@ -208,7 +208,7 @@ def test_the_driver_of_a_run_does_not_import_torch() -> None:
     code = (
         "import sys\n"
         "from pipeline.config import ModelConfig\n"
-        "from workers import local\n"
+        "from pipeline.apps import run as local\n"
         "assert not local._first_compile(ModelConfig())\n"
         "print('torch' in sys.modules)\n"
     )
