@@ -40,27 +40,31 @@ def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_random_checkpoint(tmp_path_factory.mktemp("weights") / "mobile_sam.pt")
 
 
+WARMUP_ARGS = ("--weights", "random", "--image-size", "256", "--precision", "fp32")
+
+
+def warmup(cache: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """``samstream warmup *args`` with its cache in the folder ``cache``."""
+    exe = str(Path(sys.executable).with_name("samstream"))
+    env = {**os.environ, "SAMSTREAM_CACHE_DIR": str(cache)}
+    return subprocess.run([exe, "warmup", *args], capture_output=True, text=True, timeout=600, env=env)
+
+
 @dataclass(frozen=True)
 class CompiledCache:
-    """A cache folder where ``samstream warmup`` compiled the model (random weights, 256 px,
-    fp32), and what that first warmup printed."""
+    """A cache folder where ``samstream warmup`` compiled the model (:data:`WARMUP_ARGS`: random
+    weights, 256 px, fp32), and what that first warmup printed."""
 
     path: Path
     first: subprocess.CompletedProcess[str]
-    args: tuple[str, ...] = ("--weights", "random", "--image-size", "256", "--precision", "fp32")
-
-    def warmup(self, *args: str) -> subprocess.CompletedProcess[str]:
-        exe = str(Path(sys.executable).with_name("samstream"))
-        env = {**os.environ, "SAMSTREAM_CACHE_DIR": str(self.path)}
-        return subprocess.run([exe, "warmup", *args], capture_output=True, text=True, timeout=600, env=env)
 
 
 @pytest.fixture(scope="session")
 def compiled_cache(tmp_path_factory: pytest.TempPathFactory) -> CompiledCache:
     """The model compiled once for the session (a minute or two): the warmup test checks how it
     was made, the compiled-model tests run on it (compiling is the slowest step of the suite)."""
-    cache = CompiledCache(tmp_path_factory.mktemp("compiled-cache"), subprocess.CompletedProcess([], 0))
-    return CompiledCache(cache.path, cache.warmup(*cache.args))
+    path = tmp_path_factory.mktemp("compiled-cache")
+    return CompiledCache(path, warmup(path, *WARMUP_ARGS))
 
 
 def sample_rgb(height: int, width: int, seed: int = 0) -> np.ndarray:

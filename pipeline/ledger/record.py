@@ -315,7 +315,8 @@ class JobStore:
         keys = self._keys.of_job(job_id)
         args: builtins.list[str | int] = [2 * len(fields), *_flat(fields)]
         args += ["1" if status.terminal else "0", EVENTS_MAXLEN]
-        args += ["," + ",".join(sorted(s.value for s in allowed)) + ",", *_flat(event)]
+        froms = sorted(s.value for s in allowed)
+        args += ["," + ",".join(froms) + ",", *_flat(event)]
         with redis_errors(f"setting job {job_id!r} to {status.value}"):
             done: Any = self._status(keys=list(keys), args=args)
         if done == 1:
@@ -327,7 +328,7 @@ class JobStore:
             job_id,
             as_text(done) or "(no status)",
             status.value,
-            ", ".join(sorted(s.value for s in allowed)) or "none",
+            ", ".join(froms) or "none",
         )
         return False
 

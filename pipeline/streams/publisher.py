@@ -39,9 +39,9 @@ class Publisher:
         *,
         events_maxlen: int | None = EVENTS_MAXLEN,
     ) -> None:
-        value = events_maxlen
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-            raise InvalidInputError(f"events_maxlen must be None or an int >= 1, got {value!r}")
+        n = events_maxlen
+        if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
+            raise InvalidInputError(f"events_maxlen must be None or an int >= 1, got {n!r}")
         self._client = client
         self._job_id = validate_job_id(job_id)
         self._masks_key = keys.masks(job_id)

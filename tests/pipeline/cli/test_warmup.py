@@ -2,21 +2,11 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import CompiledCache
-
-EXE = str(Path(sys.executable).with_name("samstream"))
-
-
-def warmup(cache: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "SAMSTREAM_CACHE_DIR": str(cache)}
-    return subprocess.run([EXE, "warmup", *args], capture_output=True, text=True, timeout=600, env=env)
+from tests.conftest import WARMUP_ARGS, CompiledCache, warmup
 
 
 @pytest.mark.slow
@@ -30,7 +20,7 @@ def test_warmup_compiles_both_parts_once_and_the_model_loads_them(compiled_cache
     packages = sorted(p.name for p in (compiled_cache.path / "compiled").glob("*.pt2"))
     assert [p.split("-")[0] for p in packages] == ["encoder", "mask"], packages
 
-    again = compiled_cache.warmup(*compiled_cache.args)
+    again = warmup(compiled_cache.path, *WARMUP_ARGS)
     assert again.returncode == 0 and again.stdout.count("already compiled") == 2, again.stdout
 
     from pipeline.config import ModelConfig
