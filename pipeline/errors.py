@@ -45,3 +45,12 @@ class RedisUnavailableError(SamstreamError):
 
 class JobError(SamstreamError):
     """A job cannot be started, resumed or found."""
+
+
+class TooManyJobsError(JobError):
+    """A job is not created: the most jobs a service runs at once are queued or running already."""
+
+    def __init__(self, active: int, most: int) -> None:
+        super().__init__(f"{active} jobs are queued or running, the most allowed ({most})")
+        self.active = active
+        self.most = most

@@ -22,11 +22,11 @@ import redis
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
+from pipeline.api.body_limit import BodyLimit
 from pipeline.api.context import ERRORS, ApiContext, Backend, HttpError
 from pipeline.api.headers import SecurityHeaders
 from pipeline.api.internal import InternalErrors, logged, unavailable
 from pipeline.api.job_routes import job_routes
-from pipeline.api.limits import BodyLimit
 from pipeline.api.models import Health
 from pipeline.api.result_routes import result_routes
 from pipeline.api.settings import ApiSettings

@@ -14,12 +14,12 @@ import redis
 from fastapi import Query, Security
 from fastapi.security import HTTPBearer
 
-from pipeline.api.limits import CreationLock, TrackSlots
 from pipeline.api.models import JobBody, JobView, Problem, invalid
 from pipeline.api.settings import ApiSettings
 from pipeline.errors import InvalidInputError, JobError
 from pipeline.jobs.admission import Demand, EncoderCapacity, admit
 from pipeline.ledger import JobInfo, JobStatus, JobStore
+from pipeline.ledger.slots import CreationLock, TrackSlots
 from pipeline.spec import AutoSize, JobSpec
 from pipeline.streams import Keys
 
@@ -87,7 +87,8 @@ class ApiContext:
         keys: the key names.
         store: the job hashes.
         slots: the track slots (``--max-tracks``, atomic in Redis).
-        creating: one count-then-create at a time, over all API processes (``--max-jobs``).
+        creating: one admit-then-create of a live stream at a time, over all API processes
+            (``--admission capacity``).
         commanding: a track's slot and its command in the same order.
         secured: the dependencies that put the bearer token in the OpenAPI spec.
     """

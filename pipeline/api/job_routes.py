@@ -3,13 +3,15 @@ cancel, and delete a finished one's data."""
 
 from __future__ import annotations
 
+import contextlib
+
 from fastapi import APIRouter, Path, Query
 from fastapi.responses import Response
 
 from pipeline.api.context import CONFLICT, NOT_FOUND, RETRY_AFTER_S, TOO_MANY, ApiContext, HttpError
 from pipeline.api.internal import logged, unavailable
 from pipeline.api.models import JobBody, JobList, JobView, Problem, invalid
-from pipeline.errors import InvalidInputError, JobError
+from pipeline.errors import InvalidInputError, JobError, TooManyJobsError
 from pipeline.ledger import JobStatus
 from pipeline.streams.control import Command, send
 from pipeline.streams.keys import JOB_ID, new_job_id
@@ -118,27 +120,27 @@ def job_routes(ctx: ApiContext, kind: str, live: bool) -> APIRouter:
 
 
 def _create(ctx: ApiContext, body: JobBody, live: bool) -> JobView:
-    """Create the job asked for (within ``--max-jobs``, counted and created under the service-wide
-    lock, and a stream's admission) and hand it to the backend."""
+    """Create the job asked for (within ``--max-jobs``, counted by the ledger's create script, and
+    a stream's admission by capacity, under the service-wide lock) and hand it to the backend."""
     spec = ctx.spec_of(body, live)
     try:
         keep_s = ctx.settings.keep_of(body.keep_s)
     except InvalidInputError as exc:
         raise HttpError(422, [invalid(["keep_s"], exc)]) from None
     job_id = body.job_id or new_job_id()
-    with ctx.creating.held():
-        active = ctx.store.count_active()
-        if active >= ctx.settings.max_jobs:
-            raise HttpError(
-                429,
-                f"this service runs {active} jobs and streams (queued or running), the most it "
-                f"takes (--max-jobs {ctx.settings.max_jobs}); try again when one has ended",
-                {"Retry-After": str(RETRY_AFTER_S)},
-            )
-        if live and ctx.settings.admission == "capacity":
+    admitting = live and ctx.settings.admission == "capacity"
+    with ctx.creating.held() if admitting else contextlib.nullcontext():
+        if admitting:
             ctx.admit_stream(spec)
         try:
-            ctx.store.create(job_id, spec.to_dict(), keep_s=keep_s)
+            ctx.store.create(job_id, spec.to_dict(), keep_s=keep_s, most_active=ctx.settings.max_jobs)
+        except TooManyJobsError as exc:
+            raise HttpError(
+                429,
+                f"this service runs {exc.active} jobs and streams (queued or running), the most it "
+                f"takes (--max-jobs {ctx.settings.max_jobs}); try again when one has ended",
+                {"Retry-After": str(RETRY_AFTER_S)},
+            ) from None
         except JobError:
             raise HttpError(409, f"a job {job_id!r} exists already") from None
     try:

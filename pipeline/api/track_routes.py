@@ -5,9 +5,9 @@ from __future__ import annotations
 from fastapi import APIRouter, Path
 
 from pipeline.api.context import CONFLICT, NOT_FOUND, TRACK_CONFLICT, ApiContext, HttpError
-from pipeline.api.limits import spec_track_ids
 from pipeline.api.models import Accepted, TrackCommandBody, invalid
 from pipeline.errors import InvalidInputError
+from pipeline.ledger.slots import spec_track_ids
 from pipeline.streams.control import Command, send
 from pipeline.streams.keys import JOB_ID
 

@@ -13,7 +13,7 @@ from typing import Any
 
 import redis
 
-from pipeline.errors import InvalidInputError, JobError
+from pipeline.errors import InvalidInputError, JobError, TooManyJobsError
 from pipeline.streams.connection import redis_errors
 from pipeline.streams.keys import Keys, validate_job_id
 from pipeline.streams.retention import DEFAULT_KEEP_S, EVENTS_MAXLEN, check_keep
@@ -21,16 +21,36 @@ from pipeline.streams.wire import WIRE_VERSION, as_text, encode_event
 
 _log = logging.getLogger(__name__)
 
-# Creates the hash only if absent, indexes it and appends the first status event, atomically.
-# KEYS: job hash, jobs index, events stream. ARGV: job id, created time, events maxlen, n, n hash
-# args, event args.
+# Creates the hash only if absent and only within the most active jobs given, indexes it, adds it to
+# the set of active jobs and appends the first status event, atomically: API processes side by side
+# can never pass --max-jobs together. The active set holds the ids of queued and running jobs (and
+# '', so that it outlives its last job): ids whose job has ended or gone are dropped here, when
+# counted; a store written before the set existed has it seeded from the index once. It reads the
+# hashes of the jobs it counts (a standalone Redis; not a cluster's hash slots).
+# KEYS: job hash, jobs index, events stream, active set. ARGV: job id, created time, events maxlen,
+# most active (-1: no limit), job hash key prefix, n, n hash args, event args.
+# Returns {1, active} (created), {0, active} (the id exists) or {-1, active} (the limit is reached).
 _CREATE = """
-if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
-local n = tonumber(ARGV[4])
-redis.call('HSET', KEYS[1], unpack(ARGV, 5, 4 + n))
+if redis.call('EXISTS', KEYS[4]) == 0 then
+  redis.call('SADD', KEYS[4], '')
+  for _, id in ipairs(redis.call('ZRANGE', KEYS[2], 0, -1)) do redis.call('SADD', KEYS[4], id) end
+end
+local active = 0
+for _, id in ipairs(redis.call('SMEMBERS', KEYS[4])) do
+  if id ~= '' then
+    local s = redis.call('HGET', ARGV[5] .. id, 'status')
+    if s == 'queued' or s == 'running' then active = active + 1 else redis.call('SREM', KEYS[4], id) end
+  end
+end
+if redis.call('EXISTS', KEYS[1]) == 1 then return {0, active} end
+local most = tonumber(ARGV[4])
+if most >= 0 and active >= most then return {-1, active} end
+local n = tonumber(ARGV[6])
+redis.call('HSET', KEYS[1], unpack(ARGV, 7, 6 + n))
 redis.call('ZADD', KEYS[2], ARGV[2], ARGV[1])
-redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[3], '*', unpack(ARGV, 5 + n))
-return 1
+redis.call('SADD', KEYS[4], ARGV[1])
+redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[3], '*', unpack(ARGV, 7 + n))
+return {1, active + 1}
 """
 
 # Updates fields of an existing hash (never creates one). KEYS: job hash. ARGV: n, n hash args.
@@ -50,8 +70,11 @@ return 1
 # sent after it starts), then writes a few hundred bytes.
 # The change is made only from a status in the allowed list (the state machine's, see
 # TRANSITIONS, narrowed by the caller); read before the first write, so a refusal writes nothing.
+# The set of active jobs (see _CREATE), where it exists, gains a job that runs again and loses one
+# that ends.
 # KEYS: the job's keys in Keys.of_job's order: hash, masks, events, control, state, tracks, preview.
-# ARGV: n, n hash args, terminal ('1' or '0'), events maxlen, allowed from (',a,b,'), event args.
+# ARGV: n, n hash args, terminal ('1' or '0'), events maxlen, allowed from (',a,b,'), the active
+# set's key, job id, event args.
 # Returns 1 (written), 0 (no hash) or the status the job has (refused).
 _STATUS = """
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
@@ -60,7 +83,11 @@ local now = redis.call('HGET', KEYS[1], 'status') or ''
 if not string.find(ARGV[4 + n], ',' .. now .. ',', 1, true) then return now end
 if ARGV[2 + n] == '1' then redis.call('DEL', KEYS[4]) end
 redis.call('HSET', KEYS[1], unpack(ARGV, 2, 1 + n))
-redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[3 + n], '*', unpack(ARGV, 5 + n))
+redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[3 + n], '*', unpack(ARGV, 7 + n))
+if redis.call('EXISTS', ARGV[5 + n]) == 1 then
+  if ARGV[2 + n] == '1' then redis.call('SREM', ARGV[5 + n], ARGV[6 + n])
+  else redis.call('SADD', ARGV[5 + n], ARGV[6 + n]) end
+end
 local keep = nil
 if ARGV[2 + n] == '1' then keep = tonumber(redis.call('HGET', KEYS[1], 'keep_s')) end
 for i = 1, #KEYS do
@@ -225,8 +252,12 @@ class JobStore:
         spec: Mapping[str, Any],
         total_frames: int | None = None,
         keep_s: int | None = DEFAULT_KEEP_S,
+        most_active: int | None = None,
     ) -> JobInfo:
-        """Create a ``queued`` job.
+        """Create a ``queued`` job, within ``most_active`` queued and running jobs when given.
+
+        The count and the create are one atomic step in Redis: processes creating jobs side by side
+        (API processes of one service) never pass the limit together.
 
         Args:
             job_id: the new job's id (see :func:`~pipeline.streams.keys.validate_job_id`).
@@ -234,8 +265,11 @@ class JobStore:
             total_frames: frames the job will process, or None if unknown.
             keep_s: seconds its keys are kept once it has ended (hash field ``keep_s``); None: until
                 deleted.
+            most_active: the most jobs queued or running at once, this one included (``serve
+                --max-jobs``); None: no limit.
 
         Raises:
+            TooManyJobsError: ``most_active`` jobs are queued or running already.
             JobError: a job with this id exists already.
             InvalidInputError: bad id, spec not JSON-serialisable, negative total or bad keep.
         """
@@ -263,13 +297,19 @@ class JobStore:
             "keep_s": _keep_field(keep_s),
         }
         event = encode_event("status", time_s=now, detail=JobStatus.QUEUED.value)
-        args: builtins.list[str | int] = [job_id, repr(now), EVENTS_MAXLEN, 2 * len(hash_fields)]
-        args += [*_flat(hash_fields), *_flat(event)]
+        most = -1 if most_active is None else most_active
+        hash_prefix = self._keys.job(job_id)[: -len(job_id)]
+        args: builtins.list[str | int] = [job_id, repr(now), EVENTS_MAXLEN, most, hash_prefix]
+        args += [2 * len(hash_fields), *_flat(hash_fields), *_flat(event)]
         keys = [self._keys.job(job_id), self._keys.jobs_index(), self._keys.events(job_id)]
+        keys.append(self._keys.active_jobs())
         with redis_errors(f"creating job {job_id!r}"):
-            created = self._create(keys=keys, args=args)
-        if not created:
+            reply: Any = self._create(keys=keys, args=args)
+        done, active = int(reply[0]), int(reply[1])
+        if done == 0:
             raise JobError(f"job {job_id!r} exists already")
+        if done < 0:
+            raise TooManyJobsError(active, most)
         return self.get(job_id)
 
     def set_status(
@@ -316,7 +356,7 @@ class JobStore:
         args: builtins.list[str | int] = [2 * len(fields), *_flat(fields)]
         args += ["1" if status.terminal else "0", EVENTS_MAXLEN]
         froms = sorted(s.value for s in allowed)
-        args += ["," + ",".join(froms) + ",", *_flat(event)]
+        args += ["," + ",".join(froms) + ",", self._keys.active_jobs(), job_id, *_flat(event)]
         with redis_errors(f"setting job {job_id!r} to {status.value}"):
             done: Any = self._status(keys=list(keys), args=args)
         if done == 1:
@@ -420,17 +460,6 @@ class JobStore:
             gone = [job_id for job_id, raw in zip(ids, hashes, strict=True) if not raw]
             self._forget(gone)
         return [_job_info(job_id, raw) for job_id, raw in zip(ids, hashes, strict=True) if raw]
-
-    def count_active(self) -> int:
-        """How many indexed jobs are queued or running (one round trip; their specs are not read)."""
-        active = (JobStatus.QUEUED.value, JobStatus.RUNNING.value)
-        with redis_errors("counting active jobs"):
-            members: Any = self._client.zrange(self._keys.jobs_index(), 0, -1)
-            pipe = self._client.pipeline(transaction=False)
-            for job_id in members:
-                pipe.hget(self._keys.job(as_text(job_id)), "status")
-            statuses = pipe.execute()
-        return sum(1 for s in statuses if s is not None and as_text(s) in active)
 
     def _forget(self, job_ids: builtins.list[str]) -> None:
         """Drop index entries (and leftover keys) of jobs whose hash has gone, a chunk a script."""

@@ -115,9 +115,14 @@ class Keys:
         return f"{self.prefix}encoder-capacity"
 
     def creating(self) -> str:
-        """The lock an API process holds while it counts the active jobs and creates one (so that
-        API processes side by side never pass ``--max-jobs`` together): ``{prefix}creating``."""
+        """The lock an API process holds while it admits a live stream by capacity and creates it
+        (``serve --admission capacity``): ``{prefix}creating``."""
         return f"{self.prefix}creating"
+
+    def active_jobs(self) -> str:
+        """Set of the ids of queued and running jobs (and ``""``), counted and written by the
+        script that creates a job (``--max-jobs``): ``{prefix}jobs:active``."""
+        return f"{self.prefix}jobs:active"
 
     def jobs_index(self) -> str:
         """Sorted set of every job id, scored by creation time (epoch s): ``{prefix}jobs``."""

@@ -119,38 +119,104 @@ def test_concurrent_creates_cannot_pass_the_job_limit(
     assert len(backend.submitted) == 3
 
 
+def _serve_api(redis_url: str, prefix: str, max_jobs: int, ports: Any) -> None:
+    """One API process of a service (run in a child process): the API on a free loopback port, told
+    to the parent through ``ports``, until the parent ends it."""
+    import uvicorn
+
+    from pipeline.sources.policy import SourcePolicy
+    from pipeline.streams import connect
+
+    settings = ApiSettings(
+        token=AUTH["Authorization"].split()[1],
+        policy=SourcePolicy(),
+        prefix=prefix,
+        image_size=512,
+        weights="random",
+        max_jobs=max_jobs,
+    )
+    app = create_app(settings, connect(redis_url), RecordingBackend())
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    ports.put(sock.getsockname()[1])
+    uvicorn.Server(uvicorn.Config(app, log_level="warning")).run(sockets=[sock])
+
+
 @pytest.mark.integration
 def test_two_api_processes_together_cannot_pass_the_job_limit(
-    settings: ApiSettings,
-    redis_client: redis.Redis,
-    backend: RecordingBackend,
-    monkeypatch: pytest.MonkeyPatch,
+    api_redis: Any, redis_client: redis.Redis, prefix: str
 ) -> None:
     """Two API processes of one service share its Redis, not their memory: the count and the create
-    hold a lock in Redis. Counting is slowed here so that, without it, both would count 2 and create."""
-    from pipeline.ledger import JobStore
+    are one script in Redis. Both processes are sent creates at once, many more than the limit."""
+    import multiprocessing
 
-    count = JobStore.count_active
+    spawn = multiprocessing.get_context("spawn")
+    ports = spawn.Queue()
+    apis = [spawn.Process(target=_serve_api, args=(api_redis.url, prefix, 3, ports)) for _ in range(2)]
+    for process in apis:
+        process.start()
+    try:
+        urls = [f"http://127.0.0.1:{ports.get(timeout=60)}" for _ in apis]
+        clients = [httpx.Client(base_url=url, headers=AUTH, timeout=30) for url in urls]
+        for client in clients:  # both serving before the race starts
+            deadline = time.monotonic() + 30
+            while True:
+                try:
+                    client.get("/jobs")
+                    break
+                except httpx.TransportError:
+                    assert time.monotonic() < deadline, "an API process did not start"
+                    time.sleep(0.1)
+        with ThreadPoolExecutor(16) as pool:
+            codes = list(pool.map(lambda i: clients[i % 2].post("/jobs", json=JOB).status_code, range(16)))
+        for client in clients:
+            client.close()
+    finally:
+        for process in apis:
+            process.terminate()
+            process.join(10)
+    assert sorted(codes) == [201] * 3 + [429] * 13
+    store = JobStore(redis_client, Keys(prefix))
+    assert len([j for j in store.list() if j.status is JobStatus.QUEUED]) == 3
 
-    def slow_count(self: JobStore) -> int:
-        n = count(self)
-        time.sleep(0.05)
-        return n
 
-    monkeypatch.setattr(JobStore, "count_active", slow_count)
-    limited = dataclasses.replace(settings, max_jobs=3)
-    apps = [create_app(limited, redis_client, backend) for _ in range(2)]  # each with its own state
-    with (
-        served(apps[0]) as one,
-        served(apps[1]) as two,
-        httpx.Client(base_url=one, headers=AUTH, timeout=30) as a,
-        httpx.Client(base_url=two, headers=AUTH, timeout=30) as b,
-        ThreadPoolExecutor(12) as pool,
-    ):
-        codes = list(pool.map(lambda i: (a, b)[i % 2].post("/jobs", json=JOB).status_code, range(12)))
-    assert sorted(codes) == [201] * 3 + [429] * 9
-    assert len(backend.submitted) == 3
-    assert not redis_client.exists(limited.prefix + "creating")  # released by its holders
+def test_the_job_limit_counts_a_job_that_runs_again(
+    settings: ApiSettings, redis_client: redis.Redis, backend: RecordingBackend, prefix: str
+) -> None:
+    """A failed job resumed is active again: it takes a place, and frees it when it ends."""
+    api = _api(settings, redis_client, backend, max_jobs=1)
+    store = JobStore(redis_client, Keys(prefix))
+    first = api.post("/jobs", json=JOB).json()["id"]
+    store.set_status(first, JobStatus.RUNNING)
+    store.set_status(first, JobStatus.FAILED, "a host died")
+    second = api.post("/jobs", json=JOB).json()["id"]
+    store.set_status(second, JobStatus.RUNNING)
+    store.set_status(second, JobStatus.SUCCEEDED)
+    store.set_status(first, JobStatus.RUNNING)  # resumed
+    refused = api.post("/jobs", json=JOB)
+    assert refused.status_code == 429 and "runs 1 jobs" in refused.json()["detail"]
+    store.set_status(first, JobStatus.SUCCEEDED)
+    assert api.post("/jobs", json=JOB).status_code == 201
+
+
+def test_jobs_written_before_the_active_set_count(
+    settings: ApiSettings, redis_client: redis.Redis, backend: RecordingBackend, prefix: str
+) -> None:
+    """A store whose active jobs were created before the set existed has the set made from its index
+    the first time a job is created."""
+    store = JobStore(redis_client, Keys(prefix))
+    store.create("old-1", {"source": "x"})
+    store.create("old-2", {"source": "x"})
+    store.set_status("old-2", JobStatus.RUNNING)
+    store.set_status("old-2", JobStatus.CANCELLED)
+    redis_client.delete(Keys(prefix).active_jobs())  # as an older version left it
+    api = _api(settings, redis_client, backend, max_jobs=2)
+    assert api.post("/jobs", json=JOB).status_code == 201
+    assert api.post("/jobs", json=JOB).status_code == 429
+    assert redis_client.smembers(Keys(prefix).active_jobs()) - {""} == {
+        "old-1",
+        *(j.job_id for j in store.list() if not j.job_id.startswith("old")),
+    }
 
 
 # -- tracks per job: 409 ----------------------------------------------------------------------------
@@ -342,8 +408,8 @@ def test_the_spec_documents_each_limit(api: TestClient) -> None:
 def test_the_creation_lock_waits_a_bounded_time_and_expires_with_a_dead_holder(
     redis_client: redis.Redis, prefix: str
 ) -> None:
-    from pipeline.api.limits import CreationLock
     from pipeline.errors import RedisUnavailableError
+    from pipeline.ledger.slots import CreationLock
     from pipeline.streams import Keys
 
     keys = Keys(prefix)

@@ -17,9 +17,9 @@ import redis
 import uvicorn
 
 from pipeline.api import ApiSettings, create_app
-from pipeline.api.limits import TrackSlots
 from pipeline.ledger import JobStatus, JobStore
 from pipeline.ledger.sink import RedisSink
+from pipeline.ledger.slots import TrackSlots
 from pipeline.streams import EmbeddedRedis, Keys, connect
 from pipeline.streams.control import Command, send
 from tests.pipeline.api.conftest import TOKEN, RecordingBackend

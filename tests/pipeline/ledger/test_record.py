@@ -11,10 +11,10 @@ import pytest
 import redis
 
 import pipeline.ledger.record as jobs_module
-from pipeline.api.limits import TrackSlots
-from pipeline.errors import InvalidInputError, JobError, RedisUnavailableError
+from pipeline.errors import InvalidInputError, JobError, RedisUnavailableError, TooManyJobsError
 from pipeline.ledger import JobStatus, JobStore
 from pipeline.ledger.sink import RedisSink
+from pipeline.ledger.slots import TrackSlots
 from pipeline.streams import EmbeddedRedis, Keys, connect, read_events
 from pipeline.streams.control import Command, send
 from tests.pipeline.streams.conftest import make_result
@@ -104,6 +104,25 @@ def test_unknown_and_duplicate_jobs(redis_client: redis.Redis, keys: Keys) -> No
     with pytest.raises(JobError, match="exists already"):
         store.create("dup", {"other": 1})
     assert store.get("dup").spec == {}
+
+
+def test_create_keeps_within_the_most_active_jobs_in_one_step(redis_client: redis.Redis, keys: Keys) -> None:
+    """Queued and running jobs count; ended, deleted and expired ones do not; a refusal writes nothing."""
+    store = JobStore(redis_client, keys)
+    store.create("a", {"source": "x"}, most_active=2)
+    store.create("b", {"source": "x"}, most_active=2)
+    with pytest.raises(TooManyJobsError, match=r"2 jobs are queued or running, the most allowed \(2\)"):
+        store.create("c", {"source": "x"}, most_active=2)
+    assert not store.exists("c") and [j.job_id for j in store.list()] == ["a", "b"]
+    store.set_status("a", JobStatus.RUNNING)
+    store.set_status("a", JobStatus.SUCCEEDED)
+    store.create("c", {"source": "x"}, most_active=2)
+    redis_client.delete(keys.job("b"))  # gone under the store's feet (evicted, deleted by hand)
+    store.create("d", {"source": "x"}, most_active=2)
+    with pytest.raises(TooManyJobsError):
+        store.create("e", {"source": "x"}, most_active=2)
+    store.create("e", {"source": "x"})  # no limit given: none applies
+    assert redis_client.smembers(keys.active_jobs()) == {"", "c", "d", "e"}
 
 
 def test_bad_input(redis_client: redis.Redis, keys: Keys) -> None:

@@ -1,9 +1,7 @@
-"""The API's limits: request body size (an ASGI middleware), tracks per job (a Redis set), and
-active jobs (a count of the job store, made and acted on under a lock in Redis).
-
-The numbers themselves are :class:`~pipeline.api.settings.ApiSettings` fields (``samstream serve``
-options).
-"""
+"""The limits a job's record keeps in Redis, for every API process of a service at once: the tracks
+of each job (``serve --max-tracks``, one atomic script) and the lock under which a live stream is
+admitted by capacity and created (``serve --admission capacity``). ``--max-jobs`` is counted by the
+script that creates a job (:meth:`~pipeline.ledger.record.JobStore.create`)."""
 
 from __future__ import annotations
 
@@ -14,62 +12,10 @@ from collections.abc import Iterable, Iterator
 from typing import Any
 
 import redis
-from starlette.datastructures import Headers
-from starlette.exceptions import HTTPException
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from pipeline.api.internal import WatchedSend, send_json
 from pipeline.errors import RedisUnavailableError
 from pipeline.streams.connection import redis_errors
 from pipeline.streams.keys import Keys
-
-
-class BodyLimit:
-    """ASGI middleware: 413 for a request body over ``max_bytes``, never reading more than that.
-
-    A ``Content-Length`` over the limit is answered before the body is read; a body without one
-    (chunked) is counted as it streams in, and the read that passes the limit fails with 413.
-    """
-
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
-        self.app = app
-        self.max_bytes = max_bytes
-        self.message = (
-            f"request body over {max_bytes // 1024} KB, the most this service takes (--max-body-kb)"
-        )
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        length = Headers(scope=scope).get("content-length")
-        if length is not None and (not length.isdigit() or int(length) > self.max_bytes):
-            await self._answer(send, 413 if length.isdigit() else 400, length)
-            return
-        seen = 0
-
-        async def counted() -> Message:
-            nonlocal seen
-            message = await receive()
-            if message["type"] == "http.request":
-                seen += len(message.get("body", b""))
-                if seen > self.max_bytes:
-                    # FastAPI lets an HTTPException raised while reading the body through as it is.
-                    raise HTTPException(413, self.message)
-            return message
-
-        watched = WatchedSend(send)
-        try:
-            await self.app(scope, counted, watched)
-        except HTTPException as exc:
-            if watched.started or exc.status_code != 413:
-                raise
-            await self._answer(send, 413, None)
-
-    async def _answer(self, send: Send, status: int, length: str | None) -> None:
-        detail = self.message if status == 413 else f"Content-Length must be a number, got {length!r}"
-        await send_json(send, status, detail)
-
 
 # Seeds the set with the spec's tracks the first time (``0`` keeps it alive when every track is
 # removed, so it is never seeded again), then takes or frees the slot of one track.
@@ -135,14 +81,14 @@ return 0
 
 
 class CreationLock:
-    """One count-then-create at a time over every API process of a service (they share Redis):
-    without it, two processes that both count ``max_jobs - 1`` active jobs would both create one.
+    """One admit-then-create at a time over every API process of a service (they share Redis):
+    without it, two processes that both find room for one more live stream would both create one.
 
     The lock is a Redis key set only if absent, with a token and an expiry (``hold_s``: a process
     that dies holding it does not block the others for longer), released only by its holder.
 
     Args:
-        hold_s: most seconds a holder keeps it (a count and a create take milliseconds).
+        hold_s: most seconds a holder keeps it (an admission and a create take milliseconds).
         wait_s: most seconds a request waits for it.
     """
 
