@@ -151,7 +151,7 @@ class JobBody(BaseModel):
         default_factory=dict,
         max_length=32,
         description="tracking settings: min_score, lost_after, box_margin, search_s, "
-        "search_interval_s, … (see the README)",
+        "search_interval_s, … (see docs/tracking.md)",
         examples=[{"min_score": 0.5}],
     )
     keep_s: int | None = Field(

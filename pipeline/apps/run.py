@@ -200,7 +200,7 @@ def run_local(spec: JobSpec, model: ModelConfig, run: LocalRun, out: TextIO = sy
             file=err,
         )
         if run.view_port is not None:
-            from pipeline.api.viewer.local import viewer_alongside
+            from pipeline.apps.view import viewer_alongside
 
             stack.enter_context(viewer_alongside(client, run.prefix, job_id, run.view_port, err))
         try:

@@ -50,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
         raise InvalidInputError(f"--metrics-port must be a TCP port (1-65535), got {args.metrics_port}")
 
     if args.view:
-        from pipeline.api.viewer.local import check_port
+        from pipeline.apps.view import check_port
 
         check_port(args.view_port)
     from pipeline.apps.run import LocalRun, run_local

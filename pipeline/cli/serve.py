@@ -1,16 +1,13 @@
-"""``samstream serve``: the REST API, the job driver, stream hosts and the autoscaled encoder pool, on Ray."""
+"""``samstream serve``'s options, read and checked: the API's settings and the job runner's config.
+The service itself starts in :mod:`pipeline.apps.serve`."""
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import secrets
-import signal
-import socket
-import sys
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any
 
 from pipeline.cli.options import media_limits, model_config, preview_options
 from pipeline.errors import InvalidInputError
@@ -30,29 +27,6 @@ def _sizes(text: str) -> tuple[int, ...]:
         raise InvalidInputError(f"--image-sizes must be a list like 256,512,1024, got {text!r}") from None
 
 
-def _listen(host: str, port: int, what: str) -> socket.socket:
-    """Hold ``port`` from now on, or refuse it in one line. The API's socket is bound before Ray
-    starts: Ray's own processes take free ports as they start, and a port only checked as free could
-    be theirs by the time the API binds it."""
-    try:
-        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
-    except socket.gaierror as exc:
-        raise InvalidInputError(f"cannot listen on {host!r} for {what}: {exc.strerror}") from None
-    family, kind, proto, _, address = infos[0]
-    sock = socket.socket(family, kind, proto)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn and prometheus do
-    try:
-        sock.bind(address)
-        sock.listen(2048)  # uvicorn's default backlog
-    except OSError as exc:
-        sock.close()
-        raise InvalidInputError(
-            f"{what} {port} on {host} is not free ({exc.strerror}): another process listens there; "
-            f"stop it or pick another {what}"
-        ) from None
-    return sock
-
-
 def _require_shared_redis(address: str | None, redis_url: str | None) -> None:
     """Workers of a cluster (``--address``) run on other nodes: an embedded Redis on 127.0.0.1 is not
     theirs to reach, so the service needs the URL of a Redis every node reaches."""
@@ -65,9 +39,8 @@ def _require_shared_redis(address: str | None, redis_url: str | None) -> None:
 
 
 def serve(args: argparse.Namespace) -> int:
-    """Check every option, then start in order: the ports held, Redis, the metrics, Ray and the
-    encoder pool, the job runner with the unfinished jobs resumed, the API."""
-    from pipeline.signals import InterruptOnSignals
+    """Check every option, then start the service (:func:`pipeline.apps.serve.run_service`)."""
+    from pipeline.apps.serve import ServeOptions, run_service
 
     _port(args.port, "--port")
     _port(args.metrics_port, "--metrics-port", zero_ok=True)
@@ -78,16 +51,16 @@ def serve(args: argparse.Namespace) -> int:
         from pipeline.model.weights import resolve_checkpoint
 
         resolve_checkpoint(model.checkpoint, model.cache_dir)  # fail now, not in every worker
-    err = sys.stderr
-    # SIGINT or SIGTERM to this process alone (docker stop, systemd) ends it as Ctrl-C does: the API
-    # stops, jobs on a cluster (--address) go on, a local Ray and the embedded Redis are shut down.
-    with InterruptOnSignals() as signals, contextlib.ExitStack() as stack:
-        api_socket = stack.enter_context(_listen(args.host, args.port, "--port"))
-        url, client, store = _open_redis_and_metrics(stack, args, config.redis_url)
-        backend = _start_ray(stack, args, config, url, signals, err)
-        _start_jobs(stack, store, backend, err)
-        _announce(args, url, settings.token if made_token else None, err)
-        return _run_api(settings, client, backend, api_socket, args, signals, err)
+    options = ServeOptions(
+        host=args.host,
+        port=args.port,
+        metrics_port=args.metrics_port,
+        metrics_host=args.metrics_host,
+        data_dir=Path(args.data_dir),
+        address=args.address,
+        prefix=args.prefix,
+    )
+    return run_service(settings, config, options, made_token)
 
 
 def _api_settings(args: argparse.Namespace, image_size: int, weights: str) -> tuple[Any, bool]:
@@ -169,116 +142,3 @@ def _service_config(args: argparse.Namespace, model: Any, policy: Any) -> Any:
         guard=NetworkGuard(policy.addresses),  # the API's rule, for every connection
         redis_retry_s=args.redis_retry_s,
     )
-
-
-def _open_redis_and_metrics(
-    stack: contextlib.ExitStack, args: argparse.Namespace, redis_url: str | None
-) -> tuple[str, Any, Any]:
-    """Redis (``--redis-url``, or the embedded server), and the metrics served at once: both before
-    Ray starts (its processes take free ports as they start). Redis's URL, a client, the job store."""
-    from pipeline.api.metrics import serve_metrics
-    from pipeline.ledger import JobStore
-    from pipeline.streams import Keys, connect
-    from pipeline.streams.server import open_redis
-
-    host = args.metrics_host or args.host
-    held = (
-        stack.enter_context(_listen(host, args.metrics_port, "--metrics-port")) if args.metrics_port else None
-    )
-    url = open_redis(stack, redis_url, Path(args.data_dir) / "redis")
-    client = connect(url)
-    store = JobStore(client, Keys(args.prefix))
-    if held is not None:  # the metrics server binds it again at once, still before Ray starts
-        held.close()
-        try:
-            serve_metrics(store, args.metrics_port, host)
-        except OSError as exc:
-            raise InvalidInputError(f"--metrics-port {args.metrics_port}: {exc.strerror}") from None
-    return url, client, store
-
-
-def _start_ray(
-    stack: contextlib.ExitStack, args: argparse.Namespace, config: Any, url: str, signals: Any, err: TextIO
-) -> Any:
-    """Ray (joined or started here) and the encoder pool; the job runner's backend over them."""
-    from dataclasses import replace
-
-    from workers.pool import start_pool
-    from workers.service import RayBackend, connect_ray
-
-    connect_ray(args.address)
-    signals.reassert()  # ray.init sets a SIGTERM handler that exits at once
-    stack.callback(_disconnect_ray)
-    print(f"samstream serve: Ray {'at ' + args.address if args.address else 'started here'}", file=err)
-    pool = config.pool
-    _, deployed = start_pool(config.model, pool)
-    print(
-        f"samstream serve: encoder pool of {pool.min_replicas}-{pool.max_replicas} replicas "
-        f"({pool.gpus:g} GPU each)"
-        if deployed
-        else "samstream serve: the encoder pool runs already; kept as it is",
-        file=err,
-    )
-    return RayBackend(replace(config, redis_url=url))
-
-
-def _start_jobs(stack: contextlib.ExitStack, store: Any, backend: Any, err: TextIO) -> None:
-    """Unfinished jobs resumed; from then on, a job whose runner is gone is found and resumed
-    within seconds (the reconciler)."""
-    from pipeline.api.reconcile import Reconciler
-
-    reconciler = Reconciler(store, backend, every_s=backend.config.reconcile_s)
-    resumed = reconciler.once()
-    if resumed:
-        print(f"samstream serve: resumed {len(resumed)} unfinished jobs: {', '.join(resumed)}", file=err)
-    reconciler.start()
-    stack.callback(reconciler.stop)
-
-
-def _announce(args: argparse.Namespace, url: str, made_token: str | None, err: TextIO) -> None:
-    from pipeline.streams import redact_redis_url
-
-    metrics = f"http://{args.metrics_host or args.host}:{args.metrics_port}/metrics"
-    print(
-        f"samstream serve: API on http://{args.host}:{args.port} (OpenAPI at /openapi.json), "
-        f"Redis {redact_redis_url(url)}" + (f", metrics on {metrics}" if args.metrics_port else ""),
-        file=err,
-    )
-    if made_token:
-        print(f"samstream serve: no --token given; this run's token is: {made_token}", file=err)
-    err.flush()
-
-
-def _run_api(
-    settings: Any,
-    client: Any,
-    backend: Any,
-    api_socket: socket.socket,
-    args: argparse.Namespace,
-    signals: Any,
-    err: TextIO,
-) -> int:
-    """The API on its held socket until a signal; the exit code."""
-    import uvicorn
-
-    from pipeline.api import create_app
-
-    app = create_app(settings, client, backend)
-    # uvicorn takes SIGINT and SIGTERM while it runs, and raises the one taken again once stopped
-    server = uvicorn.Server(uvicorn.Config(app, host=args.host, port=args.port, log_level="warning"))
-    with contextlib.suppress(KeyboardInterrupt):
-        server.run(sockets=[api_socket])
-    if not server.started and signals.signum is None:
-        print("samstream serve: the API did not start (uvicorn's log above says why)", file=err)
-        return 1
-    if signals.signum is None:
-        return 0
-    print(f"samstream serve: stopped ({signal.Signals(signals.signum).name})", file=err)
-    return 128 + signals.signum
-
-
-def _disconnect_ray() -> None:
-    """Leave Ray: a cluster's detached job runner goes on; a local Ray (no --address) stops."""
-    import ray
-
-    ray.shutdown()

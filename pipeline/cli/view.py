@@ -8,7 +8,7 @@ import sys
 
 
 def view(args: argparse.Namespace) -> int:
-    from pipeline.api.viewer.local import check_port, serve_viewer, viewer_token
+    from pipeline.apps.view import check_port, serve_viewer, viewer_token
     from pipeline.cli.options import results_redis
     from pipeline.ledger import JobStore
     from pipeline.streams import Keys

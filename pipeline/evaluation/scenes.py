@@ -9,7 +9,7 @@ reference segmenter (:mod:`pipeline.evaluation.reference`) reads.
 
 :data:`SCENES` are the tracking bench's; :func:`measure` follows a scene's tracked things with a
 :class:`~pipeline.tracking.Tracker` and scores it (:class:`SceneScore`). Any scene made of these
-parts is measured the same way (the README shows one).
+parts is measured the same way (docs/api.md shows one).
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ Plain Python over redis-py (no Ray, no torch). The format is documented in ``doc
 from pipeline.streams.connection import connect, describe, redact_redis_url
 from pipeline.streams.keys import Keys, validate_job_id
 from pipeline.streams.publisher import Publisher
-from pipeline.streams.reader import MaskReader, read_events
+from pipeline.streams.results import MaskReader, read_events
 from pipeline.streams.server import EmbeddedRedis, redis_server_executable
 from pipeline.streams.wire import (
     WIRE_VERSION,

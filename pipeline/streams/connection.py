@@ -142,7 +142,7 @@ def connect(url: str, timeout_s: float = 5, retry_s: float | None = None) -> red
             ``unix://[[user]:password@]/path/to/socket[?db=N]``. Query options of redis-py's
             ``from_url`` (e.g. ``ssl_cert_reqs``) pass through.
         timeout_s: seconds allowed to connect and for any one reply; blocking reads in
-            :mod:`pipeline.streams.reader` wait in shorter slices so they never hit it.
+            :mod:`pipeline.streams.results` wait in shorter slices so they never hit it.
         retry_s: retry every command whose connection fails, or that Redis refuses for now (out
             of memory, read-only, MISCONF, loading), with backoff for this long (see
             :class:`BudgetRetry`): what a job's workers pass, so that a Redis restart or a short
