@@ -29,7 +29,9 @@ on this frame: an empty mask while it coasts and searches), or ``lost`` (it gave
 ``search_s`` seconds without its object, if set; not decoded until re-prompted). Events: ``lost``
 after ``lost_after`` frames in a row without the object, ``found`` when a track that reported
 ``lost`` finds it again (with where and how well it matched), ``gave_up``, and ``added``,
-``removed``, ``reprompted`` on the frame they take effect.
+``removed``, ``reprompted`` on the frame they take effect. With discovery
+(:mod:`~pipeline.tracking.discovery`), the tracker also starts tracks of its own (``discovered``)
+and ends them when their objects have gone (``ended``).
 
 Time: :meth:`Tracker.step` takes each frame's time in seconds (presentation time of a file, capture
 time of a live feed): motion, coasting and search limits are in seconds of that time, so strides,
@@ -60,11 +62,12 @@ from pipeline.masks.rle import mask_bbox
 from pipeline.model.types import DecodeRequest, Embedding, MaskBatch
 from pipeline.prompts import POSITIVE, Box, Point, Prompt, TrackSpec
 from pipeline.tracking.arrays import resize_square
+from pipeline.tracking.discovery import Candidate, DiscoveryConfig, grid_points, grid_requests, select
 from pipeline.tracking.memory import PURE, FrameFeatures, Memory
 from pipeline.tracking.motion import Motion
 from pipeline.tracking.state import MaskBox, TrackingConfig, TrackState, TrackStatus
 
-EventKind = Literal["lost", "found", "added", "removed", "reprompted", "gave_up"]
+EventKind = Literal["lost", "found", "added", "removed", "reprompted", "gave_up", "discovered", "ended"]
 EVENT_KINDS: tuple[str, ...] = get_args(EventKind)
 SNAPSHOT_VERSION = 2  # 2: motion, memory and search times per track; 1 still loads
 SNAPSHOT_VERSIONS = (1, 2)
@@ -174,6 +177,7 @@ class StepPlan:
         time: the frame's time, seconds.
         features: the frame's features as the memory reads them (None: memory off).
         predicted: for each decoded track, its motion carried to the frame's time (None: none).
+        grid: a discovery frame's grid points; their requests follow the tracks' in ``requests``.
     """
 
     frame_index: int
@@ -186,6 +190,7 @@ class StepPlan:
     time: float = 0.0
     features: FrameFeatures | None = None
     predicted: tuple[Motion | None, ...] = ()
+    grid: tuple[tuple[float, float], ...] = ()
 
 
 @dataclass
@@ -212,17 +217,28 @@ class Tracker:
     Args:
         segmenter: decodes prompts against a frame embedding.
         config: options (defaults when None).
+        discovery: find objects without prompts and follow them (None: only the tracks given).
 
     ``add``, ``remove`` and ``reprompt`` may be called between any two steps; their events are
     reported by the next :meth:`step`, with its frame index.
     """
 
-    def __init__(self, segmenter: Segmenter, config: TrackingConfig | None = None) -> None:
+    def __init__(
+        self,
+        segmenter: Segmenter,
+        config: TrackingConfig | None = None,
+        discovery: DiscoveryConfig | None = None,
+    ) -> None:
         self.segmenter = segmenter
         self.config = config if config is not None else TrackingConfig()
+        self.discovery = discovery
         self._tracks: dict[int, TrackState] = {}
         self._pending: list[tuple[EventKind, int, str]] = []
         self._last_frame: int | None = None
+        self._discovered: set[int] = set()  # the tracks discovery started, alive
+        self._discovered_at: float | None = None  # frame time of the last discovery frame
+        self._next_id = 1  # discovered tracks take ids from here up: never one used before
+        self.discovering = True  # paused: no discovery frames (the tracks found go on)
 
     def use(self, segmenter: Segmenter) -> None:
         """Decode with ``segmenter`` from the next frame on: an adaptive stream's frames moved to
@@ -270,6 +286,7 @@ class Tracker:
         """Stop a track; it gives no more results. Raises :class:`InvalidInputError` if unknown."""
         self._get(track_id)
         del self._tracks[track_id]
+        self._discovered.discard(track_id)
         self._pending.append(("removed", track_id, ""))
 
     def reprompt(self, track_id: int, prompt: Prompt) -> TrackState:
@@ -374,6 +391,8 @@ class Tracker:
                     requests.append(request)
                     owners.append(len(decoded) - 1)
                     kinds.append(kind)
+        grid = self._grid(t, width, height)
+        requests.extend(grid_requests(grid))
         return StepPlan(
             frame_index,
             (height, width),
@@ -385,6 +404,7 @@ class Tracker:
             t,
             features,
             tuple(predicted),
+            tuple(grid),
         )
 
     def commit(self, plan: StepPlan, batch: MaskBatch | None) -> tuple[list[TrackResult], list[TrackEvent]]:
@@ -427,6 +447,9 @@ class Tracker:
             if event is not None:
                 events.append(event)
             results.append(_empty_result(s.track_id, new.status, plan.size))
+        events = self._end_discovered(events)
+        if plan.grid and batch is not None:
+            events += self._discover(plan, batch, results)
         self._last_frame = frame_index
         return results, events
 
@@ -441,6 +464,12 @@ class Tracker:
             "last_frame": self._last_frame,
             "tracks": [s.to_dict(binary) for s in self._tracks.values()],
             "pending_events": [{"kind": k, "track_id": t, "detail": d} for k, t, d in self._pending],
+            "discovery": {
+                "tracks": sorted(self._discovered),
+                "at": self._discovered_at,
+                "next_id": self._next_id,
+                "on": self.discovering,
+            },
         }
 
     def keep_only(self, owned: Callable[[int], bool]) -> None:
@@ -448,6 +477,7 @@ class Tracker:
         a tracker that follows a share of a job's tracks keeps its share of a restored snapshot."""
         self._tracks = {tid: s for tid, s in self._tracks.items() if owned(tid)}
         self._pending = [(k, tid, d) for k, tid, d in self._pending if owned(tid)]
+        self._discovered = {tid for tid in self._discovered if owned(tid)}
 
     def restore(self, data: Mapping[str, Any]) -> None:
         """Replace the whole state with a :meth:`snapshot` (of this version or an older one);
@@ -469,11 +499,19 @@ class Tracker:
                 pending.append((event.kind, event.track_id, event.detail))
             last = data.get("last_frame")
             last_frame = None if last is None else int(last)
+            found = data.get("discovery") or {}
+            discovered = {int(t) for t in found.get("tracks", ())} & set(tracks)
+            at = found.get("at")
+            discovered_at = None if at is None else float(at)
+            next_id = int(found.get("next_id", 1))
+            discovering = bool(found.get("on", True))
         except InvalidInputError:
             raise
-        except (KeyError, TypeError, ValueError) as exc:
+        except (AttributeError, KeyError, TypeError, ValueError) as exc:
             raise InvalidInputError(f"malformed tracker snapshot: {exc!r}") from None
         self._tracks, self._pending, self._last_frame = tracks, pending, last_frame
+        self._discovered, self._discovered_at, self._next_id = discovered, discovered_at, next_id
+        self.discovering = discovering
 
     def _get(self, track_id: int) -> TrackState:
         try:
@@ -506,7 +544,8 @@ class Tracker:
             return [("follow", self._follow(state, embedding, features, predicted))]
         out: list[tuple[Kind, DecodeRequest]] = []
         since = time - (state.seen_at if state.seen_at is not None else time)
-        if cfg.search_s and since >= cfg.search_s:
+        limit = self._search_limit(state)
+        if limit and since >= limit:
             return []  # gives up at commit
         coasting = since <= cfg.coast_s
         budget = cfg.search_candidates if cfg.search else 0
@@ -699,7 +738,8 @@ class Tracker:
             searched_at=searched_at,
         )
         event = None
-        if cfg.search_s and t - seen_at >= cfg.search_s:
+        limit = self._search_limit(state)
+        if limit and t - seen_at >= limit:
             new = replace(new, status=TrackStatus.LOST, needs_prompt=False)
             event = _gave_up(state.track_id, frame_index, t - seen_at)
         elif poor == cfg.lost_after:
@@ -783,11 +823,118 @@ class Tracker:
         """A started track with no request this frame: lost, or a searching one out of time."""
         if state.status is TrackStatus.SEARCHING:
             seen_at = state.seen_at if state.seen_at is not None else plan.time
-            if self.config.search_s and plan.time - seen_at >= self.config.search_s:
+            limit = self._search_limit(state)
+            if limit and plan.time - seen_at >= limit:
                 new = replace(state, status=TrackStatus.LOST, needs_prompt=False)
                 return new, _gave_up(state.track_id, plan.frame_index, plan.time - seen_at)
             return replace(state, poor_frames=state.poor_frames + 1), None
         return state, None
+
+    # --- discovery ------------------------------------------------------------------------------
+
+    def _search_limit(self, state: TrackState) -> float:
+        """Seconds a track searches before it gives up (0: never); a discovered track gives up
+        (and ends) after the discovery's ``forget_s`` at most."""
+        limit = self.config.search_s
+        forget = self.discovery.forget_s if self.discovery is not None else 0.0
+        if forget and state.track_id in self._discovered:
+            limit = min(limit, forget) if limit else forget
+        return limit
+
+    def _grid(self, time: float, width: int, height: int) -> list[tuple[float, float]]:
+        """The discovery grid's points, if this frame is a discovery frame (else none)."""
+        cfg = self.discovery
+        if cfg is None or not self.discovering:
+            return []
+        if self._discovered_at is not None and time - self._discovered_at < cfg.every_s - 1e-9:
+            return []
+        return grid_points(width, height, cfg)
+
+    def _end_discovered(self, events: list[TrackEvent]) -> list[TrackEvent]:
+        """Discovered tracks that gave up end: ``ended`` in place of ``gave_up``, and they go."""
+        ended = {tid for tid in self._discovered if self._tracks[tid].status is TrackStatus.LOST}
+        if not ended:
+            return events
+        out = []
+        for e in events:
+            if e.kind == "gave_up" and e.track_id in ended:
+                seconds = (e.data or {}).get("seconds", 0.0)
+                e = replace(e, kind="ended", detail=f"not seen for {seconds:.1f} s: its object has gone")
+            out.append(e)
+        for tid in sorted(ended):
+            del self._tracks[tid]
+            self._discovered.discard(tid)
+        return out
+
+    def _discover(self, plan: StepPlan, batch: MaskBatch, results: Sequence[TrackResult]) -> list[TrackEvent]:
+        """Start a track for each object the frame's grid found that no track holds or seeks."""
+        cfg = self.discovery
+        assert cfg is not None
+        self._discovered_at = plan.time
+        n = len(plan.owners)
+        masks, logits = batch.masks[n:], batch.logits[n:]
+        held = np.zeros(plan.size, dtype=bool)
+        for r in results:
+            if r.status is TrackStatus.ACTIVE and r.box is not None:
+                x0, y0, x1, y1 = r.box
+                held[y0:y1, x0:x1] |= r.mask[y0:y1, x0:x1]
+        # Tracks whose object is not held this frame: a candidate like one of them is that object.
+        sought = [
+            s for s in self._tracks.values() if s.status is not TrackStatus.ACTIVE and s.memory is not None
+        ]
+        events: list[TrackEvent] = []
+        for c in select(plan.grid, masks, batch.scores[n:], logits, cfg):
+            if len(self._discovered) >= cfg.max_tracks:
+                break
+            x0, y0, x1, y1 = c.box
+            mask = masks[c.index][y0:y1, x0:x1]
+            if np.count_nonzero(held[y0:y1, x0:x1] & mask) > cfg.covered * c.area:
+                continue
+            owner = self._sought(plan, logits[c.index], sought)
+            if owner is not None:
+                self._hand_over(owner, c, plan.frame_index)
+                sought = [s for s in sought if s.track_id != owner.track_id]
+                held[y0:y1, x0:x1] |= mask
+                continue
+            held[y0:y1, x0:x1] |= mask
+            tid = self._next_id = max(self._next_id, max(self._tracks, default=0) + 1)
+            self._next_id += 1
+            prompt = Prompt((c.point,), (POSITIVE,), (float(x0), float(y0), float(x1), float(y1)))
+            self._tracks[tid] = TrackState(tid, prompt, start_frame=plan.frame_index + 1)
+            self._discovered.add(tid)
+            data = {"box": list(c.box), "point": list(c.point), "score": c.score,
+                    "stability": c.stability, "area": c.area, "by": "grid"}  # fmt: skip
+            detail = f"found at {list(c.box)} by the grid (score {c.score:.3f}, area {c.area})"
+            events.append(TrackEvent("discovered", tid, plan.frame_index, detail, data))
+        return events
+
+    def _sought(self, plan: StepPlan, logits: np.ndarray, sought: Sequence[TrackState]) -> TrackState | None:
+        """The track, of those that do not hold their object now, whose object a candidate is (it
+        looks like it as well as a re-find needs; the best match), or None."""
+        features = plan.features
+        if not sought or features is None or not features.usable:
+            return None
+        pooled = features.pool(logits)
+        if pooled is None or pooled[1] < PURE:
+            return None
+        best, best_match = None, -math.inf
+        for s in sought:
+            assert s.memory is not None
+            match = s.memory.match(pooled[0])
+            if match >= self._found_threshold(s.memory) and match > best_match:
+                best, best_match = s, match
+        return best
+
+    def _hand_over(self, state: TrackState, c: Candidate, frame_index: int) -> None:
+        """A track's object, found by discovery: the track is prompted there on the next frame (its
+        memory kept, so its ``found`` event says how well it matched), not a second track."""
+        x0, y0, x1, y1 = c.box
+        prompt = Prompt((c.point,), (POSITIVE,), (float(x0), float(y0), float(x1), float(y1)))
+        status = TrackStatus.SEARCHING if state.status is TrackStatus.LOST else state.status
+        self._tracks[state.track_id] = replace(
+            state, prompt=prompt, needs_prompt=True, status=status, logits=None, box=None, motion=None,
+            start_frame=min(state.start_frame, frame_index + 1), seen_at=None, searched_at=None,
+        )  # fmt: skip
 
     def _check_batch(self, batch: MaskBatch, count: int, size: tuple[int, int]) -> None:
         low = self.segmenter.low_res_size

@@ -1,0 +1,239 @@
+"""Discovery: objects found without a prompt, by MobileSAM's "segment everything" on frames the
+encoder has already made embeddings of.
+
+Every ``every_s`` seconds of the feed's own time, a grid of single positive points (``grid`` a side,
+over the region of interest or the whole frame) is decoded on that frame's embedding, in the same
+decode call as the tracks' requests: no extra encode. As MobileSAM's automatic mask generator does,
+a candidate is kept only if its predicted IoU reaches ``min_score`` and its *stability* (the IoU of
+the mask thresholded at ``+offset`` and at ``-offset`` of its logits) reaches ``min_stability``;
+overlapping candidates are suppressed by box IoU (``nms_iou``), the best scored kept. A kept
+candidate starts a new track when:
+
+* its area is within ``min_area`` pixels and ``max_area`` (a share of the frame), and its box's
+  centre lies in the region of interest;
+* no track holds it already (at most ``covered`` of its pixels under this frame's masks);
+* it is not the object of a track that searches for it (its features match that track's memory as
+  well as a re-find would need): the track's own search takes it, so one object never gets two
+  tracks;
+* fewer than ``max_tracks`` discovered tracks are alive.
+
+A discovered track is prompted with the point that found it and the candidate's box, from the next
+frame on. It ends by itself when it has searched ``forget_s`` seconds without its object (or the
+tracking's ``search_s``, if that is set and shorter): a ``ended`` event, and its id is never used
+again in the job. Every decision depends only on the frames and the state a snapshot holds, so a
+resumed job discovers the same tracks on the same frames.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, fields
+from typing import Any
+
+import numpy as np
+
+from pipeline.errors import InvalidInputError
+from pipeline.masks.rle import mask_bbox
+from pipeline.model.types import DecodeRequest
+from pipeline.prompts import POSITIVE, Box, Prompt
+
+MAX_GRID = 64  # points a side: 4096 decodes a discovery frame at most
+STABILITY_OFFSET = 1.0  # logits: MobileSAM's automatic mask generator's stability_score_offset
+
+
+@dataclass(frozen=True)
+class DiscoveryConfig:
+    """How a job finds objects by itself (see the module's docstring).
+
+    Attributes:
+        every_s: seconds of the feed's time between two discovery frames.
+        grid: points a side of the grid decoded on a discovery frame (grid² decodes).
+        min_score: least predicted IoU of a candidate (0: any; random weights predict anything).
+        min_stability: least stability of a candidate, in [0, 1] (0: any).
+        nms_iou: candidates whose boxes overlap more than this (IoU) keep only the best scored.
+        min_area: least pixels of a candidate.
+        max_area: most of the frame a candidate covers (a share in (0, 1]): the background is not
+            an object.
+        roi: the region of interest, XYXY pixels of the frame (None: the whole frame): the grid
+            covers it, and a candidate's box centre must lie in it.
+        max_tracks: most discovered tracks alive at once.
+        covered: a candidate with more than this share of its pixels under the frame's track masks
+            is held already.
+        forget_s: seconds a discovered track searches for its object before it ends.
+    """
+
+    every_s: float = 1.0
+    grid: int = 8
+    min_score: float = 0.85
+    min_stability: float = 0.9
+    nms_iou: float = 0.7
+    min_area: int = 64
+    max_area: float = 0.25
+    roi: Box | None = None
+    max_tracks: int = 16
+    covered: float = 0.5
+    forget_s: float = 5.0
+
+    def __post_init__(self) -> None:
+        for name in ("every_s", "min_score", "min_stability", "nms_iou", "max_area", "covered", "forget_s"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise InvalidInputError(f"discovery {name} must be a finite number, got {value!r}")
+            object.__setattr__(self, name, float(value))
+        if self.every_s <= 0:
+            raise InvalidInputError(f"discovery every_s must be > 0 seconds, got {self.every_s:g}")
+        if self.forget_s < 0:
+            raise InvalidInputError(f"discovery forget_s must be >= 0 seconds, got {self.forget_s:g}")
+        for name in ("min_score", "min_stability", "nms_iou", "covered"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise InvalidInputError(f"discovery {name} must be in [0, 1], got {getattr(self, name):g}")
+        if not 0 < self.max_area <= 1:
+            raise InvalidInputError(
+                f"discovery max_area must be a share of the frame in (0, 1], got {self.max_area:g}"
+            )
+        for name, least, most in (("grid", 1, MAX_GRID), ("min_area", 0, None), ("max_tracks", 1, None)):
+            value = getattr(self, name)
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, int)
+                or value < least
+                or (most and value > most)
+            ):
+                bound = f" and <= {most}" if most else ""
+                raise InvalidInputError(
+                    f"discovery {name} must be an integer >= {least}{bound}, got {value!r}"
+                )
+        if self.roi is not None:
+            try:
+                x0, y0, x1, y1 = (float(v) for v in self.roi)
+            except (TypeError, ValueError):
+                raise InvalidInputError(f"discovery roi must be [x0, y0, x1, y1], got {self.roi!r}") from None
+            if not all(math.isfinite(v) for v in (x0, y0, x1, y1)) or not (0 <= x0 < x1 and 0 <= y0 < y1):
+                raise InvalidInputError(
+                    f"discovery roi must be [x0, y0, x1, y1] with 0 <= x0 < x1 and 0 <= y0 < y1, got {list(self.roi)}"
+                )
+            object.__setattr__(self, "roi", (x0, y0, x1, y1))
+
+    def to_dict(self) -> dict[str, Any]:
+        out = {f.name: getattr(self, f.name) for f in fields(self)}
+        out["roi"] = None if self.roi is None else list(self.roi)
+        return out
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any] | bool | None) -> DiscoveryConfig:
+        """From a spec's ``discover`` (``true``: the defaults; a mapping: those fields).
+
+        Raises:
+            InvalidInputError: an unknown field or a bad value, naming it.
+        """
+        if data is True or data is None:
+            return cls()
+        if not isinstance(data, Mapping):
+            raise InvalidInputError(f"discover must be true or a mapping of settings, got {data!r}")
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise InvalidInputError(
+                f"unknown discovery setting(s) {', '.join(map(str, unknown))}; known: {', '.join(sorted(known))}"
+            )
+        values = dict(data)
+        if values.get("roi") is not None and not isinstance(values["roi"], (list, tuple)):
+            raise InvalidInputError(f"discovery roi must be [x0, y0, x1, y1], got {values['roi']!r}")
+        if values.get("roi") is not None:
+            values["roi"] = tuple(values["roi"])
+        return cls(**values)
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """An object a discovery frame found, kept (not yet checked against the tracks).
+
+    Attributes:
+        point: the grid point that found it, (x, y) frame pixels.
+        box: its mask's box, XYXY exclusive, frame pixels.
+        score: its predicted IoU.
+        stability: its stability (see the module's docstring).
+        area: its pixels.
+        index: its request's index among the discovery frame's grid requests.
+    """
+
+    point: tuple[float, float]
+    box: tuple[int, int, int, int]
+    score: float
+    stability: float
+    area: int
+    index: int
+
+
+def grid_points(width: int, height: int, config: DiscoveryConfig) -> list[tuple[float, float]]:
+    """The grid's points, row by row: cell centres over the region of interest (clipped to the
+    frame) or the whole frame."""
+    x0, y0, x1, y1 = config.roi if config.roi is not None else (0.0, 0.0, float(width), float(height))
+    x1, y1 = min(x1, float(width)), min(y1, float(height))
+    if x0 >= x1 or y0 >= y1:
+        return []
+    n = config.grid
+    xs = [x0 + (i + 0.5) * (x1 - x0) / n for i in range(n)]
+    ys = [y0 + (j + 0.5) * (y1 - y0) / n for j in range(n)]
+    return [(x, y) for y in ys for x in xs]
+
+
+def grid_requests(points: Sequence[tuple[float, float]]) -> list[DecodeRequest]:
+    """One request a point: a single positive point, the best of SAM's three masks."""
+    return [DecodeRequest(Prompt((p,), (POSITIVE,)), None, multimask=True) for p in points]
+
+
+def stability(logits: np.ndarray, offset: float = STABILITY_OFFSET) -> float:
+    """IoU of ``logits > offset`` and ``logits > -offset`` (1: the mask's edge is sharp); 0 for an
+    empty mask."""
+    loose = int(np.count_nonzero(logits > -offset))
+    return int(np.count_nonzero(logits > offset)) / loose if loose else 0.0
+
+
+def select(
+    points: Sequence[tuple[float, float]],
+    masks: np.ndarray,
+    scores: np.ndarray,
+    logits: np.ndarray,
+    config: DiscoveryConfig,
+) -> list[Candidate]:
+    """The grid's candidates that pass the score, stability, area and region limits, overlapping
+    ones suppressed, best scored first."""
+    height, width = masks.shape[1:]
+    most = config.max_area * height * width
+    kept: list[Candidate] = []
+    order = sorted(range(len(points)), key=lambda i: (-float(scores[i]), i))
+    for i in order:
+        score = float(scores[i])
+        if config.min_score > 0 and score < config.min_score:
+            continue
+        steady = stability(logits[i])
+        if steady < config.min_stability:
+            continue
+        box = mask_bbox(masks[i])
+        if box is None:
+            continue
+        area = int(np.count_nonzero(masks[i][box[1] : box[3], box[0] : box[2]]))
+        if area < config.min_area or area > most or not _centre_in(box, config.roi):
+            continue
+        if any(box_iou(box, k.box) > config.nms_iou for k in kept):
+            continue
+        kept.append(Candidate(points[i], box, score, steady, area, i))
+    return kept
+
+
+def box_iou(a: Sequence[float], b: Sequence[float]) -> float:
+    """IoU of two XYXY boxes."""
+    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = ix * iy
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union if union > 0 else 0.0
+
+
+def _centre_in(box: Sequence[int], roi: Box | None) -> bool:
+    if roi is None:
+        return True
+    x, y = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
+    return roi[0] <= x < roi[2] and roi[1] <= y < roi[3]
