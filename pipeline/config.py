@@ -33,6 +33,8 @@ class Weights(str, Enum):
     OFFICIAL = "official"  # --checkpoint PATH, else the cached (downloaded once) release
     RANDOM = "random"  # a seeded random model: a smoke test, every output says so
     NULL = "null"  # no model at all (benchmarks of the machinery): a fixed ellipse per track
+    # the reference segmenter (pipeline.evaluation.reference), not a model: flat-coloured test scenes
+    REFERENCE = "reference"
 
 
 class Compile(str, Enum):

@@ -225,8 +225,8 @@ def tracks_from_cli(
     return [TrackSpec(i, p) for i, p in zip(free, prompts, strict=False)] + named
 
 
-def load_prompts_file(path: str | Path) -> list[TrackSpec]:
-    """Read a prompts file.
+def read_prompts_file(path: str | Path) -> tuple[list[TrackSpec], Any]:
+    """Read a prompts file: its tracks, and its ``discover`` (None when it has none).
 
     Format (YAML; JSON is YAML too)::
 
@@ -239,6 +239,11 @@ def load_prompts_file(path: str | Path) -> list[TrackSpec]:
           - id: 2
             mask: car.png         # a mask image, relative to the prompts file's folder, or
                                   # a COCO RLE {size: [H, W], counts: "..."}
+        discover:                 # optional: find objects without a prompt (true: the defaults)
+          every_s: 1.0            # settings of pipeline.tracking.discovery.DiscoveryConfig
+          grid: 8
+
+    With ``discover``, ``tracks`` may be left out.
     """
     import yaml
 
@@ -249,9 +254,14 @@ def load_prompts_file(path: str | Path) -> list[TrackSpec]:
         raise InvalidInputError(f"prompts file not found: {p}") from None
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
         raise InvalidInputError(f"cannot read prompts file {p}: {str(exc).splitlines()[0]}") from None
+    discover = data.get("discover") if isinstance(data, dict) else None
     items = data.get("tracks") if isinstance(data, dict) else data
+    if discover not in (None, False) and items is None:
+        return [], discover
     if not isinstance(items, list) or not items:
-        raise InvalidInputError(f"prompts file {p} must hold a non-empty list under 'tracks'")
+        raise InvalidInputError(
+            f"prompts file {p} must hold a non-empty list under 'tracks' (or a 'discover' setting)"
+        )
     specs: list[TrackSpec] = []
     for i, item in enumerate(items):
         if not isinstance(item, dict):
@@ -271,7 +281,15 @@ def load_prompts_file(path: str | Path) -> list[TrackSpec]:
         except (TypeError, ValueError) as exc:
             raise InvalidInputError(f"prompts file {p}: track #{i + 1}: {exc}") from None
     check_unique_ids(specs)
-    return specs
+    return specs, discover
+
+
+def load_prompts_file(path: str | Path) -> list[TrackSpec]:
+    """The tracks of a prompts file (see :func:`read_prompts_file`); none is an error."""
+    tracks, _ = read_prompts_file(path)
+    if not tracks:
+        raise InvalidInputError(f"prompts file {path} must hold a non-empty list under 'tracks'")
+    return tracks
 
 
 def _file_mask(value: Any, folder: Path) -> MaskPrompt:

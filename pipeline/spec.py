@@ -10,6 +10,7 @@ from pipeline.config import IMAGE_SIZE_RULE, is_image_size
 from pipeline.errors import InvalidInputError
 from pipeline.prompts import TrackSpec, check_unique_ids
 from pipeline.tracking import TrackingConfig
+from pipeline.tracking.discovery import DiscoveryConfig
 
 MAX_WEIGHT = 1000.0  # a live feed's largest share weight
 MAX_FPS = 1000.0  # a live feed's largest max_fps
@@ -67,6 +68,8 @@ class JobSpec:
         max_fps: a live feed's most frames a second (None: as many as its share allows).
         auto_size: a live feed's adaptive size (``image_size`` is where it starts), or None: every
             frame at ``image_size``.
+        discover: find objects without prompts and follow them (see
+            :mod:`pipeline.tracking.discovery`), or None: only the tracks given.
         extra: free data kept with the spec.
     """
 
@@ -82,14 +85,16 @@ class JobSpec:
     weight: float = 1.0
     max_fps: float | None = None
     auto_size: AutoSize | None = None
+    discover: DiscoveryConfig | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not self.source:
             raise InvalidInputError("a job needs a source (a file path or URL)")
-        if not self.tracks:
+        if not self.tracks and self.discover is None:
             raise InvalidInputError(
-                "a job needs at least one track: give --point, --box, --mask-prompt or --prompts"
+                "a job needs at least one track, or discovery: give --point, --box, --mask-prompt, "
+                "--prompts or --discover"
             )
         check_unique_ids(self.tracks)
         if self.stride < 1:
@@ -134,6 +139,7 @@ class JobSpec:
             **({"weight": self.weight} if self.weight != 1.0 else {}),
             **({"max_fps": self.max_fps} if self.max_fps is not None else {}),
             **({"auto_size": self.auto_size.to_dict()} if self.auto_size is not None else {}),
+            **({"discover": self.discover.to_dict()} if self.discover is not None else {}),
             **({"extra": self.extra} if self.extra else {}),
         }
 
@@ -153,7 +159,15 @@ class JobSpec:
                 weight=float(data.get("weight", 1.0)),
                 max_fps=None if data.get("max_fps") is None else float(data["max_fps"]),
                 auto_size=None if data.get("auto_size") is None else AutoSize.from_dict(data["auto_size"]),
+                discover=_discovery(data.get("discover")),
                 extra=dict(data.get("extra") or {}),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise InvalidInputError(f"invalid job spec: {exc}") from None
+
+
+def _discovery(value: Any) -> DiscoveryConfig | None:
+    """A stored or given ``discover``: absent, null or false: none; true: the defaults; a mapping."""
+    if value is None or value is False:
+        return None
+    return DiscoveryConfig.from_dict(value)

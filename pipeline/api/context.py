@@ -22,6 +22,7 @@ from pipeline.ledger import JobInfo, JobStatus, JobStore
 from pipeline.ledger.slots import CreationLock, TrackSlots
 from pipeline.spec import AutoSize, JobSpec
 from pipeline.streams import Keys
+from pipeline.tracking.discovery import DiscoveryConfig
 
 T = TypeVar("T")
 RETRY_AFTER_S = 30  # told to clients over the active-job limit: about the time a short job takes
@@ -145,6 +146,22 @@ class ApiContext:
             )
             raise HttpError(422, [invalid(["tracks"], msg)])
 
+    def _discovery_of(self, body: JobBody) -> DiscoveryConfig | None:
+        """The job's discovery, its discovered tracks within ``--max-tracks`` beside its own."""
+        if body.discover is None or body.discover is False:
+            return None
+        try:
+            discovery = DiscoveryConfig.from_dict(body.discover)
+        except InvalidInputError as exc:
+            raise HttpError(422, [invalid(["discover"], exc)]) from None
+        if len(body.tracks) + discovery.max_tracks > self.settings.max_tracks:
+            msg = (
+                f"a job has at most {self.settings.max_tracks} tracks on this service: {len(body.tracks)} "
+                f"given and up to {discovery.max_tracks} discovered (discover max_tracks) is more"
+            )
+            raise HttpError(422, [invalid(["discover", "max_tracks"], msg)])
+        return discovery
+
     def _auto_of(self, body: JobBody, live: bool) -> AutoSize | None:
         if body.image_size != "auto":
             if body.target_fps is not None:
@@ -188,6 +205,7 @@ class ApiContext:
                 weight=body.weight,
                 max_fps=body.max_fps,
                 auto_size=auto,
+                discover=self._discovery_of(body),
             )
         except InvalidInputError as exc:
             text = str(exc)

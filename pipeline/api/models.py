@@ -121,7 +121,10 @@ class JobBody(BaseModel):
 
     source: str = Field(min_length=1, max_length=4096, examples=["https://example.com/clip.mp4"])
     tracks: list[TrackBody] = Field(
-        min_length=1, max_length=TRACKS_CEILING, description="at most the service's --max-tracks (64)"
+        default_factory=list,
+        max_length=TRACKS_CEILING,
+        description="at most the service's --max-tracks (64), with discover's max_tracks; none only "
+        "with discover",
     )
     job_id: str | None = Field(default=None, pattern=JOB_ID, description="default: a new id is made")
     stride: int = Field(default=1, ge=1, le=10_000, description="process every n-th frame (jobs)")
@@ -170,6 +173,13 @@ class JobBody(BaseModel):
     )
     max_fps: float | None = Field(
         default=None, gt=0, le=MAX_FPS, description="live: its most frames a second; default: its share"
+    )
+    discover: bool | dict[str, float | int | list[float] | None] | None = Field(
+        default=None,
+        description="find objects without a prompt and follow each (segment-everything on a grid): "
+        "true for the defaults, or settings: every_s, grid, min_score, min_stability, nms_iou, "
+        "min_area, max_area, roi [x0, y0, x1, y1], max_tracks, covered, forget_s (see docs/tracking.md)",
+        examples=[{"every_s": 1.0, "grid": 8, "max_tracks": 8}],
     )
 
     @field_validator("image_size", mode="before")

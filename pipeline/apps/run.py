@@ -381,7 +381,7 @@ def _first_compile(model: ModelConfig) -> bool:
     this size cached yet (``auto`` never waits: it compiles in the background when that pays)."""
     from pipeline.config import Compile
 
-    if model.compile is not Compile.COMPILED or model.weights is Weights.NULL:
+    if model.compile is not Compile.COMPILED or model.weights in (Weights.NULL, Weights.REFERENCE):
         return False
     from pipeline.model.accelerate import packages_dir  # imports torch: a second the driver need not spend
 
@@ -397,9 +397,12 @@ def _workload(model: ModelConfig, spec: JobSpec, total: int | None, published: i
 
 
 def _notice(model: ModelConfig) -> str:
+    from pipeline.evaluation.reference import ReferenceSegmenter
     from pipeline.model.null import NULL_NOTICE
     from pipeline.model.segmenter import RANDOM_WEIGHTS_NOTICE
 
+    if model.weights is Weights.REFERENCE:
+        return ReferenceSegmenter.notice
     return NULL_NOTICE if model.weights is Weights.NULL else RANDOM_WEIGHTS_NOTICE
 
 

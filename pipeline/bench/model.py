@@ -263,3 +263,59 @@ def run_decoder(
             )
         )
     return results
+
+
+def run_discovery(
+    device: Any, image_size: int, runs: int, grids: tuple[int, ...] = (8, 16), precision: Any = None
+) -> list[Result]:
+    """What a discovery frame costs: a tracker's step on a 720p frame with 4 tracks and the
+    discovery grid (``grid``² point prompts decoded in the same call, then chosen), against the same
+    step without it. The encode is the frame's either way (discovery needs none of its own)."""
+    from pipeline.config import Compile, Precision
+    from pipeline.model.precision import name, resolve
+    from pipeline.prompts import Prompt, TrackSpec
+    from pipeline.tracking import Tracker
+    from pipeline.tracking.discovery import DiscoveryConfig
+
+    dtype = resolve(precision or Precision.AUTO, device)
+    ours = _ours(_plain(device, image_size), device, image_size, dtype, Compile.COMPILED)
+    frame = np.random.default_rng(1).integers(0, 256, (720, 1280, 3), dtype=np.uint8)
+    emb = ours.encode([frame])[0]
+    boxes = [(100.0, 100.0, 300.0, 300.0), (500.0, 200.0, 650.0, 400.0), (800.0, 50.0, 1000.0, 250.0), (300.0, 450.0, 500.0, 650.0)]  # fmt: skip
+
+    def stepper(discovery: DiscoveryConfig | None) -> Any:
+        tracker = Tracker(ours, discovery=discovery)
+        for i, box in enumerate(boxes):
+            tracker.add(TrackSpec(i + 1, Prompt(box=box)))
+        state = {"frame": 0}
+
+        def step() -> None:
+            tracker.discovering = True
+            tracker._discovered_at = None  # every call a discovery frame
+            state["frame"] += 1
+            tracker.step(state["frame"], emb, state["frame"] / 30)
+            _sync(device)
+
+        return step
+
+    results = []
+    plain_step = stepper(None)
+    for grid in grids:
+        # Every frame a discovery frame; min_score 0 and no stability floor: random weights then
+        # start a track as real ones would.
+        config = DiscoveryConfig(every_s=1e-3, grid=grid, min_score=0.0, min_stability=0.0, max_tracks=1)
+        ours_runs, base_runs = timed_pair(stepper(config), plain_step, runs, warmup=1)
+        ours_s, base_s = median(ours_runs), median(base_runs)
+        results.append(
+            Result(
+                "decoder",
+                f"s/discovery frame, grid {grid}x{grid} {name(dtype)}, 4 tracks, 720p, vs the frame without",
+                ours_s,
+                base_s,
+                "s",
+                ours_s / base_s,
+                "lower",
+                detail={"added_s": ours_s - base_s, "prompts": grid * grid},
+            )
+        )
+    return results

@@ -22,7 +22,7 @@ def run(args: argparse.Namespace) -> int:
         raise InvalidInputError(f"--capacity-admission must be > 0 fps, got {args.capacity_admission:g}")
     import torch
 
-    from pipeline.bench.model import run_decoder, run_encoder
+    from pipeline.bench.model import run_decoder, run_discovery, run_encoder
     from pipeline.bench.report import Result, print_table
     from pipeline.bench.system import describe_machine, run_machinery, run_pipeline
 
@@ -40,6 +40,7 @@ def run(args: argparse.Namespace) -> int:
             new = run_encoder(device, args.image_size, args.runs, args.batch, precision)
         elif suite == "decoder":
             new = run_decoder(device, args.image_size, args.runs, precision=precision)
+            new += run_discovery(device, args.image_size, args.runs, precision=precision)
         elif suite == "pipeline":
             new = run_pipeline(
                 args.frames, args.image_size, ["--weights", "random"], args.device, args.precision

@@ -25,10 +25,11 @@ def _add_model_options(p: argparse.ArgumentParser, precision: str = "auto") -> N
     )
     w.add_argument(
         "--weights",
-        choices=["official", "random", "null"],
+        choices=["official", "random", "null", "reference"],
         default="official",
         help="'official': --checkpoint, else the cached release (downloaded once); "
-        "'random': seeded random weights, a smoke test (default: official)",
+        "'random': seeded random weights, a smoke test; 'reference': the reference segmenter, "
+        "for flat-coloured test scenes only (default: official)",
     )
     g.add_argument(
         "--image-size", type=int, default=1024, metavar="N", help="encoder input size (default 1024)"
@@ -132,6 +133,35 @@ def _add_job_options(p: argparse.ArgumentParser) -> None:
         "--maxlen", type=int, metavar="N", help="keep about N masks entries (live default 10000; files: all)"
     )
     _add_tracking_options(p)
+    _add_discovery_options(p)
+
+
+def _add_discovery_options(p: argparse.ArgumentParser) -> None:
+    """Discovery: objects found and followed without a prompt (``DiscoveryConfig``'s fields)."""
+    g = p.add_argument_group("discovery (objects found without a prompt)")
+    g.add_argument(
+        "--discover",
+        action="store_true",
+        help="find objects by segment-everything on a grid and follow each (no prompt needed)",
+    )
+    g.add_argument(
+        "--discover-every", type=float, metavar="S", help="seconds of the feed between two looks (1)"
+    )
+    g.add_argument(
+        "--discover-grid", type=int, metavar="N", help="points a side of the grid: N*N decodes a look (16)"
+    )
+    g.add_argument("--discover-max-tracks", type=int, metavar="N", help="most discovered tracks at once (16)")
+    g.add_argument("--discover-min-area", type=int, metavar="PX", help="least pixels of an object (64)")
+    g.add_argument(
+        "--discover-max-area", type=float, metavar="SHARE", help="most of the frame an object covers (0.25)"
+    )
+    g.add_argument("--discover-roi", metavar="X0,Y0,X1,Y1", help="look only here (default: the whole frame)")
+    g.add_argument(
+        "--discover-forget",
+        type=float,
+        metavar="S",
+        help="a discovered track ends after S s without its object (5)",
+    )
 
 
 def _add_media_options(p: argparse.ArgumentParser, service: bool = False) -> None:

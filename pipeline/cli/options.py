@@ -50,6 +50,38 @@ def tracking_overrides(args: argparse.Namespace) -> dict[str, Any]:
     return {k: v for k, v in given if v is not None}
 
 
+def discovery_settings(args: argparse.Namespace) -> dict[str, Any] | None:
+    """``--discover`` and its settings given (``--discover-grid`` …), or None without ``--discover``.
+
+    Raises:
+        InvalidInputError: a setting without ``--discover``, or a bad ``--discover-roi``.
+    """
+    given = {
+        "every_s": args.discover_every,
+        "grid": args.discover_grid,
+        "max_tracks": args.discover_max_tracks,
+        "min_area": args.discover_min_area,
+        "max_area": args.discover_max_area,
+        "roi": args.discover_roi,
+        "forget_s": args.discover_forget,
+    }
+    given = {k: v for k, v in given.items() if v is not None}
+    if not args.discover:
+        if given:
+            raise InvalidInputError("--discover-* settings go with --discover")
+        return None
+    if "roi" in given:
+        try:
+            given["roi"] = [float(v) for v in given["roi"].split(",")]
+        except ValueError:
+            raise InvalidInputError(
+                f"--discover-roi must be X0,Y0,X1,Y1, got {args.discover_roi!r}"
+            ) from None
+        if len(given["roi"]) != 4:
+            raise InvalidInputError(f"--discover-roi must be X0,Y0,X1,Y1, got {args.discover_roi!r}")
+    return given
+
+
 def media_limits(args: argparse.Namespace) -> MediaLimits:
     """``--max-frame-pixels``, ``--max-frames`` and ``--max-duration-s`` (0: no limit)."""
     return MediaLimits.from_options(args.max_frame_pixels, args.max_frames, args.max_duration_s)

@@ -44,6 +44,8 @@ def job_body(args: argparse.Namespace) -> tuple[dict[str, Any], bool]:
         body["maxlen"] = spec.maxlen
     if spec.tracking:
         body["tracking"] = spec.tracking
+    if spec.discover is not None:
+        body["discover"] = spec.discover.to_dict()
     if args.keep is not None:
         from pipeline.streams.retention import parse_keep
 

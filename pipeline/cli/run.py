@@ -6,26 +6,37 @@ import argparse
 import contextlib
 import sys
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
-from pipeline.cli.options import media_limits, model_config, preview_options, tracking_overrides
+from pipeline.cli.options import (
+    discovery_settings,
+    media_limits,
+    model_config,
+    preview_options,
+    tracking_overrides,
+)
 from pipeline.errors import InvalidInputError
-from pipeline.prompts import load_prompts_file, tracks_from_cli
+from pipeline.prompts import read_prompts_file, tracks_from_cli
 from pipeline.sources.opening import is_feed
 from pipeline.spec import JobSpec
 from pipeline.streams.keys import validate_job_id
 from pipeline.streams.retention import default_maxlen, parse_keep
+from pipeline.tracking.discovery import DiscoveryConfig
 
 
 def build_spec(args: argparse.Namespace, image_size: int, weights: str) -> JobSpec:
     """The spec of the job options shared by ``run`` and ``submit`` (see ``_add_job_options``)."""
     tracks = tracks_from_cli(args.point, args.box, args.mask_prompt)
+    discover: Any = discovery_settings(args)
     if args.prompts:
         if tracks:
             raise InvalidInputError(
                 "give tracks either with --point/--box/--mask-prompt or with --prompts, not both"
             )
-        tracks = load_prompts_file(args.prompts)
+        tracks, in_file = read_prompts_file(args.prompts)
+        if in_file is not None and discover is not None:
+            raise InvalidInputError("give discovery either with --discover or in the prompts file, not both")
+        discover = in_file if discover is None else discover
     live = args.live or is_feed(args.source)
     return JobSpec(
         source=args.source,
@@ -37,6 +48,7 @@ def build_spec(args: argparse.Namespace, image_size: int, weights: str) -> JobSp
         image_size=image_size,
         weights=weights,
         tracking=tracking_overrides(args),
+        discover=None if discover is None or discover is False else DiscoveryConfig.from_dict(discover),
     )
 
 

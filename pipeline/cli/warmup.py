@@ -16,8 +16,8 @@ def run(args: argparse.Namespace) -> int:
     from pipeline.config import Compile, Weights
 
     config = model_config(args)
-    if config.weights is Weights.NULL:
-        raise InvalidInputError("--weights null has nothing to compile")
+    if config.weights in (Weights.NULL, Weights.REFERENCE):
+        raise InvalidInputError(f"--weights {config.weights.value} has nothing to compile")
     if config.compile is Compile.EAGER:
         raise InvalidInputError("--compile eager compiles nothing; leave --compile out")
     if args.device == "cuda":

@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from pipeline.frames import Yuv420
 from pipeline.model.transforms import input_size
 from pipeline.model.types import DecodeRequest, Embedding, MaskBatch
 
@@ -44,6 +45,7 @@ LOGIT = 8.0
 EXACT_COLOURS = 64  # a frame with at most this many distinct colours is taken as rendered
 DOMINANT_SHARE = 0.0005  # a colour bin this share of the pixels seeds a region (JPEG frames)
 SAME_COLOUR = 20  # levels: seeds this close (every channel) are one colour's noise
+MIN_PIECE = 24  # pixels: a video's smaller pieces of one colour are a codec's specks at edges
 
 
 @dataclass(frozen=True)
@@ -88,13 +90,17 @@ class ReferenceSegmenter:
 
         out = []
         for frame in frames:
-            labels, colours = regions(frame)
+            labels, colours = self._regions(frame)
             h, w = frame.shape[:2]
             size_in = input_size((h, w), self.image_size)
             features = self._features(labels, self.colour_features(colours), (h, w), size_in)
             background = int(np.argmax(np.bincount(labels.ravel(), minlength=len(colours))))
             out.append(ReferenceEmbedding(torch.from_numpy(features), (h, w), size_in, labels, background))
         return out
+
+    def _regions(self, frame: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Each pixel's region and the regions' colours (see :func:`regions`)."""
+        return regions(frame)
 
     def _features(
         self, labels: np.ndarray, table: np.ndarray, size: tuple[int, int], size_in: tuple[int, int]
@@ -188,6 +194,59 @@ class ReferenceSegmenter:
         if region == embedding.background:
             return region, BACKGROUND_SCORE
         return region, OBJECT_SCORE if iou[region] >= WEAK_FIT else WEAK_SCORE
+
+
+class ReferenceModel(ReferenceSegmenter):
+    """The reference segmenter as the pipeline's model (``--weights reference``), so that the whole
+    pipeline (sources, encoders, tracker hosts, Redis) runs on the tests' flat-coloured scenes with
+    masks that mean something. Not a segmentation model (see the module's docstring).
+
+    It takes frames as the sources give them: YUV planes at the frame's size, or RGB at the encoder
+    size (regions found there and scaled to the frame's size).
+    """
+
+    def encode(
+        self, frames: Sequence[np.ndarray | Yuv420], original_sizes: Sequence[tuple[int, int]] | None = None
+    ) -> list[ReferenceEmbedding]:
+        from pipeline.model.transforms import yuv420_to_rgb_cpu
+
+        out = []
+        for i, frame in enumerate(frames):
+            rgb = yuv420_to_rgb_cpu(frame) if isinstance(frame, Yuv420) else np.asarray(frame)
+            h, w = original_sizes[i] if original_sizes is not None else rgb.shape[:2]
+            if rgb.shape[:2] != (h, w):  # nearest: no blend of two objects' colours
+                rows = np.minimum(
+                    ((np.arange(h) + 0.5) * rgb.shape[0] / h).astype(np.int64), rgb.shape[0] - 1
+                )
+                cols = np.minimum(
+                    ((np.arange(w) + 0.5) * rgb.shape[1] / w).astype(np.int64), rgb.shape[1] - 1
+                )
+                rgb = rgb[np.ix_(rows, cols)]
+            out.extend(super().encode([rgb]))
+        return out
+
+    def _regions(self, frame: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """A video's regions: each connected piece of one colour is a region of its own (two
+        objects of one colour are two), and the specks a codec leaves at edges (pieces under
+        :data:`MIN_PIECE` pixels) join the region nearest to them."""
+        from scipy import ndimage
+
+        labels, colours = regions(frame)
+        out = np.full(labels.shape, -1, np.int32)
+        table: list[np.ndarray] = []
+        for k in range(len(colours)):
+            pieces, count = ndimage.label(labels == k)
+            sizes = np.bincount(pieces.ravel(), minlength=count + 1)
+            for piece in np.flatnonzero(sizes[1:] >= MIN_PIECE) + 1:
+                out[pieces == piece] = len(table)
+                table.append(colours[k])
+        if not table:
+            return labels, colours
+        specks = out < 0
+        if specks.any():
+            _, (rows, cols) = ndimage.distance_transform_edt(specks, return_indices=True)
+            out = out[rows, cols]
+        return out, np.array(table, np.uint8)
 
 
 def regions(frame: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

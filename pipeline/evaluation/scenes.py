@@ -18,6 +18,7 @@ import math
 import time as clock
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
@@ -247,6 +248,47 @@ W, H = 640, 360
 RED, BLUE, GREEN, YELLOW = (210, 50, 50), (50, 80, 210), (40, 170, 70), (220, 200, 40)
 LOOKALIKE = (160, 80, 40)  # a red-brown, as near to RED as two objects of a scene may be told apart
 WALL = (150, 150, 150)
+
+
+ENTERING = ((220, 40, 40), (40, 200, 60), (50, 80, 230), (230, 200, 30), (200, 60, 210), (30, 200, 210))
+
+
+def entering_scene(count: int = 6, seconds: float = 9.0, fps: float = 10.0, leave: bool = True) -> Scene:
+    """Discovery's scene: ``count`` (at most 6) discs entering a 320x240 frame from the left, one a
+    second from 0.5 s, each in its own lane, at 60 px/s; with ``leave`` they go on out of the frame
+    on the right (about 6 s after entering), else they stop in the middle. No thing is tracked:
+    discovery is to find them."""
+    if not 1 <= count <= len(ENTERING):
+        raise ValueError(f"count must be 1 to {len(ENTERING)}, got {count}")
+    things = []
+    for i in range(count):
+        t0, y = 0.5 + i, 20.0 + 40 * i
+        end = (t0 + 8, 460.0, y) if leave else (t0 + 3, 160.0, y)
+        things.append(Thing(i + 1, ENTERING[i], (36, 36), ((t0, -20.0, y), end), shown=((t0, math.inf),)))
+    return Scene("entering", (320, 240), _frames(seconds, fps), tuple(things), tracked=(), about=(
+        f"{count} discs entering one a second, no prompt"))  # fmt: skip
+
+
+def write_video(scene: Scene, path: str | Path, fps: int = 10) -> Path:
+    """Encode the scene's frames into an H.264 file (frame ``i`` at ``i / fps`` s; the scene's times
+    should be so spaced)."""
+    import av
+
+    path = Path(path)
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=fps)
+        stream.width, stream.height = scene.size
+        stream.pix_fmt = "yuv420p"
+        stream.options = {"crf": "12", "preset": "veryfast"}
+        for i in range(len(scene.times)):
+            image, _ = scene.render(i)
+            frame = av.VideoFrame.from_ndarray(image, format="rgb24")
+            frame.pts = i
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return path
 
 
 def bench_scenes() -> tuple[Scene, ...]:

@@ -314,7 +314,10 @@ class JobDriver:
         spec = start.spec
         size = self.options.tracks_per_tracker
         shares = [spec.tracks[i : i + size] for i in range(0, len(spec.tracks), size)] or [()]
-        host, decoders = self.placement.place([len(share) for share in shares])
+        found = spec.discover.max_tracks if spec.discover is not None else 0  # the owner's to follow
+        host, decoders = self.placement.place(
+            [len(share) + (found if i == 0 else 0) for i, share in enumerate(shares)]
+        )
         setup = TrackSetup(
             spec.tracks,
             spec.tracking_config(),
@@ -323,6 +326,7 @@ class JobDriver:
             spec.live,
             spec.maxlen,
             preview_keep=self.options.preview.keep,
+            discovery=spec.discover,
         )
         parts = []
         if len(shares) > 1:
@@ -783,7 +787,7 @@ class JobDriver:
         del self.jobs[job.job_id]
         self.control.remove(job.job_id)
         self.placement.release(
-            job.host, [(job.decoder, len(job.setup.tracks)), *((d, len(s.tracks)) for d, s in job.parts)]
+            job.host, [(job.decoder, _load(job.setup)), *((d, len(s.tracks)) for d, s in job.parts)]
         )
         for decoder, _ in job.parts:
             self.transport.forget(decoder, job.job_id)
@@ -945,3 +949,9 @@ def _reason(exc: BaseException, what: str) -> str:
     if isinstance(inner, SamstreamError):
         return str(inner)
     return f"{what}: {type(inner).__name__}: {inner}"
+
+
+def _load(setup: TrackSetup) -> int:
+    """The tracks a job's owner (or whole) host was placed for: its own, and those its discovery
+    may start."""
+    return len(setup.tracks) + (setup.discovery.max_tracks if setup.discovery is not None else 0)

@@ -69,8 +69,13 @@ class TrackSlots:
 
 
 def spec_track_ids(spec: dict[str, Any]) -> list[int]:
-    """The ids of the tracks a stored job spec starts with."""
-    return [int(t["id"]) for t in spec.get("tracks", []) if isinstance(t, dict) and "id" in t]
+    """The slots a stored job spec takes from the start: its tracks' ids, and one negative id per
+    track its discovery may start (``discover``'s ``max_tracks``), held for them."""
+    ids = [int(t["id"]) for t in spec.get("tracks", []) if isinstance(t, dict) and "id" in t]
+    discover = spec.get("discover")
+    if isinstance(discover, dict):
+        ids += [-(i + 1) for i in range(int(discover.get("max_tracks") or 0))]
+    return ids
 
 
 # Deletes the lock only if it is still this holder's (it may have expired and been taken since).

@@ -267,16 +267,18 @@ class MobileSam:
                 )
                 logits[idx] = group_logits.cpu()
                 scores[idx] = group_scores.cpu()
-            masks = np.empty((k, h, w), dtype=bool)
-            on_device = logits.to(self.device)
+            wanted = [i for i, r in enumerate(requests) if not r.low_res_only]
+            # zeros: the pages of the masks left empty (low_res_only) are never touched
+            masks = np.zeros((k, h, w), dtype=bool) if len(wanted) < k else np.empty((k, h, w), dtype=bool)
+            on_device = logits[wanted].to(self.device)
             # One mask at a time on a CPU: two full-size bilinear passes over K masks at once fall
             # out of cache (measured 2.5x slower at K=16, 720p); a GPU takes them all at once.
-            step = k if self.device.type == "cuda" else 1
-            for i in range(0, k, step):
+            step = max(1, len(wanted)) if self.device.type == "cuda" else 1
+            for i in range(0, len(wanted), step):
                 full = upscale_logits(
                     on_device[i : i + step], embedding.input_size, embedding.original_size, self.image_size
                 )
-                masks[i : i + step] = (full > self.sam.mask_threshold).cpu().numpy()
+                masks[wanted[i : i + step]] = (full > self.sam.mask_threshold).cpu().numpy()
         return MaskBatch(masks, scores.numpy(), logits[:, 0].numpy())
 
     def decode_many(
@@ -334,14 +336,14 @@ class MobileSam:
                     out.append(self.decode(embedding, ()))
                     continue
                 mine = logits[at : at + n]
-                full = upscale_logits(mine, embedding.input_size, embedding.original_size, self.image_size)
-                out.append(
-                    MaskBatch(
-                        (full > self.sam.mask_threshold).cpu().numpy().reshape(n, h, w),
-                        scores[at : at + n].cpu().numpy(),
-                        mine[:, 0].cpu().numpy(),
+                wanted = [i for i, r in enumerate(requests) if not r.low_res_only]
+                masks = np.zeros((n, h, w), dtype=bool)
+                if wanted:
+                    full = upscale_logits(
+                        mine[wanted], embedding.input_size, embedding.original_size, self.image_size
                     )
-                )
+                    masks[wanted] = (full > self.sam.mask_threshold).cpu().numpy().reshape(len(wanted), h, w)
+                out.append(MaskBatch(masks, scores[at : at + n].cpu().numpy(), mine[:, 0].cpu().numpy()))
                 at += n
         return out
 
@@ -421,9 +423,14 @@ def _best(low_res: torch.Tensor, iou: torch.Tensor, multimask: bool) -> tuple[to
 
 
 def load_model(config: ModelConfig, tracks: int | None = None) -> Any:
-    """The model a worker runs: :class:`MobileSam`, or the benchmark's null model."""
+    """The model a worker runs: :class:`MobileSam`, the benchmark's null model, or the reference
+    segmenter of the tests' flat-coloured scenes."""
     if config.weights is Weights.NULL:
         from pipeline.model.null import NullModel
 
         return NullModel(config.image_size)
+    if config.weights is Weights.REFERENCE:
+        from pipeline.evaluation.reference import ReferenceModel
+
+        return ReferenceModel(config.image_size)
     return MobileSam.from_config(config, tracks)

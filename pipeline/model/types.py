@@ -40,11 +40,15 @@ class DecodeRequest:
         mask_input: (S/4, S/4) float32 low-resolution logits of a previous decode, or None.
         multimask: pick the best of SAM's three masks by predicted IoU (``None``: when the prompt
             is a single point, as SAM's predictor is meant to be used).
+        low_res_only: only its score and low-resolution logits are wanted: a model may leave its
+            frame-sized mask empty (discovery's grid judges hundreds of prompts by their logits;
+            bringing each mask to the frame's size would cost most of the frame's time).
     """
 
     prompt: Prompt
     mask_input: np.ndarray | None = None
     multimask: bool | None = None
+    low_res_only: bool = False
 
     def __post_init__(self) -> None:
         if self.prompt.mask is not None:  # a model would silently decode the prompt without it

@@ -17,8 +17,8 @@ candidate starts a new track when:
   tracks;
 * fewer than ``max_tracks`` discovered tracks are alive.
 
-A discovered track is prompted with the point that found it and the candidate's box, from the next
-frame on. It ends by itself when it has searched ``forget_s`` seconds without its object (or the
+A discovered track is prompted with the candidate's box and a point at its mask's centre (if that
+lies on the mask; else the grid point that found it), from the next frame on. It ends by itself when it has searched ``forget_s`` seconds without its object (or the
 tracking's ``search_s``, if that is set and shorter): a ``ended`` event, and its id is never used
 again in the job. Every decision depends only on the frames and the state a snapshot holds, so a
 resumed job discovers the same tracks on the same frames.
@@ -34,12 +34,12 @@ from typing import Any
 import numpy as np
 
 from pipeline.errors import InvalidInputError
-from pipeline.masks.rle import mask_bbox
 from pipeline.model.types import DecodeRequest
 from pipeline.prompts import POSITIVE, Box, Prompt
 
 MAX_GRID = 64  # points a side: 4096 decodes a discovery frame at most
 STABILITY_OFFSET = 1.0  # logits: MobileSAM's automatic mask generator's stability_score_offset
+LOW = 4  # encoder-input pixels a low-resolution logit spans
 
 
 @dataclass(frozen=True)
@@ -64,7 +64,7 @@ class DiscoveryConfig:
     """
 
     every_s: float = 1.0
-    grid: int = 8
+    grid: int = 16
     min_score: float = 0.85
     min_stability: float = 0.9
     nms_iou: float = 0.7
@@ -150,12 +150,14 @@ class Candidate:
     """An object a discovery frame found, kept (not yet checked against the tracks).
 
     Attributes:
-        point: the grid point that found it, (x, y) frame pixels.
+        point: where its track is prompted, (x, y) frame pixels: its mask's centre, or the grid
+            point that found it where the centre is off the mask.
         box: its mask's box, XYXY exclusive, frame pixels.
         score: its predicted IoU.
         stability: its stability (see the module's docstring).
-        area: its pixels.
+        area: its pixels (as its low-resolution mask counts them).
         index: its request's index among the discovery frame's grid requests.
+        rows, cols: its low-resolution mask's cells (see :class:`Grid`).
     """
 
     point: tuple[float, float]
@@ -164,6 +166,42 @@ class Candidate:
     stability: float
     area: int
     index: int
+    rows: np.ndarray
+    cols: np.ndarray
+
+
+@dataclass(frozen=True)
+class Grid:
+    """Where the low-resolution logits lie on the frame: the cells of the resized frame (the
+    padding aside), ``LOW`` encoder pixels a side.
+
+    Attributes:
+        input_size: (h, w) of the frame resized for the encoder.
+        original_size: (H, W) of the frame.
+    """
+
+    input_size: tuple[int, int]
+    original_size: tuple[int, int]
+
+    @property
+    def cells(self) -> tuple[int, int]:
+        """Rows and columns of the logits that lie on the picture."""
+        return math.ceil(self.input_size[0] / LOW), math.ceil(self.input_size[1] / LOW)
+
+    @property
+    def step(self) -> tuple[float, float]:
+        """Frame pixels a cell spans, (x, y)."""
+        return LOW * self.original_size[1] / self.input_size[1], LOW * self.original_size[
+            0
+        ] / self.input_size[0]
+
+    def pixels(self, rows: np.ndarray, cols: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The frame pixels (y, x) under the cells' centres."""
+        sx, sy = self.step
+        height, width = self.original_size
+        ys = np.minimum(((rows + 0.5) * sy).astype(np.int64), height - 1)
+        xs = np.minimum(((cols + 0.5) * sx).astype(np.int64), width - 1)
+        return ys, xs
 
 
 def grid_points(width: int, height: int, config: DiscoveryConfig) -> list[tuple[float, float]]:
@@ -180,8 +218,9 @@ def grid_points(width: int, height: int, config: DiscoveryConfig) -> list[tuple[
 
 
 def grid_requests(points: Sequence[tuple[float, float]]) -> list[DecodeRequest]:
-    """One request a point: a single positive point, the best of SAM's three masks."""
-    return [DecodeRequest(Prompt((p,), (POSITIVE,)), None, multimask=True) for p in points]
+    """One request a point: a single positive point, the best of SAM's three masks, judged by its
+    low-resolution logits (no frame-sized mask)."""
+    return [DecodeRequest(Prompt((p,), (POSITIVE,)), None, multimask=True, low_res_only=True) for p in points]
 
 
 def stability(logits: np.ndarray, offset: float = STABILITY_OFFSET) -> float:
@@ -193,33 +232,44 @@ def stability(logits: np.ndarray, offset: float = STABILITY_OFFSET) -> float:
 
 def select(
     points: Sequence[tuple[float, float]],
-    masks: np.ndarray,
     scores: np.ndarray,
     logits: np.ndarray,
+    grid: Grid,
     config: DiscoveryConfig,
 ) -> list[Candidate]:
     """The grid's candidates that pass the score, stability, area and region limits, overlapping
-    ones suppressed, best scored first."""
-    height, width = masks.shape[1:]
+    ones suppressed, best scored first. Judged on the low-resolution logits (``logits``: (K, S/4,
+    S/4)), their boxes and areas brought to the frame's pixels."""
+    height, width = grid.original_size
     most = config.max_area * height * width
+    n_rows, n_cols = grid.cells
+    sx, sy = grid.step
     kept: list[Candidate] = []
     order = sorted(range(len(points)), key=lambda i: (-float(scores[i]), i))
     for i in order:
         score = float(scores[i])
         if config.min_score > 0 and score < config.min_score:
             continue
-        steady = stability(logits[i])
+        valid = logits[i][:n_rows, :n_cols]
+        steady = stability(valid)
         if steady < config.min_stability:
             continue
-        box = mask_bbox(masks[i])
-        if box is None:
+        rows, cols = np.nonzero(valid > 0)
+        if rows.size == 0:
             continue
-        area = int(np.count_nonzero(masks[i][box[1] : box[3], box[0] : box[2]]))
+        area = round(rows.size * sx * sy)
+        box = (
+            int(cols.min() * sx),
+            int(rows.min() * sy),
+            min(width, math.ceil((cols.max() + 1) * sx)),
+            min(height, math.ceil((rows.max() + 1) * sy)),
+        )
         if area < config.min_area or area > most or not _centre_in(box, config.roi):
             continue
         if any(box_iou(box, k.box) > config.nms_iou for k in kept):
             continue
-        kept.append(Candidate(points[i], box, score, steady, area, i))
+        point = _inside(valid, rows, cols, grid, points[i])
+        kept.append(Candidate(point, box, score, steady, area, i, rows, cols))
     return kept
 
 
@@ -230,6 +280,18 @@ def box_iou(a: Sequence[float], b: Sequence[float]) -> float:
     inter = ix * iy
     union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
     return inter / union if union > 0 else 0.0
+
+
+def _inside(
+    valid: np.ndarray, rows: np.ndarray, cols: np.ndarray, grid: Grid, found_at: tuple[float, float]
+) -> tuple[float, float]:
+    """The centre of the mask's cells where it lies on the mask (a point well inside an object,
+    which a moving object does not leave by the next frame), else the grid point that found it."""
+    r, c = int(rows.mean()), int(cols.mean())
+    if valid[r, c] <= 0:
+        return found_at
+    ys, xs = grid.pixels(np.array([r]), np.array([c]))
+    return (float(xs[0]) + 0.5, float(ys[0]) + 0.5)
 
 
 def _centre_in(box: Sequence[int], roi: Box | None) -> bool:

@@ -34,6 +34,7 @@ from pipeline.model.types import DecodeRequest, Embedding, MaskBatch
 from pipeline.prompts import Prompt, TrackSpec
 from pipeline.streams.keys import Keys
 from pipeline.tracking import TrackEvent, TrackingConfig
+from pipeline.tracking.discovery import DiscoveryConfig
 from pipeline.tracking.stage import CHECKPOINT_EVERY, FrameSummary, Prepared, Step, TrackDecoder
 from pipeline.tracking.tracker import Segmenter
 
@@ -59,6 +60,7 @@ class TrackSetup:
             ``tracks`` and hands its results to the owner).
         others: the owner's: the track ids its parts follow.
         preview_keep: the job's preview stream keeps about this many entries.
+        discovery: the job's discovery (the whole job's or the owner's; a part discovers nothing).
     """
 
     tracks: tuple[TrackSpec, ...]
@@ -70,6 +72,7 @@ class TrackSetup:
     role: str = "whole"
     others: frozenset[int] = frozenset()
     preview_keep: int = PREVIEW_KEEP
+    discovery: DiscoveryConfig | None = None
 
     def owns(self, track_id: int) -> bool:
         """Whether this host follows ``track_id`` (of a restored checkpoint holding every track)."""
@@ -195,6 +198,7 @@ class TrackerHost:
                 owned=None if setup.role == WHOLE else setup.owns,
                 image_size=setup.image_size,
                 segmenters=functools.partial(self._segmenter, tracks=len(setup.tracks)),
+                discovery=setup.discovery if setup.role != PART else None,
             )
             self._decoders[job_id] = decoder
             self._sinks[job_id] = sink

@@ -34,6 +34,7 @@ from pipeline.masks.rle import encode_rle
 from pipeline.model.types import MaskBatch
 from pipeline.prompts import Prompt, TrackSpec
 from pipeline.tracking import StepPlan, Tracker, TrackEvent, TrackingConfig
+from pipeline.tracking.discovery import DiscoveryConfig
 from pipeline.tracking.tracker import Segmenter, TrackPromptError
 
 # Checkpoint the tracker with every n-th published frame: at most this many frames are replayed on
@@ -127,6 +128,7 @@ class TrackDecoder:
         segmenters: the segmenter of another encoder size (an adaptive stream's frames move
             between sizes: a frame of another size switches the tracker to that size's model,
             its tracks carried over); None: every frame is ``segmenter``'s.
+        discovery: find objects without prompts (see :mod:`pipeline.tracking.discovery`).
     """
 
     def __init__(
@@ -143,6 +145,7 @@ class TrackDecoder:
         owned: Callable[[int], bool] | None = None,
         image_size: int = 0,
         segmenters: Callable[[int], Segmenter] | None = None,
+        discovery: DiscoveryConfig | None = None,
     ) -> None:
         if checkpoint_every < 1:
             raise InvalidInputError(f"checkpoint_every must be >= 1, got {checkpoint_every}")
@@ -152,7 +155,7 @@ class TrackDecoder:
         self.segmenter = segmenter
         self.size = image_size
         self.segmenters = segmenters
-        self.tracker = Tracker(segmenter, config)
+        self.tracker = Tracker(segmenter, config, discovery)
         resume = sink.resume_point() if resume is None else resume
         if resume.snapshot is not None:
             self.tracker.restore(resume.snapshot)

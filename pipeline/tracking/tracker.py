@@ -62,7 +62,7 @@ from pipeline.masks.rle import mask_bbox
 from pipeline.model.types import DecodeRequest, Embedding, MaskBatch
 from pipeline.prompts import POSITIVE, Box, Point, Prompt, TrackSpec
 from pipeline.tracking.arrays import resize_square
-from pipeline.tracking.discovery import Candidate, DiscoveryConfig, grid_points, grid_requests, select
+from pipeline.tracking.discovery import Candidate, DiscoveryConfig, Grid, grid_points, grid_requests, select
 from pipeline.tracking.memory import PURE, FrameFeatures, Memory
 from pipeline.tracking.motion import Motion
 from pipeline.tracking.state import MaskBox, TrackingConfig, TrackState, TrackStatus
@@ -178,6 +178,7 @@ class StepPlan:
         features: the frame's features as the memory reads them (None: memory off).
         predicted: for each decoded track, its motion carried to the frame's time (None: none).
         grid: a discovery frame's grid points; their requests follow the tracks' in ``requests``.
+        input_size: (h, w) of the frame resized for the encoder.
     """
 
     frame_index: int
@@ -191,6 +192,7 @@ class StepPlan:
     features: FrameFeatures | None = None
     predicted: tuple[Motion | None, ...] = ()
     grid: tuple[tuple[float, float], ...] = ()
+    input_size: tuple[int, int] = (0, 0)
 
 
 @dataclass
@@ -405,6 +407,7 @@ class Tracker:
             features,
             tuple(predicted),
             tuple(grid),
+            tuple(embedding.input_size),  # type: ignore[arg-type]
         )
 
     def commit(self, plan: StepPlan, batch: MaskBatch | None) -> tuple[list[TrackResult], list[TrackEvent]]:
@@ -872,7 +875,8 @@ class Tracker:
         assert cfg is not None
         self._discovered_at = plan.time
         n = len(plan.owners)
-        masks, logits = batch.masks[n:], batch.logits[n:]
+        logits = batch.logits[n:]
+        grid = Grid(plan.input_size, plan.size)
         held = np.zeros(plan.size, dtype=bool)
         for r in results:
             if r.status is TrackStatus.ACTIVE and r.box is not None:
@@ -883,30 +887,33 @@ class Tracker:
             s for s in self._tracks.values() if s.status is not TrackStatus.ACTIVE and s.memory is not None
         ]
         events: list[TrackEvent] = []
-        for c in select(plan.grid, masks, batch.scores[n:], logits, cfg):
+        for c in select(plan.grid, batch.scores[n:], logits, grid, cfg):
             if len(self._discovered) >= cfg.max_tracks:
                 break
-            x0, y0, x1, y1 = c.box
-            mask = masks[c.index][y0:y1, x0:x1]
-            if np.count_nonzero(held[y0:y1, x0:x1] & mask) > cfg.covered * c.area:
+            ys, xs = grid.pixels(c.rows, c.cols)
+            if np.count_nonzero(held[ys, xs]) > cfg.covered * len(ys):
                 continue
             owner = self._sought(plan, logits[c.index], sought)
             if owner is not None:
                 self._hand_over(owner, c, plan.frame_index)
                 sought = [s for s in sought if s.track_id != owner.track_id]
-                held[y0:y1, x0:x1] |= mask
-                continue
-            held[y0:y1, x0:x1] |= mask
-            tid = self._next_id = max(self._next_id, max(self._tracks, default=0) + 1)
-            self._next_id += 1
-            prompt = Prompt((c.point,), (POSITIVE,), (float(x0), float(y0), float(x1), float(y1)))
-            self._tracks[tid] = TrackState(tid, prompt, start_frame=plan.frame_index + 1)
-            self._discovered.add(tid)
-            data = {"box": list(c.box), "point": list(c.point), "score": c.score,
-                    "stability": c.stability, "area": c.area, "by": "grid"}  # fmt: skip
-            detail = f"found at {list(c.box)} by the grid (score {c.score:.3f}, area {c.area})"
-            events.append(TrackEvent("discovered", tid, plan.frame_index, detail, data))
+            else:
+                events.append(self._start_discovered(c, plan.frame_index))
+            held[ys, xs] = True  # its cells: a later candidate on them is this object
         return events
+
+    def _start_discovered(self, c: Candidate, frame_index: int) -> TrackEvent:
+        """A new track for a candidate, from the next frame, with an id never used in the job."""
+        tid = self._next_id = max(self._next_id, max(self._tracks, default=0) + 1)
+        self._next_id += 1
+        x0, y0, x1, y1 = c.box
+        prompt = Prompt((c.point,), (POSITIVE,), (float(x0), float(y0), float(x1), float(y1)))
+        self._tracks[tid] = TrackState(tid, prompt, start_frame=frame_index + 1)
+        self._discovered.add(tid)
+        data = {"box": list(c.box), "point": list(c.point), "score": c.score,
+                "stability": c.stability, "area": c.area, "by": "grid"}  # fmt: skip
+        detail = f"found at {list(c.box)} by the grid (score {c.score:.3f}, area {c.area})"
+        return TrackEvent("discovered", tid, frame_index, detail, data)
 
     def _sought(self, plan: StepPlan, logits: np.ndarray, sought: Sequence[TrackState]) -> TrackState | None:
         """The track, of those that do not hold their object now, whose object a candidate is (it

@@ -147,6 +147,24 @@ def test_batched_decode_equals_single_calls(model_256: MobileSam) -> None:
         np.testing.assert_allclose(one.scores[0], batch.scores[i], atol=1e-5)
 
 
+def test_low_res_only_requests_skip_their_frame_sized_mask_alone(model_256: MobileSam) -> None:
+    # Discovery's grid: the score and logits as ever, no frame-sized mask; the others' unchanged.
+    emb = model_256.encode([sample_rgb(240, 320)])[0]
+    box = DecodeRequest(Prompt(box=(50.0, 30.0, 250.0, 230.0)), multimask=True)
+    grid = [
+        DecodeRequest(Prompt(((x, 120.0),), (1,)), multimask=True, low_res_only=True) for x in (40.0, 160.0, 280.0)
+    ]
+    full = model_256.decode(emb, [box, *[DecodeRequest(r.prompt, multimask=True) for r in grid]])
+    for got in (
+        model_256.decode(emb, [box, *grid]),
+        model_256.decode_many([(emb, [box, *grid]), (emb, [box])], True)[0],
+    ):
+        np.testing.assert_array_equal(got.masks[0], full.masks[0])
+        assert not got.masks[1:].any()
+        np.testing.assert_allclose(got.logits, full.logits, atol=1e-4)
+        np.testing.assert_allclose(got.scores, full.scores, atol=1e-5)
+
+
 def test_encode_batches_frames_of_different_sizes(model_256: MobileSam) -> None:
     a, b = sample_rgb(240, 320, 1), sample_rgb(300, 200, 2)
     together = model_256.encode([a, b])

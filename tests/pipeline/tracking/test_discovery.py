@@ -6,34 +6,24 @@ resumes to the same tracks; and the limits and settings."""
 from __future__ import annotations
 
 import json
-import math
 
 import numpy as np
 import pytest
 
 from pipeline.errors import InvalidInputError
 from pipeline.evaluation.reference import ReferenceSegmenter
-from pipeline.evaluation.scenes import Scene, Thing
+from pipeline.evaluation.scenes import ENTERING as COLOURS
+from pipeline.evaluation.scenes import Scene, Thing, entering_scene
 from pipeline.prompts import Prompt, TrackSpec
 from pipeline.tracking import Tracker, TrackEvent, TrackingConfig, TrackStatus
-from pipeline.tracking.discovery import DiscoveryConfig, grid_points, select, stability
+from pipeline.tracking.discovery import DiscoveryConfig, Grid, grid_points, select, stability
 
 SEGMENTER = ReferenceSegmenter(256)
-COLOURS = ((220, 40, 40), (40, 200, 60), (50, 80, 230), (230, 200, 30), (200, 60, 210), (30, 200, 210))
 EVERY_S = 0.5
 
 
 def _entering(count: int = 6, seconds: float = 9.0, leave: bool = True) -> Scene:
-    """``count`` discs entering from the left, one a second, each in its own lane, moving right at
-    60 px/s (out of the frame ~6 s after entering, when ``leave``)."""
-    things = []
-    for i in range(count):
-        t0 = 0.5 + i
-        y = 20 + 40 * i
-        end = (t0 + 8, 460.0, y) if leave else (t0 + 3, 160.0, y)
-        things.append(Thing(i + 1, COLOURS[i], (36, 36), ((t0, -20.0, y), end), shown=((t0, math.inf),)))
-    times = tuple(k / 10 for k in range(int(seconds * 10)))
-    return Scene("entering", (320, 240), times, tuple(things), tracked=())
+    return entering_scene(count, seconds, leave=leave)
 
 
 def _follow(
@@ -193,19 +183,22 @@ def test_the_grid_covers_the_region_and_candidates_are_filtered_and_suppressed()
     assert points == [(25.0, 12.5), (75.0, 12.5), (25.0, 37.5), (75.0, 37.5)]
     assert grid_points(100, 50, DiscoveryConfig(grid=1, roi=(50, 0, 200, 50))) == [(75.0, 25.0)]
     assert grid_points(100, 50, DiscoveryConfig(roi=(150, 0, 200, 50))) == []
-    masks = np.zeros((5, 50, 100), bool)
-    masks[0, 10:30, 10:30] = True  # an object
-    masks[1, 11:30, 10:30] = True  # the same, a little worse scored: suppressed
-    masks[2, :, :] = True  # the background: too large
-    masks[3, 40:42, 90:92] = True  # a speck: too small
-    masks[4, 10:30, 60:80] = True  # another object, blurry: not stable
-    logits = np.where(masks[:, ::2, ::2], 8.0, -8.0).astype(np.float32)
-    logits[4] = np.where(masks[4, ::2, ::2], 0.5, -8.0)
+    # A 200x100 frame resized to 64x32 for a 64 px encoder: 16x16 logits, 16x8 on the picture,
+    # each cell 12.5 frame pixels a side.
+    grid = Grid((32, 64), (100, 200))
+    logits = np.full((5, 16, 16), -8.0, np.float32)
+    logits[0, 1:3, 1:3] = 8.0  # an object: frame box (12, 12, 38, 38), 4 cells of 156 px
+    logits[1, 1:3, 1:3] = 8.0  # the same, worse scored: suppressed
+    logits[2, :8, :16] = 8.0  # the background: too large
+    logits[3, 12:, :] = 8.0  # the padding only: nothing on the picture
+    logits[4, 4:6, 10:12] = 0.5  # another object, blurry: not stable
     scores = np.array([0.95, 0.93, 0.97, 0.96, 0.95], np.float32)
     pts = [(20.0, 20.0)] * 5
-    kept = select(pts, masks, scores, logits, DiscoveryConfig(min_area=16))
+    kept = select(pts, scores, logits, grid, DiscoveryConfig(min_area=16))
     assert [c.index for c in kept] == [0]
-    assert kept[0].box == (10, 10, 30, 30) and kept[0].area == 400 and kept[0].stability == 1.0
+    [c] = kept
+    assert c.box == (12, 12, 38, 38) and c.area == 625 and c.stability == 1.0
+    assert c.point == (18.5, 18.5)  # the centre of its cells, on the mask
     assert stability(logits[4]) == 0.0 and stability(np.full((4, 4), -9.0)) == 0.0
-    low = select(pts, masks, np.full(5, 0.5, np.float32), logits, DiscoveryConfig(min_area=16))
-    assert low == []
+    assert select(pts, np.full(5, 0.5, np.float32), logits, grid, DiscoveryConfig(min_area=16)) == []
+    assert select(pts, scores, logits, grid, DiscoveryConfig(min_area=1000)) == []

@@ -1,0 +1,129 @@
+"""Discovery end to end: ``samstream run --discover`` with no prompt on a generated H.264 file where
+six discs enter one by one (real Ray, real Redis, PyAV), through the reference segmenter
+(``--weights reference``): each disc gets one track within two discovery periods of entering, a
+disc that leaves has its track ended with an event, and a run killed half-way resumes to the same
+tracks, masks and events as one that never stopped."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+from pathlib import Path
+
+import numpy as np
+import psutil
+import pytest
+
+from pipeline.evaluation.scenes import Scene, entering_scene, write_video
+from pipeline.masks.rle import decode_rle
+from pipeline.streams import read_events
+from tests.workers.conftest import cli, popen, wait_for_entries
+from tests.workers.test_job_failures import _ray_processes
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+EVERY_S = 0.5
+SCENE = entering_scene(seconds=9.0)
+
+
+@pytest.fixture(scope="module")
+def entering(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_video(SCENE, tmp_path_factory.mktemp("discovery") / "entering.mp4")
+
+
+def _args(clip: Path, data: Path, job: str) -> list[str]:
+    return [
+        "run", str(clip), "--weights", "reference", "--image-size", "256", "--discover",
+        "--discover-every", str(EVERY_S), "--discover-forget", "1", "--job-id", job,
+        "--data-dir", str(data), "--no-progress", "--no-preview",
+    ]  # fmt: skip
+
+
+def _owners(scene: Scene, entries: list) -> dict[int, dict[int, int]]:  # type: ignore[type-arg]
+    """Per frame, each active track's disc (the one most of its mask is on, if at least half)."""
+    owners: dict[int, dict[int, int]] = {}
+    for _, result in entries:
+        _, visible = scene.render(result.frame_index)
+        held = owners.setdefault(result.frame_index, {})
+        for t in result.tracks:
+            if t.state != "active":
+                continue
+            mask = decode_rle(t.rle)
+            best = max(visible, key=lambda k: np.count_nonzero(mask & visible[k]))
+            if np.count_nonzero(mask & visible[best]) >= 0.5 * np.count_nonzero(mask):
+                held[t.track_id] = best
+    return owners
+
+
+def _entered(scene: Scene, thing_id: int) -> float:
+    thing = next(t for t in scene.things if t.id == thing_id)
+    for i, t in enumerate(scene.times):
+        if np.count_nonzero(scene.render(i)[1][thing_id]) >= thing.area() / 3:
+            return t
+    raise AssertionError(f"disc {thing_id} never enters")
+
+
+def _track_events(results, job: str) -> list[tuple]:  # type: ignore[no-untyped-def, type-arg]
+    return [
+        (e.type, e.frame, e.track, e.data)
+        for e in read_events(results.client, results.keys, job, count=1000)
+        if e.type.startswith("track_")
+    ]
+
+
+def test_discs_that_enter_are_found_once_each_and_end_when_they_leave(
+    entering: Path, tmp_path: Path, results
+) -> None:
+    data = tmp_path / "out"
+    done = cli(*_args(entering, data, "found"))
+    assert done.returncode == 0, done.stderr
+    r = results(data)
+    entries = r.entries("found")
+    assert len(entries) == len(SCENE.times)
+    owners = _owners(SCENE, entries)
+    tracks_of: dict[int, set[int]] = {}
+    first: dict[int, float] = {}
+    for i, held in sorted(owners.items()):
+        assert len(set(held.values())) == len(held), f"frame {i}: one disc, two tracks: {held}"
+        for tid, disc in held.items():
+            tracks_of.setdefault(disc, set()).add(tid)
+            first.setdefault(disc, SCENE.times[i])
+    assert sorted(tracks_of) == [1, 2, 3, 4, 5, 6]
+    assert all(len(t) == 1 for t in tracks_of.values()), tracks_of
+    for disc in tracks_of:
+        assert first[disc] - _entered(SCENE, disc) <= 2 * EVERY_S + 1e-9, disc
+    events = _track_events(r, "found")
+    discovered = [e for e in events if e[0] == "track_discovered"]
+    assert len(discovered) == 6 and all(e[3]["by"] == "grid" for e in discovered)
+    ended = {e[2] for e in events if e[0] == "track_ended"}
+    assert {next(iter(tracks_of[d])) for d in (1, 2)} <= ended  # gone by 6.5 s and 7.5 s
+
+
+def test_a_killed_run_resumes_to_the_same_tracks_masks_and_events(
+    entering: Path, tmp_path: Path, results
+) -> None:
+    data = tmp_path / "out"
+    whole = cli(*_args(entering, data, "whole"))
+    assert whole.returncode == 0, whole.stderr
+    existing = _ray_processes()
+    proc = popen(*_args(entering, data, "killed"))
+    r = wait_for_entries(results, data, "killed", 45, proc)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=30)
+    for pid in _ray_processes() - existing:  # a few of Ray's agents outlive their driver a while
+        with contextlib.suppress(psutil.Error):
+            psutil.Process(pid).kill()
+    assert 45 <= len(r.raw_ids("killed")) < len(SCENE.times)
+    again = cli(*_args(entering, data, "killed"))
+    assert again.returncode == 0, again.stderr
+    assert "resuming after frame" in again.stderr
+
+    def masks(job: str) -> list[tuple]:  # type: ignore[type-arg]
+        return [
+            (res.frame_index, [(t.track_id, t.state, t.bbox, t.rle["counts"]) for t in res.tracks])
+            for _, res in r.entries(job)
+        ]
+
+    assert masks("killed") == masks("whole")
+    assert _track_events(r, "killed") == _track_events(r, "whole")
