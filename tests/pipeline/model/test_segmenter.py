@@ -152,7 +152,8 @@ def test_low_res_only_requests_skip_their_frame_sized_mask_alone(model_256: Mobi
     emb = model_256.encode([sample_rgb(240, 320)])[0]
     box = DecodeRequest(Prompt(box=(50.0, 30.0, 250.0, 230.0)), multimask=True)
     grid = [
-        DecodeRequest(Prompt(((x, 120.0),), (1,)), multimask=True, low_res_only=True) for x in (40.0, 160.0, 280.0)
+        DecodeRequest(Prompt(((x, 120.0),), (1,)), multimask=True, low_res_only=True)
+        for x in (40.0, 160.0, 280.0)
     ]
     full = model_256.decode(emb, [box, *[DecodeRequest(r.prompt, multimask=True) for r in grid]])
     for got in (
