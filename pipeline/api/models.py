@@ -193,6 +193,14 @@ class JobBody(BaseModel):
         return value
 
 
+class DiscoveryBody(BaseModel):
+    """Discovery on or off (the tracks it found go on either way)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    on: bool = Field(description="false pauses discovery; true resumes it")
+
+
 class TrackCommandBody(PromptBody):
     """A track to add (a new id) or re-prompt (an existing id)."""
 
@@ -240,6 +248,9 @@ class JobView(BaseModel):
         default=None, description="when its data goes (epoch s); null while it runs or if kept"
     )
     rate: StreamRate | None = Field(default=None, description="streams: the rate asked for and delivered")
+    discover: dict[str, Any] | None = Field(
+        default=None, description="its discovery settings; null: it follows only the tracks given"
+    )
 
     @classmethod
     def of(cls, info: JobInfo, masks: str, events: str) -> JobView:
@@ -250,6 +261,7 @@ class JobView(BaseModel):
             status=info.status.value,
             source=redact(source),
             tracks=list(info.spec.get("tracks", [])),
+            discover=info.spec.get("discover"),
             frames_done=info.frames_done,
             frames_total=info.frames_total,
             last_frame=info.last_frame,

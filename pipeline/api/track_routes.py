@@ -1,11 +1,12 @@
-"""The routes that add, re-prompt and remove a running job's tracks (``--max-tracks``, atomic in Redis)."""
+"""The routes that add, re-prompt and remove a running job's tracks (``--max-tracks``, atomic in
+Redis), and pause or resume its discovery."""
 
 from __future__ import annotations
 
 from fastapi import APIRouter, Path
 
 from pipeline.api.context import CONFLICT, NOT_FOUND, TRACK_CONFLICT, ApiContext, HttpError
-from pipeline.api.models import Accepted, TrackCommandBody, invalid
+from pipeline.api.models import Accepted, DiscoveryBody, TrackCommandBody, invalid
 from pipeline.errors import InvalidInputError
 from pipeline.ledger.slots import spec_track_ids
 from pipeline.streams.control import Command, send
@@ -66,5 +67,25 @@ def track_routes(ctx: ApiContext, kind: str, live: bool) -> APIRouter:
             send(ctx.client, ctx.keys, job_id, Command("remove", track_id))
             ctx.slots.free(job_id, track_id, spec_track_ids(info.spec))
         return Accepted(id=job_id, command="remove", track=track_id)
+
+    @router.post(
+        f"/{kind}/{{job_id}}/discovery",
+        status_code=202,
+        response_model=Accepted,
+        operation_id=f"set_{one}_discovery",
+        summary="Pause or resume discovery (from the next frame; the tracks it found go on)",
+        responses={**NOT_FOUND, **CONFLICT},
+        dependencies=ctx.secured,
+        tags=[kind],
+    )
+    def set_discovery(body: DiscoveryBody, job_id: str = path_id) -> Accepted:
+        info = ctx.job(job_id, live)
+        if info.status.terminal:
+            raise HttpError(409, f"{one} {job_id} is {info.status.value}: it discovers no more")
+        if not info.spec.get("discover"):
+            raise HttpError(409, f"{one} {job_id} does not discover (it was created without discover)")
+        cmd = "resume_discovery" if body.on else "pause_discovery"
+        send(ctx.client, ctx.keys, job_id, Command(cmd))
+        return Accepted(id=job_id, command=cmd)
 
     return router

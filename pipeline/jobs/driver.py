@@ -747,14 +747,14 @@ class JobDriver:
         """Track commands to the tracker host following the track (a new track: the owner); a
         split job's other shares are told to checkpoint the same next frame."""
         for command in job.commands:
-            assert command.track is not None  # Command checks it for track commands
+            track = command.track or 0  # a discovery command: the owner's, who discovers
             target = job.decoder
             for decoder, setup in job.parts:
-                if any(t.track_id == command.track for t in setup.tracks) and command.cmd != "add":
+                if any(t.track_id == track for t in setup.tracks) and command.cmd != "add":
                     target = decoder
             for decoder in job.decoders:
                 if decoder == target:
-                    self.transport.control(decoder, job.job_id, command.cmd, command.track, command.prompt)
+                    self.transport.control(decoder, job.job_id, command.cmd, track, command.prompt)
                 else:
                     self.transport.control(decoder, job.job_id, "checkpoint", 0, None)
         job.commands = []

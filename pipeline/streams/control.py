@@ -1,10 +1,11 @@
 """The control stream of a live job (``{prefix}job:{id}:control``): add, remove, re-prompt, stop.
 
-Each entry has a ``cmd`` field (``add``, ``remove``, ``reprompt``, ``stop``) and, for the track
-commands, ``track`` (the id) and ``prompt`` (JSON ``{"points": [[x, y], ...], "labels": [1, ...],
+Each entry has a ``cmd`` field (``add``, ``remove``, ``reprompt``, ``stop``, ``pause_discovery``,
+``resume_discovery``) and, for the track commands, ``track`` (the id) and ``prompt`` (JSON ``{"points": [[x, y], ...], "labels": [1, ...],
 "box": [x0, y0, x1, y1], "mask": {"size": [H, W], "counts": "..."}}``, the mask a compressed COCO
 RLE). A command applies from the next frame the job processes, and is
-answered by an event (``track_added``, ``track_removed``, ``track_reprompted``, ``error``).
+answered by an event (``track_added``, ``track_removed``, ``track_reprompted``,
+``discovery_paused``, ``discovery_resumed``, ``error``).
 
 The stream is trimmed to about :data:`~pipeline.streams.retention.CONTROL_MAXLEN` entries as
 commands are sent (far more than its driver leaves unread), and lives as long as the job's hash.
@@ -26,7 +27,8 @@ from pipeline.streams.keys import Keys
 from pipeline.streams.retention import CONTROL_MAXLEN
 from pipeline.streams.wire import as_text
 
-COMMANDS = ("add", "remove", "reprompt", "stop")
+COMMANDS = ("add", "remove", "reprompt", "stop", "pause_discovery", "resume_discovery")
+JOB_COMMANDS = ("stop", "pause_discovery", "resume_discovery")  # of the job, not of one track
 
 # Appends a command to the control stream of a job that exists, trimmed, and gives the stream the
 # hash's TTL: a command sent as the job ended must not leave a key that outlives the job.
@@ -51,7 +53,7 @@ class Command:
     def __post_init__(self) -> None:
         if self.cmd not in COMMANDS:
             raise InvalidInputError(f"control command must be one of {COMMANDS}, got {self.cmd!r}")
-        if self.cmd != "stop" and (self.track is None or self.track < 1):
+        if self.cmd not in JOB_COMMANDS and (self.track is None or self.track < 1):
             raise InvalidInputError(f"'{self.cmd}' needs a track id >= 1, got {self.track!r}")
         if self.cmd in ("add", "reprompt") and self.prompt is None:
             raise InvalidInputError(f"'{self.cmd}' needs a prompt")

@@ -189,6 +189,9 @@ class TrackDecoder:
         self.since_checkpoint = None  # the next frame's state is checkpointed
         if cmd == "checkpoint":
             return
+        if cmd in ("pause_discovery", "resume_discovery"):
+            self._discovery(cmd == "resume_discovery")
+            return
         try:
             if cmd == "add" and prompt is not None:
                 self.tracker.add(track, prompt, start_frame=0)
@@ -200,6 +203,18 @@ class TrackDecoder:
                 raise InvalidInputError(f"unknown track command {cmd!r}")
         except InvalidInputError as exc:
             self.sink.event("error", frame=None, track=track, detail=str(exc))
+
+    def _discovery(self, on: bool) -> None:
+        """Pause or resume the job's discovery (the tracks it found go on either way)."""
+        if self.tracker.discovery is None:
+            self.sink.event(
+                "error", frame=None, track=None, detail="this job does not discover (no discover)"
+            )
+            return
+        self.tracker.discovering = on
+        self.sink.event(
+            "discovery_resumed" if on else "discovery_paused", frame=None, track=None, detail=None
+        )
 
     def process(self, frames: Sequence[EncodedFrame]) -> list[FrameSummary]:
         """Decode, encode to RLE and publish each frame (in the given order, which must be increasing).
@@ -324,10 +339,11 @@ class TrackDecoder:
                 )
                 continue
             for e in p.events:
+                job_wide = e.kind.startswith("discovery")  # of the job's discovery, not of a track
                 self.sink.event(
-                    f"track_{e.kind}",
+                    e.kind if job_wide else f"track_{e.kind}",
                     frame=e.frame_index,
-                    track=e.track_id,
+                    track=None if job_wide else e.track_id,
                     detail=e.detail or None,
                     data=e.data,
                 )

@@ -67,7 +67,9 @@ from pipeline.tracking.memory import PURE, FrameFeatures, Memory
 from pipeline.tracking.motion import Motion
 from pipeline.tracking.state import MaskBox, TrackingConfig, TrackState, TrackStatus
 
-EventKind = Literal["lost", "found", "added", "removed", "reprompted", "gave_up", "discovered", "ended"]
+EventKind = Literal[
+    "lost", "found", "added", "removed", "reprompted", "gave_up", "discovered", "ended", "discovery_full"
+]
 EVENT_KINDS: tuple[str, ...] = get_args(EventKind)
 SNAPSHOT_VERSION = 2  # 2: motion, memory and search times per track; 1 still loads
 SNAPSHOT_VERSIONS = (1, 2)
@@ -133,7 +135,8 @@ class TrackEvent:
 
     Attributes:
         kind: what happened.
-        track_id, frame_index: to which track, on which frame.
+        track_id, frame_index: to which track (0: the job's discovery, ``discovery_full``), on which
+            frame.
         detail: one line for people.
         data: the same for programs (``found``: ``box``, ``score``, ``match``, ``needed``,
             ``frames``, ``by``; ``lost``: ``frames``; ``gave_up``: ``seconds``), or None.
@@ -241,6 +244,7 @@ class Tracker:
         self._discovered_at: float | None = None  # frame time of the last discovery frame
         self._next_id = 1  # discovered tracks take ids from here up: never one used before
         self.discovering = True  # paused: no discovery frames (the tracks found go on)
+        self._full = False  # discovery_full was told (until a discovered track ends)
 
     def use(self, segmenter: Segmenter) -> None:
         """Decode with ``segmenter`` from the next frame on: an adaptive stream's frames moved to
@@ -472,6 +476,7 @@ class Tracker:
                 "at": self._discovered_at,
                 "next_id": self._next_id,
                 "on": self.discovering,
+                "full": self._full,
             },
         }
 
@@ -508,13 +513,14 @@ class Tracker:
             discovered_at = None if at is None else float(at)
             next_id = int(found.get("next_id", 1))
             discovering = bool(found.get("on", True))
+            full = bool(found.get("full", False))
         except InvalidInputError:
             raise
         except (AttributeError, KeyError, TypeError, ValueError) as exc:
             raise InvalidInputError(f"malformed tracker snapshot: {exc!r}") from None
         self._tracks, self._pending, self._last_frame = tracks, pending, last_frame
         self._discovered, self._discovered_at, self._next_id = discovered, discovered_at, next_id
-        self.discovering = discovering
+        self.discovering, self._full = discovering, full
 
     def _get(self, track_id: int) -> TrackState:
         try:
@@ -867,6 +873,7 @@ class Tracker:
         for tid in sorted(ended):
             del self._tracks[tid]
             self._discovered.discard(tid)
+        self._full = False
         return out
 
     def _discover(self, plan: StepPlan, batch: MaskBatch, results: Sequence[TrackResult]) -> list[TrackEvent]:
@@ -889,6 +896,14 @@ class Tracker:
         events: list[TrackEvent] = []
         for c in select(plan.grid, batch.scores[n:], logits, grid, cfg):
             if len(self._discovered) >= cfg.max_tracks:
+                if not self._full:  # once, until a discovered track ends
+                    detail = f"{cfg.max_tracks} discovered tracks follow their objects, the most allowed: new objects wait"
+                    events.append(
+                        TrackEvent(
+                            "discovery_full", 0, plan.frame_index, detail, {"max_tracks": cfg.max_tracks}
+                        )
+                    )
+                    self._full = True
                 break
             ys, xs = grid.pixels(c.rows, c.cols)
             if np.count_nonzero(held[ys, xs]) > cfg.covered * len(ys):

@@ -32,6 +32,15 @@ def entering(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_video(SCENE, tmp_path_factory.mktemp("discovery") / "entering.mp4")
 
 
+@pytest.fixture(scope="module")
+def whole(entering: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The data folder of a run that never stopped (job ``whole``)."""
+    data = tmp_path_factory.mktemp("discovery-runs") / "out"
+    done = cli(*_args(entering, data, "whole"))
+    assert done.returncode == 0, done.stderr
+    return data
+
+
 def _args(clip: Path, data: Path, job: str) -> list[str]:
     return [
         "run", str(clip), "--weights", "reference", "--image-size", "256", "--discover",
@@ -72,14 +81,9 @@ def _track_events(results, job: str) -> list[tuple]:  # type: ignore[no-untyped-
     ]
 
 
-def test_discs_that_enter_are_found_once_each_and_end_when_they_leave(
-    entering: Path, tmp_path: Path, results
-) -> None:
-    data = tmp_path / "out"
-    done = cli(*_args(entering, data, "found"))
-    assert done.returncode == 0, done.stderr
-    r = results(data)
-    entries = r.entries("found")
+def test_discs_that_enter_are_found_once_each_and_end_when_they_leave(whole: Path, results) -> None:
+    r = results(whole)
+    entries = r.entries("whole")
     assert len(entries) == len(SCENE.times)
     owners = _owners(SCENE, entries)
     tracks_of: dict[int, set[int]] = {}
@@ -93,7 +97,7 @@ def test_discs_that_enter_are_found_once_each_and_end_when_they_leave(
     assert all(len(t) == 1 for t in tracks_of.values()), tracks_of
     for disc in tracks_of:
         assert first[disc] - _entered(SCENE, disc) <= 2 * EVERY_S + 1e-9, disc
-    events = _track_events(r, "found")
+    events = _track_events(r, "whole")
     discovered = [e for e in events if e[0] == "track_discovered"]
     assert len(discovered) == 6 and all(e[3]["by"] == "grid" for e in discovered)
     ended = {e[2] for e in events if e[0] == "track_ended"}
@@ -101,11 +105,9 @@ def test_discs_that_enter_are_found_once_each_and_end_when_they_leave(
 
 
 def test_a_killed_run_resumes_to_the_same_tracks_masks_and_events(
-    entering: Path, tmp_path: Path, results
+    entering: Path, whole: Path, results
 ) -> None:
-    data = tmp_path / "out"
-    whole = cli(*_args(entering, data, "whole"))
-    assert whole.returncode == 0, whole.stderr
+    data = whole  # the same Redis: the killed job beside the whole one
     existing = _ray_processes()
     proc = popen(*_args(entering, data, "killed"))
     r = wait_for_entries(results, data, "killed", 45, proc)

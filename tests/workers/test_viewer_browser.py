@@ -301,3 +301,42 @@ def test_the_viewer_follows_a_live_stream_and_adds_and_removes_tracks(
         replayed = httpx.get(f"{base}/view/api/jobs", cookies={cookie["name"]: cookie["value"]})
         assert replayed.status_code == 401
         assert refused == []
+
+
+def test_the_viewers_toggle_pauses_and_resumes_a_streams_discovery(
+    service: ServeProcess, browser: Any, tmp_path: Path
+) -> None:
+    base = f"http://127.0.0.1:{service.port}"
+    with StreamSender("udp", fps=FPS, width=WIDTH, height=HEIGHT) as sender, service.api() as api:
+        # random weights: any candidate will do (the toggle is what is tested here)
+        discover = {"every_s": 0.5, "grid": 4, "min_score": 0, "min_stability": 0, "max_tracks": 2}
+        assert (
+            api.post(
+                "/streams", json={"source": sender.url, "job_id": "found", "discover": discover}
+            ).status_code
+            == 201
+        )
+        page = browser.new_page()
+        page.goto(f"{base}/view/jobs/found")
+        page.fill("#token", TOKEN)
+        page.click("button[type=submit]")
+        page.wait_for_selector("#discovery:has-text('Pause discovery'):not([disabled])")
+
+        def events() -> list[str]:
+            return [e["type"] for e in api.get("/streams/found/events").json()["events"]]
+
+        def wait_event(kind: str) -> None:
+            deadline = time.monotonic() + 60
+            while kind not in events():
+                assert time.monotonic() < deadline, events()
+                time.sleep(0.3)
+
+        page.click("#discovery")
+        page.wait_for_selector("#message:has-text('discovery paused')")
+        page.wait_for_selector("#discovery:has-text('Resume discovery')")
+        wait_event("discovery_paused")
+        page.click("#discovery")
+        page.wait_for_selector("#message:has-text('discovery resumes')")
+        wait_event("discovery_resumed")
+        assert events().index("discovery_paused") < events().index("discovery_resumed")
+        assert api.delete("/streams/found").status_code == 202

@@ -152,7 +152,9 @@ def test_limits_region_and_pause() -> None:
     # At most two discovered tracks.
     capped = DiscoveryConfig(every_s=EVERY_S, max_tracks=2)
     owners, events, _ = _follow(scene, Tracker(SEGMENTER, discovery=capped), range(len(scene.times)))
-    assert len(owners[len(scene.times) - 1]) == 2 and [e.kind for e in events].count("discovered") == 2
+    kinds = [e.kind for e in events]
+    assert len(owners[len(scene.times) - 1]) == 2 and kinds.count("discovered") == 2
+    assert kinds.count("discovery_full") == 1  # told once, while nothing ends
     paused = Tracker(SEGMENTER, discovery=DiscoveryConfig(every_s=EVERY_S))
     paused.discovering = False
     owners, events, _ = _follow(scene, paused, range(len(scene.times)))

@@ -12,6 +12,7 @@
     job: null,
     lastId: null, // the newest preview drawn (live follow)
     paused: false,
+    discoveryPaused: false, // this page paused the job's discovery
     playback: false, // a finished file job: played and scrubbed over its kept previews
     previews: [],
     playing: false,
@@ -90,6 +91,8 @@
     $("source").textContent = job.source;
     $("stop").textContent = job.kind === "stream" ? "Stop stream" : "Cancel job";
     $("stop").disabled = ["succeeded", "failed", "cancelled"].includes(job.status);
+    $("discovery").hidden = !job.discover;
+    $("discovery").disabled = $("stop").disabled;
     for (const t of job.tracks) {
       state.known.add(t.id);
       if (!state.prompts.has(t.id)) state.prompts.set(t.id, { points: t.points, labels: t.labels, box: t.box });
@@ -232,6 +235,15 @@
       await V.send("DELETE", `${api(state.job.kind)}/${encodeURIComponent(jobId)}`);
       message("stopping");
       refreshJob();
+    } catch (err) { failure(err); }
+  });
+  $("discovery").addEventListener("click", async () => {
+    const on = state.discoveryPaused; // paused now: resume it
+    try {
+      await V.send("POST", `${api(state.job.kind)}/${encodeURIComponent(jobId)}/discovery`, { on });
+      state.discoveryPaused = !on;
+      $("discovery").textContent = on ? "Pause discovery" : "Resume discovery";
+      message(on ? "discovery resumes from the next frame" : "discovery paused from the next frame");
     } catch (err) { failure(err); }
   });
   $("pause").addEventListener("click", () => {
