@@ -303,7 +303,8 @@ class JobDriver:
         """Take up a job that :meth:`Lifecycle.begin` started.
 
         A job with more tracks than a tracker host follows (``tracks_per_tracker``) is split by
-        track over several: the first share's host (the owner) publishes each frame whole.
+        track over several: the first share's host (the owner) publishes each frame whole. A job
+        that discovers is not split: its discovery must see every track's mask.
 
         Raises:
             RedisUnavailableError: its control stream cannot be read (nothing was taken up; the
@@ -314,6 +315,8 @@ class JobDriver:
         spec = start.spec
         size = self.options.tracks_per_tracker
         shares = [spec.tracks[i : i + size] for i in range(0, len(spec.tracks), size)] or [()]
+        if spec.discover is not None:  # one host sees every mask: discovery never doubles an object
+            shares = [spec.tracks]
         found = spec.discover.max_tracks if spec.discover is not None else 0  # the owner's to follow
         host, decoders = self.placement.place(
             [len(share) + (found if i == 0 else 0) for i, share in enumerate(shares)]

@@ -18,6 +18,7 @@ import pytest
 from pipeline.evaluation.scenes import Scene, entering_scene, write_video
 from pipeline.masks.rle import decode_rle
 from pipeline.streams import read_events
+from tests.fixtures.streams import StreamSender
 from tests.workers.conftest import cli, popen, wait_for_entries
 from tests.workers.test_job_failures import _ray_processes
 
@@ -41,9 +42,9 @@ def whole(entering: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return data
 
 
-def _args(clip: Path, data: Path, job: str) -> list[str]:
+def _args(entering: Path, data: Path, job: str) -> list[str]:
     return [
-        "run", str(clip), "--weights", "reference", "--image-size", "256", "--discover",
+        "run", str(entering), "--weights", "reference", "--image-size", "256", "--discover",
         "--discover-every", str(EVERY_S), "--discover-forget", "1", "--job-id", job,
         "--data-dir", str(data), "--no-progress", "--no-preview",
     ]  # fmt: skip
@@ -129,3 +130,39 @@ def test_a_killed_run_resumes_to_the_same_tracks_masks_and_events(
 
     assert masks("killed") == masks("whole")
     assert _track_events(r, "killed") == _track_events(r, "whole")
+
+
+def test_a_live_feed_where_discs_enter_gets_one_track_each_soon_after(tmp_path: Path, results) -> None:
+    """A live TCP feed that starts sending when the job connects (frame i at i / 10 s of the scene,
+    as the frames' pts say): discs enter one a second. Each is found within two discovery periods of
+    the first frame the job processed once a third of it showed (a live job drops frames while it
+    starts), one track each."""
+    data = tmp_path / "out"
+    with StreamSender("tcp", fps=10, scene="entering") as sender:
+        args = _args(entering=Path("feed"), data=data, job="cam")
+        args[1] = sender.url
+        proc = popen(*args, "--live")
+        try:
+            r = wait_for_entries(results, data, "cam", 90, proc, timeout=180)
+            assert cli("stop", "cam", "--data-dir", str(data)).returncode == 0
+            proc.communicate(timeout=60)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+    entries = [result for _, result in r.entries("cam")]
+    assert all(e.pts is not None for e in entries)
+    owners = _owners(SCENE, [(None, e) for e in entries if e.frame_index < len(SCENE.times)])
+    tracks_of: dict[int, set[int]] = {}
+    first: dict[int, float] = {}
+    for i, held in sorted(owners.items()):
+        assert len(set(held.values())) == len(held), f"frame {i}: one disc, two tracks: {held}"
+        for tid, disc in held.items():
+            tracks_of.setdefault(disc, set()).add(tid)
+            first.setdefault(disc, i / 10)
+    processed = sorted(e.pts for e in entries)
+    assert sorted(tracks_of) == [1, 2, 3, 4, 5, 6], tracks_of
+    assert all(len(t) == 1 for t in tracks_of.values()), tracks_of
+    for disc, seen in first.items():
+        entered = _entered(SCENE, disc)
+        since = next(t for t in processed if t >= entered - 1e-9)  # the first frame it could be found on
+        assert seen - since <= 2 * EVERY_S + 0.1 + 1e-9, (disc, entered, since, seen)
