@@ -148,7 +148,10 @@ def _add_discovery_options(p: argparse.ArgumentParser) -> None:
         "--discover-every", type=float, metavar="S", help="seconds of the feed between two looks (1)"
     )
     g.add_argument(
-        "--discover-grid", type=int, metavar="N", help="points a side of the grid: N*N decodes a look (16)"
+        "--discover-grid",
+        type=int,
+        metavar="N",
+        help="points a side of the grid: N*N decodes a look (16 on a GPU, 8 on a CPU)",
     )
     g.add_argument("--discover-max-tracks", type=int, metavar="N", help="most discovered tracks at once (16)")
     g.add_argument("--discover-min-area", type=int, metavar="PX", help="least pixels of an object (64)")

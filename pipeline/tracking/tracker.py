@@ -236,7 +236,9 @@ class Tracker:
     ) -> None:
         self.segmenter = segmenter
         self.config = config if config is not None else TrackingConfig()
-        self.discovery = discovery
+        device = getattr(segmenter, "device", None)
+        on_gpu = getattr(device, "type", None) == "cuda"
+        self.discovery = discovery.for_device(on_gpu) if discovery is not None else None
         self._tracks: dict[int, TrackState] = {}
         self._pending: list[tuple[EventKind, int, str]] = []
         self._last_frame: int | None = None

@@ -45,7 +45,7 @@ def whole(entering: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 def _args(entering: Path, data: Path, job: str) -> list[str]:
     return [
         "run", str(entering), "--weights", "reference", "--image-size", "256", "--discover",
-        "--discover-every", str(EVERY_S), "--discover-forget", "1", "--job-id", job,
+        "--discover-every", str(EVERY_S), "--discover-grid", "16", "--discover-forget", "1", "--job-id", job,
         "--data-dir", str(data), "--no-progress", "--no-preview",
     ]  # fmt: skip
 

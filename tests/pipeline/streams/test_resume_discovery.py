@@ -23,7 +23,7 @@ pytestmark = pytest.mark.slow
 
 SEGMENTER = ReferenceSegmenter(256)
 SCENE = _entering(count=4, seconds=8.0)
-DISCOVERY = DiscoveryConfig(every_s=0.5, forget_s=1.0)
+DISCOVERY = DiscoveryConfig(every_s=0.5, grid=16, forget_s=1.0)
 
 
 def _frames(indices: range) -> list[EncodedFrame]:

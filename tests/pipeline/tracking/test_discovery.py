@@ -61,7 +61,7 @@ def _entered(scene: Scene, thing: Thing) -> float:
 @pytest.mark.slow
 def test_objects_that_enter_are_found_once_each_and_end_when_they_leave() -> None:
     scene = _entering()
-    tracker = Tracker(SEGMENTER, discovery=DiscoveryConfig(every_s=EVERY_S, forget_s=1.0))
+    tracker = Tracker(SEGMENTER, discovery=DiscoveryConfig(every_s=EVERY_S, grid=16, forget_s=1.0))
     owners, events, _ = _follow(scene, tracker, range(len(scene.times)))
     tracks_of: dict[int, set[int]] = {}
     first_held: dict[int, float] = {}
@@ -92,7 +92,7 @@ def test_objects_that_enter_are_found_once_each_and_end_when_they_leave() -> Non
 @pytest.mark.slow
 def test_a_snapshot_resumes_to_the_same_tracks_and_events() -> None:
     scene = _entering(count=4, seconds=5.0)
-    config = DiscoveryConfig(every_s=EVERY_S, forget_s=1.0)
+    config = DiscoveryConfig(every_s=EVERY_S, grid=16, forget_s=1.0)
     whole = Tracker(SEGMENTER, discovery=config)
     _, events, results = _follow(scene, whole, range(len(scene.times)))
     first = Tracker(SEGMENTER, discovery=config)
@@ -120,7 +120,7 @@ def test_an_object_hidden_for_a_while_is_its_tracks_again_not_a_new_one(search: 
     disc = Thing(1, COLOURS[0], (40, 40), path, shown=((0.0, 1.5), (2.5, 9.0)))
     scene = Scene("hidden", (320, 240), tuple(k / 10 for k in range(45)), (disc,), tracked=())
     tracking = TrackingConfig(search=search)
-    tracker = Tracker(SEGMENTER, tracking, DiscoveryConfig(every_s=EVERY_S, forget_s=3.0))
+    tracker = Tracker(SEGMENTER, tracking, DiscoveryConfig(every_s=EVERY_S, grid=16, forget_s=3.0))
     owners, events, _ = _follow(scene, tracker, range(len(scene.times)))
     ids = {tid for held in owners.values() for tid in held}
     assert len(ids) == 1, (ids, [e.to_dict() for e in events])
@@ -132,7 +132,7 @@ def test_an_object_hidden_for_a_while_is_its_tracks_again_not_a_new_one(search: 
 @pytest.mark.slow
 def test_prompted_tracks_keep_their_objects_and_discovered_ids_follow_theirs() -> None:
     scene = _entering(count=3, seconds=3.5, leave=False)
-    tracker = Tracker(SEGMENTER, discovery=DiscoveryConfig(every_s=EVERY_S))
+    tracker = Tracker(SEGMENTER, discovery=DiscoveryConfig(every_s=EVERY_S, grid=16))
     tracker.add(TrackSpec(7, Prompt(box=(0.0, 0.0, 60.0, 40.0)), start_frame=8))  # thing 1, once in
     owners, events, _ = _follow(scene, tracker, range(len(scene.times)))
     held = owners[len(scene.times) - 1]
@@ -146,16 +146,16 @@ def test_prompted_tracks_keep_their_objects_and_discovered_ids_follow_theirs() -
 def test_limits_region_and_pause() -> None:
     scene = _entering(count=4, seconds=5.0, leave=False)
     # Only in the lower half (y >= 120): of the lanes at y 20, 60, 100 and 140, thing 4's.
-    roi = DiscoveryConfig(every_s=EVERY_S, roi=(0, 120, 320, 240))
+    roi = DiscoveryConfig(every_s=EVERY_S, grid=16, roi=(0, 120, 320, 240))
     owners, _, _ = _follow(scene, Tracker(SEGMENTER, discovery=roi), range(len(scene.times)))
     assert set(owners[len(scene.times) - 1].values()) == {4}
     # At most two discovered tracks.
-    capped = DiscoveryConfig(every_s=EVERY_S, max_tracks=2)
+    capped = DiscoveryConfig(every_s=EVERY_S, grid=16, max_tracks=2)
     owners, events, _ = _follow(scene, Tracker(SEGMENTER, discovery=capped), range(len(scene.times)))
     kinds = [e.kind for e in events]
     assert len(owners[len(scene.times) - 1]) == 2 and kinds.count("discovered") == 2
     assert kinds.count("discovery_full") == 1  # told once, while nothing ends
-    paused = Tracker(SEGMENTER, discovery=DiscoveryConfig(every_s=EVERY_S))
+    paused = Tracker(SEGMENTER, discovery=DiscoveryConfig(every_s=EVERY_S, grid=16))
     paused.discovering = False
     owners, events, _ = _follow(scene, paused, range(len(scene.times)))
     assert not any(owners.values()) and not events
@@ -163,6 +163,10 @@ def test_limits_region_and_pause() -> None:
 
 def test_settings_are_checked_naming_the_bad_one() -> None:
     assert DiscoveryConfig.from_dict(True) == DiscoveryConfig()
+    # The grid, unless given, is the device's: a CPU decodes each point ~25 ms at 1024.
+    assert (DiscoveryConfig().for_device(True).grid, DiscoveryConfig().for_device(False).grid) == (16, 8)
+    assert DiscoveryConfig(grid=4).for_device(True).grid == 4
+    assert Tracker(SEGMENTER, discovery=DiscoveryConfig()).discovery == DiscoveryConfig(grid=8)
     assert DiscoveryConfig.from_dict({"grid": 4, "roi": [0, 0, 10, 10]}).roi == (0.0, 0.0, 10.0, 10.0)
     for bad, says in (
         ({"grid": 0}, "grid must be an integer >= 1 and <= 64"),
