@@ -19,9 +19,10 @@ from __future__ import annotations
 import functools
 import math
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 
@@ -245,11 +246,19 @@ def write_clip(
             stream.options = {"crf": str(quality * 2), "b": "0", "deadline": "realtime", "cpu-used": "8"}
         if rotation % 360:
             stream.set_display_rotation(rotation)
-        for i in range(frames):
-            frame = av.VideoFrame.from_ndarray(render_frame(i, width, height, objects), format="rgb24")
-            frame.pts = i
-            for packet in stream.encode(frame):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
+        encode_pictures(container, stream, (render_frame(i, width, height, objects) for i in range(frames)))
     return path
+
+
+def encode_pictures(container: Any, stream: Any, pictures: Iterable[np.ndarray]) -> None:
+    """Encode (H, W, 3) uint8 RGB pictures into an open PyAV ``stream``, picture ``i`` at pts
+    ``i``, and flush it."""
+    import av
+
+    for i, picture in enumerate(pictures):
+        frame = av.VideoFrame.from_ndarray(picture, format="rgb24")
+        frame.pts = i
+        for packet in stream.encode(frame):
+            container.mux(packet)
+    for packet in stream.encode():
+        container.mux(packet)

@@ -274,20 +274,15 @@ def write_video(scene: Scene, path: str | Path, fps: int = 10) -> Path:
     should be so spaced)."""
     import av
 
+    from pipeline.bench.samples import encode_pictures
+
     path = Path(path)
     with av.open(str(path), "w") as container:
         stream = container.add_stream("libx264", rate=fps)
         stream.width, stream.height = scene.size
         stream.pix_fmt = "yuv420p"
         stream.options = {"crf": "12", "preset": "veryfast"}
-        for i in range(len(scene.times)):
-            image, _ = scene.render(i)
-            frame = av.VideoFrame.from_ndarray(image, format="rgb24")
-            frame.pts = i
-            for packet in stream.encode(frame):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
+        encode_pictures(container, stream, (scene.render(i)[0] for i in range(len(scene.times))))
     return path
 
 

@@ -36,6 +36,7 @@ import numpy as np
 from pipeline.errors import InvalidInputError
 from pipeline.model.types import DecodeRequest
 from pipeline.prompts import POSITIVE, Box, Prompt
+from pipeline.tracking.state import check_int
 
 MAX_GRID = 64  # points a side: 4096 decodes a discovery frame at most
 GPU_GRID, CPU_GRID = 16, 8  # the grid when none is given: a CPU decodes each point ~25 ms at 1024
@@ -94,20 +95,10 @@ class DiscoveryConfig:
             raise InvalidInputError(
                 f"discovery max_area must be a share of the frame in (0, 1], got {self.max_area:g}"
             )
-        for name, least, most in (("grid", 1, MAX_GRID), ("min_area", 0, None), ("max_tracks", 1, None)):
-            value = getattr(self, name)
-            if name == "grid" and value is None:
-                continue
-            if (
-                isinstance(value, bool)
-                or not isinstance(value, int)
-                or value < least
-                or (most and value > most)
-            ):
-                bound = f" and <= {most}" if most else ""
-                raise InvalidInputError(
-                    f"discovery {name} must be an integer >= {least}{bound}, got {value!r}"
-                )
+        if self.grid is not None:
+            check_int("discovery grid", self.grid, 1, MAX_GRID)
+        check_int("discovery min_area", self.min_area, 0)
+        check_int("discovery max_tracks", self.max_tracks, 1)
         if self.roi is not None:
             try:
                 x0, y0, x1, y1 = (float(v) for v in self.roi)

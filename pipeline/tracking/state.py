@@ -35,6 +35,14 @@ class TrackStatus(str, Enum):
     LOST = "lost"  # given up (a search limit, or never found): not decoded until re-prompted
 
 
+def check_int(what: str, value: object, least: int, most: int | None = None) -> None:
+    """``value`` is an integer (not a bool) from ``least`` to ``most``, or a one-line error naming
+    ``what``."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < least or (most and value > most):
+        bound = f" and <= {most}" if most else ""
+        raise InvalidInputError(f"{what} must be an integer >= {least}{bound}, got {value!r}")
+
+
 @dataclass(frozen=True)
 class TrackingConfig:
     """How tracks follow and find their objects.
@@ -129,17 +137,7 @@ class TrackingConfig:
             ("memory_size", 1, MAX_MEMORY),
             ("search_candidates", 0, MAX_CANDIDATES),
         ):
-            value = getattr(self, name)
-            if (
-                isinstance(value, bool)
-                or not isinstance(value, int)
-                or value < least
-                or (most and value > most)
-            ):
-                bound = f" and <= {most}" if most else ""
-                raise InvalidInputError(
-                    f"tracking {name} must be an integer >= {least}{bound}, got {value!r}"
-                )
+            check_int(f"tracking {name}", getattr(self, name), least, most)
         for name in ("use_mask_input", "add_peak_point", "motion", "memory", "search", "exclusive"):
             value = getattr(self, name)
             if not isinstance(value, bool):

@@ -66,6 +66,19 @@ def _owners(scene: Scene, entries: list) -> dict[int, dict[int, int]]:  # type: 
     return owners
 
 
+def _one_track_each(owners: dict[int, dict[int, int]]) -> tuple[dict[int, set[int]], dict[int, float]]:
+    """Each disc's tracks over the frames, and when (scene time) it was first held; no frame may
+    have two tracks on one disc."""
+    tracks_of: dict[int, set[int]] = {}
+    first: dict[int, float] = {}
+    for i, held in sorted(owners.items()):
+        assert len(set(held.values())) == len(held), f"frame {i}: one disc, two tracks: {held}"
+        for tid, disc in held.items():
+            tracks_of.setdefault(disc, set()).add(tid)
+            first.setdefault(disc, SCENE.times[i])
+    return tracks_of, first
+
+
 def _entered(scene: Scene, thing_id: int) -> float:
     thing = next(t for t in scene.things if t.id == thing_id)
     for i, t in enumerate(scene.times):
@@ -86,14 +99,7 @@ def test_discs_that_enter_are_found_once_each_and_end_when_they_leave(whole: Pat
     r = results(whole)
     entries = r.entries("whole")
     assert len(entries) == len(SCENE.times)
-    owners = _owners(SCENE, entries)
-    tracks_of: dict[int, set[int]] = {}
-    first: dict[int, float] = {}
-    for i, held in sorted(owners.items()):
-        assert len(set(held.values())) == len(held), f"frame {i}: one disc, two tracks: {held}"
-        for tid, disc in held.items():
-            tracks_of.setdefault(disc, set()).add(tid)
-            first.setdefault(disc, SCENE.times[i])
+    tracks_of, first = _one_track_each(_owners(SCENE, entries))
     assert sorted(tracks_of) == [1, 2, 3, 4, 5, 6]
     assert all(len(t) == 1 for t in tracks_of.values()), tracks_of
     for disc in tracks_of:
@@ -151,14 +157,9 @@ def test_a_live_feed_where_discs_enter_gets_one_track_each_soon_after(tmp_path: 
                 proc.kill()
     entries = [result for _, result in r.entries("cam")]
     assert all(e.pts is not None for e in entries)
-    owners = _owners(SCENE, [(None, e) for e in entries if e.frame_index < len(SCENE.times)])
-    tracks_of: dict[int, set[int]] = {}
-    first: dict[int, float] = {}
-    for i, held in sorted(owners.items()):
-        assert len(set(held.values())) == len(held), f"frame {i}: one disc, two tracks: {held}"
-        for tid, disc in held.items():
-            tracks_of.setdefault(disc, set()).add(tid)
-            first.setdefault(disc, i / 10)
+    tracks_of, first = _one_track_each(
+        _owners(SCENE, [(None, e) for e in entries if e.frame_index < len(SCENE.times)])
+    )
     processed = sorted(e.pts for e in entries)
     assert sorted(tracks_of) == [1, 2, 3, 4, 5, 6], tracks_of
     assert all(len(t) == 1 for t in tracks_of.values()), tracks_of
