@@ -69,6 +69,8 @@ class Frame:
         timings: seconds spent per stage so far (``decode``, ``preprocess``).
         job_id: the job the frame belongs to, where stages carry many jobs' frames in one call.
         preview: its JPEG preview, when its source host made one (published with its masks).
+        detections: what the job's detector found on it, on a detection frame (see
+            :mod:`pipeline.model.detector`); None on the others.
     """
 
     index: int
@@ -79,6 +81,7 @@ class Frame:
     timings: dict[str, float] = field(default_factory=dict)
     job_id: str = ""
     preview: Preview | None = None
+    detections: tuple[Any, ...] | None = None
 
     @property
     def image_size(self) -> int:
@@ -102,7 +105,7 @@ class EncodedFrame:
     """A frame after the encoder: its metadata and image embedding (no pixels).
 
     Attributes:
-        index, pts, capture_time, original_size, job_id, preview: as in :class:`Frame`.
+        index, pts, capture_time, original_size, job_id, preview, detections: as in :class:`Frame`.
         embedding: the frame's :class:`~pipeline.model.types.Embedding`.
         timings: seconds spent per stage so far (``decode``, ``preprocess``, ``encode``).
         error: why the encoder could not encode the frame (``embedding`` is None then): the
@@ -120,6 +123,7 @@ class EncodedFrame:
     error: str | None = None
     preview: Preview | None = None
     image_size: int = 0
+    detections: tuple[Any, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -132,6 +136,7 @@ class TrackMask:
         score: predicted IoU of the mask (0 when lost).
         bbox: (x0, y0, x1, y1) pixel box of the mask, x1/y1 exclusive, or None if empty.
         rle: the mask as COCO RLE ``{"size": [H, W], "counts": str}`` at the frame's resolution.
+        label: what the track follows, where a detector named it (its class); else None.
     """
 
     track_id: int
@@ -139,6 +144,7 @@ class TrackMask:
     score: float
     bbox: tuple[int, int, int, int] | None
     rle: dict[str, Any]
+    label: str | None = None
 
 
 @dataclass(frozen=True)

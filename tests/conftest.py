@@ -67,6 +67,14 @@ def compiled_cache(tmp_path_factory: pytest.TempPathFactory) -> CompiledCache:
     return CompiledCache(path, warmup(path, *WARMUP_ARGS))
 
 
+@pytest.fixture(scope="session")
+def blob_detector(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The reference detector (coloured blobs, :mod:`pipeline.evaluation.blobs`) as an ONNX file."""
+    from pipeline.evaluation.blobs import export_blob_detector
+
+    return export_blob_detector(tmp_path_factory.mktemp("detector") / "blobs.onnx")
+
+
 def sample_rgb(height: int, width: int, seed: int = 0) -> np.ndarray:
     """An HxWx3 uint8 RGB image: smooth gradient background, noise and two solid shapes."""
     rng = np.random.default_rng(seed)

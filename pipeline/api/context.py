@@ -5,9 +5,10 @@ limits, a stream's admission)."""
 from __future__ import annotations
 
 import itertools
+import os
 import threading
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Protocol, TypeVar
 
 import redis
@@ -20,6 +21,7 @@ from pipeline.errors import InvalidInputError, JobError
 from pipeline.jobs.admission import Demand, EncoderCapacity, admit
 from pipeline.ledger import JobInfo, JobStatus, JobStore
 from pipeline.ledger.slots import CreationLock, TrackSlots
+from pipeline.model.detector import open_detector
 from pipeline.spec import AutoSize, JobSpec
 from pipeline.streams import Keys
 from pipeline.tracking.discovery import DiscoveryConfig
@@ -154,6 +156,8 @@ class ApiContext:
             discovery = DiscoveryConfig.from_dict(body.discover)
         except InvalidInputError as exc:
             raise HttpError(422, [invalid(["discover"], exc)]) from None
+        if discovery.detector is not None:
+            discovery = replace(discovery, detector=self._detector(discovery))
         if len(body.tracks) + discovery.max_tracks > self.settings.max_tracks:
             msg = (
                 f"a job has at most {self.settings.max_tracks} tracks on this service: {len(body.tracks)} "
@@ -161,6 +165,30 @@ class ApiContext:
             )
             raise HttpError(422, [invalid(["discover", "max_tracks"], msg)])
         return discovery
+
+    def _detector(self, discovery: DiscoveryConfig) -> str:
+        """The path of the detector a job names (a file of ``--detector-dir``), checked.
+
+        Raises:
+            HttpError: 422 where the service offers no detectors, the name is not a file name of
+                its folder, or the file is not a detector (its message names the file, not the folder).
+        """
+        name = str(discovery.detector)
+        folder = self.settings.detector_dir
+        if folder is None:
+            msg = "this service offers no detectors (serve --detector-dir); use the grid (no detector)"
+            raise HttpError(422, [invalid(["discover", "detector"], msg)])
+        if name != os.path.basename(name) or name.startswith(".") or not name.endswith(".onnx"):
+            msg = (
+                f"detector must be the file name of one of this service's detectors (NAME.onnx), got {name!r}"
+            )
+            raise HttpError(422, [invalid(["discover", "detector"], msg)])
+        path = os.path.join(folder, name)
+        try:
+            open_detector(path, discovery.detector_score, discovery.classes)
+        except InvalidInputError as exc:
+            raise HttpError(422, [invalid(["discover", "detector"], str(exc).replace(path, name))]) from None
+        return path
 
     def _auto_of(self, body: JobBody, live: bool) -> AutoSize | None:
         if body.image_size != "auto":

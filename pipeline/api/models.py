@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from collections.abc import Sequence
 from typing import Any, Literal
 
@@ -174,11 +175,12 @@ class JobBody(BaseModel):
     max_fps: float | None = Field(
         default=None, gt=0, le=MAX_FPS, description="live: its most frames a second; default: its share"
     )
-    discover: bool | dict[str, float | int | list[float] | None] | None = Field(
+    discover: bool | dict[str, float | int | str | list[float] | list[str] | None] | None = Field(
         default=None,
-        description="find objects without a prompt and follow each (segment-everything on a grid): "
-        "true for the defaults, or settings: every_s, grid, min_score, min_stability, nms_iou, "
-        "min_area, max_area, roi [x0, y0, x1, y1], max_tracks, covered, forget_s (see docs/tracking.md)",
+        description="find objects without a prompt and follow each (segment-everything on a grid, or "
+        "a detector of the service's --detector-dir): true for the defaults, or settings: every_s, grid, "
+        "min_score, min_stability, nms_iou, min_area, max_area, roi [x0, y0, x1, y1], max_tracks, "
+        "covered, forget_s, detector (NAME.onnx), classes [names], detector_score (see docs/tracking.md)",
         examples=[{"every_s": 1.0, "grid": 8, "max_tracks": 8}],
     )
 
@@ -261,7 +263,7 @@ class JobView(BaseModel):
             status=info.status.value,
             source=redact(source),
             tracks=list(info.spec.get("tracks", [])),
-            discover=info.spec.get("discover"),
+            discover=_shown_discovery(info.spec.get("discover")),
             frames_done=info.frames_done,
             frames_total=info.frames_total,
             last_frame=info.last_frame,
@@ -371,3 +373,10 @@ def _redacted(value: Any, source: str) -> Any:
 def invalid(where: Sequence[str | int], exc: InvalidInputError | str) -> dict[str, Any]:
     """One item of a 422 ``detail`` list, in FastAPI's own shape."""
     return {"loc": ["body", *where], "msg": str(exc), "type": "value_error"}
+
+
+def _shown_discovery(discover: Any) -> Any:
+    """A job's discovery as the API shows it: its detector by file name (the folder is the service's)."""
+    if isinstance(discover, dict) and isinstance(discover.get("detector"), str):
+        return {**discover, "detector": os.path.basename(discover["detector"])}
+    return discover

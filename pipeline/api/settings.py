@@ -39,6 +39,8 @@ class ApiSettings:
             share of the encoders below ``min_stream_fps`` is refused with 429
             (:mod:`pipeline.jobs.admission`).
         min_stream_fps: the floor of a stream's fair share under ``capacity`` admission.
+        detector_dir: the folder of ONNX detectors a job's discovery may name (by file name);
+            None: jobs may not name one.
     """
 
     token: str
@@ -56,6 +58,7 @@ class ApiSettings:
     max_frame_pixels: int | None = DEFAULT_MAX_FRAME_PIXELS
     admission: str = "none"
     min_stream_fps: float = 1.0
+    detector_dir: str | None = None
 
     def __post_init__(self) -> None:
         if self.admission not in ADMISSIONS:

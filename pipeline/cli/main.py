@@ -165,6 +165,18 @@ def _add_discovery_options(p: argparse.ArgumentParser) -> None:
         metavar="S",
         help="a discovered track ends after S s without its object (5)",
     )
+    g.add_argument(
+        "--detector",
+        metavar="MODEL.onnx",
+        help="discover with this ONNX object detector's boxes instead of the grid (YOLO-style; "
+        "docs/tracking.md); implies --discover",
+    )
+    g.add_argument(
+        "--classes", metavar="A,B", help="with --detector: only objects of these classes get tracks (all)"
+    )
+    g.add_argument(
+        "--detector-score", type=float, metavar="S", help="with --detector: the least score of a box (0.25)"
+    )
 
 
 def _add_media_options(p: argparse.ArgumentParser, service: bool = False) -> None:
@@ -643,6 +655,11 @@ def _serve_host_options(sv: argparse.ArgumentParser) -> None:
 def _serve_limit_options(sv: argparse.ArgumentParser) -> None:
     """serve: what one client may ask of the service."""
     lim = sv.add_argument_group("limits (what one client may ask of the service)")
+    lim.add_argument(
+        "--detector-dir",
+        metavar="DIR",
+        help="the ONNX detectors a job's discovery may name (its file name in DIR); none by default",
+    )
     lim.add_argument(
         "--max-jobs",
         type=int,

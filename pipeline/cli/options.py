@@ -64,9 +64,15 @@ def discovery_settings(args: argparse.Namespace) -> dict[str, Any] | None:
         "max_area": args.discover_max_area,
         "roi": args.discover_roi,
         "forget_s": args.discover_forget,
+        "classes": _names(args.classes),
+        "detector_score": args.detector_score,
     }
     given = {k: v for k, v in given.items() if v is not None}
-    if not args.discover:
+    if args.detector is not None:
+        given["detector"] = args.detector
+    elif "classes" in given or "detector_score" in given:
+        raise InvalidInputError("--classes and --detector-score go with --detector")
+    if not args.discover and args.detector is None:
         if given:
             raise InvalidInputError("--discover-* settings go with --discover")
         return None
@@ -80,6 +86,16 @@ def discovery_settings(args: argparse.Namespace) -> dict[str, Any] | None:
         if len(given["roi"]) != 4:
             raise InvalidInputError(f"--discover-roi must be X0,Y0,X1,Y1, got {args.discover_roi!r}")
     return given
+
+
+def _names(text: str | None) -> list[str] | None:
+    """``--classes a,b``: the names, each stripped (None when not given)."""
+    if text is None:
+        return None
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    if not names:
+        raise InvalidInputError(f"--classes must name classes, A,B, got {text!r}")
+    return names
 
 
 def media_limits(args: argparse.Namespace) -> MediaLimits:

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -52,8 +54,28 @@ def build_spec(args: argparse.Namespace, image_size: int, weights: str) -> JobSp
     )
 
 
+def local_detector(spec: JobSpec) -> JobSpec:
+    """The spec with its detector file (if it has one) checked, before the job starts, and named by
+    its absolute path (the source host that runs it may have another working folder).
+
+    Raises:
+        InvalidInputError: the file is missing, not ONNX, or not of the detector contract, or a
+            class it does not name.
+    """
+    found = spec.discover
+    if found is None or found.detector is None:
+        return spec
+    from pipeline.model.detector import open_detector
+
+    path = os.path.abspath(found.detector)
+    open_detector(path, found.detector_score, found.classes)
+    return replace(spec, discover=replace(found, detector=path))
+
+
 def run(args: argparse.Namespace) -> int:
-    spec = build_spec(args, args.image_size, args.weights if not args.checkpoint else "official")
+    spec = local_detector(
+        build_spec(args, args.image_size, args.weights if not args.checkpoint else "official")
+    )
     model = model_config(args)
     keep_s = parse_keep(args.keep)
     if args.job_id is not None:

@@ -89,8 +89,18 @@ def _api_settings(args: argparse.Namespace, image_size: int, weights: str) -> tu
         max_frame_pixels=media.max_frame_pixels,
         admission=args.admission,
         min_stream_fps=args.min_stream_fps,
+        detector_dir=_detector_dir(args.detector_dir),
     )
     return settings, made_token
+
+
+def _detector_dir(value: str | None) -> str | None:
+    """``--detector-dir``: an existing folder, absolute (None: not given)."""
+    if value is None:
+        return None
+    if not os.path.isdir(value):
+        raise InvalidInputError(f"--detector-dir {value}: no such folder")
+    return os.path.abspath(value)
 
 
 def _service_config(args: argparse.Namespace, model: Any, policy: Any) -> Any:

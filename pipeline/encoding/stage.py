@@ -51,6 +51,7 @@ class FrameEncoder:
                 f.job_id,
                 preview=f.preview,
                 image_size=f.image_size,
+                detections=f.detections,
             )
             for f, emb in zip(frames, embeddings, strict=True)
         ]

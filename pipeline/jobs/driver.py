@@ -54,10 +54,11 @@ from pipeline.jobs.transport import Handle, Transport
 from pipeline.ledger.lifecycle import Ending, Lifecycle, Start
 from pipeline.masks.preview import PreviewOptions
 from pipeline.metrics import Metrics, NullMetrics
-from pipeline.sources.host import ReadReply, ReadRequest, SourceSpec
+from pipeline.sources.host import DetectorSpec, ReadReply, ReadRequest, SourceSpec
 from pipeline.sources.limits import MediaLimits
 from pipeline.spec import AutoSize
 from pipeline.streams.control import Command, ControlBus
+from pipeline.tracking.discovery import DiscoveryConfig
 from pipeline.tracking.host import OWNER, PART, TrackReply, TrackSetup
 from pipeline.tracking.stage import FrameSummary
 
@@ -350,6 +351,7 @@ class JobDriver:
                 limits=self.options.media,
                 stall_s=self.options.stall_s,
                 preview=self.options.preview,
+                detector=detector_spec(spec.discover),
             ),
             setup,
             host,
@@ -952,6 +954,13 @@ def _reason(exc: BaseException, what: str) -> str:
     if isinstance(inner, SamstreamError):
         return str(inner)
     return f"{what}: {type(inner).__name__}: {inner}"
+
+
+def detector_spec(discover: DiscoveryConfig | None) -> DetectorSpec | None:
+    """What a job's source host needs to run its detector (None: it has none)."""
+    if discover is None or discover.detector is None:
+        return None
+    return DetectorSpec(discover.detector, discover.every_s, discover.detector_score, discover.classes)
 
 
 def _load(setup: TrackSetup) -> int:

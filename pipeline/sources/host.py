@@ -25,10 +25,13 @@ from dataclasses import dataclass, field, replace
 from pipeline.errors import SamstreamError
 from pipeline.frames import Frame
 from pipeline.masks.preview import OFF, PreviewOptions, PreviewPacer, make_preview
+from pipeline.model.detector import Detector, open_detector
 from pipeline.sources.guard import NetworkGuard
 from pipeline.sources.limits import MediaLimits
 from pipeline.sources.reader import FileReader, LiveReader, Notify, Reader
 from pipeline.sources.video import SourceInfo, VideoSource
+from pipeline.tracking.discovery import detection_frame
+from pipeline.tracking.tracker import DEFAULT_FPS
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +52,8 @@ class SourceSpec:
         limits: pixels per frame (every source), frames and duration (files) it may have.
         stall_s: files and URLs: fail after this long without a frame while one is wanted.
         preview: the JPEG previews the host makes of the job's frames (see :mod:`pipeline.masks.preview`).
+        detector: the job's detector, run on one frame every ``every_s`` seconds of the feed
+            (None: none).
     """
 
     uri: str
@@ -59,6 +64,18 @@ class SourceSpec:
     limits: MediaLimits = field(default_factory=MediaLimits)
     stall_s: float = 30.0
     preview: PreviewOptions = OFF
+    detector: DetectorSpec | None = None
+
+
+@dataclass(frozen=True)
+class DetectorSpec:
+    """A job's detector (see :mod:`pipeline.model.detector`): its file, how often it runs (seconds
+    of the feed's time), its least score and the classes kept (None: all)."""
+
+    path: str
+    every_s: float
+    min_score: float = 0.25
+    classes: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -161,6 +178,7 @@ class _Slot:
     info_sent: bool = False
     thread: threading.Thread | None = field(default=None, repr=False)
     pacer: PreviewPacer | None = None
+    detected_at: float | None = None  # live feeds: the time of the last frame taken
 
 
 class SourceHost:
@@ -177,6 +195,7 @@ class SourceHost:
         self._slots: dict[str, _Slot] = {}
         self._lock = threading.Lock()
         self._ready = threading.Event()  # set by any source's thread when it has something new
+        self._detectors: dict[DetectorSpec, Detector] = {}  # opened once, shared by the jobs naming one
 
     @property
     def jobs(self) -> int:
@@ -253,9 +272,10 @@ class SourceHost:
             group_frames: list[Frame] = []
             for _ in group:
                 request, slot = requests[i], slots[i]
+                ready = self._detected(slot, taken[i])
                 mine = [
                     replace(f, job_id=request.job_id)
-                    for f in (_previewed(slot, taken[i]) if request.preview else taken[i])
+                    for f in (_previewed(slot, ready) if request.preview else ready)
                 ]
                 group_frames += mine
                 group_replies.append(self._reply(request, slot, mine, ended[i], errors[i] or slot.error))
@@ -263,6 +283,41 @@ class SourceHost:
             replies.append(group_replies)
             frames.append(group_frames)
         return replies, frames
+
+    def _detected(self, slot: _Slot, frames: list[Frame]) -> list[Frame]:
+        """``frames``, the detection frames among them carrying the job's detector's boxes (see
+        :func:`~pipeline.tracking.discovery.detection_frame`). A file's frame is one by its own
+        time and the frame rate, so a resumed job's are the same; a live feed's by the last frame
+        taken. A detector that cannot run fails the job (its frames are not given)."""
+        spec = slot.spec.detector
+        if spec is None or not frames:
+            return frames
+        rate = (slot.reader.info.fps if slot.reader is not None else None) or DEFAULT_FPS
+        out = []
+        for f in frames:
+            at = _frame_time(f, slot.spec.live)
+            before = slot.detected_at if slot.spec.live else at - slot.spec.stride / rate
+            slot.detected_at = at
+            if not detection_frame(at, before, spec.every_s):
+                out.append(f)
+                continue
+            start = time.perf_counter()
+            try:
+                detector = self._detectors.get(spec)
+                if detector is None:
+                    detector = self._detectors[spec] = open_detector(spec.path, spec.min_score, spec.classes)
+                found = tuple(detector.detect(f.rgb(), f.original_size))
+            except SamstreamError as exc:
+                slot.error = str(exc)
+                return []
+            except Exception as exc:  # the model failed on a picture: the job says why
+                slot.error = f"detector {spec.path} failed on frame {f.index}: {type(exc).__name__}: {exc}"
+                log.warning("detector failed", exc_info=True)
+                return []
+            out.append(
+                replace(f, detections=found, timings={**f.timings, "detect": time.perf_counter() - start})
+            )
+        return out
 
     def _reply(
         self, request: ReadRequest, slot: _Slot, frames: list[Frame], end: bool, error: str | None
@@ -331,6 +386,14 @@ class SourceHost:
             readers = [s.reader for s in self._slots.values() if s.reader is not None]
             self._slots.clear()
         _close_all(readers)
+
+
+def _frame_time(frame: Frame, live: bool) -> float:
+    """A frame's time as its tracker reads it: a live frame's capture time, a file's presentation
+    time (its index at the tracker's default rate where it has none)."""
+    if live:
+        return frame.capture_time
+    return frame.pts if frame.pts is not None else frame.index / DEFAULT_FPS
 
 
 def _previewed(slot: _Slot, frames: list[Frame]) -> list[Frame]:

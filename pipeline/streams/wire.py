@@ -269,13 +269,16 @@ def _encode_track(track: TrackMask, height: int, width: int) -> dict[str, Any]:
     bbox = None if track.bbox is None else [int(v) for v in track.bbox]
     if bbox is not None and len(bbox) != 4:
         raise WireFormatError(f"track {track.track_id}: bbox must be (x0, y0, x1, y1), got {track.bbox!r}")
-    return {
+    out = {
         "id": int(track.track_id),
         "state": track.state,
         "score": score,
         "bbox": bbox,
         "rle": {"size": size, "counts": counts},
     }
+    if track.label is not None:  # a detector's class; absent otherwise (older readers see no change)
+        out["label"] = str(track.label)
+    return out
 
 
 def _decode_track(raw: Any) -> TrackMask:
@@ -289,6 +292,7 @@ def _decode_track(raw: Any) -> TrackMask:
         score=float(raw["score"]),
         bbox=None if bbox is None else (int(bbox[0]), int(bbox[1]), int(bbox[2]), int(bbox[3])),
         rle={"size": [int(rle["size"][0]), int(rle["size"][1])], "counts": str(rle["counts"])},
+        label=None if raw.get("label") is None else str(raw["label"]),
     )
 
 

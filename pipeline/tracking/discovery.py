@@ -17,6 +17,12 @@ candidate starts a new track when:
   tracks;
 * fewer than ``max_tracks`` discovered tracks are alive.
 
+With a ``detector`` (an ONNX model the user brings, :mod:`pipeline.model.detector`), the candidates
+are its boxes instead of the grid's: the job's source host runs it on one frame every ``every_s``
+seconds of the feed (:func:`detection_frame`), each kept box (``classes``, ``detector_score``) is
+decoded as a box prompt on that frame's embedding, and its mask is held to the same limits; the new
+track carries the box's class as its ``label``.
+
 A discovered track is prompted with the candidate's box and a point at its mask's centre (if that
 lies on the mask; else the grid point that found it), from the next frame on. It ends by itself when it has searched ``forget_s`` seconds without its object (or the
 tracking's ``search_s``, if that is set and shorter): a ``ended`` event, and its id is never used
@@ -64,6 +70,10 @@ class DiscoveryConfig:
         covered: a candidate with more than this share of its pixels under the frame's track masks
             is held already.
         forget_s: seconds a discovered track searches for its object before it ends.
+        detector: an ONNX detector file whose boxes are the candidates instead of the grid's
+            (None: the grid).
+        classes: with a detector, only objects of these classes get tracks (None: every class).
+        detector_score: with a detector, the least score of a box.
     """
 
     every_s: float = 1.0
@@ -77,9 +87,14 @@ class DiscoveryConfig:
     max_tracks: int = 16
     covered: float = 0.5
     forget_s: float = 5.0
+    detector: str | None = None
+    classes: tuple[str, ...] | None = None
+    detector_score: float = 0.25
 
     def __post_init__(self) -> None:
-        for name in ("every_s", "min_score", "min_stability", "nms_iou", "max_area", "covered", "forget_s"):
+        names = ("every_s", "min_score", "min_stability", "nms_iou", "max_area", "covered", "forget_s",
+                 "detector_score")  # fmt: skip
+        for name in names:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
                 raise InvalidInputError(f"discovery {name} must be a finite number, got {value!r}")
@@ -88,7 +103,7 @@ class DiscoveryConfig:
             raise InvalidInputError(f"discovery every_s must be > 0 seconds, got {self.every_s:g}")
         if self.forget_s < 0:
             raise InvalidInputError(f"discovery forget_s must be >= 0 seconds, got {self.forget_s:g}")
-        for name in ("min_score", "min_stability", "nms_iou", "covered"):
+        for name in ("min_score", "min_stability", "nms_iou", "covered", "detector_score"):
             if not 0 <= getattr(self, name) <= 1:
                 raise InvalidInputError(f"discovery {name} must be in [0, 1], got {getattr(self, name):g}")
         if not 0 < self.max_area <= 1:
@@ -109,16 +124,36 @@ class DiscoveryConfig:
                     f"discovery roi must be [x0, y0, x1, y1] with 0 <= x0 < x1 and 0 <= y0 < y1, got {list(self.roi)}"
                 )
             object.__setattr__(self, "roi", (x0, y0, x1, y1))
+        self._check_detector()
+
+    def _check_detector(self) -> None:
+        if self.detector is not None and (not isinstance(self.detector, str) or not self.detector.strip()):
+            raise InvalidInputError(f"discovery detector must be a file name, got {self.detector!r}")
+        if self.classes is not None:
+            if isinstance(self.classes, str) or not all(isinstance(c, str) and c for c in self.classes):
+                raise InvalidInputError(
+                    f"discovery classes must be a list of class names, got {self.classes!r}"
+                )
+            if not self.classes:
+                raise InvalidInputError("discovery classes must name at least one class (or be left out)")
+            object.__setattr__(self, "classes", tuple(self.classes))
+            if self.detector is None:
+                raise InvalidInputError(
+                    "discovery classes need a detector (the grid finds objects of no class)"
+                )
+        if self.detector is not None and self.grid is not None:
+            raise InvalidInputError("discovery takes a grid or a detector, not both")
 
     def for_device(self, gpu: bool) -> DiscoveryConfig:
         """The settings with the grid chosen for where the model runs, when none was given."""
-        if self.grid is not None:
+        if self.grid is not None or self.detector is not None:
             return self
         return replace(self, grid=GPU_GRID if gpu else CPU_GRID)
 
     def to_dict(self) -> dict[str, Any]:
         out = {f.name: getattr(self, f.name) for f in fields(self)}
         out["roi"] = None if self.roi is None else list(self.roi)
+        out["classes"] = None if self.classes is None else list(self.classes)
         return out
 
     @classmethod
@@ -143,6 +178,8 @@ class DiscoveryConfig:
             raise InvalidInputError(f"discovery roi must be [x0, y0, x1, y1], got {values['roi']!r}")
         if values.get("roi") is not None:
             values["roi"] = tuple(values["roi"])
+        if isinstance(values.get("classes"), list):
+            values["classes"] = tuple(values["classes"])
         return cls(**values)
 
 
@@ -159,6 +196,8 @@ class Candidate:
         area: its pixels (as its low-resolution mask counts them).
         index: its request's index among the discovery frame's grid requests.
         rows, cols: its low-resolution mask's cells (see :class:`Grid`).
+        by: what found it: ``grid`` or ``detector``.
+        label: the detector's class of it (None: the grid's).
     """
 
     point: tuple[float, float]
@@ -169,6 +208,8 @@ class Candidate:
     index: int
     rows: np.ndarray
     cols: np.ndarray
+    by: str = "grid"
+    label: str | None = None
 
 
 @dataclass(frozen=True)
@@ -224,6 +265,12 @@ def grid_requests(points: Sequence[tuple[float, float]]) -> list[DecodeRequest]:
     return [DecodeRequest(Prompt((p,), (POSITIVE,)), None, multimask=True, low_res_only=True) for p in points]
 
 
+def detection_requests(detections: Sequence[Any]) -> list[DecodeRequest]:
+    """One request a detector's box: the box as the prompt, SAM's single mask, judged by its
+    low-resolution logits."""
+    return [DecodeRequest(Prompt(box=tuple(d.box)), None, low_res_only=True) for d in detections]
+
+
 def stability(logits: np.ndarray, offset: float = STABILITY_OFFSET) -> float:
     """IoU of ``logits > offset`` and ``logits > -offset`` (1: the mask's edge is sharp); 0 for an
     empty mask."""
@@ -272,6 +319,42 @@ def select(
         point = _inside(valid, rows, cols, grid, points[i])
         kept.append(Candidate(point, box, score, steady, area, i, rows, cols))
     return kept
+
+
+def detected(
+    detections: Sequence[Any], logits: np.ndarray, grid: Grid, config: DiscoveryConfig
+) -> list[Candidate]:
+    """The detector's boxes (best scored first, each decoded as a box prompt: ``logits``) whose
+    masks pass the area and region limits, overlapping ones suppressed (any class)."""
+    height, width = grid.original_size
+    most = config.max_area * height * width
+    n_rows, n_cols = grid.cells
+    sx, sy = grid.step
+    kept: list[Candidate] = []
+    for i, d in enumerate(detections):
+        valid = logits[i][:n_rows, :n_cols]
+        rows, cols = np.nonzero(valid > 0)
+        if rows.size == 0:
+            continue
+        area = round(rows.size * sx * sy)
+        x0, y0, x1, y1 = d.box
+        box = (int(x0), int(y0), min(width, math.ceil(x1)), min(height, math.ceil(y1)))
+        if area < config.min_area or area > most or not _centre_in(box, config.roi):
+            continue
+        if any(box_iou(box, k.box) > config.nms_iou for k in kept):
+            continue
+        centre = ((x0 + x1) / 2, (y0 + y1) / 2)
+        point = _inside(valid, rows, cols, grid, centre)
+        kept.append(
+            Candidate(point, box, float(d.score), stability(valid), area, i, rows, cols, "detector", d.label)
+        )
+    return kept
+
+
+def detection_frame(time: float, before: float | None, every_s: float) -> bool:
+    """Whether a frame at ``time`` s is a detection frame: the first, or the first of a new
+    ``every_s`` slot of the feed's time (``before``: the time of the frame before it)."""
+    return before is None or math.floor(time / every_s + 1e-9) > math.floor(before / every_s + 1e-9)
 
 
 def box_iou(a: Sequence[float], b: Sequence[float]) -> float:

@@ -255,7 +255,9 @@ class TrackDecoder:
         started = time.perf_counter()
         while True:
             try:
-                plan = self.tracker.plan(frame.index, frame.embedding, self.frame_time(frame))
+                plan = self.tracker.plan(
+                    frame.index, frame.embedding, self.frame_time(frame), frame.detections
+                )
                 return Step(frame, action, plan, timings, started)
             except TrackPromptError as exc:
                 self.tracker.remove(exc.track_id)
@@ -292,7 +294,12 @@ class TrackDecoder:
         start = time.perf_counter()
         tracks = tuple(
             TrackMask(
-                r.track_id, r.status.value, float(r.score), r.box, encode_rle(r.mask, r.box or (0, 0, 0, 0))
+                r.track_id,
+                r.status.value,
+                float(r.score),
+                r.box,
+                encode_rle(r.mask, r.box or (0, 0, 0, 0)),
+                r.label,
             )
             for r in results
         )

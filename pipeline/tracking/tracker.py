@@ -62,7 +62,16 @@ from pipeline.masks.rle import mask_bbox
 from pipeline.model.types import DecodeRequest, Embedding, MaskBatch
 from pipeline.prompts import POSITIVE, Box, Point, Prompt, TrackSpec
 from pipeline.tracking.arrays import resize_square
-from pipeline.tracking.discovery import Candidate, DiscoveryConfig, Grid, grid_points, grid_requests, select
+from pipeline.tracking.discovery import (
+    Candidate,
+    DiscoveryConfig,
+    Grid,
+    detected,
+    detection_requests,
+    grid_points,
+    grid_requests,
+    select,
+)
 from pipeline.tracking.memory import PURE, FrameFeatures, Memory
 from pipeline.tracking.motion import Motion
 from pipeline.tracking.state import MaskBox, TrackingConfig, TrackState, TrackStatus
@@ -76,6 +85,7 @@ SNAPSHOT_VERSIONS = (1, 2)
 LOW_RES_STRIDE = 4  # encoder-input pixels per low-resolution logit (S / (S/4))
 DEFAULT_FPS = 30.0  # a frame without a time is taken as frame_index / DEFAULT_FPS seconds
 MAX_GROWTH = 0.5  # the prediction's uncertainty grows a box prompt by at most this share of its side
+IN_SIGHT = 0.5  # share of a predicted box in the frame for motion alone to re-find its object
 MOTION_GATE = 4.0  # without appearance, a coasting track re-finds only masks this many std away
 CLAIM_KEEP = 0.5  # a mask that loses this share of its pixels to other tracks is not taken
 SURE = 0.25  # a prediction whose spread is under this share of the box's side takes the mask input
@@ -120,6 +130,7 @@ class TrackResult:
         box: the mask's box, XYXY with exclusive right/bottom, original-frame pixels; None when
             the mask is empty.
         mask: (H, W) bool at the frame's original resolution (may be a view into the decoded batch).
+        label: the detector's class of the track's object (None: not named).
     """
 
     track_id: int
@@ -127,6 +138,7 @@ class TrackResult:
     score: float
     box: MaskBox | None
     mask: np.ndarray
+    label: str | None = None
 
 
 @dataclass(frozen=True)
@@ -182,6 +194,8 @@ class StepPlan:
         predicted: for each decoded track, its motion carried to the frame's time (None: none).
         grid: a discovery frame's grid points; their requests follow the tracks' in ``requests``.
         input_size: (h, w) of the frame resized for the encoder.
+        detections: a detection frame's detector boxes; their requests follow the tracks' (there is
+            no grid then).
     """
 
     frame_index: int
@@ -196,6 +210,7 @@ class StepPlan:
     predicted: tuple[Motion | None, ...] = ()
     grid: tuple[tuple[float, float], ...] = ()
     input_size: tuple[int, int] = (0, 0)
+    detections: tuple[Any, ...] = ()
 
 
 @dataclass
@@ -247,6 +262,7 @@ class Tracker:
         self._next_id = 1  # discovered tracks take ids from here up: never one used before
         self.discovering = True  # paused: no discovery frames (the tracks found go on)
         self._full = False  # discovery_full was told (until a discovered track ends)
+        self._labels: dict[int, str] = {}  # a detector's class of the tracks it started
 
     def use(self, segmenter: Segmenter) -> None:
         """Decode with ``segmenter`` from the next frame on: an adaptive stream's frames moved to
@@ -295,6 +311,7 @@ class Tracker:
         self._get(track_id)
         del self._tracks[track_id]
         self._discovered.discard(track_id)
+        self._labels.pop(track_id, None)
         self._pending.append(("removed", track_id, ""))
 
     def reprompt(self, track_id: int, prompt: Prompt) -> TrackState:
@@ -346,11 +363,19 @@ class Tracker:
         batch = self.segmenter.decode(embedding, plan.requests) if plan.requests else None
         return self.commit(plan, batch)
 
-    def plan(self, frame_index: int, embedding: Embedding, time: float | None = None) -> StepPlan:
+    def plan(
+        self,
+        frame_index: int,
+        embedding: Embedding,
+        time: float | None = None,
+        detections: Sequence[Any] | None = None,
+    ) -> StepPlan:
         """The first half of :meth:`step`: what to decode on this frame. Changes nothing.
 
         A caller that follows many trackers decodes every plan's requests together (one model
         call over several frames and jobs), then gives each tracker its masks by :meth:`commit`.
+        ``detections``: a detection frame's boxes (:class:`~pipeline.model.detector.Detection`), for
+        a job that discovers with a detector (None: not a detection frame).
 
         Raises:
             InvalidInputError: the frame index is not after the last one stepped, or the time is
@@ -401,6 +426,8 @@ class Tracker:
                     kinds.append(kind)
         grid = self._grid(t, width, height)
         requests.extend(grid_requests(grid))
+        found = self._detections(detections)
+        requests.extend(detection_requests(found))
         return StepPlan(
             frame_index,
             (height, width),
@@ -414,6 +441,7 @@ class Tracker:
             tuple(predicted),
             tuple(grid),
             tuple(embedding.input_size),  # type: ignore[arg-type]
+            found,
         )
 
     def commit(self, plan: StepPlan, batch: MaskBatch | None) -> tuple[list[TrackResult], list[TrackEvent]]:
@@ -456,8 +484,10 @@ class Tracker:
             if event is not None:
                 events.append(event)
             results.append(_empty_result(s.track_id, new.status, plan.size))
+        if self._labels:  # before an ended track's label goes: its last result carries it too
+            results = [replace(r, label=self._labels.get(r.track_id)) for r in results]
         events = self._end_discovered(events)
-        if plan.grid and batch is not None:
+        if (plan.grid or plan.detections) and batch is not None:
             events += self._discover(plan, batch, results)
         self._last_frame = frame_index
         return results, events
@@ -479,6 +509,7 @@ class Tracker:
                 "next_id": self._next_id,
                 "on": self.discovering,
                 "full": self._full,
+                "labels": {str(tid): label for tid, label in sorted(self._labels.items())},
             },
         }
 
@@ -488,6 +519,7 @@ class Tracker:
         self._tracks = {tid: s for tid, s in self._tracks.items() if owned(tid)}
         self._pending = [(k, tid, d) for k, tid, d in self._pending if owned(tid)]
         self._discovered = {tid for tid in self._discovered if owned(tid)}
+        self._labels = {tid: label for tid, label in self._labels.items() if owned(tid)}
 
     def restore(self, data: Mapping[str, Any]) -> None:
         """Replace the whole state with a :meth:`snapshot` (of this version or an older one);
@@ -516,13 +548,14 @@ class Tracker:
             next_id = int(found.get("next_id", 1))
             discovering = bool(found.get("on", True))
             full = bool(found.get("full", False))
+            labels = {int(t): str(v) for t, v in (found.get("labels") or {}).items() if int(t) in tracks}
         except InvalidInputError:
             raise
         except (AttributeError, KeyError, TypeError, ValueError) as exc:
             raise InvalidInputError(f"malformed tracker snapshot: {exc!r}") from None
         self._tracks, self._pending, self._last_frame = tracks, pending, last_frame
         self._discovered, self._discovered_at, self._next_id = discovered, discovered_at, next_id
-        self.discovering, self._full = discovering, full
+        self.discovering, self._full, self._labels = discovering, full, labels
 
     def _get(self, track_id: int) -> TrackState:
         try:
@@ -683,7 +716,10 @@ class Tracker:
         elif match is not None and state.memory is not None:  # re-finding: it must look like it
             c.accepted = match >= self._found_threshold(state.memory)
         elif kind == "follow" and predicted is not None and box is not None:  # no appearance:
-            c.accepted = predicted.distance(box) <= MOTION_GATE  # where the motion expects it
+            # where the motion expects it, and in sight: an object the motion puts out of the frame
+            # cannot be seen, so a sliver at the edge is another one (its own return is re-found
+            # by its look, once enough of it shows)
+            c.accepted = predicted.distance(box) <= MOTION_GATE and _in_sight(predicted.box(), plan.size)
         return c
 
     def _found_threshold(self, memory: Memory) -> float:
@@ -855,11 +891,18 @@ class Tracker:
     def _grid(self, time: float, width: int, height: int) -> list[tuple[float, float]]:
         """The discovery grid's points, if this frame is a discovery frame (else none)."""
         cfg = self.discovery
-        if cfg is None or not self.discovering:
+        if cfg is None or not self.discovering or cfg.detector is not None:
             return []
         if self._discovered_at is not None and time - self._discovered_at < cfg.every_s - 1e-9:
             return []
         return grid_points(width, height, cfg)
+
+    def _detections(self, detections: Sequence[Any] | None) -> tuple[Any, ...]:
+        """A detection frame's boxes, if this job discovers with a detector and is not paused."""
+        cfg = self.discovery
+        if cfg is None or cfg.detector is None or not self.discovering or detections is None:
+            return ()
+        return tuple(detections)
 
     def _end_discovered(self, events: list[TrackEvent]) -> list[TrackEvent]:
         """Discovered tracks that gave up end: ``ended`` in place of ``gave_up``, and they go."""
@@ -875,6 +918,7 @@ class Tracker:
         for tid in sorted(ended):
             del self._tracks[tid]
             self._discovered.discard(tid)
+            self._labels.pop(tid, None)
         self._full = False
         return out
 
@@ -896,7 +940,11 @@ class Tracker:
             s for s in self._tracks.values() if s.status is not TrackStatus.ACTIVE and s.memory is not None
         ]
         events: list[TrackEvent] = []
-        for c in select(plan.grid, batch.scores[n:], logits, grid, cfg):
+        if plan.detections:
+            candidates = detected(plan.detections, logits, grid, cfg)
+        else:
+            candidates = select(plan.grid, batch.scores[n:], logits, grid, cfg)
+        for c in candidates:
             if len(self._discovered) >= cfg.max_tracks:
                 if not self._full:  # once, until a discovered track ends
                     detail = f"{cfg.max_tracks} discovered tracks follow their objects, the most allowed: new objects wait"
@@ -928,8 +976,12 @@ class Tracker:
         self._tracks[tid] = TrackState(tid, prompt, start_frame=frame_index + 1)
         self._discovered.add(tid)
         data = {"box": list(c.box), "point": list(c.point), "score": c.score,
-                "stability": c.stability, "area": c.area, "by": "grid"}  # fmt: skip
-        detail = f"found at {list(c.box)} by the grid (score {c.score:.3f}, area {c.area})"
+                "stability": c.stability, "area": c.area, "by": c.by}  # fmt: skip
+        by = "the grid"
+        if c.label is not None:
+            self._labels[tid] = data["label"] = c.label
+            by = f"the detector as {c.label!r}"
+        detail = f"found at {list(c.box)} by {by} (score {c.score:.3f}, area {c.area})"
         return TrackEvent("discovered", tid, frame_index, detail, data)
 
     def _sought(self, plan: StepPlan, logits: np.ndarray, sought: Sequence[TrackState]) -> TrackState | None:
@@ -1015,6 +1067,16 @@ def _gave_up(track_id: int, frame_index: int, seconds: float) -> TrackEvent:
 
 def _empty_result(track_id: int, status: TrackStatus, size: tuple[int, ...]) -> TrackResult:
     return TrackResult(track_id, status, 0.0, None, np.zeros(size, dtype=bool))
+
+
+def _in_sight(box: Box, size: tuple[int, int]) -> bool:
+    """Whether at least half of ``box`` lies in a frame of ``size`` (H, W)."""
+    height, width = size
+    area = (box[2] - box[0]) * (box[3] - box[1])
+    inside = max(0.0, min(box[2], width) - max(box[0], 0.0)) * max(
+        0.0, min(box[3], height) - max(box[1], 0.0)
+    )
+    return area > 0 and inside >= IN_SIGHT * area
 
 
 def _box_iou(a: MaskBox | Box, b: MaskBox | Box) -> float:

@@ -167,3 +167,45 @@ def test_a_live_feed_where_discs_enter_gets_one_track_each_soon_after(tmp_path: 
         entered = _entered(SCENE, disc)
         since = next(t for t in processed if t >= entered - 1e-9)  # the first frame it could be found on
         assert seen - since <= 2 * EVERY_S + 0.1 + 1e-9, (disc, entered, since, seen)
+
+
+def test_a_detector_gives_tracks_to_the_classes_asked_only_labelled_on_the_wire(
+    entering: Path, whole: Path, blob_detector: Path, results
+) -> None:
+    """``--detector`` with ``--classes``: the source host runs the reference detector (real ONNX
+    Runtime) on a frame each period; red, blue and magenta discs get one track each, soon after
+    entering, labelled in every masks entry and in their events; the others none."""
+    data = whole  # the same Redis, beside the grid's job
+    args = _args(entering, data, "detected")
+    grid = args.index("--discover-grid")
+    del args[grid : grid + 2]
+    args += ["--detector", str(blob_detector), "--classes", "red,blue,magenta", "--detector-score", "0.5"]
+    done = cli(*args)
+    assert done.returncode == 0, done.stderr
+    r = results(data)
+    entries = r.entries("detected")
+    assert len(entries) == len(SCENE.times)
+    tracks_of, first = _one_track_each(_owners(SCENE, entries))
+    assert sorted(tracks_of) == [1, 3, 5], tracks_of
+    assert all(len(t) == 1 for t in tracks_of.values()), tracks_of
+    for disc in tracks_of:
+        assert first[disc] - _entered(SCENE, disc) <= 2 * EVERY_S + 1e-9, disc
+    names = {1: "red", 3: "blue", 5: "magenta"}
+    label_of = {next(iter(tids)): names[disc] for disc, tids in tracks_of.items()}
+    for _, result in entries:
+        for t in result.tracks:
+            assert t.label == label_of[t.track_id], (result.frame_index, t)
+    discovered = [e for e in _track_events(r, "detected") if e[0] == "track_discovered"]
+    assert sorted((e[2], e[3]["label"], e[3]["by"]) for e in discovered) == sorted(
+        (tid, label, "detector") for tid, label in label_of.items()
+    )
+
+
+def test_a_bad_detector_file_is_one_line_before_the_job_starts(entering: Path, tmp_path: Path) -> None:
+    bad = tmp_path / "model.onnx"
+    bad.write_text("not a model")
+    done = cli(
+        "run", str(entering), "--weights", "reference", "--detector", str(bad), "--data-dir", str(tmp_path)
+    )
+    assert done.returncode != 0
+    assert "not an ONNX model" in done.stderr and "Traceback" not in done.stderr, done.stderr

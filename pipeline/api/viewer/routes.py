@@ -227,7 +227,14 @@ def _frame(client: redis.Redis, keys: Keys, job_id: str, preview: PreviewEntry) 
         width, height = entry.result.width, entry.result.height
         publish_time, notice = entry.publish_time, entry.notice
         tracks = [
-            {"id": t.track_id, "state": t.state, "score": t.score, "bbox": t.bbox, "rle": t.rle}
+            {
+                "id": t.track_id,
+                "state": t.state,
+                "score": t.score,
+                "bbox": t.bbox,
+                "rle": t.rle,
+                "label": t.label,
+            }
             for t in entry.result.tracks
         ]
     return {

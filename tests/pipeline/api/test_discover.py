@@ -62,3 +62,42 @@ def test_discovered_tracks_count_within_the_track_limit(
     # 1 given + 3 held for discovery: one more fits, the next does not.
     assert api.post(f"/jobs/{job}/tracks", json={"id": 2, "points": [[30, 40]]}).status_code == 202
     assert api.post(f"/jobs/{job}/tracks", json={"id": 3, "points": [[50, 60]]}).status_code == 409
+
+
+def test_a_detector_is_named_from_the_services_folder_only(
+    settings: ApiSettings, redis_client: redis.Redis, backend: RecordingBackend, prefix: str, blob_detector
+) -> None:
+    none = _api(settings, redis_client, backend).post(
+        "/jobs", json={"source": SOURCE, "discover": {"detector": "blobs.onnx"}}
+    )
+    assert none.status_code == 422 and "offers no detectors" in none.text
+    api = TestClient(
+        create_app(
+            dataclasses.replace(settings, detector_dir=str(blob_detector.parent)), redis_client, backend
+        ),
+        headers=AUTH,
+    )
+    folder = str(blob_detector.parent)
+    for detector, says in (
+        ("../blobs.onnx", "the file name of one of this service's detectors"),
+        ("/etc/passwd", "the file name of one of this service's detectors"),
+        ("missing.onnx", "detector missing.onnx: no such file"),
+    ):
+        got = api.post("/jobs", json={"source": SOURCE, "discover": {"detector": detector}})
+        assert got.status_code == 422 and says in got.text, got.text
+        assert folder not in got.text  # the service's folders are its own
+    unknown = api.post(
+        "/jobs", json={"source": SOURCE, "discover": {"detector": "blobs.onnx", "classes": ["dog"]}}
+    )
+    assert (
+        unknown.status_code == 422 and "no class named 'dog'" in unknown.text and folder not in unknown.text
+    )
+    made = api.post(
+        "/jobs",
+        json={"source": SOURCE, "discover": {"detector": "blobs.onnx", "classes": ["red"], "every_s": 2}},
+    )
+    assert made.status_code == 201, made.text
+    spec = JobStore(redis_client, Keys(prefix)).get(made.json()["id"]).spec
+    assert spec["discover"]["detector"] == str(blob_detector) and spec["discover"]["classes"] == ["red"]
+    shown = api.get(f"/jobs/{made.json()['id']}")
+    assert shown.json()["discover"]["detector"] == "blobs.onnx" and folder not in shown.text

@@ -66,3 +66,31 @@ def test_submit_sends_the_discovery_settings() -> None:
     args = build_parser().parse_args(["submit", "clip.mp4", "--discover", "--discover-max-tracks", "3"])
     body, live = job_body(args)
     assert body["tracks"] == [] and body["discover"]["max_tracks"] == 3 and not live
+
+
+def test_a_detector_implies_discovery_and_is_checked_before_the_job_starts(
+    blob_detector: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from pipeline.cli.run import local_detector
+
+    monkeypatch.chdir(blob_detector.parent)
+    spec = _spec("--detector", blob_detector.name, "--classes", "red, blue", "--detector-score", "0.5")
+    assert spec.discover == DiscoveryConfig(
+        detector="blobs.onnx", classes=("red", "blue"), detector_score=0.5
+    )
+    assert local_detector(spec).discover.detector == str(blob_detector)  # type: ignore[union-attr]
+    for argv, says in [
+        (("--detector", "missing.onnx"), "detector .*missing.onnx: no such file"),
+        (("--detector", blob_detector.name, "--classes", "red,horse"), "no class named 'horse'"),
+    ]:
+        with pytest.raises(InvalidInputError, match=says):
+            local_detector(_spec(*argv))
+    for argv, says in [
+        (("--point", "5,5", "--classes", "red"), "--classes and --detector-score go with --detector"),
+        (("--detector", "d.onnx", "--classes", " , "), "--classes must name classes"),
+        (("--detector", "d.onnx", "--discover-grid", "8"), "a grid or a detector, not both"),
+    ]:
+        with pytest.raises(InvalidInputError, match=says):
+            _spec(*argv)
+    body, _ = job_body(build_parser().parse_args(["submit", "clip.mp4", "--detector", "people.onnx"]))
+    assert body["discover"]["detector"] == "people.onnx"  # a name of the service's --detector-dir

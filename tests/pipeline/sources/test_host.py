@@ -215,3 +215,67 @@ def test_a_preview_that_cannot_be_made_costs_the_frame_only_its_preview(
         assert frames["a"] == list(range(20)) and not any(r.error for r in replies["a"])
     finally:
         host.shutdown()
+
+
+def _frames_of(
+    host: SourceHost, request: ReadRequest, limit: float = 20
+) -> tuple[list[Any], list[ReadReply]]:
+    """Every frame of one job (to its end or error), and the replies."""
+    frames: list[Any] = []
+    replies: list[ReadReply] = []
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        (got,), (pixels,) = host.read([[request]], wait_s=0.05)
+        replies += got
+        frames += pixels
+        if got[0].end or got[0].error:
+            return frames, replies
+        after = pixels[-1].index if pixels else request.after
+        request = ReadRequest(request.job_id, request.source, after, request.count)
+    raise AssertionError(replies)
+
+
+@pytest.mark.slow
+def test_a_detectors_frames_are_one_a_period_and_the_same_after_a_restart(
+    blob_detector: Path, tmp_path: Path
+) -> None:
+    from pipeline.evaluation.scenes import entering_scene, write_video
+    from pipeline.sources.host import DetectorSpec
+
+    clip = write_video(entering_scene(count=3, seconds=3.0), tmp_path / "entering.mp4")
+    spec = SourceSpec(str(clip), 256, detector=DetectorSpec(str(blob_detector), 0.5, 0.5, ("red", "green")))
+    host = SourceHost()
+    try:
+        frames, _ = _frames_of(host, ReadRequest("a", spec, None, 8))
+    finally:
+        host.shutdown()
+    assert [f.index for f in frames] == list(range(30))
+    marked = {f.index: f.detections for f in frames if f.detections is not None}
+    assert sorted(marked) == [0, 5, 10, 15, 20, 25]  # 10 fps: one frame each half second
+    assert all("detect" in frames[i].timings for i in marked)
+    assert [d.label for d in marked[25]] == ["red", "green"]  # blue is in, but not asked for
+    assert marked[0] == ()  # nothing in yet
+    again = SourceHost()  # a restarted host, reading on after frame 12: the same frames, the same boxes
+    try:
+        later, _ = _frames_of(again, ReadRequest("a", spec, 12, 8))
+    finally:
+        again.shutdown()
+    assert {f.index: f.detections for f in later if f.detections is not None} == {
+        i: marked[i] for i in (15, 20, 25)
+    }
+
+
+def test_a_detector_that_cannot_run_fails_its_job_with_one_line(
+    clips: tuple[Path, Path], tmp_path: Path
+) -> None:
+    from pipeline.sources.host import DetectorSpec
+
+    garbage = tmp_path / "model.onnx"
+    garbage.write_bytes(b"\x00" * 64)
+    host = SourceHost()
+    try:
+        spec = SourceSpec(str(clips[0]), 256, detector=DetectorSpec(str(garbage), 1.0))
+        frames, replies = _frames_of(host, ReadRequest("a", spec, None, 4))
+    finally:
+        host.shutdown()
+    assert frames == [] and "not an ONNX model" in (replies[-1].error or "")

@@ -66,8 +66,21 @@
     }
     overlay.getContext("2d").putImageData(pixels, 0, 0);
     ctx.drawImage(overlay, 0, 0);
+    // A detector's class over its track's box, in the track's colour on black.
+    ctx.font = "bold 12px sans-serif";
+    ctx.textBaseline = "bottom";
+    for (const track of frame.tracks) {
+      if (track.state !== "active" || !track.bbox || !track.label) continue;
+      const [x0, y0] = track.bbox;
+      const text = `${track.label} ${track.id}`;
+      const top = Math.max(14, y0);
+      ctx.fillStyle = "rgba(0,0,0,0.7)";
+      ctx.fillRect(x0, top - 14, ctx.measureText(text).width + 6, 14);
+      ctx.fillStyle = `rgb(${V.colour(track.id).join(",")})`;
+      ctx.fillText(text, x0 + 3, top);
+    }
     const drawnAt = Date.now() / 1000;
-    V.shown = { frame: frame.frame, tracks: frame.tracks.map((t) => ({ id: t.id, state: t.state, bbox: t.bbox })) };
+    V.shown = { frame: frame.frame, tracks: frame.tracks.map((t) => ({ id: t.id, state: t.state, bbox: t.bbox, label: t.label || null })) };
     V.drawn.push({ frame: frame.frame, capture_time: frame.capture_time, publish_time: frame.publish_time,
       drawn_at: drawnAt, tracks: frame.tracks.filter((t) => t.state === "active").map((t) => t.id) });
     if (V.drawn.length > 1000) V.drawn.splice(0, V.drawn.length - 1000);
@@ -109,9 +122,10 @@
       swatch.className = "swatch";
       swatch.style.background = `rgb(${V.colour(t.id).join(",")})`;
       const label = document.createElement("span");
+      const name = t.label ? `${t.label} ${t.id}` : `track ${t.id}`;
       label.textContent = t.state === "active"
-        ? `track ${t.id} · active · ${t.score.toFixed(2)}`
-        : `track ${t.id} · ${t.state}${t.state === "searching" ? "…" : ""}`;
+        ? `${name} · active · ${t.score.toFixed(2)}`
+        : `${name} · ${t.state}${t.state === "searching" ? "…" : ""}`;
       const reprompt = document.createElement("button");
       reprompt.textContent = state.target === t.id ? "Cancel re-prompt" : "Re-prompt";
       reprompt.addEventListener("click", () => {
