@@ -15,6 +15,10 @@ def run(args: argparse.Namespace) -> int:
     suites = SUITES if args.suite == "all" else (args.suite,)
     if args.runs < 1:
         raise InvalidInputError(f"--runs must be >= 1, got {args.runs}")
+    if args.detector is not None:
+        from pipeline.model.detector import open_detector
+
+        open_detector(args.detector)  # a bad file is refused before any suite runs
     capacity_size = _capacity_size(args.capacity_image_size)  # refused before any suite runs
     if args.capacity_encoder_cpus < 1:
         raise InvalidInputError(f"--capacity-encoder-cpus must be >= 1, got {args.capacity_encoder_cpus}")
@@ -22,7 +26,7 @@ def run(args: argparse.Namespace) -> int:
         raise InvalidInputError(f"--capacity-admission must be > 0 fps, got {args.capacity_admission:g}")
     import torch
 
-    from pipeline.bench.model import run_decoder, run_discovery, run_encoder
+    from pipeline.bench.model import run_decoder, run_detection, run_discovery, run_encoder
     from pipeline.bench.report import Result, print_table
     from pipeline.bench.system import describe_machine, run_machinery, run_pipeline
 
@@ -41,6 +45,7 @@ def run(args: argparse.Namespace) -> int:
         elif suite == "decoder":
             new = run_decoder(device, args.image_size, args.runs, precision=precision)
             new += run_discovery(device, args.image_size, args.runs, precision=precision)
+            new += run_detection(device, args.image_size, args.runs, args.detector, precision=precision)
         elif suite == "pipeline":
             new = run_pipeline(
                 args.frames, args.image_size, ["--weights", "random"], args.device, args.precision

@@ -805,6 +805,11 @@ def _bench_command(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
         default="auto",
         help="precision of the encoder suite's second row and of the decoder and pipeline suites (default auto)",
     )
+    bn.add_argument(
+        "--detector",
+        metavar="MODEL.onnx",
+        help="the decoder suite's detection row runs this detector (default: the reference blob detector)",
+    )
     bn.set_defaults(handler="pipeline.cli.bench:run")
 
 

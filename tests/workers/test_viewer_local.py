@@ -172,3 +172,48 @@ def test_samstream_view_plays_and_scrubs_a_finished_file_job(tmp_path: Path, chr
     finally:
         os.killpg(proc.pid, signal.SIGINT)
         proc.wait(30)
+
+
+def test_a_detectors_tracks_are_shown_with_their_class(
+    tmp_path: Path, chromium: Any, blob_detector: Path
+) -> None:
+    """A file job that discovers with the reference detector (red and blue only): the viewer lists
+    and draws each found track under its class's name."""
+    from pipeline.evaluation.scenes import entering_scene, write_video
+
+    clip = write_video(entering_scene(count=3, seconds=4.0), tmp_path / "entering.mp4")
+    r = cli(
+        "run", str(clip), "--weights", "reference", "--image-size", "256", "--detector", str(blob_detector),
+        "--classes", "red,blue", "--discover-every", "0.5", "--job-id", "d1", "--data-dir", str(tmp_path / "out"),
+        "--no-progress", "--preview-rate", "50",
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    port = free_port()
+    env = {**os.environ, "SAMSTREAM_API_TOKEN": "view-token", "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(
+        [EXE, "view", "d1", "--data-dir", str(tmp_path / "out"), "--port", str(port)],
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        start_new_session=True,
+    )
+    try:
+        url = _Lines(proc).until(r"viewer on (http://\S+)", 60).group(1)
+        page = chromium.new_page()
+        page.goto(url)
+        page.fill("#token", "view-token")
+        page.click("button[type=submit]")
+        page.wait_for_selector("#playback:not([hidden])")
+        last = int(page.get_attribute("#scrub", "max") or 0)
+        page.locator("#scrub").fill(str(last))  # 4 s: red and blue are in, green too (not asked for)
+        page.wait_for_function(
+            "() => window.samstreamViewer.shown && window.samstreamViewer.shown.tracks.length === 2"
+        )
+        shown = page.evaluate("window.samstreamViewer.shown")
+        assert sorted(t["label"] for t in shown["tracks"]) == ["blue", "red"], shown
+        page.wait_for_selector("#tracks li:has-text('red 1')")
+        listed = page.inner_text("#tracks")
+        assert "red 1 · active" in listed and "blue 2 · active" in listed and "track " not in listed, listed
+    finally:
+        os.killpg(proc.pid, signal.SIGINT)
+        proc.wait(30)

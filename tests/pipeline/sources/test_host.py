@@ -279,3 +279,38 @@ def test_a_detector_that_cannot_run_fails_its_job_with_one_line(
     finally:
         host.shutdown()
     assert frames == [] and "not an ONNX model" in (replies[-1].error or "")
+
+
+@pytest.mark.slow
+def test_a_live_feeds_detector_runs_on_the_first_frame_taken_in_each_period(blob_detector: Path) -> None:
+    """A live feed's frames are dropped as the pipeline lags: the detector runs on the first frame
+    *taken* in each period of capture time, never twice in one."""
+    import math
+
+    from pipeline.sources.host import DetectorSpec
+
+    every = 0.5
+    host = SourceHost()
+    with StreamSender("tcp", fps=10, scene="entering") as sender:
+        try:
+            spec = SourceSpec(
+                sender.url, 256, live=True, give_up_s=10, detector=DetectorSpec(str(blob_detector), every)
+            )
+            taken: list[Any] = []
+            after = None
+            deadline = time.monotonic() + 30
+            while len(taken) < 30:
+                assert time.monotonic() < deadline, [f.index for f in taken]
+                (replies,), (frames,) = host.read([[ReadRequest("cam", spec, after, 1)]], 0.05)
+                assert replies[0].error is None, replies[0].error
+                taken += frames
+                after = frames[-1].index if frames else after
+                time.sleep(0.12)  # slower than the feed: it drops frames
+        finally:
+            host.shutdown()
+    slots = [math.floor(f.capture_time / every + 1e-9) for f in taken]
+    marked = [i for i, f in enumerate(taken) if f.detections is not None]
+    assert marked[0] == 0
+    assert marked == [0] + [i for i in range(1, len(taken)) if slots[i] > slots[i - 1]]
+    assert len(marked) >= 4
+    assert any(f.detections for f in taken if f.detections is not None)  # discs enter from 0.5 s
