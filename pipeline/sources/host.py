@@ -17,6 +17,7 @@ import contextlib
 import functools
 import gc
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -37,6 +38,7 @@ log = logging.getLogger(__name__)
 
 # Frames a file source decodes ahead of the pipeline.
 FILE_QUEUE = 16
+TELL_EVERY_S = 30.0  # a failing detector is told once in this long (not once a frame)
 
 
 @dataclass(frozen=True)
@@ -112,7 +114,8 @@ class ReadReply:
         opening: the source is still being opened; ask again.
         info: the source's size and length, in the first reply after it was opened.
         dropped: live feeds: frames dropped since the last reply.
-        events: live feeds: ``(kind, detail, epoch seconds)`` since the last reply.
+        events: ``(kind, detail, epoch seconds)`` since the last reply: a live feed's (lost,
+            restored), and a detector's failure (``detector_failed``).
         error: the source failed (one line); the job cannot go on.
     """
 
@@ -179,6 +182,8 @@ class _Slot:
     thread: threading.Thread | None = field(default=None, repr=False)
     pacer: PreviewPacer | None = None
     detected_at: float | None = None  # live feeds: the time of the last frame taken
+    told: float = -math.inf  # when its detector's failure was last told (monotonic)
+    events: list[tuple[str, str, float]] = field(default_factory=list)  # the host's own, to tell
 
 
 class SourceHost:
@@ -288,7 +293,8 @@ class SourceHost:
         """``frames``, the detection frames among them carrying the job's detector's boxes (see
         :func:`~pipeline.tracking.discovery.detection_frame`). A file's frame is one by its own
         time and the frame rate, so a resumed job's are the same; a live feed's by the last frame
-        taken. A detector that cannot run fails the job (its frames are not given)."""
+        taken. A detector that cannot run costs those frames their boxes, not the job: a
+        ``detector_failed`` event says why (at most one a :data:`TELL_EVERY_S`)."""
         spec = slot.spec.detector
         if spec is None or not frames:
             return frames
@@ -307,13 +313,10 @@ class SourceHost:
                 if detector is None:
                     detector = self._detectors[spec] = open_detector(spec.path, spec.min_score, spec.classes)
                 found = tuple(detector.detect(f.rgb(), f.original_size))
-            except SamstreamError as exc:
-                slot.error = str(exc)
-                return []
-            except Exception as exc:  # the model failed on a picture: the job says why
-                slot.error = f"detector {spec.path} failed on frame {f.index}: {type(exc).__name__}: {exc}"
-                log.warning("detector failed", exc_info=True)
-                return []
+            except Exception as exc:  # the stream goes on without boxes; the job's events say why
+                _tell_failure(slot, spec, f.index, exc)
+                out.append(f)
+                continue
             out.append(
                 replace(f, detections=found, timings={**f.timings, "detect": time.perf_counter() - start})
             )
@@ -334,7 +337,7 @@ class SourceHost:
             end,
             info=info,
             dropped=reader.dropped(),
-            events=tuple(reader.events()),
+            events=(*reader.events(), *_drain(slot.events)),
             error=error,
         )
 
@@ -388,12 +391,32 @@ class SourceHost:
         _close_all(readers)
 
 
+def _tell_failure(slot: _Slot, spec: DetectorSpec, index: int, exc: Exception) -> None:
+    """A ``detector_failed`` event for the job, unless one was told within :data:`TELL_EVERY_S`."""
+    now = time.monotonic()
+    if now - slot.told < TELL_EVERY_S:
+        return
+    slot.told = now
+    name = spec.path.rsplit("/", 1)[-1]
+    why = str(exc) if isinstance(exc, SamstreamError) else f"{type(exc).__name__}: {exc}"
+    if not isinstance(exc, SamstreamError):
+        log.warning("detector %s failed on frame %d", spec.path, index, exc_info=True)
+    detail = f"frame {index}: {why.replace(spec.path, name)}; frames go on without its boxes"
+    slot.events.append(("detector_failed", detail[:500], time.time()))
+
+
 def _frame_time(frame: Frame, live: bool) -> float:
     """A frame's time as its tracker reads it: a live frame's capture time, a file's presentation
     time (its index at the tracker's default rate where it has none)."""
     if live:
         return frame.capture_time
     return frame.pts if frame.pts is not None else frame.index / DEFAULT_FPS
+
+
+def _drain(events: list[tuple[str, str, float]]) -> list[tuple[str, str, float]]:
+    out = list(events)
+    events.clear()
+    return out
 
 
 def _previewed(slot: _Slot, frames: list[Frame]) -> list[Frame]:

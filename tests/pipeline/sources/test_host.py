@@ -265,20 +265,27 @@ def test_a_detectors_frames_are_one_a_period_and_the_same_after_a_restart(
     }
 
 
-def test_a_detector_that_cannot_run_fails_its_job_with_one_line(
+def test_a_detector_that_cannot_run_costs_the_frames_their_boxes_not_the_job(
     clips: tuple[Path, Path], tmp_path: Path
 ) -> None:
+    """A detector that fails where it runs (a file gone bad since the job was checked, a model that
+    throws): the frames go on without boxes, and one ``detector_failed`` event says why, without
+    the host's folders."""
     from pipeline.sources.host import DetectorSpec
 
     garbage = tmp_path / "model.onnx"
     garbage.write_bytes(b"\x00" * 64)
     host = SourceHost()
     try:
-        spec = SourceSpec(str(clips[0]), 256, detector=DetectorSpec(str(garbage), 1.0))
+        spec = SourceSpec(str(clips[0]), 256, detector=DetectorSpec(str(garbage), 0.1))
         frames, replies = _frames_of(host, ReadRequest("a", spec, None, 4))
     finally:
         host.shutdown()
-    assert frames == [] and "not an ONNX model" in (replies[-1].error or "")
+    assert [f.index for f in frames] == list(range(20)) and all(f.detections is None for f in frames)
+    assert not any(r.error for r in replies)
+    [(kind, detail, _)] = [e for r in replies for e in r.events]  # once, not once a detection frame
+    assert kind == "detector_failed" and "not an ONNX model" in detail and str(tmp_path) not in detail, detail
+    assert detail.startswith("frame 0: detector model.onnx:") and "frames go on without its boxes" in detail
 
 
 @pytest.mark.slow
