@@ -323,13 +323,19 @@ def run_discovery(
 
 
 def run_detection(
-    device: Any, image_size: int, runs: int, detector_path: str | None = None, precision: Any = None
+    device: Any,
+    image_size: int,
+    runs: int,
+    detector_path: str | None = None,
+    precision: Any = None,
+    compile: Any = None,
 ) -> list[Result]:
     """What a detection frame costs (discovery by a detector): the detector on the frame, as the
     source host runs it (ONNX Runtime, on the CPU), and a tracker's step with its boxes decoded as
     box prompts in the frame's call, on a 720p frame of six coloured discs with 4 tracks, against
     the same step without. ``detector_path``: the user's detector (None: the reference blob detector,
-    :mod:`pipeline.evaluation.blobs`, which finds the six discs)."""
+    :mod:`pipeline.evaluation.blobs`, which finds the six discs); ``compile``: the model's (None:
+    compiled, as a run uses it)."""
     from pipeline.config import Compile, Precision
     from pipeline.evaluation.blobs import COLOURS, export_blob_detector
     from pipeline.model.detector import open_detector
@@ -340,7 +346,7 @@ def run_detection(
     from pipeline.tracking.discovery import DiscoveryConfig
 
     dtype = resolve(precision or Precision.AUTO, device)
-    ours = _ours(_plain(device, image_size), device, image_size, dtype, Compile.COMPILED)
+    ours = _ours(_plain(device, image_size), device, image_size, dtype, compile or Compile.COMPILED)
     frame = np.full((720, 1280, 3), 90, dtype=np.uint8)
     ys, xs = np.mgrid[0:720, 0:1280]
     for k, colour in enumerate(COLOURS.values()):
