@@ -65,6 +65,17 @@ def _ours(
     return MobileSam(sam, image_size, device, dtype, compile, cache)
 
 
+def _box_tracker(model: Any, boxes: Any, discovery: Any) -> Any:
+    """A tracker over ``model`` following one box-prompted track per box (ids 1, 2, …)."""
+    from pipeline.prompts import Prompt, TrackSpec
+    from pipeline.tracking import Tracker
+
+    tracker = Tracker(model, discovery=discovery)
+    for i, box in enumerate(boxes):
+        tracker.add(TrackSpec(i + 1, Prompt(box=box)))
+    return tracker
+
+
 def _sync(device: Any) -> None:
     import torch
 
@@ -274,8 +285,6 @@ def run_discovery(
     step without it. The encode is the frame's either way (discovery needs none of its own)."""
     from pipeline.config import Compile, Precision
     from pipeline.model.precision import name, resolve
-    from pipeline.prompts import Prompt, TrackSpec
-    from pipeline.tracking import Tracker
     from pipeline.tracking.discovery import DiscoveryConfig
 
     dtype = resolve(precision or Precision.AUTO, device)
@@ -285,9 +294,7 @@ def run_discovery(
     boxes = [(100.0, 100.0, 300.0, 300.0), (500.0, 200.0, 650.0, 400.0), (800.0, 50.0, 1000.0, 250.0), (300.0, 450.0, 500.0, 650.0)]  # fmt: skip
 
     def stepper(discovery: DiscoveryConfig | None) -> Any:
-        tracker = Tracker(ours, discovery=discovery)
-        for i, box in enumerate(boxes):
-            tracker.add(TrackSpec(i + 1, Prompt(box=box)))
+        tracker = _box_tracker(ours, boxes, discovery)
         state = {"frame": 0}
 
         def step() -> None:
@@ -341,8 +348,6 @@ def run_detection(
     from pipeline.model.detector import open_detector
     from pipeline.model.precision import name, resolve
     from pipeline.model.transforms import resize_longest
-    from pipeline.prompts import Prompt, TrackSpec
-    from pipeline.tracking import Tracker
     from pipeline.tracking.discovery import DiscoveryConfig
 
     dtype = resolve(precision or Precision.AUTO, device)
@@ -362,9 +367,7 @@ def run_detection(
     config = DiscoveryConfig(every_s=1e-3, detector=path, max_tracks=1)
 
     def stepper(discovery: DiscoveryConfig | None) -> Any:
-        tracker = Tracker(ours, discovery=discovery)
-        for i, box in enumerate(boxes):
-            tracker.add(TrackSpec(i + 1, Prompt(box=box)))
+        tracker = _box_tracker(ours, boxes, discovery)
         state = {"frame": 0}
 
         def step() -> None:

@@ -128,6 +128,18 @@ class Scene:
             owner[y0:y1, x0:x1] = 0
         return image, {th.id: owner == th.id for th in self.things}
 
+    def first_shown(self, thing_id: int, share: float) -> float:
+        """The time of the first frame that shows ``share`` of the thing's area (its entrance).
+
+        Raises:
+            ValueError: no frame shows that much of it.
+        """
+        thing = next(th for th in self.things if th.id == thing_id)
+        for i, t in enumerate(self.times):
+            if np.count_nonzero(self.render(i)[1][thing_id]) >= thing.area() * share:
+                return t
+        raise ValueError(f"no frame shows {share:.0%} of thing {thing_id}")
+
     def prompt(self, thing_id: int) -> Prompt:
         """A box around the thing's visible part on the first frame."""
         _, visible = self.render(0)

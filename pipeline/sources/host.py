@@ -18,6 +18,7 @@ import functools
 import gc
 import logging
 import math
+import os
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -32,7 +33,7 @@ from pipeline.sources.limits import MediaLimits
 from pipeline.sources.reader import FileReader, LiveReader, Notify, Reader
 from pipeline.sources.video import SourceInfo, VideoSource
 from pipeline.tracking.discovery import detection_frame
-from pipeline.tracking.tracker import DEFAULT_FPS
+from pipeline.tracking.tracker import DEFAULT_FPS, feed_time
 
 log = logging.getLogger(__name__)
 
@@ -301,7 +302,7 @@ class SourceHost:
         rate = (slot.reader.info.fps if slot.reader is not None else None) or DEFAULT_FPS
         out = []
         for f in frames:
-            at = _frame_time(f, slot.spec.live)
+            at = feed_time(f.index, f.pts, f.capture_time, slot.spec.live)
             before = slot.detected_at if slot.spec.live else at - slot.spec.stride / rate
             slot.detected_at = at
             if not detection_frame(at, before, spec.every_s):
@@ -397,20 +398,12 @@ def _tell_failure(slot: _Slot, spec: DetectorSpec, index: int, exc: Exception) -
     if now - slot.told < TELL_EVERY_S:
         return
     slot.told = now
-    name = spec.path.rsplit("/", 1)[-1]
+    name = os.path.basename(spec.path)
     why = str(exc) if isinstance(exc, SamstreamError) else f"{type(exc).__name__}: {exc}"
     if not isinstance(exc, SamstreamError):
         log.warning("detector %s failed on frame %d", spec.path, index, exc_info=True)
     detail = f"frame {index}: {why.replace(spec.path, name)}; frames go on without its boxes"
     slot.events.append(("detector_failed", detail[:500], time.time()))
-
-
-def _frame_time(frame: Frame, live: bool) -> float:
-    """A frame's time as its tracker reads it: a live frame's capture time, a file's presentation
-    time (its index at the tracker's default rate where it has none)."""
-    if live:
-        return frame.capture_time
-    return frame.pts if frame.pts is not None else frame.index / DEFAULT_FPS
 
 
 def _drain(events: list[tuple[str, str, float]]) -> list[tuple[str, str, float]]:

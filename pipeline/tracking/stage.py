@@ -35,7 +35,7 @@ from pipeline.model.types import MaskBatch
 from pipeline.prompts import Prompt, TrackSpec
 from pipeline.tracking import StepPlan, Tracker, TrackEvent, TrackingConfig
 from pipeline.tracking.discovery import DiscoveryConfig
-from pipeline.tracking.tracker import Segmenter, TrackPromptError
+from pipeline.tracking.tracker import Segmenter, TrackPromptError, feed_time
 
 # Checkpoint the tracker with every n-th published frame: at most this many frames are replayed on
 # resume, and about 1/n of the state's bytes (256 KB a track) are written.
@@ -264,11 +264,9 @@ class TrackDecoder:
                 if action is Action.PUBLISH:
                     self.sink.event("error", frame=frame.index, track=exc.track_id, detail=str(exc))
 
-    def frame_time(self, frame: EncodedFrame) -> float | None:
-        """The frame's time for the tracker's motion, seconds: a live frame's capture time (a feed's
-        timestamps restart when it reconnects), a file frame's presentation time; None (the
-        tracker takes ``index / 30``) for a file whose frames carry none."""
-        return frame.capture_time if self.live else frame.pts
+    def frame_time(self, frame: EncodedFrame) -> float:
+        """The frame's time for the tracker, seconds (see :func:`~pipeline.tracking.tracker.feed_time`)."""
+        return feed_time(frame.index, frame.pts, frame.capture_time, self.live)
 
     def _in_order(self, index: int) -> bool:
         """Whether ``index`` is the file job's next frame; a gap asks for a rewind, an old frame is ignored."""

@@ -1023,6 +1023,15 @@ class Tracker:
                 )
 
 
+def feed_time(index: int, pts: float | None, capture_time: float, live: bool) -> float:
+    """A frame's time as the tracker reads it: a live frame's capture time (a feed's timestamps
+    restart when it reconnects), a file frame's presentation time, or ``index / DEFAULT_FPS`` for a
+    file whose frames carry none."""
+    if live:
+        return capture_time
+    return pts if pts is not None else index / DEFAULT_FPS
+
+
 def grow_box(
     box: MaskBox | Box, margin: float, min_margin: float, width: int, height: int, spread: float = 0.0
 ) -> Box:

@@ -79,14 +79,6 @@ def _one_track_each(owners: dict[int, dict[int, int]]) -> tuple[dict[int, set[in
     return tracks_of, first
 
 
-def _entered(scene: Scene, thing_id: int) -> float:
-    thing = next(t for t in scene.things if t.id == thing_id)
-    for i, t in enumerate(scene.times):
-        if np.count_nonzero(scene.render(i)[1][thing_id]) >= thing.area() / 3:
-            return t
-    raise AssertionError(f"disc {thing_id} never enters")
-
-
 def _track_events(results, job: str) -> list[tuple]:  # type: ignore[no-untyped-def, type-arg]
     return [
         (e.type, e.frame, e.track, e.data)
@@ -103,7 +95,7 @@ def test_discs_that_enter_are_found_once_each_and_end_when_they_leave(whole: Pat
     assert sorted(tracks_of) == [1, 2, 3, 4, 5, 6]
     assert all(len(t) == 1 for t in tracks_of.values()), tracks_of
     for disc in tracks_of:
-        assert first[disc] - _entered(SCENE, disc) <= 2 * EVERY_S + 1e-9, disc
+        assert first[disc] - SCENE.first_shown(disc, 1 / 3) <= 2 * EVERY_S + 1e-9, disc
     events = _track_events(r, "whole")
     discovered = [e for e in events if e[0] == "track_discovered"]
     assert len(discovered) == 6 and all(e[3]["by"] == "grid" for e in discovered)
@@ -164,7 +156,7 @@ def test_a_live_feed_where_discs_enter_gets_one_track_each_soon_after(tmp_path: 
     assert sorted(tracks_of) == [1, 2, 3, 4, 5, 6], tracks_of
     assert all(len(t) == 1 for t in tracks_of.values()), tracks_of
     for disc, seen in first.items():
-        entered = _entered(SCENE, disc)
+        entered = SCENE.first_shown(disc, 1 / 3)
         since = next(t for t in processed if t >= entered - 1e-9)  # the first frame it could be found on
         assert seen - since <= 2 * EVERY_S + 0.1 + 1e-9, (disc, entered, since, seen)
 
@@ -189,7 +181,7 @@ def test_a_detector_gives_tracks_to_the_classes_asked_only_labelled_on_the_wire(
     assert sorted(tracks_of) == [1, 3, 5], tracks_of
     assert all(len(t) == 1 for t in tracks_of.values()), tracks_of
     for disc in tracks_of:
-        assert first[disc] - _entered(SCENE, disc) <= 2 * EVERY_S + 1e-9, disc
+        assert first[disc] - SCENE.first_shown(disc, 1 / 3) <= 2 * EVERY_S + 1e-9, disc
     names = {1: "red", 3: "blue", 5: "magenta"}
     label_of = {next(iter(tids)): names[disc] for disc, tids in tracks_of.items()}
     for _, result in entries:

@@ -7,6 +7,7 @@ on loopback, real video, Debian's Chromium through Playwright.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import queue
 import re
@@ -127,18 +128,13 @@ def chromium(tmp_path: Path) -> Iterator[Any]:
             context.close()
 
 
-def test_samstream_view_plays_and_scrubs_a_finished_file_job(tmp_path: Path, chromium: Any) -> None:
-    clip = write_clip(tmp_path / "clip.mp4", frames=24, width=160, height=120, fps=8)
-    # One preview a frame (at most 50 a second): every frame of this short job can be scrubbed to.
-    r = cli(
-        "run", str(clip), "--point", "40,60", *MODEL, "--job-id", "f1", "--data-dir", str(tmp_path / "out"),
-        "--no-progress", "--preview-rate", "50",
-    )  # fmt: skip
-    assert r.returncode == 0, r.stderr
+@contextlib.contextmanager
+def _viewed(chromium: Any, job: str, data: Path) -> Iterator[Any]:
+    """``samstream view JOB`` running, and a page of it signed in, showing the job's playback."""
     port = free_port()
     env = {**os.environ, "SAMSTREAM_API_TOKEN": "view-token", "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen(
-        [EXE, "view", "f1", "--data-dir", str(tmp_path / "out"), "--port", str(port)],
+        [EXE, "view", job, "--data-dir", str(data), "--port", str(port)],
         stderr=subprocess.PIPE,
         text=True,
         env=env,
@@ -151,6 +147,21 @@ def test_samstream_view_plays_and_scrubs_a_finished_file_job(tmp_path: Path, chr
         page.fill("#token", "view-token")
         page.click("button[type=submit]")
         page.wait_for_selector("#playback:not([hidden])")
+        yield page
+    finally:
+        os.killpg(proc.pid, signal.SIGINT)
+        proc.wait(30)
+
+
+def test_samstream_view_plays_and_scrubs_a_finished_file_job(tmp_path: Path, chromium: Any) -> None:
+    clip = write_clip(tmp_path / "clip.mp4", frames=24, width=160, height=120, fps=8)
+    # One preview a frame (at most 50 a second): every frame of this short job can be scrubbed to.
+    r = cli(
+        "run", str(clip), "--point", "40,60", *MODEL, "--job-id", "f1", "--data-dir", str(tmp_path / "out"),
+        "--no-progress", "--preview-rate", "50",
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    with _viewed(chromium, "f1", tmp_path / "out") as page:
         previews = int(page.get_attribute("#scrub", "max") or 0) + 1
         assert previews >= 12, f"only {previews} previews of 24 frames"
         # Scrub to the middle: that frame is drawn, with its masks.
@@ -169,9 +180,6 @@ def test_samstream_view_plays_and_scrubs_a_finished_file_job(tmp_path: Path, chr
         )
         assert last >= 20 and page.evaluate("window.samstreamViewer.shown.frame") == last
         assert "succeeded" in page.inner_text("#status")
-    finally:
-        os.killpg(proc.pid, signal.SIGINT)
-        proc.wait(30)
 
 
 def test_a_detectors_tracks_are_shown_with_their_class(
@@ -188,22 +196,7 @@ def test_a_detectors_tracks_are_shown_with_their_class(
         "--no-progress", "--preview-rate", "50",
     )  # fmt: skip
     assert r.returncode == 0, r.stderr
-    port = free_port()
-    env = {**os.environ, "SAMSTREAM_API_TOKEN": "view-token", "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen(
-        [EXE, "view", "d1", "--data-dir", str(tmp_path / "out"), "--port", str(port)],
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env,
-        start_new_session=True,
-    )
-    try:
-        url = _Lines(proc).until(r"viewer on (http://\S+)", 60).group(1)
-        page = chromium.new_page()
-        page.goto(url)
-        page.fill("#token", "view-token")
-        page.click("button[type=submit]")
-        page.wait_for_selector("#playback:not([hidden])")
+    with _viewed(chromium, "d1", tmp_path / "out") as page:
         last = int(page.get_attribute("#scrub", "max") or 0)
         page.locator("#scrub").fill(str(last))  # 4 s: red and blue are in, green too (not asked for)
         page.wait_for_function(
@@ -214,6 +207,3 @@ def test_a_detectors_tracks_are_shown_with_their_class(
         page.wait_for_selector("#tracks li:has-text('red 1')")
         listed = page.inner_text("#tracks")
         assert "red 1 · active" in listed and "blue 2 · active" in listed and "track " not in listed, listed
-    finally:
-        os.killpg(proc.pid, signal.SIGINT)
-        proc.wait(30)

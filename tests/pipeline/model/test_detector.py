@@ -8,15 +8,14 @@ import warnings
 from pathlib import Path
 
 import numpy as np
+import onnx
 import pytest
+import torch
 
 from pipeline.errors import InvalidInputError
 from pipeline.evaluation.blobs import COLOURS
 from pipeline.evaluation.scenes import entering_scene
 from pipeline.model.detector import letterbox, open_detector, parse_names
-
-torch = pytest.importorskip("torch")
-onnx = pytest.importorskip("onnx")
 
 
 class Fixed(torch.nn.Module):

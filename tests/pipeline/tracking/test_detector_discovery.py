@@ -53,14 +53,6 @@ def _follow(
     return owners, events
 
 
-def _entered(scene: Scene, thing_id: int) -> float:
-    thing = next(t for t in scene.things if t.id == thing_id)
-    for i, t in enumerate(scene.times):
-        if np.count_nonzero(scene.render(i)[1][thing_id]) >= thing.area() / 3:
-            return t
-    raise AssertionError(f"disc {thing_id} never enters")
-
-
 def test_only_the_classes_asked_get_tracks_each_once_labelled(blob_detector: Path) -> None:
     scene = entering_scene(seconds=6.0)
     config = DiscoveryConfig(every_s=EVERY_S, detector=str(blob_detector), classes=("red", "blue", "magenta"))
@@ -79,7 +71,7 @@ def test_only_the_classes_asked_get_tracks_each_once_labelled(blob_detector: Pat
     assert sorted(tracks_of) == [1, 3, 5]  # red, blue, magenta: not green, yellow or cyan
     assert all(len(t) == 1 for t in tracks_of.values()), tracks_of
     for disc in tracks_of:
-        assert first[disc] - _entered(scene, disc) <= 2 * EVERY_S + 1e-9, disc
+        assert first[disc] - scene.first_shown(disc, 1 / 3) <= 2 * EVERY_S + 1e-9, disc
     discovered = [e for e in events if e.kind == "discovered"]
     assert [e.data["label"] for e in discovered] == ["red", "blue", "magenta"]  # type: ignore[index]
     assert all(e.data and e.data["by"] == "detector" and "as 'red'" in e.detail for e in discovered[:1])

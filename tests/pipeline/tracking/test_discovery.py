@@ -49,15 +49,6 @@ def _follow(
     return owners, events, results_all
 
 
-def _entered(scene: Scene, thing: Thing) -> float:
-    """When a third of the thing is in view."""
-    for i, t in enumerate(scene.times):
-        _, visible = scene.render(i)
-        if np.count_nonzero(visible[thing.id]) >= thing.area() / 3:
-            return t
-    raise AssertionError(f"thing {thing.id} never enters")
-
-
 @pytest.mark.slow
 def test_objects_that_enter_are_found_once_each_and_end_when_they_leave() -> None:
     scene = _entering()
@@ -74,7 +65,7 @@ def test_objects_that_enter_are_found_once_each_and_end_when_they_leave() -> Non
     assert sorted(tracks_of) == [1, 2, 3, 4, 5, 6], tracks_of
     assert all(len(tids) == 1 for tids in tracks_of.values()), tracks_of
     for thing in scene.things:
-        late = first_held[thing.id] - _entered(scene, thing)
+        late = first_held[thing.id] - scene.first_shown(thing.id, 1 / 3)
         assert late <= 2 * EVERY_S + 1e-9, (thing.id, late)
     discovered = [e for e in events if e.kind == "discovered"]
     assert len(discovered) == 6 and len({e.track_id for e in discovered}) == 6
