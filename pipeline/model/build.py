@@ -68,7 +68,7 @@ def build(
             continue
         say(f"compiling the {recipe.kind.replace('_', ' ')} for this machine …")
         start = time.perf_counter()
-        build_package(recipe.module, recipe.example, recipe.path, recipe.dynamic_shapes)
+        build_package(recipe.module, recipe.example, recipe.path, recipe.dynamic_shapes, recipe.inductor)
         done.append((recipe.kind, recipe.path, time.perf_counter() - start))
     return done
 
