@@ -403,6 +403,9 @@ class JobDriver:
         for handle in [h for h in self._encoding if h in ready]:
             for key in self._encoding.pop(handle):
                 self.pacer.encode_done(key, time.monotonic())
+        for lane in self._lanes.values():  # split jobs' parts returned (measured once: done pops)
+            for handle in (h for g in lane for hs in g.parts.values() for h in hs if h in ready):
+                self.trackers.done(handle, time.monotonic())
         self._submit_decodes(ready)
         for handle in [h for h in self._decoding if h in ready]:
             self._decode_done(self._decoding.pop(handle), handle)
@@ -484,7 +487,8 @@ class JobDriver:
                         job.refused += job.live
                         continue
                     room[size] -= count
-                    coming[job.decoder] = coming.get(job.decoder, 0) + count
+                    for decoder in job.decoders:
+                        coming[decoder] = coming.get(decoder, 0) + count
                     for other in [s for s in room if s != size]:
                         del room[other]  # the same encoders: asked again, with these frames
                     host_sizes = reserved.setdefault(job.host, {})
@@ -523,18 +527,27 @@ class JobDriver:
             )
 
     def _coming(self) -> dict[int, int]:
-        """Frames read or encoded and not yet given to their tracker host, per tracker host."""
+        """Frames read or encoded and not yet given to their tracker hosts, per tracker host: a
+        split job's frames go to each host that follows a share of its tracks."""
         out: dict[int, int] = {}
         for (_, decoder), lane in self._lanes.items():
-            out[decoder] = out.get(decoder, 0) + sum(sum(g.counts.values()) for g in lane)
+            for group in lane:
+                for job_id, count in group.counts.items():
+                    job = self.jobs.get(job_id)
+                    hosts = [decoder]
+                    if job is not None and job_id not in group.parts:  # parts not asked yet
+                        hosts += [d for d, _ in job.parts]
+                    for d in hosts:
+                        out[d] = out.get(d, 0) + count
         return out
 
     def _tracker_late(self, job: _Job, coming: Mapping[int, int], now: float) -> bool:
-        """Whether a frame of ``job`` read now would wait at its tracker host (see
-        :class:`~pipeline.jobs.pacing.TrackerLoad`): it gets there after the read and its encode."""
+        """Whether a frame of ``job`` read now would wait at one of its tracker hosts (see
+        :class:`~pipeline.jobs.pacing.TrackerLoad`; a split job's every share's host): it gets
+        there after the read and its encode."""
         p = self.pacer
         reach = p.lead + p.overhead + (p.estimate(job.size) or 0.0) + p.slack_s
-        return self.trackers.late(job.decoder, coming.get(job.decoder, 0), reach, now)
+        return any(self.trackers.late(d, coming.get(d, 0), reach, now) for d in job.decoders)
 
     def _read_done(self, read: _Read) -> None:
         try:
@@ -619,10 +632,10 @@ class JobDriver:
                 if split and not group.parts:
                     for job in split:
                         job.joining += 1
-                        group.parts[job.job_id] = [
-                            self.transport.decode(d, {job.job_id: setup}, group.embeddings)
-                            for d, setup in job.parts
-                        ]
+                        handles = group.parts[job.job_id] = []
+                        for d, setup in job.parts:
+                            handles.append(self.transport.decode(d, {job.job_id: setup}, group.embeddings))
+                            self.trackers.sent(handles[-1], d, group.counts[job.job_id], time.monotonic())
                 if not all(h in ready for handles in group.parts.values() for h in handles):
                     break
                 lane.popleft()

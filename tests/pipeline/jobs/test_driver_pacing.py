@@ -193,3 +193,28 @@ def test_tracker_load_measures_each_hosts_cost_and_backlog() -> None:
     assert not load.late(1, coming=50, reach_s=0.0, now=1.1)  # another host: its own measure
     load.done("c", None)  # failed: no measure, and no longer held
     assert load.backlog_s(0, coming=0, now=1.2) == 0.0
+
+
+def test_a_split_jobs_frames_wait_for_the_host_of_any_of_its_shares(rig) -> None:
+    """A split job's frame goes to every host that follows a share of its tracks: each one's calls
+    are measured, and a backlog on any of them holds the job's reads back, not only its owner's."""
+    opts = DriverOptions(tick_s=0.01, control_poll_s=0.01, live_in_flight=2, tracks_per_tracker=2)
+    r = rig(options=opts, encoder_delay_s=0.002)
+    r.create("split", "feed:30", live=True, n_tracks=4)
+    r.create("whole", "feed:30", live=True, n_tracks=2)
+    run_for(r, 1.5)
+    split, whole = r.driver.jobs["split"], r.driver.jobs["whole"]
+    (part,) = [d for d, _ in split.parts]
+    assert part != split.decoder and whole.decoder not in (part, split.decoder)
+    load = r.driver.trackers
+    assert load.cost.get(part, 0) > 0 and load.cost.get(split.decoder, 0) > 0, load.cost
+    now = time.monotonic()
+    assert not r.driver._tracker_late(split, {}, now)
+    # Frames on their way to the part's host only: the split job waits, the other one does not.
+    coming = {part: 1000}
+    assert r.driver._tracker_late(split, coming, now) and not r.driver._tracker_late(whole, coming, now)
+    # The same for work the part's host holds: a call sent and not returned.
+    load.sent("stuck", part, 1000, now)
+    assert r.driver._tracker_late(split, {}, now) and not r.driver._tracker_late(whole, {}, now)
+    load.done("stuck", None)
+    stop_all(r, ["split", "whole"])
