@@ -8,6 +8,7 @@ number of streams); with it, a frame is read as the encoder frees.
 
 from __future__ import annotations
 
+import math
 import statistics
 import time
 from typing import Any
@@ -139,7 +140,9 @@ def test_the_live_streams_demand_on_the_encoders_is_said_each_window(rig) -> Non
     jobs = feeds(r, 3)  # 3 x 30 frames a second at 0.05 s a frame: 4.5 encoders' work
     run_for(r, 3.0)
     demanded = r.transport.demanded
-    assert demanded and demanded[-1] == 6, demanded  # ceil(4.5 / 0.85)
+    # ceil(4.5 / 0.85) = 6 at the stub's 0.05 s; from the cost measured (a loaded machine stretches it)
+    work = 3 * 30 * (r.driver.pacer.estimate(256) or 0.0)
+    assert demanded and abs(demanded[-1] - work / 0.85) <= 1, (demanded, work)
     stop_all(r, jobs)
     run_for(r, 1.2)
     assert r.transport.demanded[-1] == 0  # said once after the last stream has gone
@@ -154,7 +157,10 @@ def test_an_auto_streams_demand_is_its_target_not_its_feeds_rate(rig) -> None:
     r = rig(options=DriverOptions(tick_s=0.01, control_poll_s=0.01), encoder_delay_s=COST)
     r.create("auto", "feed:30", live=True, auto_size=AutoSize((256,), target_fps=5.0))
     run_for(r, 2.5)
-    assert r.transport.demanded[-1] == 1, r.transport.demanded  # 5 x 0.05 s = 0.25 encoders, not 1.5
+    # 5 x 0.05 s = 0.25 encoders: 1, not the feed's 30 x 0.05 = 1.5 (2); from the cost measured
+    cost = r.driver.pacer.estimate(256) or 0.0
+    demanded = r.transport.demanded[-1]
+    assert abs(demanded - 5 * cost / 0.85) <= 1 and demanded < math.ceil(30 * cost / 0.85), (demanded, cost)
     stop_all(r, ["auto"])
 
 
