@@ -177,6 +177,7 @@ class _Job:
     auto: AutoSize | None = None  # image_size auto: the sizes it may move over, and its target
     delivered_fps: float | None = None  # over the last window
     bound: bool = False  # the encoders held it back in the last window
+    discovery_paused: bool = False  # told to pause discovery: its source host runs no detector
 
     @property
     def job_id(self) -> str:
@@ -504,6 +505,7 @@ class JobDriver:
                     count,
                     self._previews(job),
                     job.size if job.auto else None,
+                    detect=not job.discovery_paused,
                 )
                 wanted.setdefault(job.host, {}).setdefault(job.decoder, []).append(request)
         if least is not None:
@@ -757,6 +759,8 @@ class JobDriver:
                 self._command(job, command)
 
     def _command(self, job: _Job, command: Command) -> None:
+        if command.cmd in ("pause_discovery", "resume_discovery"):
+            job.discovery_paused = command.cmd == "pause_discovery"
         job.commands.append(command)
         if not job.joining:  # a split job's shares take it between the same two groups
             self._send_commands(job)

@@ -94,6 +94,8 @@ class ReadRequest:
             nobody watches).
         image_size: a live job's frames are prepared for this encoder size from now on (an
             ``image_size: auto`` stream's moves); None: its source's ``image_size``.
+        detect: run the job's detector on its detection frames (False: its discovery is paused,
+            and the tracker would leave the boxes unused).
     """
 
     job_id: str
@@ -102,6 +104,7 @@ class ReadRequest:
     count: int
     preview: bool = True
     image_size: int | None = None
+    detect: bool = True
 
 
 @dataclass(frozen=True)
@@ -278,7 +281,7 @@ class SourceHost:
             group_frames: list[Frame] = []
             for _ in group:
                 request, slot = requests[i], slots[i]
-                ready = self._detected(slot, taken[i])
+                ready = self._detected(slot, taken[i]) if request.detect else taken[i]
                 mine = [
                     replace(f, job_id=request.job_id)
                     for f in (_previewed(slot, ready) if request.preview else ready)

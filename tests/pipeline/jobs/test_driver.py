@@ -337,6 +337,31 @@ def test_track_commands_reach_the_share_that_follows_the_track(rig) -> None:
     assert all(i in ([1, 2, 3, 4], [1, 2, 9, 3, 4], [1, 2, 4], [1, 2, 9, 4], [1, 2, 3, 4]) for i in ids), ids
 
 
+def test_a_jobs_detector_does_not_run_while_its_discovery_is_paused(rig) -> None:
+    """The tracker leaves a paused discovery's boxes unused: its source host is not asked for them."""
+    r = rig()
+    r.create("cam", "feed:100", live=True)
+    host = r.transport.source_hosts[0]
+    asked: list[bool] = []
+    read = host.read
+
+    def recording(groups: Any, wait_s: float = 0.04) -> Any:
+        asked.extend(q.detect for g in groups for q in g)
+        return read(groups, wait_s)
+
+    host.read = recording  # type: ignore[method-assign]
+    r.run(until=lambda: len(r.frames("cam")) >= 3)
+    assert asked and all(asked)
+    for cmd, wanted in (("pause_discovery", False), ("resume_discovery", True)):
+        r.command("cam", Command(cmd))
+        r.run(until=lambda cmd=cmd: r.driver.jobs["cam"].discovery_paused == (cmd == "pause_discovery"))
+        asked.clear()  # but for the one read a source host may have in flight, sent before
+        r.run(until=lambda: len(asked) >= 4)
+        assert set(asked[1:]) == {wanted}, (cmd, asked)
+    r.command("cam", Command("stop"))
+    r.run()
+
+
 def test_a_live_jobs_previews_are_asked_for_only_while_a_viewer_watches(rig) -> None:
     r = rig()
     r.create("cam", "feed:50", live=True)

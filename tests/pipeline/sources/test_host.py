@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -231,7 +232,7 @@ def _frames_of(
         if got[0].end or got[0].error:
             return frames, replies
         after = pixels[-1].index if pixels else request.after
-        request = ReadRequest(request.job_id, request.source, after, request.count)
+        request = replace(request, after=after)
     raise AssertionError(replies)
 
 
@@ -261,6 +262,18 @@ def test_a_detectors_frames_are_one_a_period_and_the_same_after_a_restart(
     finally:
         again.shutdown()
     assert {f.index: f.detections for f in later if f.detections is not None} == {
+        i: marked[i] for i in (15, 20, 25)
+    }
+    paused = SourceHost()  # the job's discovery paused: no detector runs, the frames go on
+    try:
+        quiet, _ = _frames_of(paused, ReadRequest("a", spec, None, 8, detect=False))
+        assert [f.index for f in quiet] == list(range(30)) and all(f.detections is None for f in quiet)
+        assert not paused._detectors  # never even opened
+        # resumed after frame 12: the detection frames from there are the file's own
+        resumed, _ = _frames_of(paused, ReadRequest("a", spec, 12, 8))
+    finally:
+        paused.shutdown()
+    assert {f.index: f.detections for f in resumed if f.detections is not None} == {
         i: marked[i] for i in (15, 20, 25)
     }
 
