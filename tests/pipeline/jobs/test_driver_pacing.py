@@ -214,13 +214,16 @@ def test_a_split_jobs_frames_wait_for_the_host_of_any_of_its_shares(rig) -> None
     assert part != split.decoder and whole.decoder not in (part, split.decoder)
     load = r.driver.trackers
     assert load.cost.get(part, 0) > 0 and load.cost.get(split.decoder, 0) > 0, load.cost
+    # (Each answer is also the hosts' own load at ``now``: the other job's must not move.)
     now = time.monotonic()
-    assert not r.driver._tracker_late(split, {}, now)
+    whole_late = r.driver._tracker_late(whole, {}, now)
     # Frames on their way to the part's host only: the split job waits, the other one does not.
     coming = {part: 1000}
-    assert r.driver._tracker_late(split, coming, now) and not r.driver._tracker_late(whole, coming, now)
+    assert r.driver._tracker_late(split, coming, now)
+    assert r.driver._tracker_late(whole, coming, now) == whole_late
     # The same for work the part's host holds: a call sent and not returned.
     load.sent("stuck", part, 1000, now)
-    assert r.driver._tracker_late(split, {}, now) and not r.driver._tracker_late(whole, {}, now)
+    assert r.driver._tracker_late(split, {}, now)
+    assert r.driver._tracker_late(whole, {}, now) == whole_late
     load.done("stuck", None)
     stop_all(r, ["split", "whole"])
