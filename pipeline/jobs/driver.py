@@ -536,9 +536,8 @@ class JobDriver:
             for group in lane:
                 for job_id, count in group.counts.items():
                     job = self.jobs.get(job_id)
-                    hosts = [decoder]
-                    if job is not None and job_id not in group.parts:  # parts not asked yet
-                        hosts += [d for d, _ in job.parts]
+                    # a job ended, or whose parts' calls were sent (TrackerLoad holds them): the owner's
+                    hosts = job.decoders if job is not None and job_id not in group.parts else [decoder]
                     for d in hosts:
                         out[d] = out.get(d, 0) + count
         return out

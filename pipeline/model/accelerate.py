@@ -360,6 +360,10 @@ class Recipe:
         """The prepared module, made at first use."""
         return self.prepare()
 
+    def build(self) -> Path:
+        """Compile the prepared module into its package (:func:`build_package`)."""
+        return build_package(self.module, self.example, self.path, self.dynamic_shapes, self.inductor)
+
 
 def encoder_recipe(encoder: nn.Module, image_size: int, dtype: torch.dtype, cache_dir: Path | None) -> Recipe:
     """The TinyViT encoder prepared (:func:`prepare_encoder`), one frame per call."""

@@ -58,7 +58,7 @@ def build(
     Raises:
         UnsafeCacheError: the cache folder is not private to this user.
     """
-    from pipeline.model.accelerate import build_package, use_compile_cache
+    from pipeline.model.accelerate import use_compile_cache
 
     use_compile_cache(config.cache_dir)
     done: list[tuple[str, Path, float | None]] = []
@@ -68,7 +68,7 @@ def build(
             continue
         say(f"compiling the {recipe.kind.replace('_', ' ')} for this machine …")
         start = time.perf_counter()
-        build_package(recipe.module, recipe.example, recipe.path, recipe.dynamic_shapes, recipe.inductor)
+        recipe.build()
         done.append((recipe.kind, recipe.path, time.perf_counter() - start))
     return done
 

@@ -20,7 +20,6 @@ from torch import nn
 from pipeline.config import Compile, ModelConfig
 from pipeline.model.accelerate import (
     Recipe,
-    build_package,
     decoder_recipe,
     encoder_recipe,
     load_package,
@@ -51,7 +50,7 @@ class Part:
         self._checked = 0.0
         if compile is Compile.COMPILED and not recipe.path.is_file():
             log.warning("compiling the %s for this machine (once; cached at %s)", recipe.kind, recipe.path)
-            build_package(recipe.module, recipe.example, recipe.path, recipe.dynamic_shapes, recipe.inductor)
+            recipe.build()
         if compile is not Compile.EAGER and recipe.path.is_file():
             self.package = load_package(recipe.path)
 

@@ -123,7 +123,7 @@ def test_the_compiled_bf16_decoder_agrees_with_its_eager_module(checkpoint: Path
     model.load_state_dict(torch.load(checkpoint, weights_only=True))
     model.eval()
     recipe = decoder_recipe(model.mask_decoder, model.prompt_encoder, 256, torch.bfloat16, tmp_path)
-    build_package(recipe.module, recipe.example, recipe.path, recipe.dynamic_shapes, recipe.inductor)
+    recipe.build()
     package = load_package(recipe.path)
     g = torch.Generator().manual_seed(0)
     image, pe = (torch.randn(1, 256, 16, 16, generator=g).bfloat16() for _ in range(2))
