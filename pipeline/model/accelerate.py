@@ -24,10 +24,11 @@ from __future__ import annotations
 
 import copy
 import functools
+import logging
 import os
 import stat
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -38,14 +39,28 @@ from torch import nn
 from pipeline.errors import UnsafeCacheError
 from pipeline.model.weights import default_cache_dir
 
+log = logging.getLogger(__name__)
+
 # Rows of the 256×256 feature map one tile of the convolutional stage covers (measured best of 4-64).
 TILE_ROWS = 8
 # Part of a compiled package's cache key: bump whenever prepare_encoder's graph changes.
 PACKAGE_FORMAT = 3
 # The same for the mask decoder's graph (prepare_decoder, DecoderCall), apart: encoders stay valid.
-DECODER_FORMAT = 4
+DECODER_FORMAT = 5
 # Inductor's options for every package: weights frozen into it (constants folded, weights packed).
 INDUCTOR = {"freezing": True}
+# What a build tries, in turn, until a package agrees with its eager module (:func:`build_package`).
+# Inductor's C++ code, as this machine's compiler builds it, can be wrong: with torch 2.13 and GCC
+# 12 at -O2 and above, a bf16 kernel that transposes the same 32×32 tile twice (the mask decoder's
+# key + positional encoding) gave garbage on AVX-512, and NaN masks; which kernels Inductor makes
+# depends on the options, the shapes and the weights.
+ATTEMPTS: tuple[Mapping[str, Any], ...] = (INDUCTOR, {**INDUCTOR, "freezing": False})
+# How far a package's outputs may be from its eager module's, relative to their norm, on a probe.
+AGREEMENT = {torch.float32: 1e-3, torch.bfloat16: 0.05, torch.float16: 0.05}
+
+
+class PackageMismatch(RuntimeError):
+    """A compiled package's outputs disagree with its eager module's: it is not used."""
 
 
 def compile_cache_dir(cache_dir: Path | None) -> Path:
@@ -185,15 +200,19 @@ def build_package(
     path: Path,
     dynamic_shapes: Any = None,
     inductor: Mapping[str, Any] | None = None,
+    check: bool = True,
 ) -> Path:
     """Export ``module`` at ``example`` and compile it (``inductor``'s options, default
     :data:`INDUCTOR`: frozen weights) into the package ``path``.
 
     Written to a temporary file and renamed into place: a concurrent process sees the whole package
     or none. Its folder is made mode 0700 when created here and must be private to this user.
+    With ``check``, the package is run beside ``module`` on a random probe shaped as ``example``
+    first, and kept only if it agrees (:func:`disagreement`).
 
     Raises:
         UnsafeCacheError: the folder is not private to this user.
+        PackageMismatch: the package disagrees with ``module`` (nothing is left at ``path``).
     """
     import tempfile
 
@@ -209,11 +228,50 @@ def build_package(
             torch._inductor.aoti_compile_and_package(
                 exported, package_path=tmp, inductor_configs=dict(INDUCTOR if inductor is None else inductor)
             )
+        problem = disagreement(module, _load_package(Path(tmp)), example) if check else None
+        if problem is not None:
+            raise PackageMismatch(problem)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
     return path
+
+
+def probe_like(example: tuple[torch.Tensor, ...], seed: int = 0) -> tuple[torch.Tensor, ...]:
+    """Seeded random inputs with the shapes, dtypes and strides of ``example``."""
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for x in example:
+        probe = torch.empty_strided(x.shape, x.stride(), dtype=x.dtype)
+        probe.copy_(torch.randn(x.shape, generator=g))
+        out.append(probe)
+    return tuple(out)
+
+
+def disagreement(
+    module: nn.Module, package: Callable[..., Any], example: tuple[torch.Tensor, ...]
+) -> str | None:
+    """How ``package`` disagrees with ``module`` on a random probe shaped as ``example`` (None: it
+    agrees): an output not finite where the module's is, or further from it than
+    :data:`AGREEMENT` allows for its dtype."""
+    probe = probe_like(example)
+    with torch.inference_mode():
+        want = module(*probe)
+        got = package(*probe)
+    want = [want] if isinstance(want, torch.Tensor) else list(want)
+    if len(got) != len(want):
+        return f"{len(got)} outputs where the module gives {len(want)}"
+    for i, (w, g) in enumerate(zip(want, got, strict=True)):
+        w, g = w.float(), g.float()
+        if g.shape != w.shape:
+            return f"output {i} is {tuple(g.shape)}, not {tuple(w.shape)}"
+        if not torch.isfinite(g).all() and torch.isfinite(w).all():
+            return f"output {i} has {int((~torch.isfinite(g)).sum())} values that are not finite"
+        err = float((g - w).norm() / w.norm().clamp_min(1e-12))
+        if not err <= AGREEMENT.get(example[0].dtype, 0.05):
+            return f"output {i} is {err:.3g} from the module's (relative)"
+    return None
 
 
 def load_package(path: Path) -> Any:
@@ -345,7 +403,8 @@ class Recipe:
         dynamic_shapes: which input dimensions the package takes at any size (torch.export's form),
             or a function that gives them (torch.export takes a while to import: only a build needs it).
         path: where its package lives (the name holds image size, dtype and a key of the weights).
-        inductor: Inductor's options for its build.
+        attempts: Inductor's options for its build, tried in turn until a package agrees with the
+            module (:data:`ATTEMPTS`).
     """
 
     kind: str
@@ -353,16 +412,42 @@ class Recipe:
     example: tuple[torch.Tensor, ...]
     dynamic_shapes: Any
     path: Path
-    inductor: Mapping[str, Any] = field(default_factory=lambda: dict(INDUCTOR))
+    attempts: tuple[Mapping[str, Any], ...] = ATTEMPTS
 
     @functools.cached_property
     def module(self) -> nn.Module:
         """The prepared module, made at first use."""
         return self.prepare()
 
+    @property
+    def rejected(self) -> Path:
+        """Written when no attempt gave a package that agrees: this machine runs the part eagerly."""
+        return self.path.with_name(self.path.name + ".rejected")
+
     def build(self) -> Path:
-        """Compile the prepared module into its package (:func:`build_package`)."""
-        return build_package(self.module, self.example, self.path, self.dynamic_shapes, self.inductor)
+        """Compile the prepared module into its package (:func:`build_package`), with each of
+        :attr:`attempts` in turn until one agrees with the module.
+
+        Raises:
+            PackageMismatch: none did (said in :attr:`rejected`, so that no later run tries again).
+        """
+        problems = []
+        for options in self.attempts:
+            try:
+                return build_package(self.module, self.example, self.path, self.dynamic_shapes, options)
+            except PackageMismatch as exc:
+                problems.append(f"{dict(options)}: {exc}")
+                log.warning(
+                    "the compiled %s with %s disagrees with its eager module: %s",
+                    self.kind,
+                    dict(options),
+                    exc,
+                )
+        reason = "; ".join(problems)
+        self.rejected.write_text(reason + "\n")
+        raise PackageMismatch(
+            f"no compiled {self.kind.replace('_', ' ')} agrees with its eager module ({reason})"
+        )
 
 
 def encoder_recipe(encoder: nn.Module, image_size: int, dtype: torch.dtype, cache_dir: Path | None) -> Recipe:
@@ -387,7 +472,9 @@ def decoder_recipe(
     side = image_size // 16
     decoder: Any = mask_decoder
     channels: int = decoder.transformer_dim
-    grid = torch.zeros(1, channels, side, side, dtype=dtype)
+    # The embedding and its positional encoding come channels-last (as the encoder gives them): the
+    # transformer's tokens are then plain rows, read without a transpose.
+    grid = torch.zeros(1, channels, side, side, dtype=dtype).contiguous(memory_format=torch.channels_last)
     mask = torch.zeros(1, 1, 4 * side, 4 * side)
     example = (grid, grid.clone(), torch.zeros(1, 2, channels, dtype=dtype), mask, torch.ones(1, 1, 1, 1))
 
@@ -401,11 +488,7 @@ def decoder_recipe(
     def prepare() -> nn.Module:
         return DecoderCall(prepare_decoder(mask_decoder, dtype), prompt_encoder).eval()
 
-    # Frozen in bf16, the package gave NaN masks for some weights (torch 2.13, on AMX, and with
-    # oneDNN held to AVX-512 BF16; not packing the weights fixed some weights, not all): the bf16
-    # package is built unfrozen (30.8 ms a prompt at 1024 on AMX, 26.7 frozen, 65 eager).
-    inductor = dict(INDUCTOR) if dtype == torch.float32 else {**INDUCTOR, "freezing": False}
-    return Recipe("mask_decoder", prepare, example, dynamic, path, inductor)
+    return Recipe("mask_decoder", prepare, example, dynamic, path)
 
 
 def _dtype_name(dtype: torch.dtype) -> str:

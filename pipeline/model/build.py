@@ -54,21 +54,31 @@ def build(
     config: ModelConfig, parts: Sequence[str] = PARTS, say: Callable[[str], None] = lambda _: None
 ) -> list[tuple[str, Path, float | None]]:
     """Build the packages of ``parts`` that the cache lacks: (part, path, seconds; None: was cached).
+    A part whose package disagrees with its eager module on this machine is said, and left out: it
+    runs eagerly.
 
     Raises:
         UnsafeCacheError: the cache folder is not private to this user.
     """
-    from pipeline.model.accelerate import use_compile_cache
+    from pipeline.model.accelerate import PackageMismatch, use_compile_cache
 
     use_compile_cache(config.cache_dir)
     done: list[tuple[str, Path, float | None]] = []
     for recipe in recipes(config, parts):
+        name = recipe.kind.replace("_", " ")
         if recipe.path.is_file():
             done.append((recipe.kind, recipe.path, None))
             continue
-        say(f"compiling the {recipe.kind.replace('_', ' ')} for this machine …")
+        if recipe.rejected.is_file():
+            say(f"the {name} runs eagerly on this machine: {recipe.rejected.read_text().strip()}")
+            continue
+        say(f"compiling the {name} for this machine …")
         start = time.perf_counter()
-        recipe.build()
+        try:
+            recipe.build()
+        except PackageMismatch as exc:
+            say(f"{exc}: the {name} runs eagerly")
+            continue
         done.append((recipe.kind, recipe.path, time.perf_counter() - start))
     return done
 
@@ -102,7 +112,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         _watch_parent(args.parent)
     (recipe,) = recipes(config, [args.part])
     lock = recipe.path.with_name(recipe.path.name + ".lock")
-    if recipe.path.is_file() or not take_lock(lock):
+    if recipe.path.is_file() or recipe.rejected.is_file() or not take_lock(lock):
         return 0
     try:
         for part, path, took in build(config, [args.part], say=lambda s: print(s, flush=True)):

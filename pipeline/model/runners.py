@@ -19,6 +19,7 @@ from torch import nn
 
 from pipeline.config import Compile, ModelConfig
 from pipeline.model.accelerate import (
+    PackageMismatch,
     Recipe,
     decoder_recipe,
     encoder_recipe,
@@ -48,9 +49,12 @@ class Part:
         self.calls = 0
         self.eager_s = 0.0  # mean time of an eager call
         self._checked = 0.0
-        if compile is Compile.COMPILED and not recipe.path.is_file():
+        if compile is Compile.COMPILED and not recipe.path.is_file() and not recipe.rejected.is_file():
             log.warning("compiling the %s for this machine (once; cached at %s)", recipe.kind, recipe.path)
-            recipe.build()
+            try:
+                recipe.build()
+            except PackageMismatch as exc:
+                log.warning("%s: the %s runs eagerly", exc, recipe.kind.replace("_", " "))
         if compile is not Compile.EAGER and recipe.path.is_file():
             self.package = load_package(recipe.path)
 
@@ -265,9 +269,13 @@ class MaskDecoderRunner(_Runner):
         if part is None:
             raise RuntimeError("with_masks needs a CPU part (see takes_masks)")
         dt = self.dtype
-        # A package reads its inputs with the strides it was exported at (plain, contiguous): an
-        # embedding straight from a channels-last encoder, or a broadcast embedding, is not.
-        image, pe = image_embeddings.to(dt).contiguous(), image_pe.to(dt).contiguous()
+        # A package reads its inputs with the strides it was exported at (the embedding and its
+        # positional encoding channels-last, as the encoder gives the embedding; see decoder_recipe).
+        cl = torch.channels_last
+        image, pe = (
+            image_embeddings.to(dt).contiguous(memory_format=cl),
+            image_pe.to(dt).contiguous(memory_format=cl),
+        )
         sparse = sparse_prompt_embeddings.to(dt)
         side = 4 * image.shape[-1]
         no_mask = (torch.zeros(1, 1, side, side), torch.zeros(1, 1, 1, 1))

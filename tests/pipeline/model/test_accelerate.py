@@ -117,8 +117,9 @@ def test_compiled_model_agrees_with_eager(compiled_cache: CompiledCache) -> None
 @pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_the_compiled_bf16_decoder_agrees_with_its_eager_module(checkpoint: Path, tmp_path: Path) -> None:
-    # Built as `auto` builds it on a CPU with bf16 units. With oneDNN's packed bf16 weights this
-    # package gave NaN masks (the IoU row of `bench --suite encoder` read 0 on AMX).
+    # Built as `auto` builds it on a CPU with bf16 units. Frozen, with the embedding read through a
+    # transpose, this package gave NaN masks on AVX-512 (the IoU row of `bench --suite encoder`
+    # read 0 on AMX): a kernel that GCC 12 compiled wrong.
     model = build_mobile_sam(256)
     model.load_state_dict(torch.load(checkpoint, weights_only=True))
     model.eval()
@@ -126,7 +127,10 @@ def test_the_compiled_bf16_decoder_agrees_with_its_eager_module(checkpoint: Path
     recipe.build()
     package = load_package(recipe.path)
     g = torch.Generator().manual_seed(0)
-    image, pe = (torch.randn(1, 256, 16, 16, generator=g).bfloat16() for _ in range(2))
+    image, pe = (
+        torch.randn(1, 256, 16, 16, generator=g).bfloat16().contiguous(memory_format=torch.channels_last)
+        for _ in range(2)
+    )
     mask = torch.randn(1, 1, 64, 64, generator=g)
     with torch.inference_mode():
         for box in ([[40.0, 60.0, 170.0, 190.0]], [[10.0, 10.0, 250.0, 120.0]]):

@@ -3,11 +3,13 @@ off, and switches to it once it is there."""
 
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -16,7 +18,7 @@ from torch import nn
 
 from pipeline.config import Compile, ModelConfig
 from pipeline.model import DecodeRequest, MobileSam
-from pipeline.model.accelerate import Recipe, build_package
+from pipeline.model.accelerate import Recipe, build_package, disagreement, load_package
 from pipeline.model.background import BackgroundBuild, BuildPolicy, building, config_json, take_lock
 from pipeline.model.build import recipes
 from pipeline.model.runners import Part
@@ -133,3 +135,53 @@ def test_a_build_started_once_is_not_started_again(tmp_path: Path) -> None:
     )
     assert not build.consider(1, 1.0) and build.process is None
     assert not build.consider(2, 1.0)  # asked once: not again
+
+
+def test_a_package_that_disagrees_with_its_module_is_never_used() -> None:
+    example = (torch.zeros(4),)
+    module = _Double()
+    right = lambda x: [x * 2 + 1]  # noqa: E731
+    assert disagreement(module, right, example) is None
+    assert "not finite" in str(disagreement(module, lambda x: [x * float("nan")], example))
+    assert "from the module's" in str(disagreement(module, lambda x: [x * 2 + 1.5], example))
+    assert "outputs" in str(disagreement(module, lambda x: [x, x], example))
+
+
+def test_a_build_falls_back_to_options_whose_package_agrees_else_the_part_runs_eagerly(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    import pipeline.model.accelerate as accelerate
+
+    tried: list[bool] = []
+    real_build = accelerate.build_package
+
+    def build(*args: Any) -> Path:
+        tried.append(args[4]["freezing"])
+        return real_build(*args)
+
+    checks = iter(["output 0 has 4 values that are not finite", None])  # the first package is wrong
+    monkeypatch.setattr(accelerate, "build_package", build)
+    monkeypatch.setattr(accelerate, "disagreement", lambda *_: next(checks))
+    path = tmp_path / "compiled" / "double.pt2"
+    recipe = Recipe("double", _Double, (torch.zeros(4),), None, path)
+    assert recipe.build() == path and tried == [True, False]  # frozen first, then unfrozen
+    assert not recipe.rejected.exists()
+    x = torch.arange(4.0)
+    assert torch.equal(load_package(path)(x)[0], x * 2 + 1)
+
+    monkeypatch.setattr(accelerate, "disagreement", lambda *_: "output 0 is 1 from the module's (relative)")
+    other = Recipe(
+        "double",
+        _Double,
+        (torch.zeros(4),),
+        None,
+        tmp_path / "compiled" / "other.pt2",
+        (accelerate.INDUCTOR,),
+    )
+    with caplog.at_level(logging.WARNING):
+        part = Part(other, Compile.COMPILED)
+    assert not part.compiled and torch.equal(part(x)[0], x * 2 + 1)  # eager, and right
+    assert not other.path.exists() and "is 1 from the module's" in other.rejected.read_text()
+    assert "runs eagerly" in caplog.text
+    monkeypatch.setattr(accelerate, "build_package", lambda *_: pytest.fail("built again"))
+    assert not Part(other, Compile.COMPILED).compiled  # a later run does not try again
