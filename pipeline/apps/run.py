@@ -227,6 +227,7 @@ def run_local(spec: JobSpec, model: ModelConfig, run: LocalRun, out: TextIO = sy
                 stack,
                 run,
                 (spec.image_size, len(spec.tracks)),
+                own_ray=ray_ready.started,
             )
             driver.add(start)
             try:
@@ -299,11 +300,13 @@ def _driver(
     stack: ExitStack,
     run: LocalRun | None = None,
     prepare: tuple[int, int] | None = None,
+    own_ray: bool = True,
 ) -> JobDriver:
     """A driver over Ray actors of this run: one source host, encoders, one tracker host.
 
     ``prepare``: (image size, tracks) of the model the tracker host loads at once, while the
-    source opens, rather than when the first frame comes.
+    source opens, rather than when the first frame comes. ``own_ray``: this run started Ray, and
+    shuts it down at its end; a caller's Ray keeps running, only this run's actors go.
     """
     from pipeline.streams.control import ControlBus
     from workers.transport import HostResources, OwnEncoders, RayTransport
@@ -320,7 +323,7 @@ def _driver(
         redis_retry_s=run.redis_retry_s,
     )
     if not run.detach:
-        stack.callback(_end_ray, transport)
+        stack.callback(_end_ray if own_ray else RayTransport.shutdown, transport)
     if prepare is not None:
         transport.prepare(*prepare)
     keys = store.keys
@@ -420,6 +423,7 @@ class _RayStart:
 
         self.error: BaseException | None = None
         self.detach = detach
+        self.started = False  # whether this run started Ray (a caller's own Ray is left running)
         self._done = threading.Event()
         self._ready = threading.Event()
         self.thread = threading.Thread(target=self._start, name="ray-init", daemon=True)
@@ -428,7 +432,7 @@ class _RayStart:
 
     def _start(self) -> None:
         try:
-            _ray_init()
+            self.started = _ray_init()
         except BaseException as exc:  # handed to the main thread by wait()
             self.error = exc
         self._ready.set()
@@ -443,18 +447,20 @@ class _RayStart:
         if self.detach:  # even mid-start: what it started goes with this process
             return
         self._ready.wait()
-        import ray
+        if self.started:
+            import ray
 
-        ray.shutdown()
+            ray.shutdown()
         self._done.set()
         self.thread.join()
 
 
-def _ray_init() -> None:
+def _ray_init() -> bool:
+    """Start a local Ray for this run; False when the caller's Ray is there already (it is used)."""
     import ray
 
     if ray.is_initialized():
-        return
+        return False
     from workers.actors import ray_start_env
 
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
@@ -468,6 +474,7 @@ def _ray_init() -> None:
             logging_level=logging.ERROR,
             configure_logging=True,
         )
+    return True
 
 
 @contextlib.contextmanager

@@ -60,6 +60,12 @@ def _run(source: str, width: int, height: int, data: Path, job: str) -> list:
             io.StringIO(),
         )
     assert code == 0
+    import ray
+
+    # The module's Ray is the caller's: the run used it and left it running. (A run that stopped
+    # it made the next one start Ray from a thread of its own, and a child Ray forked then hung in
+    # PyAV's clean-up of the main thread's reformatter.)
+    assert ray.is_initialized()
     with EmbeddedRedis(data / "redis") as server:
         return [r for _, r in MaskReader(connect(server.url), Keys(), job).read()]
 
