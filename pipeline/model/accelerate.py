@@ -200,15 +200,14 @@ def build_package(
     path: Path,
     dynamic_shapes: Any = None,
     inductor: Mapping[str, Any] | None = None,
-    check: bool = True,
 ) -> Path:
     """Export ``module`` at ``example`` and compile it (``inductor``'s options, default
     :data:`INDUCTOR`: frozen weights) into the package ``path``.
 
     Written to a temporary file and renamed into place: a concurrent process sees the whole package
     or none. Its folder is made mode 0700 when created here and must be private to this user.
-    With ``check``, the package is run beside ``module`` on a random probe shaped as ``example``
-    first, and kept only if it agrees (:func:`disagreement`).
+    The package is run beside ``module`` on a random probe shaped as ``example`` first, and kept
+    only if it agrees (:func:`disagreement`).
 
     Raises:
         UnsafeCacheError: the folder is not private to this user.
@@ -228,7 +227,7 @@ def build_package(
             torch._inductor.aoti_compile_and_package(
                 exported, package_path=tmp, inductor_configs=dict(INDUCTOR if inductor is None else inductor)
             )
-        problem = disagreement(module, _load_package(Path(tmp)), example) if check else None
+        problem = disagreement(module, _load_package(Path(tmp)), example)
         if problem is not None:
             raise PackageMismatch(problem)
         os.replace(tmp, path)
