@@ -163,7 +163,8 @@ def run_local(spec: JobSpec, model: ModelConfig, run: LocalRun, out: TextIO = sy
     err = sys.stderr
     metrics = _metrics(run.metrics_port)
     with InterruptOnSignals() as signals, ExitStack() as stack:
-        # Ray takes seconds to start: it starts now, while Redis starts and the source is probed.
+        # Ray takes seconds to start: it starts now, while Redis starts and the source is probed
+        # (on a thread of its own; on this one, first, where PyAV is in use: see _RayStart).
         ray_ready = _RayStart(stack, detach=run.detach)
         url = open_redis(stack, run.redis_url, run.out_dir / "redis")
         client = connect(url, retry_s=run.redis_retry_s)
@@ -416,6 +417,13 @@ class _RayStart:
     death signal (Linux), which the kernel sends when the *thread* that started them ends. Ray is
     shut down when ``stack`` unwinds, unless ``detach``: then it goes with this process, which
     must end soon after, with the processes below it (:func:`pipeline.cli.run.end_now`).
+
+    Where this process has used PyAV already (a caller of the Python API), Ray starts on the
+    calling thread instead, before anything else: Ray forks its processes with a ``preexec_fn``,
+    so the child runs Python's after-fork clean-up, which drops every *other* thread's state. PyAV
+    keeps a frame converter per thread, and one dropped in the child waits forever for FFmpeg's
+    slice threads, which the child does not have: ``ray.init`` then waits for that child forever.
+    The caller's thread keeps its state in the child.
     """
 
     def __init__(self, stack: ExitStack, detach: bool) -> None:
@@ -426,16 +434,23 @@ class _RayStart:
         self.started = False  # whether this run started Ray (a caller's own Ray is left running)
         self._done = threading.Event()
         self._ready = threading.Event()
-        self.thread = threading.Thread(target=self._start, name="ray-init", daemon=True)
-        self.thread.start()
+        self.thread: threading.Thread | None = None
         stack.callback(self._stop)
+        if "av" in sys.modules:
+            self._init()
+        else:
+            self.thread = threading.Thread(target=self._start, name="ray-init", daemon=True)
+            self.thread.start()
 
-    def _start(self) -> None:
+    def _init(self) -> None:
         try:
             self.started = _ray_init()
         except BaseException as exc:  # handed to the main thread by wait()
             self.error = exc
         self._ready.set()
+
+    def _start(self) -> None:
+        self._init()
         self._done.wait()
 
     def wait(self) -> None:
@@ -452,7 +467,8 @@ class _RayStart:
 
             ray.shutdown()
         self._done.set()
-        self.thread.join()
+        if self.thread is not None:
+            self.thread.join()
 
 
 def _ray_init() -> bool:
