@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -18,8 +17,9 @@ if TYPE_CHECKING:
 
 def cache_dir() -> Path | None:
     """``$SAMSTREAM_CACHE_DIR``, where the weights are cached (None: the default)."""
-    value = os.environ.get("SAMSTREAM_CACHE_DIR")
-    return Path(value) if value else None
+    from pipeline.model.weights import env_cache_dir
+
+    return env_cache_dir()
 
 
 def model_config(args: argparse.Namespace, single_image: bool = False) -> ModelConfig:

@@ -99,8 +99,21 @@ def check_release(path: Path, release: Release | None = None) -> None:
     )
 
 
+CACHE_ENV = "SAMSTREAM_CACHE_DIR"
+
+
+def env_cache_dir() -> Path | None:
+    """``$SAMSTREAM_CACHE_DIR``, the cache folder the user chose (None: not set)."""
+    value = os.environ.get(CACHE_ENV)
+    return Path(value) if value else None
+
+
 def default_cache_dir() -> Path:
-    """``$XDG_CACHE_HOME/samstream`` or ``~/.cache/samstream``."""
+    """Where the weights and compiled packages are cached when no folder is given: the user's
+    ``$SAMSTREAM_CACHE_DIR``, else ``$XDG_CACHE_HOME/samstream`` or ``~/.cache/samstream``."""
+    chosen = env_cache_dir()
+    if chosen is not None:
+        return chosen
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     return Path(base) / "samstream"
 
