@@ -18,7 +18,7 @@ from fastapi.security import HTTPBearer
 from pipeline.api.models import JobBody, JobView, Problem, invalid
 from pipeline.api.settings import ApiSettings
 from pipeline.errors import InvalidInputError, JobError
-from pipeline.jobs.admission import Demand, EncoderCapacity, admit
+from pipeline.jobs.admission import Capacity, Demand, admit
 from pipeline.ledger import JobInfo, JobStatus, JobStore
 from pipeline.ledger.slots import CreationLock, TrackSlots
 from pipeline.model.detector import open_detector
@@ -243,14 +243,15 @@ class ApiContext:
     def admit_stream(self, spec: JobSpec) -> None:
         """429 if this stream would push a stream's fair share below the floor (``capacity``)."""
         measured = self.store.capacity()
-        capacity = None if measured is None else EncoderCapacity(*measured)
+        capacity = None if measured is None else Capacity(*measured)
         running = []
         for info in self.store.list():
             if info.spec.get("live") and info.status in (JobStatus.QUEUED, JobStatus.RUNNING):
                 other = JobSpec.from_dict(info.spec)
                 caps = [c for c in (other.max_fps, info.requested_fps) if c]
-                running.append(Demand(other.weight, _least_size(other), min(caps) if caps else None))
-        new = Demand(spec.weight, _least_size(spec), spec.max_fps)
+                cap = min(caps) if caps else None
+                running.append(Demand(other.weight, _least_size(other), cap, _tracks(other)))
+        new = Demand(spec.weight, _least_size(spec), spec.max_fps, _tracks(spec))
         refusal = admit(new, running, capacity, self.settings.min_stream_fps)
         if refusal is not None:
             raise HttpError(429, refusal.message(), {"Retry-After": str(RETRY_AFTER_S)})
@@ -277,3 +278,10 @@ def _least_size(spec: JobSpec) -> int:
     """The size a stream's share is counted at for admission: an ``auto`` stream's smallest (it
     moves down to make room)."""
     return spec.auto_size.sizes[0] if spec.auto_size is not None else spec.image_size
+
+
+def _tracks(spec: JobSpec) -> int:
+    """The tracks a stream's frames are decoded for, as its tracker host is placed: its own and
+    those its discovery may start (at least one: a frame costs its host something)."""
+    found = spec.discover.max_tracks if spec.discover is not None else 0
+    return max(1, len(spec.tracks) + found)

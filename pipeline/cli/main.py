@@ -671,8 +671,9 @@ def _serve_limit_options(sv: argparse.ArgumentParser) -> None:
         "--admission",
         choices=("none", "capacity"),
         default="none",
-        help="capacity: a live stream that would push a stream's fair share of the encoders below "
-        "--min-stream-fps is refused with 429 naming the capacity and the share (none)",
+        help="capacity: a live stream that would push a stream's fair share of the encoders or the "
+        "tracker hosts below --min-stream-fps is refused with 429 naming the capacity and the share "
+        "(none)",
     )
     lim.add_argument(
         "--min-stream-fps",

@@ -636,7 +636,10 @@ class JobDriver:
                         handles = group.parts[job.job_id] = []
                         for d, setup in job.parts:
                             handles.append(self.transport.decode(d, {job.job_id: setup}, group.embeddings))
-                            self.trackers.sent(handles[-1], d, group.counts[job.job_id], time.monotonic())
+                            count = group.counts[job.job_id]
+                            self.trackers.sent(
+                                handles[-1], d, count, time.monotonic(), count * len(setup.tracks)
+                            )
                 if not all(h in ready for handles in group.parts.values() for h in handles):
                     break
                 lane.popleft()
@@ -644,7 +647,10 @@ class JobDriver:
                 setups = {j: self.jobs[j].setup for j in group.counts if j in self.jobs}
                 group.replies = self.transport.decode(group.decoder, setups, group.embeddings, group.parts)
                 self._decoding[group.replies] = group
-                self.trackers.sent(group.replies, group.decoder, sum(group.counts.values()), time.monotonic())
+                tracks = sum(n * _load(setups[j]) for j, n in group.counts.items() if j in setups)
+                self.trackers.sent(
+                    group.replies, group.decoder, sum(group.counts.values()), time.monotonic(), tracks
+                )
                 for job in split:
                     job.joining -= 1
                     if not job.joining:
@@ -836,9 +842,15 @@ class JobDriver:
             log.warning("job %s: writing its %s event: %s", job_id, kind, exc)
 
     def _write_capacity(self, fps: dict[int, float]) -> None:
-        """What the encoders take, for admission (:mod:`pipeline.jobs.admission`)."""
+        """What the encoders and the tracker hosts of the jobs take, for admission
+        (:mod:`pipeline.jobs.admission`)."""
+        hosts = {d for job in self.jobs.values() for d in job.decoders}
         try:
-            self.lifecycle.store.record_capacity(fps, can_grow=self.transport.encoder_slots()[1])
+            self.lifecycle.store.record_capacity(
+                fps,
+                can_grow=self.transport.encoder_slots()[1],
+                track_frames=self.trackers.track_frames(hosts),
+            )
         except (SamstreamError, JobError) as exc:
             log.warning("recording the encoders' capacity: %s", exc)
 

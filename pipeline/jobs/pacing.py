@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import heapq
 import math
-from collections.abc import Hashable, Mapping
+from collections.abc import Hashable, Iterable, Mapping
 from dataclasses import dataclass, field
 
 # Weight of a new sample in the moving averages of cost and lead.
@@ -187,6 +187,7 @@ class _Call:
     decoder: int
     frames: int
     sent: float
+    tracks: int = 0  # track-frames: each frame times the tracks it is decoded for
 
 
 @dataclass
@@ -207,12 +208,15 @@ class TrackerLoad:
 
     cost: dict[int, float] = field(default_factory=dict)  # tracker host -> seconds a frame
     call_frames: dict[int, float] = field(default_factory=dict)  # tracker host -> frames a call
+    track_cost: dict[int, float] = field(default_factory=dict)  # tracker host -> seconds a track-frame
     _calls: dict[Hashable, _Call] = field(default_factory=dict)
     _free: dict[int, float] = field(default_factory=dict)  # tracker host -> its last return
 
-    def sent(self, key: Hashable, decoder: int, frames: int, now: float) -> None:
+    def sent(self, key: Hashable, decoder: int, frames: int, now: float, tracks: int = 0) -> None:
+        """A call of ``frames`` frames went to tracker host ``decoder``; ``tracks``: its
+        track-frames (each frame times the tracks it is decoded for; 0: not said)."""
         if frames > 0:
-            self._calls[key] = _Call(decoder, frames, now)
+            self._calls[key] = _Call(decoder, frames, now, tracks)
 
     def done(self, key: Hashable, now: float | None) -> None:
         """A call returned at ``now`` (None: it failed; no measure)."""
@@ -223,8 +227,19 @@ class TrackerLoad:
         self._free[call.decoder] = now
         d = call.decoder
         first = d not in self.cost
-        self.cost[d] = _average(self.cost.get(d, 0.0), max(0.0, now - start) / call.frames, first)
+        took = max(0.0, now - start)
+        self.cost[d] = _average(self.cost.get(d, 0.0), took / call.frames, first)
         self.call_frames[d] = _average(self.call_frames.get(d, 0.0), float(call.frames), first)
+        if call.tracks > 0:
+            self.track_cost[d] = _average(
+                self.track_cost.get(d, 0.0), took / call.tracks, d not in self.track_cost
+            )
+
+    def track_frames(self, hosts: Iterable[int]) -> float | None:
+        """Track-frames a second ``hosts`` take together, each one call at a time (None while
+        none of them is measured: a host not measured yet adds nothing)."""
+        rates = [1.0 / c for d in hosts if (c := self.track_cost.get(d, 0.0)) > 0]
+        return sum(rates) if rates else None
 
     def backlog_s(self, decoder: int, coming: int, now: float) -> float:
         """Seconds of work the host holds beyond now, with ``coming`` more frames on their way to it

@@ -5,6 +5,7 @@ from __future__ import annotations
 import builtins
 import json
 import logging
+import math
 import time
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
@@ -498,12 +499,17 @@ class JobStore:
         with redis_errors("recording drops"):
             pipe.execute()
 
-    def record_capacity(self, fps: Mapping[int, float], can_grow: bool, ttl_s: int = 30) -> None:
-        """What the encoders take at each image size (frames a second), and whether the pool may
-        grow: read by admission (:mod:`pipeline.jobs.admission`); gone ``ttl_s`` after the last write."""
+    def record_capacity(
+        self, fps: Mapping[int, float], can_grow: bool, ttl_s: int = 30, track_frames: float | None = None
+    ) -> None:
+        """What the encoders take at each image size (frames a second), whether their pool may
+        grow, and the track-frames a second the tracker hosts take (None: not measured): read by
+        admission (:mod:`pipeline.jobs.admission`); gone ``ttl_s`` after the last write."""
         key = self._keys.encoder_capacity()
         mapping: dict[Any, Any] = {str(size): repr(float(v)) for size, v in fps.items()}
         mapping["grow"] = "1" if can_grow else "0"
+        if track_frames is not None:
+            mapping["track_frames"] = repr(float(track_frames))
         with redis_errors("recording the encoders' capacity"):
             pipe = self._client.pipeline(transaction=True)
             pipe.delete(key)
@@ -511,8 +517,8 @@ class JobStore:
             pipe.expire(key, ttl_s)
             pipe.execute()
 
-    def capacity(self) -> tuple[dict[int, float], bool] | None:
-        """The encoders' capacity as last recorded (None: none recorded lately)."""
+    def capacity(self) -> tuple[dict[int, float], bool, float | None] | None:
+        """The capacity as last recorded (:meth:`record_capacity`; None: none recorded lately)."""
         with redis_errors("reading the encoders' capacity"):
             raw: Any = self._client.hgetall(self._keys.encoder_capacity())
         if not raw:
@@ -521,11 +527,17 @@ class JobStore:
         fps: dict[int, float] = {}
         for name, value in fields.items():
             try:
-                if name != "grow" and float(value) > 0:
+                if name.isdigit() and float(value) > 0:
                     fps[int(name)] = float(value)
             except ValueError:
                 continue
-        return fps, fields.get("grow") == "1"
+        try:
+            track_frames: float | None = float(fields["track_frames"])
+        except (KeyError, ValueError):
+            track_frames = None
+        if track_frames is not None and not (0 < track_frames < math.inf):
+            track_frames = None
+        return fps, fields.get("grow") == "1", track_frames
 
     def record_fields_many(self, fields: Mapping[str, Mapping[str, str]]) -> None:
         """Write the given fields of many jobs' hashes in one round trip (jobs gone are skipped):

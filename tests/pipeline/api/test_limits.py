@@ -86,6 +86,13 @@ def test_admission_by_capacity_refuses_a_stream_that_would_starve_the_others(
     # a pool that can grow admits: the demand is the autoscaler's
     store.record_capacity({512: 6.0}, can_grow=True)
     assert api.post("/streams", json=STREAM).status_code == 201
+    # the tracker hosts bind a stream of many tracks: its refusal names them
+    store.record_capacity({512: 60.0}, can_grow=False, track_frames=30.0)
+    many = {**STREAM, "job_id": "many", "tracks": [{"id": i, "box": [0, 0, 50, 40]} for i in range(1, 41)]}
+    r = api.post("/streams", json=many)
+    assert r.status_code == 429, r.text
+    assert "tracker hosts take about 30.0 track-frames a second" in r.json()["detail"], r.text
+    assert api.post("/streams", json={**STREAM, "job_id": "few"}).status_code == 201
     # a service without admission never asks
     store.record_capacity({512: 0.1}, can_grow=False)
     plain = _api(settings, redis_client, backend)

@@ -114,6 +114,7 @@ def test_a_streams_rates_are_in_its_record(rig) -> None:
     capacity = r.store.capacity()  # what admission reads: 1 / COST frames a second at 256
     stop_all(r, jobs)
     assert capacity is not None and set(capacity[0]) == {256} and capacity[1] is False
+    assert capacity[2] is not None and capacity[2] > 0  # the tracker hosts' track-frames a second
     assert 12.0 <= capacity[0][256] <= 25.0, capacity
     for info in infos:
         assert info.requested_fps == 30.0
@@ -199,6 +200,22 @@ def test_tracker_load_measures_each_hosts_cost_and_backlog() -> None:
     assert not load.late(1, coming=50, reach_s=0.0, now=1.1)  # another host: its own measure
     load.done("c", None)  # failed: no measure, and no longer held
     assert load.backlog_s(0, coming=0, now=1.2) == 0.0
+
+
+def test_tracker_load_measures_the_track_frames_its_hosts_take() -> None:
+    from pipeline.jobs.pacing import TrackerLoad
+
+    load = TrackerLoad()
+    assert load.track_frames([0, 1]) is None  # nothing measured
+    load.sent("a", 0, 2, now=0.0, tracks=10)  # 2 frames of 5 tracks each
+    load.done("a", now=0.5)  # 0.05 s a track-frame: 20 a second
+    load.sent("b", 1, 1, now=0.0)  # its tracks not said: no track measure
+    load.done("b", now=0.1)
+    assert load.track_cost == {0: pytest.approx(0.05)}
+    assert load.track_frames([0, 1]) == pytest.approx(20.0)  # host 1 not measured: adds nothing
+    load.sent("c", 1, 1, now=1.0, tracks=2)
+    load.done("c", now=1.1)  # 0.05 s a track-frame on host 1 too
+    assert load.track_frames([0, 1]) == pytest.approx(40.0) and load.track_frames([1]) == pytest.approx(20.0)
 
 
 def test_a_split_jobs_frames_wait_for_the_host_of_any_of_its_shares(rig) -> None:
