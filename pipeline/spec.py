@@ -166,6 +166,12 @@ class JobSpec:
             raise InvalidInputError(f"invalid job spec: {exc}") from None
 
 
+def discovered_at_most(discovery: DiscoveryConfig | None) -> int:
+    """The tracks a job's discovery may start (0 without one): its tracker host is placed, and
+    its frames counted, for them as for its own."""
+    return discovery.max_tracks if discovery is not None else 0
+
+
 def _discovery(value: Any) -> DiscoveryConfig | None:
     """A stored or given ``discover``: absent, null or false: none; true: the defaults; a mapping."""
     if value is None or value is False:

@@ -22,7 +22,7 @@ from pipeline.jobs.admission import Capacity, Demand, admit
 from pipeline.ledger import JobInfo, JobStatus, JobStore
 from pipeline.ledger.slots import CreationLock, TrackSlots
 from pipeline.model.detector import open_detector
-from pipeline.spec import AutoSize, JobSpec
+from pipeline.spec import AutoSize, JobSpec, discovered_at_most
 from pipeline.streams import Keys
 from pipeline.tracking.discovery import DiscoveryConfig
 
@@ -283,5 +283,4 @@ def _least_size(spec: JobSpec) -> int:
 def _tracks(spec: JobSpec) -> int:
     """The tracks a stream's frames are decoded for, as its tracker host is placed: its own and
     those its discovery may start (at least one: a frame costs its host something)."""
-    found = spec.discover.max_tracks if spec.discover is not None else 0
-    return max(1, len(spec.tracks) + found)
+    return max(1, len(spec.tracks) + discovered_at_most(spec.discover))

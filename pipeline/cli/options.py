@@ -15,14 +15,9 @@ if TYPE_CHECKING:
     from pipeline.masks.preview import PreviewOptions
 
 
-def cache_dir() -> Path | None:
-    """``$SAMSTREAM_CACHE_DIR``, where the weights are cached (None: the default)."""
-    from pipeline.model.weights import env_cache_dir
-
-    return env_cache_dir()
-
-
 def model_config(args: argparse.Namespace, single_image: bool = False) -> ModelConfig:
+    from pipeline.model.weights import env_cache_dir  # urllib and friends: only where a model is set up
+
     compile_mode = args.compile
     if compile_mode == "auto" and single_image:
         # Compiling takes a minute once (then it is cached); it pays off over a video, not one image.
@@ -34,7 +29,7 @@ def model_config(args: argparse.Namespace, single_image: bool = False) -> ModelC
         device=args.device,
         weights=args.weights,
         checkpoint=Path(args.checkpoint) if args.checkpoint else None,
-        cache_dir=cache_dir(),
+        cache_dir=env_cache_dir(),
     )
 
 

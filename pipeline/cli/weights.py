@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import argparse
 
-from pipeline.cli.options import cache_dir
 from pipeline.model.weights import CHECKPOINT_NAME, RELEASE_URLS, default_cache_dir, resolve_checkpoint
 
 
 def run(args: argparse.Namespace) -> int:
-    cache = cache_dir() or default_cache_dir()
+    cache = default_cache_dir()
     if args.action == "path":
         print(cache / CHECKPOINT_NAME)
         return 0

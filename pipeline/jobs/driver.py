@@ -56,7 +56,7 @@ from pipeline.masks.preview import PreviewOptions
 from pipeline.metrics import Metrics, NullMetrics
 from pipeline.sources.host import DetectorSpec, ReadReply, ReadRequest, SourceSpec
 from pipeline.sources.limits import MediaLimits
-from pipeline.spec import AutoSize
+from pipeline.spec import AutoSize, discovered_at_most
 from pipeline.streams.control import Command, ControlBus
 from pipeline.tracking.discovery import DiscoveryConfig
 from pipeline.tracking.host import OWNER, PART, TrackReply, TrackSetup
@@ -319,7 +319,7 @@ class JobDriver:
         shares = [spec.tracks[i : i + size] for i in range(0, len(spec.tracks), size)] or [()]
         if spec.discover is not None:  # one host sees every mask: discovery never doubles an object
             shares = [spec.tracks]
-        found = spec.discover.max_tracks if spec.discover is not None else 0  # the owner's to follow
+        found = discovered_at_most(spec.discover)  # the owner's to follow
         host, decoders = self.placement.place(
             [len(share) + (found if i == 0 else 0) for i, share in enumerate(shares)]
         )
@@ -637,9 +637,7 @@ class JobDriver:
                         for d, setup in job.parts:
                             handles.append(self.transport.decode(d, {job.job_id: setup}, group.embeddings))
                             count = group.counts[job.job_id]
-                            self.trackers.sent(
-                                handles[-1], d, count, time.monotonic(), count * len(setup.tracks)
-                            )
+                            self.trackers.sent(handles[-1], d, count, time.monotonic(), count * _load(setup))
                 if not all(h in ready for handles in group.parts.values() for h in handles):
                     break
                 lane.popleft()
@@ -994,4 +992,4 @@ def detector_spec(discover: DiscoveryConfig | None) -> DetectorSpec | None:
 def _load(setup: TrackSetup) -> int:
     """The tracks a job's owner (or whole) host was placed for: its own, and those its discovery
     may start."""
-    return len(setup.tracks) + (setup.discovery.max_tracks if setup.discovery is not None else 0)
+    return len(setup.tracks) + discovered_at_most(setup.discovery)

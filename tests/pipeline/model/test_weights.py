@@ -232,16 +232,15 @@ def test_failed_download_says_what_to_do(tmp_path: Path) -> None:
 def test_the_cache_folder_is_the_users_choice_wherever_none_is_given(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from pipeline.cli.options import cache_dir
     from pipeline.model.accelerate import packages_dir
 
     monkeypatch.delenv("SAMSTREAM_CACHE_DIR", raising=False)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
     assert weights.default_cache_dir() == tmp_path / "xdg" / "samstream"
-    assert cache_dir() is None
-    # $SAMSTREAM_CACHE_DIR: for the CLI's options and for whatever takes the default (the
+    assert weights.env_cache_dir() is None
+    # $SAMSTREAM_CACHE_DIR: for the CLI's options (env_cache_dir) and for whatever takes the default (the
     # benchmark's models, the Python API without a cache_dir), packages included.
     monkeypatch.setenv("SAMSTREAM_CACHE_DIR", str(tmp_path / "chosen"))
     assert weights.default_cache_dir() == tmp_path / "chosen"
-    assert cache_dir() == tmp_path / "chosen"
+    assert weights.env_cache_dir() == tmp_path / "chosen"
     assert packages_dir(None) == tmp_path / "chosen" / "compiled"
