@@ -481,7 +481,7 @@ def _ray_init() -> bool:
 
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
     ray_start_env(run=True)
-    with _no_api_server():
+    with _lean_head():
         ray.init(
             address="local",
             num_cpus=max(os.cpu_count() or 1, 4),
@@ -494,31 +494,48 @@ def _ray_init() -> bool:
 
 
 @contextlib.contextmanager
-def _no_api_server() -> Iterator[None]:
-    """While Ray starts here: no API server when the dashboard is off.
+def _lean_head() -> Iterator[None]:
+    """While Ray starts here: none of the head's processes that a run has no use for.
 
-    Without the dashboard, Ray still starts its dashboard process (serving usage statistics
-    only) and ``ray.init`` waits until it has written its address: about 0.8 s of a run's start
-    on two cores, and a Python process. A run uses neither (no job submission, no state API, no
-    dashboard). Where Ray no longer has the function, nothing changes.
+    * No API server when the dashboard is off. Without the dashboard, Ray still starts its
+      dashboard process (serving usage statistics only) and ``ray.init`` waits until it has
+      written its address: about 0.8 s of a run's start on two cores, and a Python process. A run
+      uses no job submission, state API or dashboard.
+    * No autoscaler monitor: one machine, nothing to scale (a service's cluster keeps its own).
+    * No log monitor: it sends the workers' output to the driver, which a run asks Ray not to do
+      (``log_to_driver=False``); the output stays in Ray's log files.
+
+    The two monitors are Python processes that took about 0.75 CPU-seconds, on two cores, while
+    the actors were importing torch. Where Ray no longer has one of these functions, it starts
+    that process as before.
     """
-    try:
-        import ray._private.services as services
-    except ImportError:  # pragma: no cover - a Ray laid out otherwise starts as it does
-        yield
-        return
-    start = getattr(services, "start_api_server", None)
-    if start is None:  # pragma: no cover
-        yield
-        return
+    import ray._private.node as node
+    import ray._private.services as services
+
+    start_api = getattr(services, "start_api_server", None)
 
     def start_unless_off(include_dashboard: bool | None, *args: Any, **kwargs: Any) -> Any:
         if include_dashboard is False:
             return None, None  # (its URL, its process): what the node records for none
-        return start(include_dashboard, *args, **kwargs)
+        return start_api(include_dashboard, *args, **kwargs)  # type: ignore[misc]
 
-    services.start_api_server = start_unless_off
+    def none(self: Any) -> None:
+        return None
+
+    patches: list[tuple[Any, str, Any]] = [
+        (where, name, new)
+        for where, name, new in (
+            (services, "start_api_server", start_unless_off),
+            (node.Node, "start_monitor", none),
+            (node.Node, "start_log_monitor", none),
+        )
+        if callable(getattr(where, name, None))
+    ]
+    saved = [(where, name, getattr(where, name)) for where, name, _ in patches]
+    for where, name, new in patches:
+        setattr(where, name, new)
     try:
         yield
     finally:
-        services.start_api_server = start
+        for where, name, old in saved:
+            setattr(where, name, old)

@@ -69,31 +69,49 @@ def test_a_local_run_starts_ray_with_the_start_env(monkeypatch: pytest.MonkeyPat
     assert seen == {**WORKER_ENV, **START_ENV, **RUN_ENV}
 
 
-def test_a_run_starts_ray_without_an_api_server(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_run_starts_ray_without_an_api_server_or_monitors(monkeypatch: pytest.MonkeyPatch) -> None:
     import ray
+    import ray._private.node as node
     import ray._private.services as services
 
     calls: list[bool | None] = []
+    started: list[str] = []
 
     def start_api_server(include_dashboard: bool | None, *args: object) -> tuple[str, str]:
         calls.append(include_dashboard)
         return "url", "process"
 
+    def starts(kind: str) -> object:
+        return lambda self: started.append(kind)
+
     answers = []
 
-    def fake_init(**kwargs: object) -> None:  # what Ray's node does while it starts
-        answers.append(services.start_api_server(kwargs["include_dashboard"], "host"))
-        answers.append(services.start_api_server(True, "host"))
+    class Head:  # what Ray's head node does while it starts
+        def start(self, include_dashboard: bool | None) -> None:
+            answers.append(services.start_api_server(include_dashboard, "host"))
+            answers.append(services.start_api_server(True, "host"))
+            node.Node.start_monitor(self)  # type: ignore[arg-type]
+            node.Node.start_log_monitor(self)  # type: ignore[arg-type]
+
+    def fake_init(**kwargs: object) -> None:
+        Head().start(kwargs["include_dashboard"])  # type: ignore[arg-type]
 
     _unset(monkeypatch, *WORKER_ENV, *START_ENV, *RUN_ENV)
     monkeypatch.setattr(services, "start_api_server", start_api_server)
+    monkeypatch.setattr(node.Node, "start_monitor", starts("monitor"))
+    monkeypatch.setattr(node.Node, "start_log_monitor", starts("log monitor"))
     monkeypatch.setattr(ray, "is_initialized", lambda: False)
     monkeypatch.setattr(ray, "init", fake_init)
     local._ray_init()
     # off: no process and no URL, nothing started; asked for, started as Ray would
     assert answers == [(None, None), ("url", "process")]
     assert calls == [True]
-    assert services.start_api_server is start_api_server  # as it was, once Ray has started
+    assert started == []  # no autoscaler monitor, no log monitor
+    # as they were, once Ray has started
+    assert services.start_api_server is start_api_server
+    node.Node.start_monitor(Head())  # type: ignore[arg-type]
+    node.Node.start_log_monitor(Head())  # type: ignore[arg-type]
+    assert started == ["monitor", "log monitor"]
 
 
 _FAULTS_OF_A_FORWARD = """
@@ -175,7 +193,7 @@ ray.shutdown()
 
 @pytest.mark.integration
 @pytest.mark.timeout(120)
-def test_a_runs_ray_has_no_api_server_and_reuses_freed_memory() -> None:
+def test_a_runs_ray_has_no_api_server_nor_monitors_and_reuses_freed_memory() -> None:
     # Objects are freed within milliseconds of their last holder letting go, so the next ones are
     # stored on memory already written: no page fault per 4 KiB page. With Ray's defaults (freed
     # once a second, or a hundred at a time) every put here faulted each of its 4096 pages in.
@@ -189,6 +207,7 @@ def test_a_runs_ray_has_no_api_server_and_reuses_freed_memory() -> None:
     started = lines[1]
     assert "gcs_server" in started and "raylet" in started, started
     assert "dashboard" not in started, started  # no API server: the run does not wait for one
+    assert "monitor" not in started and "log_monitor" not in started, started  # nor the monitors
     pages = (16 << 20) // 4096
     assert len(faults) == 6
     # The first put lands on fresh memory, and one more may while Ray is still starting.
