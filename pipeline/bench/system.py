@@ -181,7 +181,20 @@ def run_machinery(frames: int, image_size: int) -> list[Result]:
     ]
 
 
+# Variables that hold the kernels below what the CPU has (torch's own kernels and Inductor's code;
+# oneDNN's, which carry the matrix products): a run under them measures the smaller kind.
+ISA_LIMITS = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA")
+
+
+def isa_limit() -> str | None:
+    """The instruction-set limits set in this environment (``NAME=VALUE, …``), or None."""
+    set_ = [f"{name}={os.environ[name]}" for name in ISA_LIMITS if os.environ.get(name)]
+    return ", ".join(set_) or None
+
+
 def describe_machine() -> dict[str, Any]:
+    """The bench's first line: the CPU, its kind (its own instructions, whatever limit is set:
+    ``isa_limit`` says which), threads, torch and the GPU."""
     import platform
 
     import torch
@@ -191,6 +204,7 @@ def describe_machine() -> dict[str, Any]:
     return {
         "cpu": platform.processor() or platform.machine(),
         "cpu_kind": cpu_kind(),
+        "isa_limit": isa_limit(),
         "cores": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "torch": torch.__version__,
