@@ -103,7 +103,11 @@ def run_pipeline(
     frames: int, image_size: int, weights: list[str], device: str, precision: str = "auto"
 ) -> list[Result]:
     """``samstream run`` (its defaults) against the seed loop, on a cold cache (a fresh cache folder:
-    nothing compiled) and a warm one (``samstream warmup`` first, timed apart)."""
+    nothing compiled) and a warm one (``samstream warmup`` first, timed apart).
+
+    The seed loop runs before and after the two runs, and its mean is the baseline: a machine
+    whose speed drifts over the suite's minutes (a shared VM's neighbours) moves it as it moves
+    the runs between, where one loop at the end gave a ratio off by the drift."""
     model = [*weights, "--device", device, "--precision", precision, "--image-size", str(image_size)]
     # Both tracks are decoded on every frame, as the seed loop decodes both prompts: with random
     # weights a track would otherwise be lost after a few poor frames, and cost nothing after.
@@ -111,6 +115,7 @@ def run_pipeline(
     with tempfile.TemporaryDirectory(prefix="samstream-bench-") as tmp:
         folder = Path(tmp)
         clip = _clip(folder, frames)
+        base_before = _seed_loop(clip, device)
         cold = _samstream_run(
             clip, folder / "cold", [*model, *keep_tracks], {"SAMSTREAM_CACHE_DIR": str(folder / "cache")}
         )
@@ -118,13 +123,15 @@ def run_pipeline(
         if device != "cuda":
             warmup_s = warmup(model)
         warm = _samstream_run(clip, folder / "warm", [*model, *keep_tracks])
-        base_wall = _seed_loop(clip, device)
+        base_after = _seed_loop(clip, device)
+    base_wall = (base_before + base_after) / 2
     out = []
     for case, (wall, published, began), target in (("cold cache", cold, 1.2), ("warm cache", warm, 3.0)):
         n = len(published)
         detail = {
             "samstream_wall_s": wall,
             "seed_wall_s": base_wall,
+            "seed_walls_s": [base_before, base_after],
             "first_mask_s": published[0] - began,
             "tail_s": began + wall - published[-1],
             "steady_s_per_frame": _steady(published),
